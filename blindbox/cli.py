@@ -1,0 +1,75 @@
+"""Entry point of the ``blindbox`` command.
+
+Exit status everywhere: 0 success, 1 internal error (a bug), 2 bad input or an
+unsupported combination, 3 a verification or comparison failed.  Subcommands live in
+``blindbox.commands.*`` and are imported only when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import traceback
+
+import click
+
+from measure import __version__
+from measure.errors import BlindboxError
+
+#: command name -> "module:attribute"
+COMMANDS = {
+    "measure": "blindbox.commands.measure:measure",
+    "explain-vmsa": "blindbox.commands.measure:explain_vmsa",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="blindbox")
+def cli():
+    """Build reproducible AMD SEV-SNP guests and compute their launch digests."""
+
+
+def main(argv=None) -> int:
+    try:
+        cli.main(args=argv, prog_name="blindbox", standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return 2
+    except click.exceptions.Abort:
+        click.echo("blindbox: aborted.", err=True)
+        return 1
+    except BlindboxError as e:
+        click.echo(f"blindbox: error: {e}", err=True)
+        return e.exit_code
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        click.echo("blindbox: interrupted.", err=True)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the one place that turns bugs into exit 1
+        if os.environ.get("BLINDBOX_DEBUG"):
+            traceback.print_exc()
+        click.echo(f"blindbox: internal error ({type(e).__name__}: {e}). This is a bug in blindbox, "
+                   f"not in your input; please report it with the command line you ran "
+                   f"(BLINDBOX_DEBUG=1 shows the traceback).", err=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""One request in, one result out: the library entry point behind ``blindbox measure``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InputError
+from .inputs import file_digest
+from .kernel_hashes import KernelHashes
+from .ovmf import Firmware
+from .sev import sev_es_launch, sev_launch
+from .snp import Measurement, SnpLaunch, VmShape, firmware_pages_digest, svsm_launch
+from .spec import LD_SIZE, PAGE_SIZE, SevMode
+from .vmm import VmmProfile, profile_for, VmmType
+
+
+@dataclass(frozen=True)
+class MeasureRequest:
+    mode: SevMode
+    ovmf: Path
+    vcpus: int | None = None
+    vcpu_sig: int | None = None
+    guest_features: int = 0x1
+    profile: VmmProfile = field(default_factory=lambda: profile_for(VmmType.QEMU))
+    kernel: Path | None = None
+    initrd: Path | None = None
+    append: str | bytes | None = None
+    ovmf_hash: bytes | None = None
+    svsm: Path | None = None
+    vars_size: int | None = None
+    ovmf_hash_only: bool = False
+    trace: bool = False
+
+
+@dataclass(frozen=True)
+class MeasureResult:
+    request: MeasureRequest
+    digest: bytes
+    measurement: Measurement | None
+    firmware: Firmware
+    inputs: dict[str, dict] = field(default_factory=dict)
+
+
+def _check(req: MeasureRequest) -> None:
+    if (req.initrd is not None or req.append is not None) and req.kernel is None:
+        raise InputError("--initrd and --append describe a measured direct boot and need --kernel.")
+    if req.ovmf_hash is not None:
+        if req.mode is not SevMode.SEV_SNP or req.ovmf_hash_only:
+            raise InputError("--snp-ovmf-hash only applies to --mode snp.")
+        if len(req.ovmf_hash) != LD_SIZE:
+            raise InputError(f"--snp-ovmf-hash must be {2 * LD_SIZE} hex digits (a SHA-384 digest), "
+                             f"got {2 * len(req.ovmf_hash)}.")
+    if req.mode is SevMode.SEV_SNP_SVSM:
+        if req.svsm is None or req.vars_size is None:
+            raise InputError("--mode snp:svsm needs --svsm and one of --vars-size or --vars-file.")
+        if req.kernel is not None:
+            raise InputError("--mode snp:svsm does not measure a kernel; drop --kernel/--initrd/--append.")
+        if req.vars_size <= 0 or req.vars_size % PAGE_SIZE:
+            raise InputError(f"the OVMF variable store size {req.vars_size} must be a positive "
+                             f"multiple of 4096 bytes.")
+    elif req.svsm is not None or req.vars_size is not None:
+        raise InputError("--svsm, --vars-size and --vars-file only apply to --mode snp:svsm.")
+    if req.ovmf_hash_only and req.kernel is not None:
+        raise InputError("--mode snp:ovmf-hash hashes the firmware alone; drop --kernel/--initrd/--append.")
+    if req.mode is not SevMode.SEV and not req.ovmf_hash_only and req.vcpus is None:
+        raise InputError(f"--vcpus N is required in guest mode '{req.mode.value}'.")
+
+
+def _inputs(req: MeasureRequest) -> dict[str, dict]:
+    out = {}
+    for name in ("ovmf", "kernel", "initrd", "svsm"):
+        path = getattr(req, name)
+        if path is not None:
+            out[name] = {"path": str(path), "sha256": file_digest(path, name).hex(),
+                         "size": Path(path).stat().st_size}
+    return out
+
+
+def launch_digest(req: MeasureRequest) -> MeasureResult:
+    """Compute the launch digest that ``req`` describes."""
+    _check(req)
+    fw = Firmware.load(req.ovmf)
+    hashes = KernelHashes.from_files(req.kernel, req.initrd, req.append) if req.kernel is not None else None
+    shape = None
+    if req.mode in (SevMode.SEV_ES, SevMode.SEV_SNP, SevMode.SEV_SNP_SVSM) and not req.ovmf_hash_only:
+        shape = VmShape(req.vcpus, req.vcpu_sig, req.guest_features, req.profile)
+        shape.check()
+
+    if req.ovmf_hash_only:
+        return MeasureResult(req, firmware_pages_digest(fw), None, fw, _inputs(req))
+    if req.mode is SevMode.SEV_SNP:
+        m = SnpLaunch(fw, ovmf_hash=req.ovmf_hash, trace=req.trace).measure(shape, hashes)
+    elif req.mode is SevMode.SEV_SNP_SVSM:
+        end = fw.gpa - req.vars_size
+        svsm = Firmware.load(req.svsm, end_gpa=end)
+        m = svsm_launch(fw, svsm, req.vcpus, req.vcpu_sig, req.profile, trace=req.trace)
+    elif req.mode is SevMode.SEV_ES:
+        m = sev_es_launch(fw, shape, hashes)
+    else:
+        m = sev_launch(fw, hashes)
+    return MeasureResult(req, m.digest, m, fw, _inputs(req))
+
+
+def ovmf_hash(path: str | Path) -> bytes:
+    """sev-snp-measure's ``snp:ovmf-hash``: the digest after the firmware pages alone."""
+    return firmware_pages_digest(Firmware.load(path))

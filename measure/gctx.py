@@ -1,0 +1,120 @@
+"""The SEV-SNP launch digest: a SHA-384 chain over PAGE_INFO structures.
+
+For every page given to SNP_LAUNCH_UPDATE the AMD secure processor computes
+``digest = SHA-384(PAGE_INFO)`` where PAGE_INFO holds the previous digest, the
+SHA-384 of the page contents (zero for page types without measured contents), the
+page type and its guest physical address.  :class:`LaunchDigest` replays that chain.
+It is a plain value: :meth:`LaunchDigest.copy` forks it, so the firmware part of a
+launch is hashed once and extended for many VM shapes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from . import layout
+from .errors import InputError
+from .spec import LD_SIZE, PAGE_SIZE, VMSA_GPA, PageType
+
+ZERO_DIGEST = bytes(LD_SIZE)
+
+#: Guest physical address width per product (gce-tcb-verifier; SNP firmware ABI).
+GPA_BITS = {"milan": 48, "genoa": 52, "turin": 52}
+
+
+@layout.struct(size=0x70, spec="SEV-SNP Firmware ABI, PAGE_INFO")
+@dataclass(frozen=True)
+class PageInfo:
+    digest_cur: bytes = layout.raw(0x00, 48)
+    contents: bytes = layout.raw(0x30, 48)
+    length: int = layout.u16(0x60, default=0x70)
+    page_type: PageType = layout.u8(0x62, enum=PageType, default=PageType.NORMAL)
+    imi_page: int = layout.u8(0x63)
+    vmpl3_perms: int = layout.u8(0x64)
+    vmpl2_perms: int = layout.u8(0x65)
+    vmpl1_perms: int = layout.u8(0x66)
+    gpa: int = layout.u64(0x68)
+
+
+def check_gpa_range(gpa: int, size: int, product: str = "milan") -> None:
+    """Refuse a page range the SNP firmware could not represent for ``product``."""
+    bits = GPA_BITS[product]
+    if gpa % PAGE_SIZE:
+        raise InputError(f"guest physical address {gpa:#x} is not page aligned (misaligned start).")
+    if size % PAGE_SIZE:
+        raise InputError(f"region size {size:#x} at {gpa:#x} is not a whole number of pages (misaligned size).")
+    limit = ((1 << bits) - 1) & ~(PAGE_SIZE - 1)
+    if gpa > limit:
+        raise InputError(f"guest physical address {gpa:#x} is unrepresentable on {product} "
+                         f"({bits}-bit addresses).")
+    if size and gpa + size - PAGE_SIZE > limit:
+        raise InputError(f"region {gpa:#x}+{size:#x} has an unrepresentable end on {product} "
+                         f"({bits}-bit addresses).")
+
+
+class LaunchDigest:
+    """Resumable SNP launch digest state (the guest context's LD field)."""
+
+    __slots__ = ("_ld", "pages", "log")
+
+    def __init__(self, seed: bytes = ZERO_DIGEST, *, trace: bool = False):
+        if len(seed) != LD_SIZE:
+            raise InputError(f"a launch digest seed must be {LD_SIZE} bytes (96 hex digits), "
+                             f"got {len(seed)} bytes.")
+        self._ld = bytes(seed)
+        #: number of PAGE_INFO updates folded in so far
+        self.pages = 0
+        #: with ``trace``: one (page_type, gpa, contents, digest after) per update
+        self.log: list[tuple[PageType, int, bytes, bytes]] | None = [] if trace else None
+
+    def copy(self) -> "LaunchDigest":
+        other = LaunchDigest(self._ld)
+        other.pages = self.pages
+        other.log = None if self.log is None else list(self.log)
+        return other
+
+    @property
+    def digest(self) -> bytes:
+        return self._ld
+
+    def update(self, page_type: PageType, gpa: int, contents: bytes = ZERO_DIGEST) -> None:
+        """Fold one PAGE_INFO into the chain."""
+        info = PageInfo(digest_cur=self._ld, contents=contents, page_type=page_type, gpa=gpa)
+        self._ld = hashlib.sha384(info.to_bytes()).digest()
+        self.pages += 1
+        if self.log is not None:
+            self.log.append((page_type, gpa, contents, self._ld))
+
+    def update_normal_pages(self, gpa: int, data: bytes) -> None:
+        if len(data) % PAGE_SIZE:
+            raise InputError(f"data measured at {gpa:#x} is {len(data)} bytes, "
+                             f"not a whole number of 4 KiB pages.")
+        view = memoryview(data)
+        for off in range(0, len(data), PAGE_SIZE):
+            self.update(PageType.NORMAL, gpa + off,
+                        hashlib.sha384(view[off:off + PAGE_SIZE]).digest())
+
+    def _update_empty(self, page_type: PageType, gpa: int, size: int) -> None:
+        if size % PAGE_SIZE:
+            raise InputError(f"a {page_type.name} region at {gpa:#x} has size {size:#x}, "
+                             f"not a whole number of 4 KiB pages.")
+        for off in range(0, size, PAGE_SIZE):
+            self.update(page_type, gpa + off)
+
+    def update_zero_pages(self, gpa: int, size: int) -> None:
+        self._update_empty(PageType.ZERO, gpa, size)
+
+    def update_unmeasured_pages(self, gpa: int, size: int) -> None:
+        self._update_empty(PageType.UNMEASURED, gpa, size)
+
+    def update_secrets_page(self, gpa: int) -> None:
+        self.update(PageType.SECRETS, gpa)
+
+    def update_cpuid_page(self, gpa: int) -> None:
+        self.update(PageType.CPUID, gpa)
+
+    def update_vmsa_page(self, page: bytes) -> None:
+        if len(page) != PAGE_SIZE:
+            raise InputError(f"a VMSA page must be 4096 bytes, got {len(page)}.")
+        self.update(PageType.VMSA, VMSA_GPA, hashlib.sha384(page).digest())

@@ -1,0 +1,186 @@
+"""Declare a little-endian binary structure once, as a frozen dataclass.
+
+This is the only module that touches :mod:`struct`.  A structure is written as::
+
+    @layout.struct(size=0x10, spec="Linux svm.h, struct vmcb_seg")
+    @dataclass(frozen=True)
+    class Segment:
+        selector: int = layout.u16(0x0)
+        attrib:   int = layout.u16(0x2)
+        limit:    int = layout.u32(0x4)
+        base:     int = layout.u64(0x8)
+
+At import time the decorator checks that fields do not overlap and fit in ``size``;
+every byte not covered by a field is *reserved*: written as zero, and rejected with a
+:class:`~measure.errors.LayoutError` naming the offset when it is nonzero on parsing.
+The class gains ``SIZE``, ``from_bytes()``, ``to_bytes()`` and ``offset_of()``.
+Unknown field names are impossible by construction: the dataclass constructor rejects
+them (a misspelled ``ctypes`` keyword silently sets nothing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct as _struct
+from typing import Any, TypeVar
+
+from .errors import LayoutError
+
+T = TypeVar("T")
+
+_INT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    offset: int
+    size: int
+    kind: str  # "int", "raw", "nested"
+    enum: type | None = None
+    nested: type | None = None
+
+
+def _int_field(offset: int, size: int, enum: type | None, default: Any) -> Any:
+    if default is None:
+        default = enum(0) if enum is not None else 0
+    return dataclasses.field(default=default,
+                             metadata={"layout": _Spec(offset, size, "int", enum=enum)})
+
+
+def u8(offset: int, *, enum: type | None = None, default: Any = None) -> Any:
+    return _int_field(offset, 1, enum, default)
+
+
+def u16(offset: int, *, enum: type | None = None, default: Any = None) -> Any:
+    return _int_field(offset, 2, enum, default)
+
+
+def u32(offset: int, *, enum: type | None = None, default: Any = None) -> Any:
+    return _int_field(offset, 4, enum, default)
+
+
+def u64(offset: int, *, enum: type | None = None, default: Any = None) -> Any:
+    return _int_field(offset, 8, enum, default)
+
+
+def raw(offset: int, size: int, *, default: bytes | None = None) -> Any:
+    """A fixed-size byte string (digests, GUIDs, opaque arrays); zero-filled by default."""
+    return dataclasses.field(default=bytes(size) if default is None else default,
+                             metadata={"layout": _Spec(offset, size, "raw")})
+
+
+def nested(offset: int, cls: type) -> Any:
+    """Another layout structure embedded at ``offset``."""
+    return dataclasses.field(default_factory=cls,
+                             metadata={"layout": _Spec(offset, cls.SIZE, "nested", nested=cls)})
+
+
+def struct(*, size: int, spec: str):
+    """Class decorator: compile the layout of a frozen dataclass and check it."""
+
+    def wrap(cls: type[T]) -> type[T]:
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"{cls.__name__}: apply @layout.struct on top of @dataclass(frozen=True)")
+        specs = []
+        for f in dataclasses.fields(cls):
+            spec_ = f.metadata.get("layout")
+            if spec_ is None:
+                raise TypeError(f"{cls.__name__}.{f.name}: every field needs a layout declaration")
+            specs.append((spec_.offset, f.name, spec_))
+        specs.sort(key=lambda item: item[0])
+
+        fmt = ["<"]
+        items: list[tuple[str, _Spec] | tuple[None, int, int]] = []
+        pos = 0
+        for offset, name, spec_ in specs:
+            if offset < pos:
+                raise TypeError(f"{cls.__name__}.{name} at {offset:#x} overlaps the previous field")
+            if offset > pos:
+                fmt.append(f"{offset - pos}s")
+                items.append((None, pos, offset - pos))
+            if spec_.kind == "int":
+                fmt.append(_INT_CODES[spec_.size])
+            else:
+                fmt.append(f"{spec_.size}s")
+            items.append((name, spec_))
+            pos = offset + spec_.size
+        if pos > size:
+            raise TypeError(f"{cls.__name__}: fields end at {pos:#x}, beyond the declared size {size:#x}")
+        if pos < size:
+            fmt.append(f"{size - pos}s")
+            items.append((None, pos, size - pos))
+        compiled = _struct.Struct("".join(fmt))
+        if compiled.size != size:
+            raise TypeError(f"{cls.__name__}: compiled size {compiled.size:#x} != declared {size:#x}")
+
+        def to_bytes(self) -> bytes:
+            values = []
+            for item in items:
+                if item[0] is None:
+                    values.append(bytes(item[2]))
+                    continue
+                name, spec_ = item
+                value = getattr(self, name)
+                if spec_.kind == "int":
+                    value = int(value)
+                    if not 0 <= value < (1 << (8 * spec_.size)):
+                        raise LayoutError(
+                            f"{cls.__name__}.{name} = {value:#x} does not fit in {spec_.size} byte(s) "
+                            f"at offset {spec_.offset:#x}; use a value below {1 << (8 * spec_.size):#x}.")
+                elif spec_.kind == "nested":
+                    value = value.to_bytes()
+                else:
+                    value = bytes(value)
+                    if len(value) != spec_.size:
+                        raise LayoutError(
+                            f"{cls.__name__}.{name} must be {spec_.size} bytes at offset "
+                            f"{spec_.offset:#x}, got {len(value)}.")
+                values.append(value)
+            return compiled.pack(*values)
+
+        @classmethod
+        def from_bytes(klass, data: bytes, *, base: int = 0, what: str | None = None):
+            label = what or klass.__name__
+            data = bytes(data)
+            if len(data) != size:
+                raise LayoutError(f"{label} must be exactly {size:#x} bytes, got {len(data):#x}.")
+            kwargs = {}
+            for item, value in zip(items, compiled.unpack(data)):
+                if item[0] is None:
+                    _, gap_off, gap_len = item
+                    if any(value):
+                        first = next(i for i, b in enumerate(value) if b)
+                        raise LayoutError(
+                            f"{label}: reserved byte at offset {base + gap_off + first:#x} is "
+                            f"{value[first]:#04x}, expected zero.")
+                    continue
+                name, spec_ = item
+                if spec_.kind == "int" and spec_.enum is not None:
+                    try:
+                        value = spec_.enum(value)
+                    except ValueError:
+                        raise LayoutError(
+                            f"{label}.{name} at offset {base + spec_.offset:#x} has unknown value "
+                            f"{value:#x}; known: {', '.join(f'{m.name}={int(m.value):#x}' for m in spec_.enum)}."
+                        ) from None
+                elif spec_.kind == "nested":
+                    value = spec_.nested.from_bytes(value, base=base + spec_.offset,
+                                                    what=f"{label}.{name}")
+                kwargs[name] = value
+            return klass(**kwargs)
+
+        @classmethod
+        def offset_of(klass, name: str) -> int:
+            for item in items:
+                if item[0] == name:
+                    return item[1].offset
+            raise KeyError(name)
+
+        cls.SIZE = size
+        cls.SPEC = spec
+        cls.to_bytes = to_bytes
+        cls.from_bytes = from_bytes
+        cls.offset_of = offset_of
+        return cls
+
+    return wrap

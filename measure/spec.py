@@ -1,0 +1,110 @@
+"""Constants of the SEV, SEV-ES and SEV-SNP launch process.
+
+Sources of the facts: AMD SEV-SNP Firmware ABI specification (PAGE_INFO and page
+types), edk2 ``OvmfPkg/ResetVector`` (footer GUID table and SEV metadata), QEMU
+``target/i386/sev.c`` (the kernel hashes table and its GUIDs).
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+
+PAGE_SIZE = 0x1000
+PAGE_MASK = PAGE_SIZE - 1
+FOUR_GIB = 0x1_0000_0000
+
+#: SHA-384 digest size: the SNP launch digest and PAGE_INFO.contents.
+LD_SIZE = 48
+
+#: GPA at which the SNP firmware records VMSA pages: (u64)-1, page aligned and
+#: truncated to the 48-bit physical address width of Milan.
+VMSA_GPA = 0xFFFF_FFFF_F000
+
+#: Reset vector of the bootstrap processor.
+BSP_RESET_EIP = 0xFFFF_FFF0
+
+
+class PageType(enum.IntEnum):
+    """PAGE_TYPE of SNP_LAUNCH_UPDATE (SEV-SNP Firmware ABI)."""
+
+    NORMAL = 0x1
+    VMSA = 0x2
+    ZERO = 0x3
+    UNMEASURED = 0x4
+    SECRETS = 0x5
+    CPUID = 0x6
+
+
+class SectionType(enum.IntEnum):
+    """Section types of the OVMF SEV metadata (edk2 OvmfSevMetadata.asm)."""
+
+    SNP_SEC_MEM = 0x1
+    SNP_SECRETS = 0x2
+    CPUID = 0x3
+    SVSM_CAA = 0x4
+    SNP_KERNEL_HASHES = 0x10
+
+
+# GUIDs of the OVMF footer table (edk2 ResetVector/Ia16/ResetVectorVtf0.asm).
+OVMF_TABLE_FOOTER_GUID = uuid.UUID("96b582de-1fb2-45f7-baea-a366c55a082d")
+SEV_HASH_TABLE_RV_GUID = uuid.UUID("7255371f-3a3b-4b04-927b-1da6efa8d454")
+SEV_ES_RESET_BLOCK_GUID = uuid.UUID("00f771de-1a7e-4fcb-890e-68c77e2fb44e")
+OVMF_SEV_METADATA_GUID = uuid.UUID("dc886566-984a-4798-a75e-5585a7bf67cc")
+SVSM_INFO_GUID = uuid.UUID("a789a612-0597-4c4b-a49f-cbb1fe9d1ddd")
+
+GUID_NAMES = {
+    OVMF_TABLE_FOOTER_GUID: "OVMF_TABLE_FOOTER_GUID",
+    SEV_HASH_TABLE_RV_GUID: "SEV_HASH_TABLE_RV_GUID",
+    SEV_ES_RESET_BLOCK_GUID: "SEV_ES_RESET_BLOCK_GUID",
+    OVMF_SEV_METADATA_GUID: "OVMF_SEV_METADATA_GUID",
+    SVSM_INFO_GUID: "SVSM_INFO_GUID",
+}
+
+# GUIDs of the SEV hashes table written by QEMU (target/i386/sev.c).
+SEV_HASH_TABLE_HEADER_GUID = uuid.UUID("9438d606-4f22-4cc9-b479-a793d411fd21")
+SEV_KERNEL_ENTRY_GUID = uuid.UUID("4de79437-abd2-427f-b835-d5b172d2045b")
+SEV_INITRD_ENTRY_GUID = uuid.UUID("44baf731-3a2f-4bd7-9af1-41e29169781d")
+SEV_CMDLINE_ENTRY_GUID = uuid.UUID("97d02dd8-bd20-4c94-aa78-e7714d36ab2a")
+
+
+class SevMode(enum.Enum):
+    """Guest mode, with the names sev-snp-measure prints in ``-v`` output."""
+
+    SEV = "sev"
+    SEV_ES = "seves"
+    SEV_SNP = "snp"
+    SEV_SNP_SVSM = "snp:svsm"
+
+    @classmethod
+    def parse(cls, text: str) -> "SevMode":
+        aliases = {
+            "sev": cls.SEV,
+            "seves": cls.SEV_ES, "sev-es": cls.SEV_ES,
+            "snp": cls.SEV_SNP, "sev-snp": cls.SEV_SNP,
+            "snp:svsm": cls.SEV_SNP_SVSM, "sev-snp:svsm": cls.SEV_SNP_SVSM,
+        }
+        try:
+            return aliases[text.lower()]
+        except KeyError:
+            from .errors import InputError
+            raise InputError(f"unknown guest mode {text!r}; use one of sev, seves, snp, snp:svsm.") from None
+
+
+class GuestFeatures(enum.IntFlag):
+    """SEV_FEATURES bits of the VMSA (AMD64 APM vol. 2, table 15-34)."""
+
+    SNP_ACTIVE = 1 << 0
+    V_TOM = 1 << 1
+    REFLECT_VC = 1 << 2
+    RESTRICTED_INJECTION = 1 << 3
+    ALTERNATE_INJECTION = 1 << 4
+    DEBUG_SWAP = 1 << 5
+    PREVENT_HOST_IBS = 1 << 6
+    BTB_ISOLATION = 1 << 7
+    VMPL_SSS = 1 << 8
+    SECURE_TSC = 1 << 9
+    VMGEXIT_PARAMETER = 1 << 10
+    IBS_VIRTUALIZATION = 1 << 12
+    VMSA_REG_PROT = 1 << 14
+    SMT_PROTECTION = 1 << 15
