@@ -44,8 +44,10 @@ def cli():
 
 def main(argv=None) -> int:
     try:
-        cli.main(args=argv, prog_name="blindbox", standalone_mode=False)
-        return 0
+        # Without standalone mode click returns the code of a click.exceptions.Exit
+        # (e.g. a comparison that failed, 3) and None after a normal return.
+        rc = cli.main(args=argv, prog_name="blindbox", standalone_mode=False)
+        return rc if isinstance(rc, int) else 0
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.ClickException as e:
