@@ -93,3 +93,33 @@ def test_trace_records_every_page():
                                                  (PageType.ZERO, 0xB000)]
     assert ld.log[-1][3] == ld.digest
     assert hashlib.sha384(b"").digest() != ld.digest
+
+
+SSM = load_json("sev-snp-measure/expected.json")
+SSM_DIR = VECTORS / "sev-snp-measure"
+
+
+@pytest.mark.parametrize("case", [c for c in SSM if "svsm" not in c["library_kwargs"]["ovmf_file"]],
+                         ids=lambda c: c["name"])
+def test_sev_snp_measure_repo_vectors(case):
+    """Every digest asserted in sev-snp-measure's own tests whose inputs are available."""
+    from measure.api import MeasureRequest, launch_digest
+    from measure.spec import SevMode
+    from measure.vmm import VmmType, profile_for
+    kw = case["library_kwargs"]
+    mode = {"SEV_SNP": SevMode.SEV_SNP, "SEV_ES": SevMode.SEV_ES, "SEV": SevMode.SEV}[kw["mode"]]
+    req = MeasureRequest(
+        mode=mode, ovmf=SSM_DIR / kw["ovmf_file"].removeprefix("fixtures/"), vcpus=kw["vcpus"],
+        vcpu_sig=int(kw["vcpu_sig"], 16) if kw["vcpu_sig"] else None,
+        guest_features=int(kw["guest_features"], 16),
+        profile=profile_for(VmmType.parse(kw.get("vmm_type") or "QEMU")),
+        kernel=kw["kernel"], initrd=kw["initrd"], append=kw["append"],
+        ovmf_hash=bytes.fromhex(kw["snp_ovmf_hash_str"]) if kw.get("snp_ovmf_hash_str") else None)
+    assert launch_digest(req).digest.hex() == case["expected"]
+
+
+def test_sev_snp_measure_svsm_vectors_need_absent_firmware():
+    """Its two SVSM entries name full firmware binaries that are not published as vectors."""
+    svsm = [c for c in SSM if "svsm" in c["library_kwargs"]["ovmf_file"]]
+    assert len(svsm) == 2
+    assert not (SSM_DIR / "svsm.bin").exists()
