@@ -41,7 +41,7 @@ def image(size: int, *, sections=(), reset_eip: int | None = 0xFFFFF000,
     if meta:
         entries += entry(OVMF_SEV_METADATA_GUID, struct.pack("<I", meta_off_from_end))
     table = entries + struct.pack("<H", len(entries) + 18) + OVMF_TABLE_FOOTER_GUID.bytes_le
-    body = bytearray((fill * size)[:size])
+    body = bytearray((fill * (size // len(fill) + 1))[:size])
     end = size - RESET_AREA
     body[end - len(table):end] = table
     if meta:
