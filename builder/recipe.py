@@ -1,0 +1,666 @@
+"""Recipes: a YAML file -> a frozen :class:`Recipe`, or a :class:`RecipeError` naming file:line and key.
+
+The YAML is composed into nodes (not loaded into plain dicts) so that every value keeps the
+line it came from.  Every mapping is checked against the keys it may hold: an unknown key, a
+missing one, a duplicate or a value of the wrong type stops the load with a sentence that
+names ``file:line``, the dotted key and what to write instead.  The schema is documented in
+docs/recipes.md; keep the two in step.
+
+Inputs (firmware, kernel, busybox, files, binaries) are *declared* here and *pinned* by the
+lock file (builder/lock.py); a declaration is kept as canonical data (:meth:`InputSpec.wants`)
+so the lock can tell when the recipe asks for something other than what it pinned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+from yaml.constructor import ConstructorError, SafeConstructor
+
+from builder.errors import RecipeError
+from measure.cpu import CPU_SIGS
+from measure.vmm import PROFILES, VmmType
+
+SCHEMA = 1
+#: x86 ``COMMAND_LINE_SIZE``: a longer command line is cut by the kernel, so the guest
+#: would run with something other than what was measured.
+MAX_CMDLINE = 2047
+SUITES = ("bookworm", "trixie", "sid", "forky", "unstable", "testing", "stable")
+COMPRESSIONS = ("gzip", "none")
+#: SEV features a QEMU launch can ask for: SNPActive, and DebugSwap (QEMU >= 10.2, debug-swap=on).
+SNP_ACTIVE = 0x1
+DEBUG_SWAP = 0x20
+QEMU_GUEST_FEATURES = SNP_ACTIVE | DEBUG_SWAP
+#: kernel config the pipeline always requires of a measured SNP guest kernel.
+DEFAULT_KERNEL_CONFIG = ("CONFIG_AMD_MEM_ENCRYPT", "CONFIG_SEV_GUEST", "CONFIG_BLK_DEV_INITRD")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_PKG = re.compile(r"[a-z0-9][a-z0-9.+-]+")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_MODULE = re.compile(r"[A-Za-z0-9_-]+")
+_CONFIG = re.compile(r"CONFIG_[A-Z0-9_]+")
+
+
+# --------------------------------------------------------------------------------------
+# the recipe, as frozen data
+# --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input as the recipe declares it: a Debian package, a local file or an https URL.
+
+    ``name`` is the input's name in the lock file and the manifest (``firmware``,
+    ``kernel``, ``busybox``, ``init``, ``file:/etc/motd``, ``binary:/usr/bin/x``).
+    """
+
+    name: str
+    kind: str                        # "debian" | "file" | "url"
+    line: int
+    package: str | None = None       # debian
+    suite: str | None = None         # debian
+    arch: str = "amd64"              # debian
+    member: str | None = None        # debian: the path inside the package, if one file is used
+    file: str | None = None          # file: path relative to the recipe's directory, as written
+    url: str | None = None           # url
+    sha256: str | None = None        # an optional pin (required for url)
+
+    def wants(self) -> dict:
+        """The declaration as canonical data: what the lock entry must have been made for."""
+        if self.kind == "debian":
+            return {"debian": self.package, "suite": self.suite, "arch": self.arch}
+        if self.kind == "file":
+            out = {"file": self.file}
+        else:
+            out = {"url": self.url}
+        if self.sha256:
+            out["sha256"] = self.sha256
+        return out
+
+    def describe(self) -> str:
+        if self.kind == "debian":
+            return f"Debian package {self.package} from {self.suite} ({self.arch})"
+        if self.kind == "file":
+            return f"local file {self.file}"
+        return f"URL {self.url}"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file placed in the initrd: inline ``content`` or an input (local file, URL, package member)."""
+
+    path: str                        # absolute path inside the initrd
+    mode: int
+    line: int
+    content: bytes | None = None
+    source: InputSpec | None = None
+
+
+@dataclass(frozen=True)
+class BinaryEntry:
+    """An ELF binary from a Debian package; its shared libraries come along."""
+
+    path: str                        # path inside the package
+    dest: str                        # path inside the initrd
+    source: InputSpec
+    line: int
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    source: InputSpec
+    require_config: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class InitrdSpec:
+    busybox: InputSpec
+    init: FileEntry
+    modules: tuple[str, ...] = ()
+    files: tuple[FileEntry, ...] = ()
+    binaries: tuple[BinaryEntry, ...] = ()
+    compression: str = "gzip"
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One VM shape the manifest publishes a launch digest for."""
+
+    vmm_profile: str
+    vcpus: int
+    vcpu_type: str
+    guest_features: int
+
+    @property
+    def vcpu_sig(self) -> int:
+        return CPU_SIGS[self.vcpu_type]
+
+    @property
+    def id(self) -> str:
+        return f"{self.vmm_profile}:{self.vcpu_type}:{self.vcpus}:{self.guest_features:#x}"
+
+
+@dataclass(frozen=True)
+class ShapeSet:
+    vmm_profile: str
+    vcpus: tuple[int, ...]
+    vcpu_types: tuple[str, ...]
+    guest_features: tuple[int, ...]
+    line: int
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    memory_mib: int = 2048
+    policy: int = 0x30000
+
+
+@dataclass(frozen=True)
+class Recipe:
+    path: Path
+    sha256: str                      # of the recipe file's bytes
+    name: str
+    source_date_epoch: int
+    firmware: InputSpec
+    kernel: KernelSpec
+    initrd: InitrdSpec
+    cmdline: str
+    shape_sets: tuple[ShapeSet, ...]
+    launch: LaunchSpec = field(default_factory=LaunchSpec)
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_suffix(".lock")
+
+    @property
+    def cmdline_bytes(self) -> bytes:
+        """The command line exactly as passed to ``-append`` (QEMU hashes it plus one NUL)."""
+        return self.cmdline.encode("utf-8")
+
+    def inputs(self) -> tuple[InputSpec, ...]:
+        """Every declared input, each once, in a fixed order."""
+        out = [self.firmware, self.kernel.source, self.initrd.busybox]
+        if self.initrd.init.source is not None:
+            out.append(self.initrd.init.source)
+        out += [f.source for f in self.initrd.files if f.source is not None]
+        out += [b.source for b in self.initrd.binaries]
+        return tuple(out)
+
+    def shapes(self) -> tuple[Shape, ...]:
+        out: list[Shape] = []
+        for s in self.shape_sets:
+            for t in s.vcpu_types:
+                for gf in s.guest_features:
+                    for n in s.vcpus:
+                        shape = Shape(s.vmm_profile, n, t, gf)
+                        if shape not in out:
+                            out.append(shape)
+        return tuple(out)
+
+
+# --------------------------------------------------------------------------------------
+# reading YAML nodes with their lines
+# --------------------------------------------------------------------------------------
+
+_TYPE_NAMES = {"str": "a string", "int": "an integer", "bool": "true or false", "null": "nothing",
+               "float": "a number", "seq": "a list", "map": "a mapping", "timestamp": "a date",
+               "binary": "binary data", "set": "a set", "omap": "an ordered mapping"}
+
+
+def _kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "map"
+    if isinstance(node, yaml.SequenceNode):
+        return "seq"
+    return node.tag.rsplit(":", 1)[-1]
+
+
+class _Node:
+    """A YAML node with the file, line and dotted key it was found at."""
+
+    _constructor = SafeConstructor()
+
+    def __init__(self, node: yaml.Node, path: Path, key: str, key_line: int | None = None):
+        self.node = node
+        self.path = path
+        self.key = key
+        self.line = node.start_mark.line + 1
+        #: the line of the key that holds this value (where a missing sub-key is reported)
+        self.key_line = self.line if key_line is None else key_line
+
+    def error(self, message: str, key: str | None = None, line: int | None = None) -> RecipeError:
+        key = self.key if key is None else key
+        line = self.line if line is None else line
+        return RecipeError(f"{self.path}:{line}: {key}: {message}", path=str(self.path), line=line, key=key)
+
+    @property
+    def kind(self) -> str:
+        return _kind(self.node)
+
+    def _expect(self, *kinds: str) -> None:
+        if self.kind not in kinds:
+            want = " or ".join(_TYPE_NAMES.get(k, k) for k in kinds)
+            got = _TYPE_NAMES.get(self.kind, self.kind)
+            shown = ""
+            if isinstance(self.node, yaml.ScalarNode) and self.node.value != "":
+                shown = f" ({self.node.value!r})"
+            raise self.error(f"expected {want}, got {got}{shown}.")
+
+    def scalar(self) -> Any:
+        try:
+            return self._constructor.construct_object(self.node, deep=True)
+        except (ConstructorError, ValueError) as e:
+            raise self.error(f"cannot read this value ({e}).") from None
+
+    def str(self, *, nonempty: bool = True) -> str:
+        self._expect("str")
+        value = self.scalar()
+        if nonempty and not value.strip():
+            raise self.error("must not be empty.")
+        return value
+
+    def int(self, *, lo: int | None = None, hi: int | None = None, hex_str: bool = False) -> int:
+        if hex_str and self.kind == "str":
+            text = self.scalar()
+            try:
+                value = int(text, 0)
+            except ValueError:
+                raise self.error(f"{text!r} is not an integer (write 0x1 or 1).") from None
+        else:
+            self._expect("int")
+            value = self.scalar()
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            bounds = f"{lo if lo is not None else '-inf'} to {hi if hi is not None else 'inf'}"
+            raise self.error(f"{value} is out of range ({bounds}).")
+        return value
+
+    def bool(self) -> bool:
+        self._expect("bool")
+        return self.scalar()
+
+    def list(self, *, nonempty: bool = False) -> list["_Node"]:
+        self._expect("seq")
+        items = [_Node(n, self.path, f"{self.key}[{i}]") for i, n in enumerate(self.node.value)]
+        if nonempty and not items:
+            raise self.error("must list at least one item.")
+        return items
+
+    def mapping(self, allowed: dict[str, str], required: tuple[str, ...] = ()) -> dict[str, "_Node"]:
+        """The mapping's entries; ``allowed`` maps each key to a short description for errors."""
+        self._expect("map")
+        out: dict[str, _Node] = {}
+        for knode, vnode in self.node.value:
+            kline = knode.start_mark.line + 1
+            if _kind(knode) != "str":
+                raise self.error(f"keys must be names, got {knode.value!r}.", line=kline)
+            name = knode.value
+            full = f"{self.key}.{name}" if self.key else name
+            if name in RESERVED.get(self.key, {}):
+                raise self.error(RESERVED[self.key][name], key=full, line=kline)
+            if name not in allowed:
+                close = [k for k in allowed if k.replace("_", "") == name.replace("_", "").replace("-", "")]
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise self.error(f"unknown key {name!r}.{hint} Allowed here: {', '.join(sorted(allowed))}.",
+                                 key=full, line=kline)
+            if name in out:
+                raise self.error(f"{name!r} is given twice (first at line {out[name].line}).",
+                                 key=full, line=kline)
+            out[name] = _Node(vnode, self.path, full, key_line=kline)
+        for name in required:
+            if name not in out:
+                full = f"{self.key}.{name}" if self.key else name
+                raise self.error(f"missing required key {name!r} ({allowed[name]}).", key=full,
+                                 line=self.key_line)
+        return out
+
+
+#: keys kept for later features: refused with a reason rather than ignored.
+RESERVED = {
+    "": {
+        "rootfs": "not supported yet: the dm-verity application filesystem comes in a later version "
+                  "of blindbox (its root hash will join the kernel command line). Put the "
+                  "application in the initrd (initrd.files / initrd.binaries) for now.",
+    },
+}
+
+
+# --------------------------------------------------------------------------------------
+# the schema
+# --------------------------------------------------------------------------------------
+
+_SOURCE_KEYS = {
+    "debian": "a Debian package name",
+    "suite": "the Debian suite: bookworm, trixie or sid",
+    "arch": "the Debian architecture (amd64)",
+    "file": "a local file, relative to the recipe",
+    "url": "an https URL",
+    "sha256": "the expected SHA-256 of the file (64 hex digits)",
+}
+
+
+def _posix_abs(node: _Node) -> str:
+    text = node.str()
+    p = PurePosixPath(text)
+    if not p.is_absolute() or ".." in p.parts or str(p) != text:
+        raise node.error(f"{text!r} must be a normalized absolute path such as /usr/bin/app.")
+    return text
+
+
+def _source(n: _Node, fields: dict[str, _Node], name: str, *, member_key: str | None = None,
+            member_required: bool = False, member_default: str | None = None) -> InputSpec:
+    kinds = [k for k in ("debian", "file", "url") if k in fields]
+    if len(kinds) != 1:
+        what = "none" if not kinds else " and ".join(kinds)
+        raise n.error(f"give exactly one of 'debian', 'file' or 'url' (got {what}).")
+    kind = kinds[0]
+    sha = None
+    if "sha256" in fields:
+        sha = fields["sha256"].str().lower()
+        if not _SHA256.fullmatch(sha):
+            raise fields["sha256"].error("must be 64 hexadecimal digits.")
+    if kind == "debian":
+        for bad in ("sha256",):
+            if bad in fields:
+                raise fields[bad].error("Debian packages are pinned by the lock file; remove sha256 "
+                                        "here and run `blindbox lock`.")
+        pkg = fields["debian"].str()
+        if not _PKG.fullmatch(pkg):
+            raise fields["debian"].error(f"{pkg!r} is not a Debian package name.")
+        if "suite" not in fields:
+            raise n.error(f"missing required key 'suite' for Debian package {pkg} "
+                          f"(one of {', '.join(SUITES[:3])}).", key=f"{n.key}.suite", line=n.key_line)
+        suite = fields["suite"].str()
+        if suite not in SUITES:
+            raise fields["suite"].error(f"unknown suite {suite!r}; use one of {', '.join(SUITES)}.")
+        arch = fields["arch"].str() if "arch" in fields else "amd64"
+        if arch != "amd64":
+            raise fields["arch"].error("only amd64 guests are built (SEV-SNP is x86-64).")
+        member = None
+        if member_key and member_key in fields:
+            member = _posix_abs(fields[member_key])
+        elif member_required:
+            raise n.error(f"missing required key {member_key!r}: the file to take from package {pkg}.",
+                          key=f"{n.key}.{member_key}", line=n.key_line)
+        else:
+            member = member_default
+        return InputSpec(name, "debian", n.line, package=pkg, suite=suite, arch=arch, member=member)
+    for bad in ("suite", "arch"):
+        if bad in fields:
+            raise fields[bad].error(f"{bad!r} only applies to Debian packages.")
+    if member_key and member_key in fields and member_key != "path":
+        raise fields[member_key].error(f"{member_key!r} only applies to Debian packages.")
+    if kind == "file":
+        text = fields["file"].str()
+        if PurePosixPath(text).is_absolute() or ".." in PurePosixPath(text).parts:
+            raise fields["file"].error(f"{text!r} must be relative to the recipe's directory, "
+                                       f"without '..', so the recipe can be moved with its files.")
+        return InputSpec(name, "file", n.line, file=text, sha256=sha)
+    url = fields["url"].str()
+    if not url.startswith("https://"):
+        raise fields["url"].error(f"{url!r}: only https URLs are fetched.")
+    if sha is None:
+        raise n.error("a URL input needs its sha256: the bytes behind a URL can change.",
+                      key=f"{n.key}.sha256", line=n.key_line)
+    return InputSpec(name, "url", n.line, url=url, sha256=sha)
+
+
+def _mode(node: _Node) -> int:
+    if node.kind != "str":
+        raise node.error("write file modes as quoted octal strings, e.g. \"0755\" (a bare 0755 or 755 "
+                         "is read as a number by YAML).")
+    text = node.str()
+    if not re.fullmatch(r"0?[0-7]{3,4}", text):
+        raise node.error(f"{text!r} is not an octal file mode such as \"0644\" or \"0755\".")
+    value = int(text, 8)
+    if value & ~0o7777:
+        raise node.error(f"{text!r} has bits beyond 07777.")
+    return value
+
+
+def _file_entry(n: _Node, *, dest_required: bool, name_prefix: str, default_mode: int) -> FileEntry:
+    allowed = {"path": "where the file goes in the initrd", "content": "the file's text, inline",
+               "mode": "the file mode as a quoted octal string", "member": "the path inside a Debian package",
+               **_SOURCE_KEYS}
+    if not dest_required:
+        allowed.pop("path")
+    fields = n.mapping(allowed, required=("path",) if dest_required else ())
+    dest = _posix_abs(fields["path"]) if dest_required else "/init"
+    mode = _mode(fields["mode"]) if "mode" in fields else default_mode
+    name = f"{name_prefix}{dest}" if dest_required else name_prefix
+    has_source = any(k in fields for k in ("debian", "file", "url"))
+    if "content" in fields:
+        if has_source or "member" in fields or "sha256" in fields:
+            raise fields["content"].error("give either inline 'content' or a source (debian, file, url), "
+                                          "not both.")
+        text = fields["content"].str(nonempty=False)
+        return FileEntry(dest, mode, n.line, content=text.encode("utf-8"))
+    if not has_source:
+        raise n.error("give the file's 'content' inline, or a source: 'file' (relative to the recipe), "
+                      "'url' with 'sha256', or 'debian' with 'suite' and 'member'.")
+    src = _source(n, fields, name, member_key="member",
+                  member_required="debian" in fields)
+    return FileEntry(dest, mode, n.line, source=src)
+
+
+def _shape_set(n: _Node, fw_kind: str) -> ShapeSet:
+    fields = n.mapping({
+        "vmm_profile": f"the VMM profile ({', '.join(PROFILES)})",
+        "vcpus": "a list of vCPU counts",
+        "vcpu_types": f"a list of vCPU types ({', '.join(CPU_SIGS)})",
+        "guest_features": "a list of SEV feature values (default [0x1])",
+    }, required=("vmm_profile", "vcpus", "vcpu_types"))
+    prof_node = fields["vmm_profile"]
+    prof = prof_node.str().lower()
+    if prof not in PROFILES:
+        raise prof_node.error(f"unknown VMM profile {prof!r}; use one of {', '.join(PROFILES)}.")
+    vmm = PROFILES[prof].vmm_type
+    if vmm is not VmmType.QEMU:
+        cloud = {"ec2": "Amazon EC2", "gce": "Google Compute Engine"}[vmm.value]
+        raise prof_node.error(
+            f"this recipe ships its own firmware ({fw_kind}), but {cloud} launches SNP guests with its "
+            f"own firmware, so a {prof} digest computed over this bundle's OVMF would never appear in "
+            f"a report. Publish QEMU shapes (vmm_profile: qemu) for this recipe.")
+    counts = []
+    for item in fields["vcpus"].list(nonempty=True):
+        v = item.int(lo=1, hi=4096)
+        if v in counts:
+            raise item.error(f"vCPU count {v} is listed twice.")
+        counts.append(v)
+    types = []
+    for item in fields["vcpu_types"].list(nonempty=True):
+        t = item.str()
+        exact = next((k for k in CPU_SIGS if k.lower() == t.lower()), None)
+        if exact is None:
+            raise item.error(f"unknown vCPU type {t!r}; use one of {', '.join(CPU_SIGS)}.")
+        if exact in types:
+            raise item.error(f"vCPU type {exact} is listed twice.")
+        types.append(exact)
+    features = []
+    gf_items = fields["guest_features"].list(nonempty=True) if "guest_features" in fields else []
+    for item in gf_items:
+        v = item.int(lo=0, hi=(1 << 64) - 1, hex_str=True)
+        if not v & SNP_ACTIVE:
+            raise item.error(f"{v:#x} lacks SNPActive (bit 0); every SNP guest has it. Use 0x1.")
+        if v & ~QEMU_GUEST_FEATURES:
+            raise item.error(
+                f"{v:#x} asks for SEV features that launch-snp.sh cannot request from QEMU; "
+                f"QEMU launches give 0x1, or 0x21 with debug-swap=on (QEMU >= 10.2).")
+        if v in features:
+            raise item.error(f"guest features {v:#x} are listed twice.")
+        features.append(v)
+    return ShapeSet(prof, tuple(sorted(counts)), tuple(types), tuple(features) or (SNP_ACTIVE,), n.line)
+
+
+def _cmdline(node: _Node) -> str:
+    if node.kind != "str":
+        raise node.error("the kernel command line must be a string; quote it (cmdline: \"console=ttyS0\").")
+    text = node.scalar()
+    for ch in text:
+        if ord(ch) < 0x20 or ord(ch) == 0x7F:
+            raise node.error(
+                f"contains the control character {ch!r}; the command line is measured byte for byte, "
+                f"and a YAML block scalar (|) adds a trailing newline. Write it as one quoted line.")
+    raw = text.encode("utf-8")
+    if len(raw) > MAX_CMDLINE:
+        raise node.error(f"is {len(raw)} bytes; the x86 kernel keeps at most {MAX_CMDLINE}, so the guest "
+                         f"would run with less than was measured.")
+    return text
+
+
+def parse_recipe(data: bytes, path: str | Path) -> Recipe:
+    """Parse recipe bytes; ``path`` locates relative files and names the file in errors."""
+    path = Path(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path}:1: the recipe is not UTF-8 (byte {e.start}).", path=str(path), line=1,
+                          key="") from None
+    try:
+        docs = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+    except yaml.MarkedYAMLError as e:
+        line = (e.problem_mark or e.context_mark).line + 1 if (e.problem_mark or e.context_mark) else 1
+        raise RecipeError(f"{path}:{line}: not valid YAML: {e.problem or e.context}.", path=str(path),
+                          line=line, key="") from None
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}:1: not valid YAML: {e}.", path=str(path), line=1, key="") from None
+    if len(docs) != 1 or docs[0] is None:
+        raise RecipeError(f"{path}:1: a recipe is exactly one YAML document (a mapping).", path=str(path),
+                          line=1, key="")
+    root = _Node(docs[0], path, "")
+    if root.kind != "map":
+        raise root.error("a recipe is a mapping of keys (name, firmware, kernel, ...).", key="(top level)")
+    top = root.mapping({
+        "schema": f"the recipe schema version ({SCHEMA})",
+        "name": "the bundle's name",
+        "source_date_epoch": "the timestamp (seconds since 1970) written into every output",
+        "firmware": "the OVMF firmware",
+        "kernel": "the Linux kernel",
+        "initrd": "what goes into the initrd",
+        "cmdline": "the kernel command line, measured byte for byte",
+        "shapes": "the VM shapes to publish launch digests for",
+        "launch": "launch-snp.sh defaults (memory_mib, policy)",
+    }, required=("name", "source_date_epoch", "firmware", "kernel", "initrd", "cmdline", "shapes"))
+
+    if "schema" in top and top["schema"].int() != SCHEMA:
+        raise top["schema"].error(f"this blindbox reads recipe schema {SCHEMA}; upgrade blindbox.")
+    name = top["name"].str()
+    if not _NAME.fullmatch(name):
+        raise top["name"].error(f"{name!r} must be 1-64 letters, digits, '.', '_' or '-' (it names a "
+                                f"directory).")
+    sde = top["source_date_epoch"].int(lo=0, hi=(1 << 32) - 1)
+
+    fw_node = top["firmware"]
+    fw_fields = fw_node.mapping({**_SOURCE_KEYS, "path": "the firmware file inside the Debian package"})
+    firmware = _source(fw_node, fw_fields, "firmware", member_key="path", member_required="debian" in fw_fields)
+    fw_kind = firmware.describe()
+
+    k_node = top["kernel"]
+    k_fields = k_node.mapping({**_SOURCE_KEYS,
+                               "require_config": "kernel config options the guest needs, e.g. CONFIG_TSM_REPORTS"})
+    if "debian" not in k_fields:
+        raise k_node.error("the kernel comes from a Debian package (debian: linux-image-amd64, suite: ...); "
+                           "its modules and config are read from the same package.")
+    kernel_src = _source(k_node, k_fields, "kernel")
+    req = list(DEFAULT_KERNEL_CONFIG)
+    if "require_config" in k_fields:
+        for item in k_fields["require_config"].list():
+            opt = item.str()
+            if not _CONFIG.fullmatch(opt):
+                raise item.error(f"{opt!r} is not a kernel config option such as CONFIG_TSM_REPORTS.")
+            if opt not in req:
+                req.append(opt)
+    kernel = KernelSpec(kernel_src, tuple(req))
+
+    i_node = top["initrd"]
+    i_fields = i_node.mapping({
+        "busybox": "the static busybox (debian: busybox-static)",
+        "init": "the /init script: content or a source",
+        "modules": "kernel modules to load-ready in the initrd",
+        "files": "extra files",
+        "binaries": "ELF binaries from Debian packages, with their libraries",
+        "compression": f"one of {', '.join(COMPRESSIONS)}",
+    }, required=("busybox", "init"))
+    bb_node = i_fields["busybox"]
+    bb_fields = bb_node.mapping({**_SOURCE_KEYS, "path": "the busybox binary inside the package"})
+    busybox = _source(bb_node, bb_fields, "busybox", member_key="path", member_default="/bin/busybox")
+    init = _file_entry(i_fields["init"], dest_required=False, name_prefix="init", default_mode=0o755)
+    modules: list[str] = []
+    if "modules" in i_fields:
+        for item in i_fields["modules"].list():
+            m = item.str()
+            if not _MODULE.fullmatch(m):
+                raise item.error(f"{m!r} is not a module name such as sev-guest.")
+            if m.replace("-", "_") in [x.replace("-", "_") for x in modules]:
+                raise item.error(f"module {m} is listed twice.")
+            modules.append(m)
+    files: list[FileEntry] = []
+    seen: dict[str, int] = {"/init": i_fields["init"].line}
+    if "files" in i_fields:
+        for item in i_fields["files"].list():
+            f = _file_entry(item, dest_required=True, name_prefix="file:", default_mode=0o644)
+            if f.path in seen:
+                raise item.error(f"{f.path} is already placed in the initrd (line {seen[f.path]}).")
+            seen[f.path] = item.line
+            files.append(f)
+    binaries: list[BinaryEntry] = []
+    if "binaries" in i_fields:
+        for item in i_fields["binaries"].list():
+            bf = item.mapping({"debian": _SOURCE_KEYS["debian"], "suite": _SOURCE_KEYS["suite"],
+                               "arch": _SOURCE_KEYS["arch"], "path": "the binary inside the package",
+                               "dest": "where it goes in the initrd (default: path)"},
+                              required=("debian", "suite", "path"))
+            src_path = _posix_abs(bf["path"])
+            dest = _posix_abs(bf["dest"]) if "dest" in bf else src_path
+            if dest in seen:
+                raise item.error(f"{dest} is already placed in the initrd (line {seen[dest]}).")
+            seen[dest] = item.line
+            src = _source(item, bf, f"binary:{dest}", member_key="path", member_required=True)
+            binaries.append(BinaryEntry(src_path, dest, src, item.line))
+    compression = "gzip"
+    if "compression" in i_fields:
+        compression = i_fields["compression"].str()
+        if compression not in COMPRESSIONS:
+            raise i_fields["compression"].error(f"unknown compression {compression!r}; use one of "
+                                                f"{', '.join(COMPRESSIONS)}.")
+    initrd = InitrdSpec(busybox, init, tuple(modules), tuple(files), tuple(binaries), compression)
+
+    cmdline = _cmdline(top["cmdline"])
+
+    sets = tuple(_shape_set(item, fw_kind) for item in top["shapes"].list(nonempty=True))
+
+    launch = LaunchSpec()
+    if "launch" in top:
+        lf = top["launch"].mapping({"memory_mib": "guest memory in MiB (default 2048)",
+                                    "policy": "the SNP guest policy (default 0x30000)"})
+        launch = LaunchSpec(
+            memory_mib=lf["memory_mib"].int(lo=64, hi=1 << 22) if "memory_mib" in lf else 2048,
+            policy=lf["policy"].int(lo=0, hi=(1 << 64) - 1, hex_str=True) if "policy" in lf else 0x30000)
+        if not launch.policy & (1 << 17):
+            raise lf["policy"].error(f"{launch.policy:#x} lacks bit 17, which the SNP ABI requires to be set "
+                                     f"(the QEMU default is 0x30000).")
+
+    return Recipe(path=path, sha256=hashlib.sha256(data).hexdigest(), name=name, source_date_epoch=sde,
+                  firmware=firmware, kernel=kernel, initrd=initrd, cmdline=cmdline, shape_sets=sets,
+                  launch=launch)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: no such recipe file.", path=str(path), line=0, key="") from None
+    except IsADirectoryError:
+        raise RecipeError(f"{path}: is a directory; give the recipe's .yaml file.", path=str(path), line=0,
+                          key="") from None
+    except OSError as e:
+        raise RecipeError(f"{path}: cannot read the recipe ({e.strerror}).", path=str(path), line=0,
+                          key="") from None
+    return parse_recipe(data, path)
