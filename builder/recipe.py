@@ -31,13 +31,11 @@ SCHEMA = 1
 #: would run with something other than what was measured.
 MAX_CMDLINE = 2047
 SUITES = ("bookworm", "trixie", "sid", "forky", "unstable", "testing", "stable")
-COMPRESSIONS = ("gzip", "none")
+COMPRESSIONS = ("gzip", "xz", "none")
 #: SEV features a QEMU launch can ask for: SNPActive, and DebugSwap (QEMU >= 10.2, debug-swap=on).
 SNP_ACTIVE = 0x1
 DEBUG_SWAP = 0x20
 QEMU_GUEST_FEATURES = SNP_ACTIVE | DEBUG_SWAP
-#: kernel config the pipeline always requires of a measured SNP guest kernel.
-DEFAULT_KERNEL_CONFIG = ("CONFIG_AMD_MEM_ENCRYPT", "CONFIG_SEV_GUEST", "CONFIG_BLK_DEV_INITRD")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _PKG = re.compile(r"[a-z0-9][a-z0-9.+-]+")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -112,7 +110,8 @@ class BinaryEntry:
 @dataclass(frozen=True)
 class KernelSpec:
     source: InputSpec
-    require_config: tuple[str, ...]
+    #: options the recipe needs beyond what every guest needs (builder.steps.kernel.REQUIRED)
+    require_config: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -568,7 +567,7 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
         raise k_node.error("the kernel comes from a Debian package (debian: linux-image-amd64, suite: ...); "
                            "its modules and config are read from the same package.")
     kernel_src = _source(k_node, k_fields, "kernel")
-    req = list(DEFAULT_KERNEL_CONFIG)
+    req: list[str] = []
     if "require_config" in k_fields:
         for item in k_fields["require_config"].list():
             opt = item.str()

@@ -1,0 +1,383 @@
+"""The lock file: every input of a recipe pinned to an exact version, sha256 and origin.
+
+``recipes/x.yaml`` is locked by ``recipes/x.lock`` (JSON, stable key order, one input per
+entry).  ``blindbox lock`` writes it; ``blindbox build`` reads only what it pins.  Each
+entry keeps the recipe's declaration it was made for (``wants``), so a recipe edited after
+locking is caught instead of silently building the old input.
+
+Locking never changes a pin it does not have to: an input keeps its pin unless the recipe
+now declares it differently, the pin is new, or ``update`` asks for it (all inputs, or the
+named ones).  Every changed pin is reported, because it changes the guest and therefore
+its launch measurement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from builder.errors import BuildError, InputDigestMismatch, RecipeError, SourceError
+from builder.recipe import InputSpec, Recipe
+
+LOCK_VERSION = 1
+_KERNEL_PKG = re.compile(r"linux-image-\d[\w.+-]*")
+
+
+class LockMissing(BuildError):
+    """The recipe has no lock file yet."""
+
+
+class LockMismatch(BuildError):
+    """The lock file does not pin what the recipe declares."""
+
+
+@dataclass(frozen=True)
+class LockedInput:
+    """One pinned input.  ``debian`` is the package record (DebianPackage.to_dict())."""
+
+    name: str
+    kind: str                       # "debian" | "file" | "url"
+    wants: dict
+    sha256: str
+    size: int
+    origin: str
+    version: str | None = None
+    debian: dict | None = None
+    path: str | None = None         # file: relative to the recipe's directory
+    url: str | None = None
+    via: str | None = None          # debian: the metapackage that led to this package
+
+    def to_dict(self) -> dict:
+        out = {"name": self.name, "kind": self.kind, "wants": self.wants, "version": self.version,
+               "sha256": self.sha256, "size": self.size, "origin": self.origin}
+        if self.via is not None:
+            out["via"] = self.via
+        if self.debian is not None:
+            out["debian"] = self.debian
+        if self.path is not None:
+            out["path"] = self.path
+        if self.url is not None:
+            out["url"] = self.url
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str) -> "LockedInput":
+        def need(key, typ):
+            if key not in d or not isinstance(d[key], typ):
+                raise RecipeError(f"{where}: entry {d.get('name', '?')!r} has no valid {key!r}; the lock file "
+                                  f"is damaged. Restore it from version control or run `blindbox lock` again.",
+                                  path=where, key=key)
+            return d[key]
+        kind = need("kind", str)
+        if kind not in ("debian", "file", "url"):
+            raise RecipeError(f"{where}: entry {d.get('name')!r} has unknown kind {kind!r}.", path=where,
+                              key="kind")
+        sha = need("sha256", str)
+        if not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise RecipeError(f"{where}: entry {d.get('name')!r} has a malformed sha256.", path=where,
+                              key="sha256")
+        entry = cls(name=need("name", str), kind=kind, wants=need("wants", dict), sha256=sha,
+                    size=need("size", int), origin=need("origin", str), version=d.get("version"),
+                    debian=d.get("debian"), path=d.get("path"), url=d.get("url"), via=d.get("via"))
+        if kind == "debian":
+            deb = need("debian", dict)
+            if deb.get("sha256") != sha or deb.get("version") != entry.version:
+                raise RecipeError(f"{where}: entry {entry.name!r} disagrees with its own package record "
+                                  f"(version or sha256); the lock file was edited by hand. Run `blindbox "
+                                  f"lock` again.", path=where, key="debian")
+        return entry
+
+    def describe(self) -> str:
+        if self.kind == "debian":
+            return f"{self.debian['name']} {self.version} from Debian {self.debian.get('suite')}"
+        if self.kind == "file":
+            return f"local file {self.path}"
+        return f"{self.url}"
+
+
+@dataclass(frozen=True)
+class Lock:
+    recipe: str
+    inputs: tuple[LockedInput, ...]
+    path: Path | None = None
+    sha256: str | None = None       # of the file's bytes, once written or read
+
+    def get(self, name: str) -> LockedInput | None:
+        return next((i for i in self.inputs if i.name == name), None)
+
+    def names(self) -> list[str]:
+        return [i.name for i in self.inputs]
+
+    def to_json(self) -> bytes:
+        doc = {
+            "lock_version": LOCK_VERSION,
+            "recipe": self.recipe,
+            "comment": "Written by `blindbox lock`; every pin here is part of the launch measurement. "
+                       "Change pins with `blindbox lock RECIPE --update`, never by hand.",
+            "inputs": [i.to_dict() for i in self.inputs],
+        }
+        return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+@dataclass(frozen=True)
+class Change:
+    name: str
+    old: LockedInput | None
+    new: LockedInput | None
+    reason: str
+
+    def describe(self) -> str:
+        if self.old is None:
+            return f"{self.name}: pinned {self.new.describe()} (sha256 {self.new.sha256[:16]}...) [{self.reason}]"
+        if self.new is None:
+            return f"{self.name}: removed (no longer in the recipe)"
+        if self.old.sha256 == self.new.sha256:
+            return f"{self.name}: unchanged, {self.new.describe()}"
+        return (f"{self.name}: {self.old.describe()} -> {self.new.describe()} "
+                f"(sha256 {self.old.sha256[:16]}... -> {self.new.sha256[:16]}...) [{self.reason}]")
+
+
+@dataclass
+class LockResult:
+    lock: Lock
+    changes: list[Change] = field(default_factory=list)
+
+    @property
+    def changed_pins(self) -> list[Change]:
+        """Pins that existed and now point at other bytes (or are gone): the measurement changes."""
+        return [c for c in self.changes if c.old is not None and (c.new is None or c.old.sha256 != c.new.sha256)]
+
+
+# --------------------------------------------------------------------------------------
+# reading and writing
+# --------------------------------------------------------------------------------------
+
+def lock_path_for(recipe: Recipe) -> Path:
+    return recipe.lock_path
+
+
+def read_lock(path: str | Path) -> Lock:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise LockMissing(f"{path} does not exist: the recipe's inputs are not pinned yet. Run `blindbox lock "
+                          f"{path.with_suffix('.yaml')}` to pin them (and commit the lock file).") from None
+    return parse_lock(data, path)
+
+
+def parse_lock(data: bytes, path: Path) -> Lock:
+    where = str(path)
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise RecipeError(f"{where}: the lock file is not UTF-8 JSON.", path=where, line=1, key="") from None
+    except json.JSONDecodeError as e:
+        raise RecipeError(f"{where}:{e.lineno}: the lock file is not valid JSON ({e.msg}); restore it from "
+                          f"version control or run `blindbox lock` again.", path=where, line=e.lineno,
+                          key="") from None
+    if not isinstance(doc, dict) or doc.get("lock_version") != LOCK_VERSION:
+        raise RecipeError(f"{where}: not a blindbox lock file of version {LOCK_VERSION}; run `blindbox lock` "
+                          f"again.", path=where, key="lock_version")
+    raw = doc.get("inputs")
+    if not isinstance(raw, list) or not all(isinstance(d, dict) for d in raw):
+        raise RecipeError(f"{where}: 'inputs' must be a list of entries.", path=where, key="inputs")
+    inputs = tuple(LockedInput.from_dict(d, where) for d in raw)
+    names = [i.name for i in inputs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise RecipeError(f"{where}: input {dupes[0]!r} is pinned twice.", path=where, key="inputs")
+    return Lock(recipe=str(doc.get("recipe", "")), inputs=inputs, path=path,
+                sha256=hashlib.sha256(data).hexdigest())
+
+
+def write_lock(path: str | Path, lock: Lock) -> Lock:
+    """Write ``lock`` atomically (temp file in the same directory, fsync, rename)."""
+    path = Path(path)
+    data = lock.to_json()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return Lock(lock.recipe, lock.inputs, path, hashlib.sha256(data).hexdigest())
+
+
+# --------------------------------------------------------------------------------------
+# the recipe's inputs, including the library packages its binaries need
+# --------------------------------------------------------------------------------------
+
+def library_wants(recipe: Recipe) -> dict:
+    """The declaration the ``library:*`` pins are made for: the set of binary packages."""
+    pkgs = sorted({(b.source.package, b.source.suite, b.source.arch) for b in recipe.initrd.binaries})
+    return {"libraries_for": [f"{p}/{s}/{a}" for p, s, a in pkgs]}
+
+
+def check_lock(recipe: Recipe, lock: Lock) -> None:
+    """Refuse a lock that does not pin exactly what the recipe declares."""
+    lock_file = lock.path or recipe.lock_path
+    fix = f"run `blindbox lock {recipe.path}` to pin what the recipe now asks for"
+    for spec in recipe.inputs():
+        entry = lock.get(spec.name)
+        if entry is None:
+            raise LockMismatch(f"input {spec.name!r} ({spec.describe()}) is declared in {recipe.path} but not "
+                               f"pinned in {lock_file}; {fix}.")
+        if entry.wants != spec.wants():
+            raise LockMismatch(
+                f"input {spec.name!r}: {recipe.path} now asks for {_fmt_wants(spec.wants())} but {lock_file} "
+                f"was made for {_fmt_wants(entry.wants)}; {fix} (this changes the launch measurement).")
+    wanted = {s.name for s in recipe.inputs()}
+    libs = library_wants(recipe)
+    for entry in lock.inputs:
+        if entry.name.startswith("library:"):
+            if not recipe.initrd.binaries or entry.wants.get("libraries_for") != libs["libraries_for"]:
+                raise LockMismatch(f"{lock_file} pins library {entry.name[8:]!r} for binaries the recipe no "
+                                   f"longer lists exactly; {fix}.")
+        elif entry.name not in wanted:
+            raise LockMismatch(f"{lock_file} pins input {entry.name!r}, which {recipe.path} does not declare; "
+                               f"{fix}.")
+
+
+def _fmt_wants(w: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in w.items())
+
+
+def _debian_entry(spec_name: str, wants: dict, pkg, via: str | None = None) -> LockedInput:
+    d = pkg.to_dict()
+    origin = f"debian:{pkg.suite}/{pkg.name}={pkg.version} ({pkg.filename})"
+    return LockedInput(name=spec_name, kind="debian", wants=wants, sha256=pkg.sha256, size=pkg.size,
+                       origin=origin, version=pkg.version, debian=d, via=via)
+
+
+def _resolve_kernel(archive, spec: InputSpec):
+    """A kernel metapackage (linux-image-amd64) resolves to the kernel package it depends on."""
+    pkg = archive.resolve(spec.package, spec.suite, arch=spec.arch)
+    if _KERNEL_PKG.fullmatch(pkg.name):
+        return pkg, None
+    for dep in archive.depends(pkg):
+        if _KERNEL_PKG.fullmatch(dep):
+            return archive.resolve(dep, spec.suite, arch=spec.arch), f"{pkg.name}={pkg.version}"
+    return pkg, None
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def resolve_input(spec: InputSpec, recipe: Recipe, archive, fetch_url) -> LockedInput:
+    """Pin one declared input as the archive / file system / network serves it now."""
+    wants = spec.wants()
+    if spec.kind == "debian":
+        if spec.name == "kernel":
+            pkg, via = _resolve_kernel(archive, spec)
+        else:
+            pkg, via = archive.resolve(spec.package, spec.suite, arch=spec.arch), None
+        return _debian_entry(spec.name, wants, pkg, via)
+    if spec.kind == "file":
+        path = recipe.directory / spec.file
+        if not path.is_file():
+            raise SourceError(f"input {spec.name!r}: {path} does not exist (the recipe names it relative to "
+                              f"{recipe.directory}).", source=str(path))
+        actual = file_sha256(path)
+        if spec.sha256 and actual != spec.sha256:
+            raise InputDigestMismatch(
+                f"input {spec.name!r}: {path} has sha256 {actual}, but {recipe.path} declares {spec.sha256}; "
+                f"fix the file or the declared sha256.", source=str(path), expected=spec.sha256, actual=actual,
+                path=str(path))
+        return LockedInput(name=spec.name, kind="file", wants=wants, sha256=actual, size=path.stat().st_size,
+                           origin=f"file:{spec.file}", path=spec.file)
+    fetched = Path(fetch_url(spec.url, spec.sha256))
+    return LockedInput(name=spec.name, kind="url", wants=wants, sha256=spec.sha256, size=fetched.stat().st_size,
+                       origin=spec.url, url=spec.url)
+
+
+def resolve_libraries(recipe: Recipe, archive) -> list[LockedInput]:
+    """Pin the dependency closure of every package that provides an initrd binary."""
+    wants = library_wants(recipe)
+    own = {(b.source.package, b.source.suite) for b in recipe.initrd.binaries}
+    seen: dict[str, object] = {}
+    queue = []
+    for b in recipe.initrd.binaries:
+        pkg = archive.resolve(b.source.package, b.source.suite, arch=b.source.arch)
+        queue.append((pkg, b.source.suite, b.source.arch))
+    while queue:
+        pkg, suite, arch = queue.pop(0)
+        for dep in archive.depends(pkg):
+            if dep in seen or (dep, suite) in own:
+                continue
+            dpkg = archive.resolve(dep, suite, arch=arch)
+            seen[dep] = dpkg
+            queue.append((dpkg, suite, arch))
+    return [_debian_entry(f"library:{name}", wants, seen[name]) for name in sorted(seen)]
+
+
+def lock_recipe(recipe: Recipe, archive, fetch_url=None, *, previous: Lock | None = None, update: bool = False,
+                only: Iterable[str] = ()) -> LockResult:
+    """Pin every input of ``recipe``, keeping the pins of ``previous`` that still apply.
+
+    ``update`` re-pins every input (or, with ``only``, the named ones) to what is served
+    now.  ``archive`` is a builder.sources.DebianArchive; ``fetch_url(url, sha256) -> path``
+    fetches URL inputs (builder.sources.fetch_url).
+    """
+    only = set(only)
+    known = {s.name for s in recipe.inputs()}
+    has_libs = bool(recipe.initrd.binaries)
+    unknown = sorted(n for n in only if n not in known and not (n == "libraries" and has_libs)
+                     and not (n.startswith("library:") and has_libs))
+    if unknown:
+        raise BuildError(f"--input {unknown[0]!r} is not an input of {recipe.path}; its inputs are "
+                         f"{', '.join(sorted(known) + (['libraries'] if has_libs else []))}.")
+
+    def wants_update(name: str) -> bool:
+        return update and (not only or name in only
+                           or (name.startswith("library:") and ("libraries" in only or name in only)))
+
+    out: list[LockedInput] = []
+    changes: list[Change] = []
+    for spec in recipe.inputs():
+        old = previous.get(spec.name) if previous else None
+        if old is not None and old.wants == spec.wants() and not wants_update(spec.name):
+            out.append(old)
+            continue
+        reason = "new input" if old is None else ("recipe changed" if old.wants != spec.wants() else "update")
+        new = resolve_input(spec, recipe, archive, fetch_url)
+        out.append(new)
+        changes.append(Change(spec.name, old, new, reason))
+
+    if has_libs:
+        old_libs = [i for i in previous.inputs if i.name.startswith("library:")] if previous else []
+        libs_ok = old_libs and all(i.wants == library_wants(recipe) for i in old_libs)
+        if libs_ok and not any(wants_update(i.name) for i in old_libs):
+            out += old_libs
+        else:
+            new_libs = resolve_libraries(recipe, archive)
+            old_by = {i.name: i for i in old_libs}
+            for lib in new_libs:
+                old = old_by.pop(lib.name, None)
+                if old is None or old.sha256 != lib.sha256 or old.wants != lib.wants:
+                    reason = "new input" if old is None else "update"
+                    changes.append(Change(lib.name, old, lib, reason))
+            changes += [Change(n, o, None, "removed") for n, o in sorted(old_by.items())]
+            out += new_libs
+    if previous:
+        kept = {i.name for i in out}
+        changes += [Change(i.name, i, None, "removed") for i in previous.inputs
+                    if i.name not in kept and not i.name.startswith("library:")]
+    rel = os.path.relpath(recipe.path, recipe.lock_path.parent)
+    return LockResult(Lock(recipe=rel, inputs=tuple(out)), changes)

@@ -1,0 +1,117 @@
+"""In-memory stand-ins for builder.sources, so builder logic is tested without the archive.
+
+``FakeArchive`` serves packages whose contents are small trees of files given as bytes;
+it honours exact versions, reports withdrawn versions as gone, and counts downloads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from builder.errors import InputDigestMismatch, OfflineMiss, SourceGone
+
+
+@dataclass(frozen=True)
+class FakePackage:
+    name: str
+    version: str
+    arch: str
+    suite: str
+    filename: str
+    size: int
+    sha256: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FakePackage":
+        return cls(**d)
+
+
+def _deb_bytes(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path, data in sorted(files.items()):
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size = len(data)
+            info.mode = 0o755 if "/bin/" in path or path.startswith("/boot/") else 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+class FakeArchive:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.packages: dict[tuple[str, str], list[tuple[FakePackage, dict, list]]] = {}
+        self.withdrawn: set[tuple[str, str]] = set()
+        self.cache: dict[str, bytes] = {}
+        self.downloads = 0
+        self.offline = False
+
+    def add(self, name: str, version: str, suite: str, files: dict[str, bytes], depends=()) -> FakePackage:
+        blob = _deb_bytes(files)
+        pkg = FakePackage(name, version, "amd64", suite, f"pool/main/{name[0]}/{name}/{name}_{version}_amd64.deb",
+                          len(blob), hashlib.sha256(blob).hexdigest())
+        self.packages.setdefault((name, suite), []).append((pkg, files, list(depends)))
+        self._blobs = getattr(self, "_blobs", {})
+        self._blobs[pkg.sha256] = blob
+        return pkg
+
+    def withdraw(self, pkg: FakePackage) -> None:
+        self.withdrawn.add((pkg.name, pkg.version))
+
+    def _served(self, name, suite):
+        return [e for e in self.packages.get((name, suite), []) if (e[0].name, e[0].version) not in self.withdrawn]
+
+    def resolve(self, name, suite, version=None, arch="amd64"):
+        served = self._served(name, suite)
+        if version is not None:
+            served = [e for e in served if e[0].version == version]
+        if not served:
+            raise SourceGone(f"{name} {version or ''} is not served by {suite}", source=name)
+        return served[-1][0]
+
+    def depends(self, pkg):
+        for entries in self.packages.values():
+            for p, _, deps in entries:
+                if p == pkg:
+                    return list(deps)
+        return []
+
+    def download(self, pkg) -> Path:
+        path = self.root / f"{pkg.sha256}.tar"
+        if pkg.sha256 in self.cache:
+            path.write_bytes(self.cache[pkg.sha256])
+            return path
+        if self.offline:
+            raise OfflineMiss(f"{pkg.name} {pkg.version} is not in the cache (offline)", source=pkg.name)
+        if (pkg.name, pkg.version) in self.withdrawn:
+            raise SourceGone(f"{pkg.name} {pkg.version} is no longer served and not cached", source=pkg.name)
+        blob = self._blobs.get(pkg.sha256)
+        if blob is None:
+            raise InputDigestMismatch(f"{pkg.name} {pkg.version}: the archive serves other bytes",
+                                      source=pkg.name, expected=pkg.sha256)
+        self.downloads += 1
+        self.cache[pkg.sha256] = blob
+        path.write_bytes(blob)
+        return path
+
+    def unpack(self, pkg) -> Path:
+        src = self.download(pkg)
+        dest = self.root / f"{pkg.sha256}.d"
+        if not dest.exists():
+            with tarfile.open(src) as tar:
+                tar.extractall(dest, filter="tar")
+        return dest
+
+    def member(self, pkg, path: str) -> Path:
+        p = self.unpack(pkg) / path.lstrip("/")
+        if not p.is_file():
+            raise SourceGone(f"{pkg.name} has no {path}", source=pkg.name)
+        return p
