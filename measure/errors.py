@@ -54,5 +54,26 @@ class VerificationError(BlindboxError):
     exit_code = 3
 
 
+class SignatureInvalid(VerificationError):
+    """A signature does not verify with the key it names (report, manifest, ID block)."""
+
+
+class ChainInvalid(VerificationError):
+    """A certificate chain does not lead to a trusted root, or its leaf is not this chip's key."""
+
+
+class MeasurementMismatch(VerificationError):
+    """The launch digest in a report is not the expected one."""
+
+    def __init__(self, message: str, *, expected=None, actual: bytes | None = None):
+        super().__init__(message)
+        self.expected = expected
+        self.actual = actual
+
+
+class PolicyViolation(VerificationError):
+    """A report field violates what the relying party requires (policy, TCB, host data, ...)."""
+
+
 class InternalError(Exception):
     """An invariant of our own code failed: a bug, reported with exit status 1."""
