@@ -117,7 +117,10 @@ class KernelSpec:
 @dataclass(frozen=True)
 class InitrdSpec:
     busybox: InputSpec
-    init: FileEntry
+    #: the /init script; None: the project's default init (builder.steps.init), which
+    #: loads ``modules``, reports sev-guest and the command line hash, then runs ``app_command``
+    init: FileEntry | None = None
+    app_command: str | None = None
     modules: tuple[str, ...] = ()
     files: tuple[FileEntry, ...] = ()
     binaries: tuple[BinaryEntry, ...] = ()
@@ -186,7 +189,7 @@ class Recipe:
     def inputs(self) -> tuple[InputSpec, ...]:
         """Every declared input, each once, in a fixed order."""
         out = [self.firmware, self.kernel.source, self.initrd.busybox]
-        if self.initrd.init.source is not None:
+        if self.initrd.init is not None and self.initrd.init.source is not None:
             out.append(self.initrd.init.source)
         out += [f.source for f in self.initrd.files if f.source is not None]
         out += [b.source for b in self.initrd.binaries]
@@ -580,16 +583,27 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
     i_node = top["initrd"]
     i_fields = i_node.mapping({
         "busybox": "the static busybox (debian: busybox-static)",
-        "init": "the /init script: content or a source",
+        "init": "the /init script: content or a source (default: the blindbox init)",
+        "app_command": "a shell command the default init runs after its checks",
         "modules": "kernel modules to load-ready in the initrd",
         "files": "extra files",
         "binaries": "ELF binaries from Debian packages, with their libraries",
         "compression": f"one of {', '.join(COMPRESSIONS)}",
-    }, required=("busybox", "init"))
+    }, required=("busybox",))
     bb_node = i_fields["busybox"]
     bb_fields = bb_node.mapping({**_SOURCE_KEYS, "path": "the busybox binary inside the package"})
     busybox = _source(bb_node, bb_fields, "busybox", member_key="path", member_default="/bin/busybox")
-    init = _file_entry(i_fields["init"], dest_required=False, name_prefix="init", default_mode=0o755)
+    init = None
+    if "init" in i_fields:
+        init = _file_entry(i_fields["init"], dest_required=False, name_prefix="init", default_mode=0o755)
+    app_command = None
+    if "app_command" in i_fields:
+        if init is not None:
+            raise i_fields["app_command"].error("the default init runs app_command; with your own 'init' "
+                                                "script, start the application from that script instead.")
+        app_command = i_fields["app_command"].str()
+        if "\0" in app_command:
+            raise i_fields["app_command"].error("contains a NUL byte.")
     modules: list[str] = []
     if "modules" in i_fields:
         for item in i_fields["modules"].list():
@@ -600,7 +614,7 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
                 raise item.error(f"module {m} is listed twice.")
             modules.append(m)
     files: list[FileEntry] = []
-    seen: dict[str, int] = {"/init": i_fields["init"].line}
+    seen: dict[str, int] = {"/init": i_fields["init"].line if "init" in i_fields else i_node.line}
     if "files" in i_fields:
         for item in i_fields["files"].list():
             f = _file_entry(item, dest_required=True, name_prefix="file:", default_mode=0o644)
@@ -628,7 +642,7 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
         if compression not in COMPRESSIONS:
             raise i_fields["compression"].error(f"unknown compression {compression!r}; use one of "
                                                 f"{', '.join(COMPRESSIONS)}.")
-    initrd = InitrdSpec(busybox, init, tuple(modules), tuple(files), tuple(binaries), compression)
+    initrd = InitrdSpec(busybox, init, app_command, tuple(modules), tuple(files), tuple(binaries), compression)
 
     cmdline = _cmdline(top["cmdline"])
 

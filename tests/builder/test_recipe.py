@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -211,3 +213,12 @@ def test_launch_section():
     r = parse(BASE + "launch:\n  memory_mib: 1024\n  policy: 0x30000\n")
     assert r.launch.memory_mib == 1024 and r.launch.policy == 0x30000
     assert "bit 17" in str(error(BASE + "launch:\n  policy: 0x0\n"))
+def test_cli_bad_recipe_exits_2_with_file_line_and_no_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BASE + "colour: blue\n")
+    for args in (["build", str(bad), "--out", str(tmp_path / "out")], ["lock", str(bad)]):
+        p = subprocess.run([sys.executable, "-m", "blindbox.cli", *args], capture_output=True, text=True,
+                           cwd=ROOT)
+        assert p.returncode == 2, p.stderr
+        assert f"{bad}:21: colour: unknown key 'colour'" in p.stderr
+        assert "Traceback" not in p.stderr

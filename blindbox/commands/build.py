@@ -1,0 +1,174 @@
+"""``blindbox build``, ``blindbox lock`` and ``blindbox check-repro``: recipes -> bundles."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from builder.errors import BuildError
+
+STALE_HELP = ("Accept an expired Release file for this Debian suite (sid, trixie, bookworm); apt's signature "
+              "checks stay on. Repeatable. See docs/recipes.md.")
+
+
+def _progress():
+    if not sys.stderr.isatty():
+        return None
+    return lambda step: click.echo(f"blindbox: {step} ...", err=True)
+
+
+def _result_json(res) -> dict:
+    m = res.manifest
+    return {
+        "bundle": str(res.out),
+        "up_to_date": res.up_to_date,
+        "name": m.name,
+        "recipe": m.recipe,
+        "lock": m.lock,
+        "outputs": [o.to_dict() for o in m.outputs],
+        "measurements": [x.to_dict() for x in m.measurements],
+        "timings": {name: round(t, 3) for name, t in res.timings},
+        "downloaded": list(res.downloaded),
+        "preflight": list(res.preflight),
+    }
+
+
+@click.command("build")
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Bundle directory (default: ./out/<name>). Replaced atomically.")
+@click.option("--offline", is_flag=True, help="Use only the local cache; fail if an input is not there.")
+@click.option("--force", is_flag=True, help="Rebuild even if the bundle is up to date.")
+@click.option("--allow-stale", multiple=True, metavar="SUITE", help=STALE_HELP)
+@click.option("--check-repro", "check_repro_flag", is_flag=True,
+              help="Also build twice more under varied conditions and compare (see check-repro).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result on stdout.")
+def build(recipe, out, offline, force, allow_stale, check_repro_flag, as_json):
+    """Build the guest bundle of RECIPE from its lock file.
+
+    Uses only the inputs pinned in the lock file next to RECIPE (run `blindbox lock`
+    first). Prints the bundle path and the expected launch digest of every shape.
+    """
+    from builder.pipeline import BuildRequest, build as run_build
+
+    res = run_build(BuildRequest(recipe=recipe, out=out, offline=offline, allow_stale=tuple(allow_stale),
+                                 force=force), progress=_progress())
+    if as_json and not check_repro_flag:
+        click.echo(json.dumps(_result_json(res), indent=2, ensure_ascii=False))
+    elif not as_json:
+        state = "up to date" if res.up_to_date else "built"
+        click.echo(f"{res.out}: {state} ({sum(t for _, t in res.timings):.1f} s)")
+        for m in res.manifest.measurements:
+            click.echo(f"  {m.shape:<28} {m.measurement}")
+    if check_repro_flag:
+        _check_repro(recipe, allow_stale, keep=False, as_json=as_json, extra={"build": _result_json(res)})
+
+
+def _check_repro(recipe, allow_stale, keep, as_json, extra=None):
+    from builder.recipe import load_recipe
+    from builder.repro import check_repro as run_check
+    from builder.sources import cache_root
+
+    r = load_recipe(recipe)
+    res = run_check(r, cache=cache_root(), allow_stale=tuple(allow_stale), keep=keep)
+    if as_json:
+        doc = dict(extra or {})
+        doc.update({
+            "identical": res.identical,
+            "workdir": str(res.workdir) if (keep or not res.identical) else None,
+            "variations": [{"condition": c, "a": a, "b": b} for c, a, b in res.variations],
+            "differences": [{"file": d.file, "kind": d.kind, "offset": d.offset, "size_a": d.size_a,
+                             "size_b": d.size_b, "detail": d.detail} for d in res.differences],
+        })
+        click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+    else:
+        click.echo("builds compared (A vs B):")
+        for c, a, b in res.variations:
+            click.echo(f"  {c:<28} {a}  |  {b}")
+        if res.identical:
+            click.echo(f"reproducible: every file of the two bundles is byte-identical "
+                       f"({len(list(res.runs[0].out.iterdir())) if res.runs[0].out.exists() else 'all'} files).")
+        for d in res.differences:
+            click.echo(f"NOT REPRODUCIBLE: {d.describe()}")
+            if d.detail and d.kind == "content":
+                click.echo("  diffoscope:\n    " + d.detail.replace("\n", "\n    "))
+        if not res.identical:
+            click.echo(f"both bundles are kept in {res.workdir}")
+    if not res.identical:
+        raise click.exceptions.Exit(3)
+
+
+@click.command("check-repro")
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--allow-stale", multiple=True, metavar="SUITE", help=STALE_HELP)
+@click.option("--keep", is_flag=True, help="Keep both bundles (and the work directory) even if identical.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result on stdout.")
+def check_repro(recipe, allow_stale, keep, as_json):
+    """Build RECIPE twice in separate processes under varied conditions and compare.
+
+    The second build runs in another directory, with another clock (if faketime is
+    installed), time zone, locale, umask, user, HOME, a fresh copy of the input cache
+    (offline) and SOURCE_DATE_EPOCH set in the environment (it must not leak in). Exit 0
+    when every file is byte-identical, 3 when not, naming each differing file and its
+    first differing offset.
+    """
+    _check_repro(recipe, allow_stale, keep, as_json)
+
+
+@click.command("lock")
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--update", is_flag=True,
+              help="Re-pin inputs to what their sources serve now (all, or those named by --input). "
+                   "This changes the launch measurement.")
+@click.option("--input", "only", multiple=True, metavar="NAME",
+              help="With --update: only this input (e.g. kernel, firmware, busybox; 'libraries' for all "
+                   "library:* pins). Repeatable.")
+@click.option("--offline", is_flag=True, help="Resolve from cached package lists only.")
+@click.option("--allow-stale", multiple=True, metavar="SUITE", help=STALE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result on stdout.")
+def lock(recipe, update, only, offline, allow_stale, as_json):
+    """Pin every input of RECIPE to an exact version and sha256 in the lock file beside it.
+
+    Existing pins are kept unless the recipe now declares that input differently or
+    --update asks for a new pin. Every change is listed.
+    """
+    from builder.lock import LockMissing, lock_recipe, read_lock, write_lock
+    from builder.recipe import load_recipe
+    from builder.sources import ContentCache, DebianArchive, fetch_url
+
+    if only and not update:
+        raise click.UsageError("--input selects what --update re-pins; add --update.")
+    r = load_recipe(recipe)
+    try:
+        previous = read_lock(r.lock_path)
+    except LockMissing:
+        previous = None
+    cache = ContentCache()
+    archive = DebianArchive(cache=cache, offline=offline, allow_stale=tuple(allow_stale))
+    res = lock_recipe(r, archive, lambda url, sha: fetch_url(url, sha, cache=cache, offline=offline),
+                      previous=previous, update=update, only=only)
+    written = write_lock(r.lock_path, res.lock)
+    if as_json:
+        click.echo(json.dumps({
+            "lock": str(written.path), "sha256": written.sha256,
+            "changes": [{"name": c.name, "reason": c.reason,
+                         "old": c.old.to_dict() if c.old else None,
+                         "new": c.new.to_dict() if c.new else None} for c in res.changes],
+            "measurement_changes": bool(res.changed_pins),
+            "inputs": [i.to_dict() for i in written.inputs],
+        }, indent=2, ensure_ascii=False))
+        return
+    rel = os.path.relpath(written.path)
+    if not res.changes:
+        click.echo(f"{rel}: unchanged; every input of {r.path} is pinned.")
+    else:
+        click.echo(f"{rel}: written.")
+        for c in res.changes:
+            click.echo(f"  {c.describe()}")
+    if res.changed_pins:
+        click.echo(f"note: {len(res.changed_pins)} pin(s) changed, so the bundle and its launch measurement "
+                   f"change: rebuild and publish the new manifest.json.")

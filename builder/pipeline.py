@@ -1,0 +1,427 @@
+"""build(): a recipe and its lock file -> a bundle directory, as a flat list of named steps.
+
+======== ===================================================================================
+step     what it does
+======== ===================================================================================
+recipe   parse the recipe, read the lock, refuse a lock that does not pin what it declares
+current  stop early when the bundle already holds this recipe + lock, built by this version
+fetch    fetch every pinned input (cache first), verify its sha256
+firmware take the OVMF image; refuse one without SEV metadata, SNP_KERNEL_HASHES or hashes table
+kernel   unpack the kernel package, take the bzImage, check its config (preflight)
+initrd   the deterministic initrd: busybox, init, modules, files, binaries and libraries
+cmdline  the command line bytes
+measure  launch digests for every shape, the firmware hashed once (measure.snp.SnpLaunch)
+launch   launch-snp.sh
+manifest manifest.json
+write    the bundle, atomically (builder.bundle)
+======== ===================================================================================
+
+Each step is a function of the :class:`Build` state; none prints.  The later ``rootfs``
+and ``verity`` steps will slot in between ``initrd`` and ``cmdline`` (the verity root
+hash joins the command line before it is measured).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from builder import sources
+from builder.bundle import MANIFEST, write_bundle
+from builder.errors import BuildError, InputDigestMismatch, OfflineMiss, SourceError, SourceGone
+from builder.launch import LaunchFiles, LaunchShape, render as render_launch
+from builder.lock import Lock, LockedInput, check_lock, file_sha256, read_lock
+from builder.manifest import InputRecord, Manifest, ManifestError, MeasurementRecord, OutputRecord
+from builder.recipe import FileEntry, Recipe, load_recipe
+from measure import __version__
+from measure.cpu import CPU_SIGS
+from measure.errors import MeasureError, UnsupportedFirmware
+from measure.kernel_hashes import KernelHashes, cmdline_bytes
+from measure.ovmf import Firmware
+from measure.snp import SnpLaunch, VmShape
+from measure.spec import SectionType
+from measure.vmm import PROFILES
+
+TOOL = {"name": "blindbox-guest", "version": __version__}
+KERNEL_FILE = "bzImage"
+INITRD_FILE = "initrd"
+CMDLINE_FILE = "cmdline"
+LAUNCH_FILE = "launch-snp.sh"
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+class FirmwareRefused(BuildError):
+    """The recipe's firmware cannot do what the recipe asks (measured direct boot under SNP)."""
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    recipe: Path
+    out: Path | None = None          # default: ./out/<name>
+    offline: bool = False
+    allow_stale: tuple[str, ...] = ()
+    force: bool = False              # rebuild even when the bundle is current
+    cache_root: Path | None = None   # default: builder.sources.cache_root()
+
+
+@dataclass
+class Build:
+    """The state the steps share."""
+
+    request: BuildRequest
+    recipe: Recipe | None = None
+    lock: Lock | None = None
+    out: Path | None = None
+    cache: sources.ContentCache | None = None
+    archive: sources.DebianArchive | None = None
+    work: Path | None = None
+    inputs: dict[str, Path] = field(default_factory=dict)        # name -> fetched file (or tree)
+    packages: dict[str, object] = field(default_factory=dict)    # name -> DebianPackage
+    firmware: Firmware | None = None
+    firmware_file: str | None = None
+    firmware_bytes: bytes = b""
+    kernel = None                                                # steps.kernel.KernelImage
+    kernel_bytes: bytes = b""
+    preflight = None                                             # steps.kernel.PreflightReport
+    initrd = None                                                # steps.initrd.Initrd
+    cmdline: bytes = b""
+    hashes: KernelHashes | None = None
+    ovmf_hash: bytes = b""
+    measurements: list[MeasurementRecord] = field(default_factory=list)
+    launch_script: bytes = b""
+    manifest: Manifest | None = None
+    files: dict[str, tuple[bytes, int]] = field(default_factory=dict)
+    current: bool = False                                        # the bundle was already up to date
+    timings: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    out: Path
+    manifest: Manifest
+    up_to_date: bool
+    timings: tuple[tuple[str, float], ...]
+    preflight: tuple[str, ...] = ()
+    downloaded: tuple[str, ...] = ()
+    initrd_listing: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------------------
+# steps
+# --------------------------------------------------------------------------------------
+
+def step_recipe(b: Build) -> None:
+    b.recipe = load_recipe(b.request.recipe)
+    b.lock = read_lock(b.recipe.lock_path)
+    check_lock(b.recipe, b.lock)
+    b.out = Path(os.path.abspath(b.request.out or Path("out") / b.recipe.name))
+
+
+def _local_inputs_unchanged(b: Build) -> bool:
+    for entry in b.lock.inputs:
+        if entry.kind == "file":
+            p = b.recipe.directory / entry.path
+            if not p.is_file() or file_sha256(p) != entry.sha256:
+                return False
+    return True
+
+
+def step_current(b: Build) -> None:
+    """A no-op rebuild: same recipe, lock and tool, intact outputs -> nothing to do."""
+    if b.request.force:
+        return
+    path = b.out / MANIFEST
+    try:
+        manifest = Manifest.from_json(path.read_bytes(), str(path))
+    except (OSError, ManifestError):
+        return
+    if (manifest.recipe.get("sha256") != b.recipe.sha256 or manifest.lock.get("sha256") != b.lock.sha256
+            or manifest.tool.get("version") != TOOL["version"] or manifest.name != b.recipe.name):
+        return
+    expected = {o.file: o for o in manifest.outputs}
+    present = {p.name for p in b.out.iterdir()} - {MANIFEST}
+    if present != set(expected):
+        return
+    for name, rec in expected.items():
+        p = b.out / name
+        if p.stat().st_size != rec.size or file_sha256(p) != rec.sha256:
+            return
+    if not _local_inputs_unchanged(b):
+        return
+    b.manifest = manifest
+    b.current = True
+
+
+def _fix_hint(b: Build, entry: LockedInput) -> str:
+    return (f"To pin what the source serves now, run `blindbox lock {b.recipe.path} --update --input "
+            f"{entry.name}`; that changes the bundle and therefore every launch digest in its manifest, "
+            f"so publish the new manifest.")
+
+
+def _fetch_error(b: Build, entry: LockedInput, e: SourceError) -> SourceError:
+    where = f"input {entry.name!r} ({entry.describe()}, pinned in {b.lock.path or b.recipe.lock_path})"
+    if isinstance(e, OfflineMiss):
+        msg = f"{where} is not in the cache and --offline forbids fetching it: {e} "
+    elif isinstance(e, SourceGone):
+        msg = f"{where} is no longer served and not in the cache: {e} {_fix_hint(b, entry)}"
+    elif isinstance(e, InputDigestMismatch):
+        msg = (f"{where} has changed: {e} If the change is intended, run `blindbox lock {b.recipe.path} "
+               f"--update --input {entry.name}` (this changes the launch measurement); otherwise restore "
+               f"the original.")
+    else:
+        msg = f"{where} cannot be fetched: {e}"
+    cls = type(e)
+    try:
+        if isinstance(e, InputDigestMismatch):
+            return cls(msg, source=e.source, expected=e.expected, actual=e.actual, path=e.path)
+        return cls(msg, source=e.source)
+    except TypeError:  # a subclass with another signature
+        return SourceError(msg, source=e.source)
+
+
+def _member_of(b: Build, name: str) -> str | None:
+    for spec in b.recipe.inputs():
+        if spec.name == name:
+            return spec.member
+    return None
+
+
+def step_fetch(b: Build) -> None:
+    for entry in b.lock.inputs:
+        try:
+            if entry.kind == "debian":
+                pkg = sources.DebianPackage.from_dict(entry.debian)
+                b.packages[entry.name] = pkg
+                b.archive.download(pkg)
+                member = _member_of(b, entry.name)
+                if member is not None:
+                    b.inputs[entry.name] = b.archive.member(pkg, member)
+                else:
+                    b.inputs[entry.name] = b.archive.unpack(pkg)
+            elif entry.kind == "file":
+                b.inputs[entry.name] = sources.local_file(b.recipe.directory / entry.path, entry.sha256)
+            else:
+                b.inputs[entry.name] = sources.fetch_url(entry.url, entry.sha256, cache=b.cache,
+                                                         offline=b.request.offline)
+        except SourceError as e:
+            raise _fetch_error(b, entry, e) from e
+
+
+def check_firmware(fw: Firmware, what: str) -> None:
+    """Refuse firmware that cannot launch an SNP guest with kernel, initrd and cmdline measured."""
+    if not fw.sections:
+        raise FirmwareRefused(
+            f"{what} has no SEV metadata, so QEMU cannot launch it as an SEV-SNP guest. This recipe needs "
+            f"an OVMF built for measured direct boot: Debian sid's ovmf-amdsev (/usr/share/ovmf/OVMF.amdsev.fd).")
+    if not fw.has_section(SectionType.SNP_KERNEL_HASHES) or fw.hashes_table() is None:
+        missing = ("SNP_KERNEL_HASHES metadata section" if not fw.has_section(SectionType.SNP_KERNEL_HASHES)
+                   else "SEV hashes table entry")
+        raise FirmwareRefused(
+            f"{what} has SEV metadata but no {missing}, so QEMU cannot put the kernel, initrd and command "
+            f"line hashes into the launch digest (kernel-hashes=on) and the guest would not be measured as "
+            f"the recipe asks. Use Debian sid's ovmf-amdsev (/usr/share/ovmf/OVMF.amdsev.fd).")
+    try:
+        fw.require_sev_es_reset_eip()
+    except UnsupportedFirmware as e:
+        raise FirmwareRefused(f"{what}: {e}") from None
+
+
+def step_firmware(b: Build) -> None:
+    path = b.inputs["firmware"]
+    data = Path(path).read_bytes()
+    spec = b.recipe.firmware
+    entry = b.lock.get("firmware")
+    what = f"the firmware {spec.member or spec.file or spec.url} ({entry.describe()})"
+    try:
+        fw = Firmware(data, name=what)
+    except MeasureError as e:
+        raise FirmwareRefused(f"{e}") from None
+    check_firmware(fw, what)
+    base = (spec.member or spec.file or spec.url).rsplit("/", 1)[-1]
+    b.firmware_file = base if _SAFE_NAME.fullmatch(base) and base not in (
+        KERNEL_FILE, INITRD_FILE, CMDLINE_FILE, LAUNCH_FILE, MANIFEST) else "firmware.fd"
+    b.firmware, b.firmware_bytes = fw, data
+
+
+def step_kernel(b: Build) -> None:
+    from builder.steps import kernel as ksteps
+
+    b.kernel = ksteps.find_kernel(b.inputs["kernel"])
+    config = ksteps.KernelConfig.load(b.kernel.config)
+    extra = tuple(ksteps.Requirement((o[len("CONFIG_"):],), f"the recipe's kernel.require_config")
+                  for o in b.recipe.kernel.require_config)
+    required = ksteps.REQUIRED + ksteps.decompressor_requirement(b.recipe.initrd.compression) + extra
+    b.preflight = ksteps.preflight(config, required)
+    b.preflight.raise_if_failed(f"the kernel {b.lock.get('kernel').describe()}")
+    b.kernel_bytes = Path(b.kernel.bzimage).read_bytes()
+
+
+def _materialize(b: Build, entry: FileEntry, label: str) -> Path:
+    if entry.content is not None:
+        p = b.work / "inline" / hashlib.sha256(label.encode()).hexdigest()
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(entry.content)
+        return p
+    return Path(b.inputs[entry.source.name])
+
+
+def _merge_trees(trees: list[Path], dest: Path) -> Path:
+    """One directory with the files of every tree (first tree wins), by hard links where possible."""
+    for tree in trees:
+        for dirpath, dirnames, filenames in os.walk(tree):
+            dirnames.sort()
+            rel = os.path.relpath(dirpath, tree)
+            target_dir = dest / rel
+            target_dir.mkdir(parents=True, exist_ok=True)
+            for n in sorted(filenames) + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+                src = Path(dirpath) / n
+                dst = target_dir / n
+                if dst.exists() or dst.is_symlink():
+                    continue
+                if src.is_symlink():
+                    os.symlink(os.readlink(src), dst)
+                else:
+                    try:
+                        os.link(src, dst)
+                    except OSError:
+                        shutil.copy2(src, dst)
+    return dest
+
+
+def step_initrd(b: Build) -> None:
+    from builder.steps.initrd import build_initrd
+
+    spec = b.recipe.initrd
+    init_script = None
+    if spec.init is not None:
+        init_script = _materialize(b, spec.init, "init").read_bytes()
+    files = [(_materialize(b, f, f"file:{f.path}"), f.path, f.mode) for f in spec.files]
+    binaries = []
+    if spec.binaries:
+        trees = [b.archive.unpack(b.packages[x.source.name]) for x in spec.binaries]
+        trees += [b.archive.unpack(b.packages[e.name]) for e in b.lock.inputs if e.name.startswith("library:")]
+        sysroot = _merge_trees(trees, b.work / "sysroot")
+        binaries = [(sysroot / x.path.lstrip("/"), x.dest, sysroot) for x in spec.binaries]
+    b.initrd = build_initrd(
+        busybox=b.inputs["busybox"], source_date_epoch=b.recipe.source_date_epoch, compression=spec.compression,
+        init_script=init_script, app_command=spec.app_command, kernel_tree=b.kernel.tree,
+        kernel_release=b.kernel.release, modules=list(spec.modules), files=files, binaries=binaries)
+
+
+def step_cmdline(b: Build) -> None:
+    b.cmdline = b.recipe.cmdline_bytes
+
+
+def step_measure(b: Build) -> None:
+    b.hashes = KernelHashes(kernel=hashlib.sha256(b.kernel_bytes).digest(),
+                            initrd=hashlib.sha256(b.initrd.data).digest(),
+                            cmdline=hashlib.sha256(cmdline_bytes(b.cmdline)).digest())
+    launch = SnpLaunch(b.firmware)           # the firmware pages are hashed here, once
+    b.ovmf_hash = launch.firmware_digest
+    digests: dict[tuple, str] = {}
+    for s in b.recipe.shape_sets:
+        for vcpu_type in s.vcpu_types:
+            for gf in s.guest_features:
+                shape = VmShape(max(s.vcpus), CPU_SIGS[vcpu_type], gf, PROFILES[s.vmm_profile])
+                for n, m in launch.measure_vcpu_counts(shape, s.vcpus, b.hashes).items():
+                    digests[(s.vmm_profile, vcpu_type, gf, n)] = m.digest.hex()
+    b.measurements = [
+        MeasurementRecord(shape=sh.id, vmm_profile=sh.vmm_profile, vcpus=sh.vcpus, vcpu_type=sh.vcpu_type,
+                          vcpu_sig=sh.vcpu_sig, guest_features=sh.guest_features,
+                          measurement=digests[(sh.vmm_profile, sh.vcpu_type, sh.guest_features, sh.vcpus)])
+        for sh in b.recipe.shapes()]
+
+
+def step_launch(b: Build) -> None:
+    sha = {b.firmware_file: hashlib.sha256(b.firmware_bytes).hexdigest(),
+           KERNEL_FILE: hashlib.sha256(b.kernel_bytes).hexdigest(),
+           INITRD_FILE: hashlib.sha256(b.initrd.data).hexdigest()}
+    b.launch_script = render_launch(
+        name=b.recipe.name, tool=f"{TOOL['name']} {TOOL['version']}",
+        files=LaunchFiles(b.firmware_file, KERNEL_FILE, INITRD_FILE), sha256=sha, cmdline=b.cmdline,
+        shapes=[LaunchShape(m.shape, m.vcpus, m.vcpu_type, m.guest_features, m.measurement)
+                for m in b.measurements],
+        memory_mib=b.recipe.launch.memory_mib, policy=b.recipe.launch.policy)
+
+
+def step_manifest(b: Build) -> None:
+    b.files = {
+        b.firmware_file: (b.firmware_bytes, 0o644),
+        KERNEL_FILE: (b.kernel_bytes, 0o644),
+        INITRD_FILE: (b.initrd.data, 0o644),
+        CMDLINE_FILE: (b.cmdline, 0o644),
+        LAUNCH_FILE: (b.launch_script, 0o755),
+    }
+    roles = {b.firmware_file: "firmware", KERNEL_FILE: "kernel", INITRD_FILE: "initrd", CMDLINE_FILE: "cmdline",
+             LAUNCH_FILE: "launch"}
+    outputs = tuple(OutputRecord(name, roles[name], hashlib.sha256(data).hexdigest(), len(data))
+                    for name, (data, _) in b.files.items())
+    fw = b.firmware.describe()
+    b.manifest = Manifest(
+        name=b.recipe.name,
+        tool={**TOOL, "initrd_compressor": b.initrd.compressor},
+        recipe={"file": b.recipe.path.name, "sha256": b.recipe.sha256},
+        lock={"file": b.recipe.lock_path.name, "sha256": b.lock.sha256},
+        source_date_epoch=b.recipe.source_date_epoch,
+        cmdline=b.cmdline.decode("utf-8"),
+        kernel_hashes={"kernel": b.hashes.kernel.hex(), "initrd": b.hashes.initrd.hex(),
+                       "cmdline": b.hashes.cmdline.hex()},
+        firmware={"file": b.firmware_file, "ovmf_hash": b.ovmf_hash.hex(),
+                  "sev_es_reset_eip": fw["sev_es_reset_eip"], "sev_hashes_table": fw["sev_hashes_table"],
+                  "sev_metadata_sections": fw["sev_metadata_sections"]},
+        launch={"memory_mib": b.recipe.launch.memory_mib, "policy": f"{b.recipe.launch.policy:#x}",
+                "kernel_release": b.kernel.release},
+        inputs=tuple(InputRecord(e.name, e.kind, e.version, e.sha256, e.size, e.origin) for e in b.lock.inputs),
+        outputs=outputs,
+        measurements=tuple(b.measurements))
+    b.files[MANIFEST] = (b.manifest.to_json(), 0o644)
+
+
+def step_write(b: Build) -> None:
+    write_bundle(b.out, b.files)
+
+
+Step = tuple[str, Callable[[Build], None]]
+
+STEPS: tuple[Step, ...] = (
+    ("recipe", step_recipe),
+    ("current", step_current),
+    ("fetch", step_fetch),
+    ("firmware", step_firmware),
+    ("kernel", step_kernel),
+    ("initrd", step_initrd),
+    ("cmdline", step_cmdline),
+    ("measure", step_measure),
+    ("launch", step_launch),
+    ("manifest", step_manifest),
+    ("write", step_write),
+)
+
+
+def build(request: BuildRequest, *, steps: tuple[Step, ...] = STEPS,
+          progress: Callable[[str], None] | None = None) -> BuildResult:
+    """Run ``steps`` for ``request``; ``progress(step name)`` is called before each."""
+    b = Build(request)
+    b.cache = sources.ContentCache(request.cache_root)
+    b.archive = sources.DebianArchive(cache=b.cache, offline=request.offline, allow_stale=request.allow_stale)
+    with b.cache.tempdir("build") as work:
+        b.work = Path(work)
+        for name, fn in steps:
+            if b.current:
+                break
+            if progress is not None:
+                progress(name)
+            t0 = time.perf_counter()
+            fn(b)
+            b.timings.append((name, time.perf_counter() - t0))
+    return BuildResult(
+        out=b.out, manifest=b.manifest, up_to_date=b.current, timings=tuple(b.timings),
+        preflight=tuple(b.preflight.lines()) if b.preflight is not None else (),
+        downloaded=tuple(str(p) for p in b.archive.fetched),
+        initrd_listing=b.initrd.listing if b.initrd is not None else ())

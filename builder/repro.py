@@ -1,0 +1,260 @@
+"""Reproducibility: compare two bundles byte for byte, and build twice under varied conditions.
+
+:func:`compare_bundles` names every file that differs with the first differing offset
+(and, when Debian's ``diffoscope`` is installed, its explanation).  :func:`check_repro`
+runs two complete, independent ``blindbox build`` processes of one recipe and lock that
+differ in everything a build must not depend on, then compares their bundles:
+
+=====================  =====================================  ==========================================
+condition              build A                                build B
+=====================  =====================================  ==========================================
+directory              <work>/a/...                           <work>/b/ dir with spaces — ü/...
+recipe copy            files created in name order            files created in reverse order
+input cache            the user's cache                       a fresh copy (packages unpacked anew,
+                                                              files created in reverse order), offline
+clock                  the real clock                         ``faketime`` 2041-07-15 (if installed)
+TZ / locale            UTC / C.UTF-8                          Pacific/Chatham / tr_TR.UTF-8
+umask                  022                                    077
+USER, LOGNAME, HOME    blindbox-a, <work>/home-a              ünïcode-user, <work>/home b
+SOURCE_DATE_EPOCH env  unset                                  1 (must not leak: the recipe defines it)
+=====================  =====================================  ==========================================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from builder.errors import BuildError
+
+_CHUNK = 1 << 20
+FAKE_DATE = "2041-07-15 03:04:05"
+
+
+@dataclass(frozen=True)
+class Difference:
+    file: str
+    kind: str                        # "content" | "mode" | "only-in-a" | "only-in-b"
+    offset: int | None = None        # first differing byte (content)
+    size_a: int | None = None
+    size_b: int | None = None
+    detail: str | None = None        # modes, or diffoscope's explanation
+
+    def describe(self) -> str:
+        if self.kind == "content":
+            if self.offset == min(self.size_a, self.size_b):
+                what = f"one is a prefix of the other (sizes {self.size_a} and {self.size_b})"
+            else:
+                what = f"first differing byte at offset {self.offset} ({self.offset:#x})"
+            return f"{self.file}: {what}"
+        if self.kind == "mode":
+            return f"{self.file}: file modes differ ({self.detail})"
+        side = "first" if self.kind == "only-in-a" else "second"
+        return f"{self.file}: only in the {side} bundle"
+
+
+def first_difference(a: Path, b: Path) -> int | None:
+    """Offset of the first byte where the files differ (the shorter length if one is a prefix)."""
+    offset = 0
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            ca, cb = fa.read(_CHUNK), fb.read(_CHUNK)
+            if ca != cb:
+                n = min(len(ca), len(cb))
+                for i in range(n):
+                    if ca[i] != cb[i]:
+                        return offset + i
+                return offset + n
+            if not ca:
+                return None
+            offset += len(ca)
+
+
+def diffoscope_explain(a: Path, b: Path, *, limit: int = 4000, timeout: float = 120) -> str | None:
+    """diffoscope's text report for two files, cut to ``limit`` characters; None if unavailable."""
+    exe = shutil.which("diffoscope")
+    if exe is None:
+        return None
+    try:
+        p = subprocess.run([exe, "--text", "-", "--no-progress", "--max-report-size", str(limit * 4),
+                            str(a), str(b)], capture_output=True, text=True, timeout=timeout,
+                           errors="replace")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = p.stdout.strip()
+    if not text:
+        return None
+    return text if len(text) <= limit else text[:limit] + "\n[... cut]"
+
+
+def compare_bundles(a: str | Path, b: str | Path, *, explain: bool = True) -> list[Difference]:
+    """Every difference between two bundle directories, in file-name order."""
+    a, b = Path(a), Path(b)
+    names_a = {p.name for p in a.iterdir()}
+    names_b = {p.name for p in b.iterdir()}
+    out: list[Difference] = []
+    for name in sorted(names_a | names_b):
+        if name not in names_b:
+            out.append(Difference(name, "only-in-a"))
+            continue
+        if name not in names_a:
+            out.append(Difference(name, "only-in-b"))
+            continue
+        fa, fb = a / name, b / name
+        off = first_difference(fa, fb)
+        if off is not None:
+            detail = diffoscope_explain(fa, fb) if explain else None
+            out.append(Difference(name, "content", off, fa.stat().st_size, fb.stat().st_size, detail))
+        ma, mb = fa.stat().st_mode & 0o7777, fb.stat().st_mode & 0o7777
+        if ma != mb:
+            out.append(Difference(name, "mode", detail=f"{ma:04o} and {mb:04o}"))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# two builds under varied conditions
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class BuildRun:
+    label: str
+    out: Path
+    argv: list[str]
+    env: dict[str, str]
+    umask: int
+    faketime: str | None
+    returncode: int = 0
+    stderr: str = ""
+    result: dict | None = None
+
+
+@dataclass
+class ReproResult:
+    recipe: Path
+    workdir: Path
+    runs: list[BuildRun]
+    differences: list[Difference] = field(default_factory=list)
+    variations: list[tuple[str, str, str]] = field(default_factory=list)
+
+    @property
+    def identical(self) -> bool:
+        return not self.differences
+
+
+def _copy_reversed(src: Path, dest: Path) -> None:
+    """Copy a tree creating entries in reverse name order (directory listings then differ)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(src.iterdir(), key=lambda p: p.name, reverse=True):
+        target = dest / entry.name
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry), target)
+        elif entry.is_dir():
+            _copy_reversed(entry, target)
+        else:
+            shutil.copy2(entry, target)
+
+
+def _recipe_files(recipe) -> list[Path]:
+    files = [recipe.path, recipe.lock_path]
+    files += [recipe.directory / s.file for s in recipe.inputs() if s.kind == "file"]
+    return files
+
+
+def _copy_recipe(recipe, dest: Path, *, reverse: bool) -> Path:
+    """Copy the recipe, its lock and its local files (same relative layout) into ``dest``."""
+    files = sorted(_recipe_files(recipe), key=lambda p: str(p), reverse=reverse)
+    for f in files:
+        rel = f.relative_to(recipe.directory)
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, dest / rel)
+    return dest / recipe.path.name
+
+
+def _base_env() -> dict[str, str]:
+    keep = ("PATH", "PYTHONPATH", "VIRTUAL_ENV", "BLINDBOX_DEBIAN_MIRROR", "BLINDBOX_DEBIAN_SECURITY_MIRROR",
+            "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+    return {k: os.environ[k] for k in keep if k in os.environ}
+
+
+def _run(run: BuildRun, cwd: Path) -> None:
+    argv = list(run.argv)
+    if run.faketime:
+        argv = ["faketime", run.faketime, *argv]
+    p = subprocess.run(argv, cwd=cwd, env=run.env, capture_output=True, text=True, errors="replace",
+                       preexec_fn=lambda: os.umask(run.umask))
+    run.returncode, run.stderr = p.returncode, p.stderr
+    try:
+        run.result = json.loads(p.stdout) if p.stdout.strip() else None
+    except json.JSONDecodeError:
+        run.result = None
+
+
+def check_repro(recipe, *, cache: Path, workdir: Path | None = None, allow_stale=(), keep: bool = False,
+                explain: bool = True, use_faketime: bool = True) -> ReproResult:
+    """Build ``recipe`` twice in separate processes under different conditions and compare.
+
+    ``cache`` is the content cache build A uses (it is warmed there if needed); build B
+    works offline from a copy of it.  Raises BuildError when a build itself fails.
+    """
+    made_workdir = workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="blindbox-repro-")) if workdir is None else Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    faketime = FAKE_DATE if use_faketime and shutil.which("faketime") else None
+    cli = [sys.executable, "-m", "blindbox.cli", "build"]
+    stale = [a for s in allow_stale for a in ("--allow-stale", s)]
+
+    dir_a = workdir / "a"
+    dir_b = workdir / "b dir with spaces — ü"
+    recipe_a = _copy_recipe(recipe, dir_a / "recipe", reverse=False)
+    recipe_b = _copy_recipe(recipe, dir_b / "recipe", reverse=True)
+    (workdir / "home-a").mkdir(exist_ok=True)
+    (workdir / "home b").mkdir(exist_ok=True)
+
+    env_a = {**_base_env(), "TZ": "UTC", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "USER": "blindbox-a",
+             "LOGNAME": "blindbox-a", "HOME": str(workdir / "home-a"), "BLINDBOX_CACHE": str(cache)}
+    run_a = BuildRun("A", dir_a / "out" / recipe.name,
+                     cli + [str(recipe_a), "--out", str(dir_a / "out" / recipe.name), "--force", "--json", *stale],
+                     env_a, 0o022, None)
+    _run(run_a, dir_a)
+    if run_a.returncode != 0:
+        raise BuildError(f"check-repro: build A of {recipe.path} failed (exit {run_a.returncode}): "
+                         f"{run_a.stderr.strip()[-2000:]}")
+
+    cache_b = workdir / "cache-b"
+    if (cache / "sha256").is_dir():
+        _copy_reversed(cache / "sha256", cache_b / "sha256")
+    env_b = {**_base_env(), "TZ": "Pacific/Chatham", "LANG": "tr_TR.UTF-8", "LC_ALL": "tr_TR.UTF-8",
+             "USER": "ünïcode-user", "LOGNAME": "ünïcode-user", "HOME": str(workdir / "home b"),
+             "SOURCE_DATE_EPOCH": "1", "BLINDBOX_CACHE": str(cache_b)}
+    run_b = BuildRun("B", dir_b / "out" / recipe.name,
+                     cli + [str(recipe_b), "--out", str(dir_b / "out" / recipe.name), "--force", "--offline",
+                            "--json", *stale],
+                     env_b, 0o077, faketime)
+    _run(run_b, dir_b)
+    if run_b.returncode != 0:
+        raise BuildError(f"check-repro: build B of {recipe.path} failed (exit {run_b.returncode}): "
+                         f"{run_b.stderr.strip()[-2000:]}")
+
+    result = ReproResult(recipe.path, workdir, [run_a, run_b])
+    result.variations = [
+        ("directory", str(dir_a), str(dir_b)),
+        ("recipe file creation order", "name order", "reverse name order"),
+        ("input cache", str(cache), f"{cache_b} (fresh copy, offline, packages unpacked anew)"),
+        ("clock", "real", f"faketime {faketime}" if faketime else "real (faketime is not installed)"),
+        ("TZ", env_a["TZ"], env_b["TZ"]),
+        ("locale", env_a["LC_ALL"], env_b["LC_ALL"]),
+        ("umask", "022", "077"),
+        ("user", env_a["USER"], env_b["USER"]),
+        ("HOME", env_a["HOME"], env_b["HOME"]),
+        ("SOURCE_DATE_EPOCH env", "unset", "1"),
+    ]
+    result.differences = compare_bundles(run_a.out, run_b.out, explain=explain)
+    if result.identical and not keep and made_workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return result
