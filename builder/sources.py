@@ -612,8 +612,11 @@ def extract_deb(deb: os.PathLike | str, dest: os.PathLike | str) -> None:
     permission bits (without setuid/setgid/sticky) and mtimes; ownership is the caller's.
     """
     deb, dest = Path(deb), Path(dest)
+    if not deb.is_file():
+        raise SourceError(f"{deb} does not exist or is not a file; check the path.", source=str(deb))
+    created = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
-    if any(dest.iterdir()):
+    if not created and any(dest.iterdir()):
         raise SourceError(f"Cannot unpack {deb} into {dest}: the directory is not empty; pass a new "
                           f"or empty directory.", source=str(deb))
     try:
@@ -622,9 +625,16 @@ def extract_deb(deb: os.PathLike | str, dest: os.PathLike | str) -> None:
             with _open_member_tar(f, deb, data) as tf:
                 _extract_tar(tf, dest, deb)
         _check_symlinks_inside(dest, deb)
-    except FileNotFoundError as e:
-        if not deb.exists():
-            raise SourceError(f"{deb} does not exist; check the path.", source=str(deb)) from e
+    except BaseException:
+        # leave nothing half-unpacked behind (a refused package may hold hostile links)
+        if created:
+            shutil.rmtree(dest, ignore_errors=True)
+        else:
+            for child in list(dest.iterdir()):
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
         raise
 
 
@@ -1057,14 +1067,20 @@ class DebianArchive:
         return hashlib.sha256((tree.sources_dir(False) / "debian.sources").read_bytes()).hexdigest()
 
     def _update(self, tree: _Tree, *, min_age: float) -> bool:
-        """``apt-get update`` unless the lists are younger than ``min_age``; True if it ran."""
+        """``apt-get update`` unless the lists are younger than ``min_age``; True if it ran.
+
+        Also skipped when another process refreshed the lists after this call started
+        (it waited for that process's lock), so parallel workers update once.
+        """
         if self.offline:
             raise OfflineMiss(f"The Debian {tree.suite} package lists in {tree.lists} are missing or "
                               f"incomplete and offline mode forbids fetching them; run once without "
                               f"--offline.", source=f"debian:{tree.suite}")
+        started = time.time()
         with self.cache.lock(f"apt-{tree.dir.name}"):
-            if self._stamp_age(tree) < min_age and self._lists_complete(tree):
-                return False  # another process refreshed them while we waited
+            age = self._stamp_age(tree)
+            if (age < min_age or age < time.time() - started) and self._lists_complete(tree):
+                return False
             proc = self._apt(tree, ["apt-get", "-q", "--error-on=any", "update"])
             if proc.returncode != 0:
                 raise self._update_error(tree, proc)
