@@ -49,9 +49,14 @@ def ovmf_amdsev() -> tuple[Path, DebianPackage]:
 
 @functools.lru_cache(maxsize=None)
 def bookworm_ovmf(member: str = "OVMF_CODE.fd") -> tuple[Path, DebianPackage]:
-    """bookworm ``ovmf``: ``/usr/share/OVMF/<member>`` (OVMF_CODE.fd, OVMF_CODE_4M.fd, ...)."""
+    """bookworm ``ovmf``: ``/usr/share/OVMF/<member>`` (OVMF_CODE.fd 2 MiB with SNP metadata,
+    OVMF_CODE_4M.fd, ...), or ``/usr/share/ovmf/<member>`` for the one file that lives
+    there, the generic ``OVMF.fd`` used for smoke boots."""
     pkg = _current("ovmf", "bookworm")
-    return archive().member(pkg, f"/usr/share/OVMF/{member}"), pkg
+    tree = archive().unpack(pkg)
+    where = "OVMF" if (tree / "usr/share/OVMF" / member).exists() or \
+        not (tree / "usr/share/ovmf" / member).exists() else "ovmf"
+    return archive().member(pkg, f"/usr/share/{where}/{member}"), pkg
 
 
 @functools.lru_cache(maxsize=None)
