@@ -192,3 +192,14 @@ def test_internal_error_is_exit_1_and_says_bug(monkeypatch, capsys):
     monkeypatch.setattr(cmd, "launch_digest", lambda req: 1 / 0)
     rc, out, err = run(GOOD + ["--ovmf", str(AMDSEV)], capsys)
     assert rc == 1 and "bug" in err and "Traceback" not in err
+
+
+@pytest.mark.network
+def test_real_4mib_ovmf_without_sev_metadata_is_refused_in_snp_mode(capsys):
+    """Debian bookworm's 4 MiB OVMF has no SEV metadata: QEMU cannot launch it as SNP."""
+    from tests.realinputs import bookworm_ovmf
+    path = bookworm_ovmf("OVMF_CODE_4M.fd")[0]
+    assert Firmware.load(path).sections == ()
+    assert_refused(GOOD + ["--ovmf", str(path)], capsys, "no SEV metadata")
+    rc, out, _ = run(["--mode", "seves", "--vcpus", "2", "--vcpu-type", "EPYC-v4", "--ovmf", str(path)], capsys)
+    assert rc == 0 and len(out.strip()) == 64
