@@ -1,0 +1,130 @@
+"""Detached signatures over the exact bytes of a published manifest.json.
+
+The format is chosen so that ``openssl`` alone verifies it (docs/auditing.md shows the
+commands, and a test runs them):
+
+* ECDSA P-384: the signature file is the DER ``Ecdsa-Sig-Value`` (SEQUENCE of r, s) over
+  SHA-384 of the manifest bytes, as ``openssl dgst -sha384 -sign`` writes it.  Nonces
+  follow RFC 6979, so signing the same bytes with the same key gives the same file.
+* Ed25519: the signature file is the raw 64-byte signature (RFC 8032, pure Ed25519 over
+  the manifest bytes), as ``openssl pkeyutl -sign -rawin`` writes it.
+
+The signature covers the file byte for byte: no canonicalisation, no parsing.  Public
+keys are PEM SubjectPublicKeyInfo; their fingerprint is SHA-256 over the DER form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from .errors import InputError, SignatureInvalid
+from .idblock import deterministic_ecdsa
+from .inputs import read_input
+
+ECDSA_P384 = "ecdsa-p384-sha384"
+ED25519 = "ed25519"
+SIGNATURE_SUFFIX = ".sig"
+
+
+def algorithm_of(key) -> str:
+    if isinstance(key, (ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey)):
+        return ED25519
+    if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)) and \
+            isinstance(key.curve, ec.SECP384R1):
+        return ECDSA_P384
+    raise InputError("manifest signatures use an ECDSA P-384 or an Ed25519 key; create one with "
+                     "openssl genpkey -algorithm ed25519 -out key.pem (or -algorithm EC "
+                     "-pkeyopt ec_paramgen_curve:P-384).")
+
+
+def public_key_fingerprint(key) -> str:
+    """SHA-256 of the DER SubjectPublicKeyInfo, lower-case hex (what users pin)."""
+    if hasattr(key, "public_key"):
+        key = key.public_key()
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def public_key_pem(key) -> bytes:
+    if hasattr(key, "public_key"):
+        key = key.public_key()
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+@dataclass(frozen=True)
+class ManifestSignature:
+    signature: bytes
+    algorithm: str
+    key_sha256: str
+    manifest_sha256: str
+
+
+def sign_manifest(manifest: bytes, private_key) -> ManifestSignature:
+    """Sign ``manifest`` byte for byte; deterministic for both algorithms."""
+    algorithm = algorithm_of(private_key)
+    if not isinstance(private_key, (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)):
+        raise InputError("signing needs a private key; the key given is a public key.")
+    if algorithm == ED25519:
+        signature = private_key.sign(manifest)
+    else:
+        try:
+            signature = private_key.sign(manifest, deterministic_ecdsa())
+        except UnsupportedAlgorithm:
+            raise InputError("deterministic ECDSA needs cryptography built with OpenSSL >= 3.2; "
+                             "install the PyPI wheel of cryptography >= 44.") from None
+    return ManifestSignature(signature, algorithm, public_key_fingerprint(private_key),
+                             hashlib.sha256(manifest).hexdigest())
+
+
+def verify_manifest(manifest: bytes, signature: bytes, public_key, *, source: str = "manifest") -> str:
+    """Check ``signature`` over ``manifest``; return the algorithm, raise SignatureInvalid if not."""
+    algorithm = algorithm_of(public_key)
+    try:
+        if algorithm == ED25519:
+            public_key.verify(signature, manifest)
+        else:
+            public_key.verify(signature, manifest, ec.ECDSA(hashes.SHA384()))
+    except InvalidSignature:
+        raise SignatureInvalid(
+            f"the signature does not verify over {source} with the key sha256:"
+            f"{public_key_fingerprint(public_key)[:16]}...: the manifest or signature was changed, or "
+            f"it was signed with another key; do not trust this manifest.") from None
+    return algorithm
+
+
+def load_private_key(path) -> ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey:
+    data = read_input(path, "signing key")
+    try:
+        if b"-----BEGIN" in data:
+            key = serialization.load_pem_private_key(data, password=None)
+        else:
+            key = serialization.load_der_private_key(data, password=None)
+    except TypeError:
+        raise InputError(f"the signing key {str(path)!r} is encrypted; decrypt it first "
+                         f"(openssl pkey -in KEY -out PLAIN) or keep it in an agent.") from None
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise InputError(f"{str(path)!r} is not a private key in PEM or DER ({e}); give the "
+                         f"publisher's ECDSA P-384 or Ed25519 private key.") from None
+    algorithm_of(key)
+    return key
+
+
+def load_public_key(path) -> ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey:
+    data = read_input(path, "public key")
+    try:
+        if b"-----BEGIN" in data:
+            key = serialization.load_pem_public_key(data)
+        else:
+            key = serialization.load_der_public_key(data)
+    except (ValueError, UnsupportedAlgorithm) as e:
+        hint = " (that is a private key: give its public half, openssl pkey -pubout)" \
+            if b"PRIVATE KEY" in data else ""
+        raise InputError(f"{str(path)!r} is not a public key in PEM or DER{hint} ({e}); give the "
+                         f"publisher's public key.") from None
+    algorithm_of(key)
+    return key
