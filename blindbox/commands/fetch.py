@@ -1,0 +1,35 @@
+"""``blindbox fetch``: get one Debian package (or a file in it) exactly as the builder does.
+
+Auditors use it to re-derive a published digest from the same inputs: the package is
+resolved through blindbox's private apt configuration, verified by sha256, unpacked in
+Python and kept in the content cache; the command prints the path.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("fetch")
+@click.argument("package")
+@click.option("--suite", required=True, help="Debian suite: bookworm, trixie or sid.")
+@click.option("--version", "version", help="Exact version (default: what the suite serves today).")
+@click.option("--member", metavar="PATH", help="A file inside the package, e.g. /usr/share/ovmf/OVMF.amdsev.fd.")
+@click.option("--allow-stale", is_flag=True,
+              help="Accept the suite's Release file even if its Valid-Until has passed "
+                   "(signatures are still checked).")
+@click.option("--offline", is_flag=True, help="Use only the local cache.")
+@click.option("--json", "as_json", is_flag=True, help="Print package name, version, sha256 and path as JSON.")
+def fetch(package, suite, version, member, allow_stale, offline, as_json):
+    """Download PACKAGE from Debian, verify it, and print the path of it or of --member."""
+    from builder.sources import DebianArchive, sha256_file
+
+    archive = DebianArchive(offline=offline, allow_stale=[suite] if allow_stale else ())
+    pkg = archive.resolve(package, suite, version)
+    path = archive.member(pkg, member) if member else archive.download(pkg)
+    if as_json:
+        click.echo(json.dumps({**pkg.to_dict(), "path": str(path), "path_sha256": sha256_file(path)}, indent=2))
+    else:
+        click.echo(str(path))
