@@ -405,11 +405,15 @@ STEPS: tuple[Step, ...] = (
 
 
 def build(request: BuildRequest, *, steps: tuple[Step, ...] = STEPS,
-          progress: Callable[[str], None] | None = None) -> BuildResult:
-    """Run ``steps`` for ``request``; ``progress(step name)`` is called before each."""
+          progress: Callable[[str], None] | None = None, archive=None) -> BuildResult:
+    """Run ``steps`` for ``request``; ``progress(step name)`` is called before each.
+
+    ``archive`` replaces the Debian archive (tests pass an in-memory one).
+    """
     b = Build(request)
     b.cache = sources.ContentCache(request.cache_root)
-    b.archive = sources.DebianArchive(cache=b.cache, offline=request.offline, allow_stale=request.allow_stale)
+    b.archive = archive if archive is not None else sources.DebianArchive(
+        cache=b.cache, offline=request.offline, allow_stale=request.allow_stale)
     with b.cache.tempdir("build") as work:
         b.work = Path(work)
         for name, fn in steps:
@@ -423,5 +427,5 @@ def build(request: BuildRequest, *, steps: tuple[Step, ...] = STEPS,
     return BuildResult(
         out=b.out, manifest=b.manifest, up_to_date=b.current, timings=tuple(b.timings),
         preflight=tuple(b.preflight.lines()) if b.preflight is not None else (),
-        downloaded=tuple(str(p) for p in b.archive.fetched),
+        downloaded=tuple(str(p) for p in getattr(b.archive, "fetched", ())),
         initrd_listing=b.initrd.listing if b.initrd is not None else ())

@@ -10,8 +10,9 @@ condition              build A                                build B
 =====================  =====================================  ==========================================
 directory              <work>/a/...                           <work>/b/ dir with spaces — ü/...
 recipe copy            files created in name order            files created in reverse order
-input cache            the user's cache                       a fresh copy (packages unpacked anew,
-                                                              files created in reverse order), offline
+input cache            the user's cache                       a fresh cache holding copies of the locked
+                                                              packages (created in reverse order, then
+                                                              unpacked anew), offline
 clock                  the real clock                         ``faketime`` 2041-07-15 (if installed)
 TZ / locale            UTC / C.UTF-8                          Pacific/Chatham / tr_TR.UTF-8
 umask                  022                                    077
@@ -140,6 +141,7 @@ class ReproResult:
     workdir: Path
     runs: list[BuildRun]
     differences: list[Difference] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
     variations: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
@@ -227,8 +229,12 @@ def check_repro(recipe, *, cache: Path, workdir: Path | None = None, allow_stale
                          f"{run_a.stderr.strip()[-2000:]}")
 
     cache_b = workdir / "cache-b"
-    if (cache / "sha256").is_dir():
-        _copy_reversed(cache / "sha256", cache_b / "sha256")
+    (cache_b / "sha256").mkdir(parents=True, exist_ok=True)
+    from builder.lock import read_lock
+    for entry in sorted(read_lock(recipe.lock_path).inputs, key=lambda e: e.sha256, reverse=True):
+        blob = cache / "sha256" / entry.sha256
+        if entry.kind != "file" and blob.is_file():
+            shutil.copy2(blob, cache_b / "sha256" / entry.sha256)
     env_b = {**_base_env(), "TZ": "Pacific/Chatham", "LANG": "tr_TR.UTF-8", "LC_ALL": "tr_TR.UTF-8",
              "USER": "ünïcode-user", "LOGNAME": "ünïcode-user", "HOME": str(workdir / "home b"),
              "SOURCE_DATE_EPOCH": "1", "BLINDBOX_CACHE": str(cache_b)}
@@ -245,7 +251,7 @@ def check_repro(recipe, *, cache: Path, workdir: Path | None = None, allow_stale
     result.variations = [
         ("directory", str(dir_a), str(dir_b)),
         ("recipe file creation order", "name order", "reverse name order"),
-        ("input cache", str(cache), f"{cache_b} (fresh copy, offline, packages unpacked anew)"),
+        ("input cache", str(cache), f"{cache_b} (locked packages only, offline, unpacked anew)"),
         ("clock", "real", f"faketime {faketime}" if faketime else "real (faketime is not installed)"),
         ("TZ", env_a["TZ"], env_b["TZ"]),
         ("locale", env_a["LC_ALL"], env_b["LC_ALL"]),
@@ -254,6 +260,7 @@ def check_repro(recipe, *, cache: Path, workdir: Path | None = None, allow_stale
         ("HOME", env_a["HOME"], env_b["HOME"]),
         ("SOURCE_DATE_EPOCH env", "unset", "1"),
     ]
+    result.files = sorted(p.name for p in run_a.out.iterdir())
     result.differences = compare_bundles(run_a.out, run_b.out, explain=explain)
     if result.identical and not keep and made_workdir:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -79,6 +79,7 @@ def _check_repro(recipe, allow_stale, keep, as_json, extra=None):
         doc = dict(extra or {})
         doc.update({
             "identical": res.identical,
+            "files": res.files,
             "workdir": str(res.workdir) if (keep or not res.identical) else None,
             "variations": [{"condition": c, "a": a, "b": b} for c, a, b in res.variations],
             "differences": [{"file": d.file, "kind": d.kind, "offset": d.offset, "size_a": d.size_a,
@@ -90,8 +91,7 @@ def _check_repro(recipe, allow_stale, keep, as_json, extra=None):
         for c, a, b in res.variations:
             click.echo(f"  {c:<28} {a}  |  {b}")
         if res.identical:
-            click.echo(f"reproducible: every file of the two bundles is byte-identical "
-                       f"({len(list(res.runs[0].out.iterdir())) if res.runs[0].out.exists() else 'all'} files).")
+            click.echo(f"reproducible: the two bundles are byte-identical ({', '.join(res.files)}).")
         for d in res.differences:
             click.echo(f"NOT REPRODUCIBLE: {d.describe()}")
             if d.detail and d.kind == "content":
