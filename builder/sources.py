@@ -104,6 +104,35 @@ def _check_sha256(value: str, what: str) -> str:
 
 # --------------------------------------------------------------------------- cache
 
+@contextlib.contextmanager
+def _flock(path: Path, *, shared: bool = False) -> Iterator[None]:
+    """Hold ``flock`` on ``path`` (created if needed) for the ``with`` block."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _rename_same_fs(src: Path, dest: Path) -> bool:
+    """Rename ``src`` over ``dest``; False (nothing done) when they are on different file systems."""
+    try:
+        os.replace(src, dest)
+        return True
+    except OSError as e:
+        if e.errno == errno.EXDEV:
+            return False
+        raise
+
+
+def _copy_synced(src: Path, dest: Path) -> None:
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        shutil.copyfileobj(fin, fout, _CHUNK)
+        fout.flush()
+        os.fsync(fout.fileno())
+
+
 def cache_root() -> Path:
     """``$BLINDBOX_CACHE``, else ``$XDG_CACHE_HOME/blindbox``, else ``~/.cache/blindbox``."""
     env = os.environ.get("BLINDBOX_CACHE")
@@ -143,16 +172,10 @@ class ContentCache:
         return self.root / "sha256" / _check_sha256(sha256, "a cache entry")
 
     # -- locking
-    @contextlib.contextmanager
-    def lock(self, name: str, *, shared: bool = False) -> Iterator[None]:
+    def lock(self, name: str, *, shared: bool = False) -> contextlib.AbstractContextManager:
         """Hold an inter-process ``flock`` named ``name`` (not reentrant)."""
         safe = re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
-        fd = os.open(self._dir("locks") / f"{safe}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing the descriptor releases the lock
+        return _flock(self._dir("locks") / f"{safe}.lock", shared=shared)
 
     @contextlib.contextmanager
     def tempdir(self, prefix: str = "work") -> Iterator[Path]:
@@ -202,54 +225,32 @@ class ContentCache:
 
     def put_file(self, src: os.PathLike | str, sha256: str | None = None, *,
                  move: bool = False) -> Path:
-        """Store a copy of ``src`` (moved instead with ``move``); return the entry.
+        """Store a copy of ``src`` and return the entry.
 
         When ``sha256`` is given, the bytes must match it or :class:`InputDigestMismatch`
-        is raised and nothing is stored.
+        is raised and nothing is stored.  With ``move`` the file is renamed into the
+        cache when it can be (same file system) and ``src`` is consumed either way,
+        also when it does not match.
         """
         src = Path(src)
         expected = _check_sha256(sha256, str(src)) if sha256 is not None else None
-        tmpdir = self._dir("tmp")
-        fd, tmp_name = tempfile.mkstemp(prefix="put-", dir=tmpdir)
+        fd, tmp_name = tempfile.mkstemp(prefix="put-", dir=self._dir("tmp"))
+        os.close(fd)
         tmp = Path(tmp_name)
         try:
-            renamed = False
-            if move:
-                os.close(fd)
-                fd = -1
-                try:
-                    os.replace(src, tmp)
-                    renamed = True
-                except OSError as e:
-                    if e.errno != errno.EXDEV:
-                        raise
-            if renamed:
-                actual = sha256_file(tmp)
-            else:
-                if fd < 0:
-                    fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
-                h = hashlib.sha256()
-                with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
-                    fd = -1
-                    while chunk := fin.read(_CHUNK):
-                        h.update(chunk)
-                        fout.write(chunk)
-                    fout.flush()
-                    os.fsync(fout.fileno())
-                actual = h.hexdigest()
+            if not (move and _rename_same_fs(src, tmp)):
+                _copy_synced(src, tmp)
+                if move:
+                    src.unlink()
+            actual = sha256_file(tmp)
             if expected is not None and actual != expected:
                 raise InputDigestMismatch(
                     f"{src} has sha256 {actual}, but {expected} was expected; it was not stored. "
                     f"If the new content is intended, update the pinned sha256 (this changes the "
                     f"measurement); otherwise fetch it again from a trusted origin.",
                     source=str(src), expected=expected, actual=actual, path=str(src))
-            entry = self._commit(tmp, actual)
-            if move and not renamed:
-                src.unlink(missing_ok=True)
-            return entry
+            return self._commit(tmp, actual)
         finally:
-            if fd >= 0:
-                os.close(fd)
             tmp.unlink(missing_ok=True)
 
     def put_bytes(self, data: bytes) -> Path:
@@ -852,6 +853,14 @@ class _Tree:
     def stamp(self) -> Path:
         return self.dir / "last-update.json"
 
+    def lock(self, *, shared: bool = False) -> contextlib.AbstractContextManager:
+        """Exclusive while ``apt-get update`` rewrites the lists; shared for readers.
+
+        The lock file lives in the tree itself, so every archive object using this tree
+        (whatever its content cache) takes the same lock.
+        """
+        return _flock(self.dir / "blindbox.lock", shared=shared)
+
     def sources_dir(self, stale_ok: bool) -> Path:
         return self.dir / "etc" / ("sources-stale.d" if stale_ok else "sources.d")
 
@@ -1077,7 +1086,7 @@ class DebianArchive:
                               f"incomplete and offline mode forbids fetching them; run once without "
                               f"--offline.", source=f"debian:{tree.suite}")
         started = time.time()
-        with self.cache.lock(f"apt-{tree.dir.name}"):
+        with tree.lock():
             age = self._stamp_age(tree)
             if (age < min_age or age < time.time() - started) and self._lists_complete(tree):
                 return False
@@ -1165,7 +1174,7 @@ class DebianArchive:
 
     # ------------------------------------------------------------------ queries
     def _show(self, tree: _Tree, name: str, version: str) -> list[dict[str, str]]:
-        with self.cache.lock(f"apt-{tree.dir.name}", shared=True):
+        with tree.lock(shared=True):
             proc = self._apt(tree, ["apt-cache", "show", "--no-all-versions", f"{name}={version}"])
         if proc.returncode != 0:
             if "No packages found" in proc.stderr or "Unable to locate" in proc.stderr \
@@ -1176,7 +1185,7 @@ class DebianArchive:
         return [s for s in _parse_stanzas(proc.stdout) if s.get("Package") == name]
 
     def _candidate(self, tree: _Tree, name: str) -> str | None:
-        with self.cache.lock(f"apt-{tree.dir.name}", shared=True):
+        with tree.lock(shared=True):
             proc = self._apt(tree, ["apt-cache", "policy", name])
         m = re.search(r"^\s*Candidate:\s*(\S+)\s*$", proc.stdout, re.M)
         if proc.returncode != 0 or not m or m.group(1) == "(none)":
@@ -1190,7 +1199,7 @@ class DebianArchive:
         return self._madison(tree, name)
 
     def _madison(self, tree: _Tree, name: str) -> list[tuple[str, str]]:
-        with self.cache.lock(f"apt-{tree.dir.name}", shared=True):
+        with tree.lock(shared=True):
             proc = self._apt(tree, ["apt-cache", "madison", name])
         out = []
         for line in proc.stdout.splitlines():
@@ -1299,7 +1308,7 @@ class DebianArchive:
                     f"run `blindbox lock --update RECIPE` if you accept it (this changes the measurement).",
                     source=pkg.source, expected=pkg.sha256, actual=actual)
             with self.cache.tempdir("apt-download") as tmp:
-                with self.cache.lock(f"apt-{tree.dir.name}", shared=True):
+                with tree.lock(shared=True):
                     proc = self._apt(tree, ["apt-get", "-q", "download", f"{pkg.name}={pkg.version}"],
                                      cwd=tmp)
                 debs = sorted(tmp.glob("*.deb"))

@@ -578,24 +578,37 @@ print(json.dumps({"path": str(path), "sha256": pkg.sha256, "fetched": len(arch.f
 
 
 @pytest.mark.network
-def test_two_processes_download_the_same_package(tmp_path):
+@pytest.mark.parametrize("caches", ["one-cache", "two-caches"])
+def test_two_processes_download_the_same_package(tmp_path, caches):
+    """Both processes race for the first `apt-get update` of fresh lists and for the download.
+
+    With one content cache, one process downloads and the other waits and reuses it.
+    With two caches sharing the package lists, both download, but apt still runs once.
+    """
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    # fresh lists too: both processes also race for the first `apt-get update`
-    argv = [sys.executable, "-c", _CONCURRENT, str(tmp_path / "cache"), str(tmp_path / "apt")]
-    procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = []
+    for i in range(2):
+        cache = tmp_path / ("cache" if caches == "one-cache" else f"cache{i}")
+        argv = [sys.executable, "-c", _CONCURRENT, str(cache), str(tmp_path / "apt")]
+        procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
     results = []
     for p in procs:
         out, err = p.communicate(timeout=600)
         assert p.returncode == 0, err
         results.append(json.loads(out))
-    assert results[0]["path"] == results[1]["path"]
-    assert sorted(r["fetched"] for r in results) == [0, 1]
     assert sorted(len(r["updated"]) for r in results) == [0, 1]
-    entries = os.listdir(tmp_path / "cache" / "sha256")
-    assert entries == [results[0]["sha256"]]
-    assert sha256_file(results[0]["path"]) == results[0]["sha256"]
-    assert os.listdir(tmp_path / "cache" / "tmp") == []
+    assert results[0]["sha256"] == results[1]["sha256"]
+    if caches == "one-cache":
+        assert results[0]["path"] == results[1]["path"]
+        assert sorted(r["fetched"] for r in results) == [0, 1]
+    else:
+        assert [r["fetched"] for r in results] == [1, 1]
+    for r in results:
+        cache = Path(r["path"]).parent.parent
+        assert os.listdir(cache / "sha256") == [r["sha256"]]
+        assert sha256_file(r["path"]) == r["sha256"]
+        assert os.listdir(cache / "tmp") == []
 
 
 # =========================================================================== the private apt tree
