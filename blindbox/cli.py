@@ -25,6 +25,10 @@ COMMANDS = {
     "build": "blindbox.commands.build:build",
     "lock": "blindbox.commands.build:lock",
     "check-repro": "blindbox.commands.build:check_repro",
+    "verify-report": "blindbox.commands.audit:verify_report_cmd",
+    "id-block": "blindbox.commands.audit:id_block_cmd",
+    "sign-manifest": "blindbox.commands.audit:sign_manifest_cmd",
+    "verify-manifest": "blindbox.commands.audit:verify_manifest_cmd",
 }
 
 

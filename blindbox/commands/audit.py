@@ -1,0 +1,312 @@
+"""Auditor commands: ``verify-report``, ``id-block``, ``sign-manifest``, ``verify-manifest``.
+
+Exit status: 0 every requested check passed, 3 a signature, chain or check failed, 2 the
+input is unreadable or malformed, 1 an internal error.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from measure import __version__
+from measure.certs import collect_certificates, load_certificates
+from measure.errors import InputError
+from measure.idblock import DEFAULT_GUEST_SVN, DEFAULT_POLICY, create_id_block, load_private_key
+from measure.inputs import read_input
+from measure.manifest_sig import (SIGNATURE_SUFFIX, load_private_key as load_signing_key,
+                                  load_public_key, public_key_fingerprint, sign_manifest,
+                                  verify_manifest)
+from measure.report import Product, SigningKey, signing_key as report_signing_key
+from measure.verify import (FAIL, PASS, SKIP, Requirements, VerifyRequest, load_manifest,
+                            parse_min_tcb, verify_report)
+
+from .measure import AutoInt
+
+_CTX = {"help_option_names": ["-h", "--help"]}
+
+
+def _bytes(value: str | None, size: int, option: str, *, base64_ok: bool = False) -> bytes | None:
+    """``size`` bytes from hex (optionally 0x-prefixed) or, where allowed, base64."""
+    if value is None:
+        return None
+    text = value.strip()
+    hex_text = text[2:] if text[:2].lower() == "0x" else text
+    try:
+        raw = bytes.fromhex(hex_text)
+    except ValueError:
+        raw = None
+    if raw is None and base64_ok:
+        try:
+            raw = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raw = None
+    if raw is None or len(raw) != size:
+        forms = f"{2 * size} hex digits" + (" or base64" if base64_ok else "")
+        raise InputError(f"{option} {value!r} is not {size} bytes; give {forms}.")
+    return raw
+
+
+def _time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise InputError(f"--at {value!r} is not an ISO 8601 time; give e.g. 2025-06-01 or "
+                         f"2025-06-01T12:00:00Z (UTC when no zone is given).") from None
+    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+
+
+_STATUS = {PASS: "PASS", FAIL: "FAIL", SKIP: "skip"}
+
+
+@click.command("verify-report", context_settings=_CTX)
+@click.argument("report", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--certs", multiple=True, type=click.Path(path_type=Path), metavar="PATH",
+              help="The VCEK or VLEK (and any ASK/ASVK/ARK): a DER or PEM file, or a directory of "
+                   "them. Repeatable.")
+@click.option("--trust-root", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              metavar="PEM", help="Also trust this root certificate (e.g. a test chain's). AMD's "
+                                  "roots are bundled and pinned; real reports never need this.")
+@click.option("--product", type=click.Choice([p.value for p in Product], case_sensitive=False),
+              help="The AMD product, for version 2 reports whose certificate does not name it.")
+@click.option("--at", "at", metavar="TIME",
+              help="Check certificate validity at this time (ISO 8601, UTC by default) instead of now.")
+@click.option("--no-signature", is_flag=True,
+              help="Check report fields only; nothing then proves the report comes from AMD hardware.")
+@click.option("--measurement", metavar="HEX", help="Expected MEASUREMENT (96 hex digits or base64).")
+@click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="manifest.json: MEASUREMENT must equal one of its digests; matching shapes are printed.")
+@click.option("--shape", metavar="ID", help="With --manifest: accept only this shape's digest.")
+@click.option("--host-data", metavar="HEX", help="Expected HOST_DATA (32 bytes).")
+@click.option("--report-data", metavar="HEX", help="Expected REPORT_DATA (64 bytes).")
+@click.option("--id-key-digest", metavar="HEX", help="Expected ID_KEY_DIGEST (48 bytes).")
+@click.option("--author-key-digest", metavar="HEX", help="Expected AUTHOR_KEY_DIGEST (48 bytes).")
+@click.option("--family-id", metavar="HEX", help="Expected FAMILY_ID (16 bytes).")
+@click.option("--image-id", metavar="HEX", help="Expected IMAGE_ID (16 bytes).")
+@click.option("--allow-debug", is_flag=True, help="Accept a guest whose policy allows debugging.")
+@click.option("--policy", type=AutoInt(), help="Expected GUEST_POLICY, exactly (e.g. 0x30000).")
+@click.option("--vmpl", type=int, help="Expected VMPL of the report request.")
+@click.option("--min-tcb", metavar="SPEC",
+              help="Minimum REPORTED_TCB per component, e.g. bl=3,tee=0,snp=8,ucode=115 (fmc= on Turin).")
+@click.option("--min-guest-svn", type=int, metavar="N", help="Minimum GUEST_SVN.")
+@click.option("--signing-key", type=click.Choice(["vcek", "vlek"], case_sensitive=False),
+              help="Require this kind of signing key.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable verdict.")
+def verify_report_cmd(report, certs, trust_root, product, at, no_signature, measurement, manifest, shape,
+                      host_data, report_data, id_key_digest, author_key_digest, family_id, image_id,
+                      allow_debug, policy, vmpl, min_tcb, min_guest_svn, signing_key, as_json):
+    """Verify an SEV-SNP attestation REPORT (binary or hex) and check what it claims.
+
+    The signature chain (VCEK -> ASK -> ARK, or VLEK -> ASVK -> ARK) must end at AMD's
+    bundled, fingerprint-pinned roots. Every check is listed by name. Exit 0 when all
+    pass, 3 when one fails, 2 for unreadable or malformed input.
+    """
+    if shape is not None and manifest is None:
+        raise InputError("--shape narrows --manifest; give --manifest too.")
+    if no_signature and (certs or trust_root):
+        raise InputError("--no-signature skips the certificates; drop --certs/--trust-root or "
+                         "--no-signature.")
+    entries = None
+    if manifest is not None:
+        entries = load_manifest(read_input(manifest, "manifest"), source=str(manifest))
+    need = Requirements(
+        measurement=_bytes(measurement, 48, "--measurement", base64_ok=True),
+        manifest=entries, manifest_source=str(manifest) if manifest else "manifest.json", shape=shape,
+        host_data=_bytes(host_data, 32, "--host-data"),
+        report_data=_bytes(report_data, 64, "--report-data"),
+        id_key_digest=_bytes(id_key_digest, 48, "--id-key-digest", base64_ok=True),
+        author_key_digest=_bytes(author_key_digest, 48, "--author-key-digest", base64_ok=True),
+        family_id=_bytes(family_id, 16, "--family-id"),
+        image_id=_bytes(image_id, 16, "--image-id"),
+        allow_debug=allow_debug, policy=policy, vmpl=vmpl,
+        min_tcb=parse_min_tcb(min_tcb) if min_tcb is not None else None,
+        min_guest_svn=min_guest_svn,
+        signing_key=SigningKey[signing_key.upper()] if signing_key else None,
+        product=Product.parse(product) if product else None,
+    )
+    certificates, ignored = collect_certificates(certs)
+    roots = [c for path in trust_root
+             for c in load_certificates(read_input(path, "trust root"), source=str(path))]
+    verdict = verify_report(VerifyRequest(
+        report=read_input(report, "attestation report"), certificates=tuple(certificates),
+        trust_roots=tuple(roots), at=_time(at), check_signature=not no_signature,
+        requirements=need, report_source=str(report)))
+
+    if as_json:
+        out = verdict.to_json()
+        out["ignored_files"] = ignored
+        out["tool"] = {"name": "blindbox-guest", "version": __version__}
+        click.echo(json.dumps(out, indent=2))
+    else:
+        r = verdict.report
+        product_text = f"{verdict.product.value} ({verdict.product_source})" if verdict.product else \
+            "unknown product"
+        click.echo(f"report: version {r.version}, {product_text}, signing key {report_signing_key(r).name}, "
+                   f"measurement {r.measurement.hex()}")
+        for path in ignored:
+            click.echo(f"  (ignored {path}: not a certificate)")
+        width = max(len(c.name) for c in verdict.checks)
+        for check in verdict.checks:
+            click.echo(f"  {_STATUS[check.status]}  {check.name:<{width}}  {check.detail}")
+        if verdict.matching_shapes:
+            click.echo(f"matching shapes: {', '.join(verdict.matching_shapes)}")
+        counts = {s: sum(c.status == s for c in verdict.checks) for s in (PASS, FAIL, SKIP)}
+        summary = f"{counts[PASS]} passed, {counts[FAIL]} failed, {counts[SKIP]} skipped"
+        click.echo(f"verdict: {'PASS' if verdict.ok else 'FAIL'} ({summary})")
+    if not verdict.ok:
+        raise verdict.failures[0].error
+
+
+def _measurement_arg(positional: str | None, option: str | None) -> bytes:
+    if positional and option and positional != option:
+        raise InputError("give the launch digest once, as MEASUREMENT or --measurement.")
+    value = positional or option
+    if value is None:
+        raise InputError("give the launch digest (MEASUREMENT, 96 hex digits or base64), e.g. from "
+                         "blindbox measure.")
+    return _bytes(value, 48, "MEASUREMENT", base64_ok=True)
+
+
+@click.command("id-block", context_settings=_CTX)
+@click.argument("measurement_arg", metavar="MEASUREMENT", required=False)
+@click.option("--measurement", metavar="DIGEST", help="Same as MEASUREMENT (snp-create-id-block spelling).")
+@click.option("--id-key", "--idkey", "id_key", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              metavar="PEM", help="ID private key (ECDSA P-384).")
+@click.option("--author-key", "--authorkey", "author_key", type=click.Path(dir_okay=False, path_type=Path),
+              metavar="PEM", help="Author private key (ECDSA P-384); optional.")
+@click.option("--family-id", metavar="HEX", help="FAMILY_ID, 16 bytes (default zero).")
+@click.option("--image-id", metavar="HEX", help="IMAGE_ID, 16 bytes (default zero).")
+@click.option("--guest-svn", type=AutoInt(), default=DEFAULT_GUEST_SVN, show_default=True,
+              help="GUEST_SVN.")
+@click.option("--policy", type=AutoInt(), default=DEFAULT_POLICY, show_default="0x30000",
+              help="Guest POLICY the launch must use.")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Also write id_block.bin and id_auth.bin (raw) there.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def id_block_cmd(measurement_arg, measurement, id_key, author_key, family_id, image_id, guest_svn, policy,
+                 out_dir, as_json):
+    """Create the ID block and ID auth for a launch digest MEASUREMENT (hex or base64).
+
+    Signatures are deterministic (RFC 6979): the same inputs give the same bytes. With
+    sev-snp-measure's defaults (zero IDs, SVN 0, policy 0x30000) the ID block is
+    identical to its snp-create-id-block output. Prints QEMU's sev-snp-guest options.
+    """
+    digest = _measurement_arg(measurement_arg, measurement)
+    id_priv = load_private_key(id_key, "ID key")
+    author_priv = load_private_key(author_key, "author key") if author_key is not None else None
+    result = create_id_block(digest, id_priv, author_priv,
+                             family_id=_bytes(family_id, 16, "--family-id"),
+                             image_id=_bytes(image_id, 16, "--image-id"),
+                             guest_svn=guest_svn, policy=policy)
+    block_b64 = base64.b64encode(result.id_block_bytes).decode()
+    auth_b64 = base64.b64encode(result.id_auth_bytes).decode()
+    qemu = f"id-block={block_b64},id-auth={auth_b64}"
+    if author_priv is not None:
+        qemu += ",author-key-enabled=on"
+    if out_dir is not None:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "id_block.bin").write_bytes(result.id_block_bytes)
+            (out_dir / "id_auth.bin").write_bytes(result.id_auth_bytes)
+        except OSError as e:
+            raise InputError(f"cannot write to --out-dir {str(out_dir)!r}: {e.strerror or e}; check "
+                             f"the path and permissions.") from None
+    if as_json:
+        click.echo(json.dumps({
+            "measurement": digest.hex(),
+            "family_id": result.id_block.family_id.hex(),
+            "image_id": result.id_block.image_id.hex(),
+            "guest_svn": guest_svn,
+            "policy": f"{policy:#x}",
+            "id_block": block_b64,
+            "id_auth": auth_b64,
+            "qemu_sev_snp_guest": qemu,
+            "id_key_digest": result.id_key_digest.hex(),
+            "author_key_digest": None if result.author_key_digest is None else result.author_key_digest.hex(),
+            "files": None if out_dir is None else [str(out_dir / "id_block.bin"), str(out_dir / "id_auth.bin")],
+        }, indent=2))
+        return
+    click.echo(qemu)
+    click.echo(f"id_key_digest: {result.id_key_digest.hex()}")
+    if result.author_key_digest is not None:
+        click.echo(f"author_key_digest: {result.author_key_digest.hex()}")
+
+
+@click.command("sign-manifest", context_settings=_CTX)
+@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--key", required=True, type=click.Path(dir_okay=False, path_type=Path), metavar="PEM",
+              help="Publisher's private key: ECDSA P-384 or Ed25519.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help=f"Signature file (default: MANIFEST{SIGNATURE_SUFFIX}).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def sign_manifest_cmd(manifest, key, output, as_json):
+    """Write a detached signature over the exact bytes of MANIFEST.
+
+    ECDSA P-384 signatures are DER over SHA-384 (deterministic, RFC 6979); Ed25519
+    signatures are the raw 64 bytes. openssl alone verifies both (docs/auditing.md).
+    """
+    data = read_input(manifest, "manifest")
+    result = sign_manifest(data, load_signing_key(key))
+    output = output or manifest.with_name(manifest.name + SIGNATURE_SUFFIX)
+    try:
+        output.write_bytes(result.signature)
+    except OSError as e:
+        raise InputError(f"cannot write the signature to {str(output)!r}: {e.strerror or e}; check the "
+                         f"path and permissions.") from None
+    if as_json:
+        click.echo(json.dumps({"manifest": str(manifest), "manifest_sha256": result.manifest_sha256,
+                               "signature": str(output), "algorithm": result.algorithm,
+                               "key_sha256": result.key_sha256}, indent=2))
+    else:
+        click.echo(f"signed {manifest} (sha256 {result.manifest_sha256}) with {result.algorithm} key "
+                   f"sha256:{result.key_sha256}; signature written to {output}")
+
+
+@click.command("verify-manifest", context_settings=_CTX)
+@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--key", required=True, type=click.Path(dir_okay=False, path_type=Path), metavar="PEM",
+              help="Publisher's public key (PEM or DER SubjectPublicKeyInfo).")
+@click.option("--signature", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help=f"Signature file (default: MANIFEST{SIGNATURE_SUFFIX}).")
+@click.option("--key-sha256", metavar="HEX",
+              help="Also require the public key to have this SHA-256 fingerprint (DER SubjectPublicKeyInfo).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def verify_manifest_cmd(manifest, key, signature, key_sha256, as_json):
+    """Check the detached signature over MANIFEST with the publisher's public key.
+
+    Exit 0 when it verifies, 3 when any byte of the manifest or signature changed or the
+    key differs, 2 when a file is unreadable.
+    """
+    from measure.errors import SignatureInvalid
+
+    data = read_input(manifest, "manifest")
+    sig_path = signature or manifest.with_name(manifest.name + SIGNATURE_SUFFIX)
+    sig = read_input(sig_path, "signature")
+    public = load_public_key(key)
+    fingerprint = public_key_fingerprint(public)
+    error = None
+    algorithm = None
+    if key_sha256 is not None and fingerprint != key_sha256.strip().lower().removeprefix("sha256:"):
+        error = SignatureInvalid(f"the public key {str(key)!r} has fingerprint sha256:{fingerprint}, not "
+                                 f"the pinned {key_sha256}; get the publisher's key from a trusted source.")
+    else:
+        try:
+            algorithm = verify_manifest(data, sig, public, source=str(manifest))
+        except SignatureInvalid as e:
+            error = e
+    if as_json:
+        click.echo(json.dumps({"verdict": FAIL if error else PASS, "manifest": str(manifest),
+                               "signature": str(sig_path), "algorithm": algorithm,
+                               "key_sha256": fingerprint, "error": None if error is None else str(error)},
+                              indent=2))
+    elif error is None:
+        click.echo(f"OK: {manifest} is signed by {algorithm} key sha256:{fingerprint}")
+    if error is not None:
+        raise error
