@@ -71,7 +71,11 @@ def _kernel_package(suite: str) -> DebianPackage:
 
 @functools.lru_cache(maxsize=None)
 def kernel_tree(suite: str = "bookworm") -> Path:
-    """The unpacked versioned kernel package of ``suite`` (``/boot``, ``/lib/modules/...``)."""
+    """The unpacked versioned kernel package of ``suite`` (``/boot``, ``/lib/modules/...``).
+
+    Debian ships ``modules.order`` and ``modules.builtin`` but no ``modules.dep`` (depmod
+    writes it at install time): whoever needs module dependencies computes them.
+    """
     return archive().unpack(_kernel_package(suite))
 
 
