@@ -26,7 +26,7 @@ Stale Release files (observed on 2026-11-26 with the archive reachable here, whi
 snapshot that lags): sid's InRelease is dated 2026-10-30 with Valid-Until 2026-11-06,
 and apt refuses it ("Release file ... is expired (invalid since 20d 8h ...)").  Trixie
 and bookworm themselves carry no Valid-Until; trixie-updates, trixie-security and
-bookworm-security were valid until 2026-12-02, so they will expire too if the snapshot
+bookworm-security are valid only until 2026-12-02, so they will expire too if the snapshot
 does not move.  This module never turns the freshness check off by itself: an expired
 suite raises :class:`~builder.errors.StaleSuite`, and a caller that accepts the risk
 names the suite in ``allow_stale`` -- that suite's sources then carry
