@@ -172,3 +172,14 @@ def test_lock_json_syntax_error_names_line():
     with pytest.raises(RecipeError) as ei:
         parse_lock(b'{\n  "lock_version": 1,\n  oops\n}', Path("t.lock"))
     assert ei.value.line == 3 and str(ei.value).startswith("t.lock:3:")
+
+
+def test_committed_hello_lock_pins_what_the_recipe_declares():
+    """The shipped lock is consistent with the shipped recipe (no archive needed)."""
+    root = Path(__file__).resolve().parents[2]
+    recipe = load_recipe(root / "recipes" / "hello.yaml")
+    lock = read_lock(recipe.lock_path)
+    check_lock(recipe, lock)
+    assert lock.get("kernel").via.startswith("linux-image-amd64=")
+    assert lock.recipe == "hello.yaml"
+    assert lock.to_json() == recipe.lock_path.read_bytes()

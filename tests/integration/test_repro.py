@@ -1,0 +1,78 @@
+"""Reproducibility: two independent builds of hello under varied conditions are identical,
+and a build that is not reproducible is reported with the file and its first differing offset.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from builder.repro import check_repro, first_difference
+from builder.sources import cache_root
+from tests.realinputs import ALLOW_STALE
+
+from .hellobuild import ROOT, locked_hello, scratch
+
+pytestmark = [pytest.mark.integration, pytest.mark.network]
+STALE = [a for s in ALLOW_STALE for a in ("--allow-stale", s)]
+
+#: Build B's interpreter loads this: it stamps the process id into launch-snp.sh, the kind
+#: of leak (pid, time, host) that makes a build unreproducible.
+LEAK = '''
+import os
+import builder.launch as launch
+_render = launch.render
+def render(**kw):
+    return _render(**kw) + ("# built by process %d\\n" % os.getpid()).encode()
+launch.render = render
+'''
+
+
+def test_hello_builds_are_byte_identical_under_varied_conditions():
+    recipe = locked_hello()
+    res = check_repro(recipe, cache=cache_root(), allow_stale=ALLOW_STALE)
+    assert res.identical, [d.describe() for d in res.differences]
+    assert res.files == ["OVMF.amdsev.fd", "bzImage", "cmdline", "initrd", "launch-snp.sh", "manifest.json"]
+    varied = {c: (a, b) for c, a, b in res.variations}
+    assert varied["umask"] == ("022", "077") and varied["SOURCE_DATE_EPOCH env"] == ("unset", "1")
+    assert varied["TZ"][0] != varied["TZ"][1] and varied["locale"][0] != varied["locale"][1]
+    if shutil.which("faketime"):
+        assert varied["clock"][1].startswith("faketime 2041")
+    a, b = res.runs
+    assert a.result["measurements"] == b.result["measurements"]
+    assert a.result["bundle"] != b.result["bundle"]
+    assert not res.workdir.exists()                      # cleaned up when identical
+
+
+def test_injected_difference_is_named_with_file_and_offset():
+    recipe = locked_hello()
+    site = scratch("blindbox-leak-")
+    (site / "sitecustomize.py").write_text(LEAK)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+    p = subprocess.run([sys.executable, "-m", "blindbox.cli", "check-repro", str(recipe.path), *STALE],
+                       capture_output=True, text=True, cwd=ROOT, env=env)
+    assert p.returncode == 3, p.stderr
+    lines = p.stdout.splitlines()
+    report = [line for line in lines if line.startswith("NOT REPRODUCIBLE: ")]
+    work = Path(next(line for line in lines if line.startswith("both bundles are kept in "))[25:])
+    try:
+        a = next(work.glob("a/out/*"))
+        b = next(work.glob("b*/out/*"))
+        offset = first_difference(a / "launch-snp.sh", b / "launch-snp.sh")
+        marker = (a / "launch-snp.sh").read_bytes().index(b"# built by process ")
+        assert marker < offset < marker + 30                      # inside the leaked process id
+        manifest_offset = first_difference(a / "manifest.json", b / "manifest.json")
+        # the script, and its sha256 in the manifest; nothing else
+        assert report == [
+            f"NOT REPRODUCIBLE: launch-snp.sh: first differing byte at offset {offset} ({offset:#x})",
+            f"NOT REPRODUCIBLE: manifest.json: first differing byte at offset {manifest_offset} "
+            f"({manifest_offset:#x})"]
+        if shutil.which("diffoscope"):
+            assert "built by process" in p.stdout                 # diffoscope's explanation follows
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
