@@ -108,8 +108,8 @@ def tcb_components(raw: int, product: Product, *, what: str = "TCB_VERSION") -> 
     try:
         tcb = cls.from_bytes(int(raw).to_bytes(8, "little"), what=f"{what} ({product.value} layout)")
     except LayoutError as e:
-        raise LayoutError(f"{e} Check that the report really comes from a {product.value} "
-                          f"(--product) and is not corrupt.") from None
+        raise LayoutError(f"{str(e).rstrip('.')}; check that the report really comes from a "
+                          f"{product.value} (--product) and is not corrupt.") from None
     return {name: getattr(tcb, name) for name in TCB_COMPONENTS if hasattr(tcb, name)}
 
 
@@ -253,7 +253,11 @@ def parse_report(data: bytes, *, what: str = "attestation report") -> ReportV2:
         raise LayoutError(
             f"{what} has VERSION {version} at offset 0x0; this tool reads versions "
             f"{', '.join(map(str, KNOWN_VERSIONS))}: check that the file is an SEV-SNP report.")
-    report = cls.from_bytes(data, what=what)
+    try:
+        report = cls.from_bytes(data, what=what)
+    except LayoutError as e:
+        raise LayoutError(f"{str(e).rstrip('.')}, so the report is corrupt or was altered (the "
+                          f"firmware zeroes every reserved field).") from None
     if report.signature_algo != SIG_ALGO_ECDSA_P384_SHA384:
         raise LayoutError(
             f"{what} has SIGNATURE_ALGO {report.signature_algo} at offset 0x34; only 1 "

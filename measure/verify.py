@@ -236,10 +236,10 @@ def select_leaf(report: ReportV2, certs: Sequence[Certificate], product: Product
     hint = ""
     p = product or cpuid_product(report)
     if kind is SigningKey.VCEK and p is not None and not mask_chip_key(report):
-        hint = f" AMD serves it at {kds_url(report, p)}."
+        hint = f" (AMD serves it at {kds_url(report, p)})"
     given = f" (given: {', '.join(c.label for c in certs)})" if certs else ""
     raise InputError(f"no {kind.name} certificate for this report was given{given}; pass it with "
-                     f"--certs FILE_OR_DIR, or --no-signature to check fields only.{hint}")
+                     f"--certs FILE_OR_DIR{hint}, or --no-signature to check fields only.")
 
 
 def _check_signature(report: ReportV2, leaf: Certificate) -> Check:
