@@ -307,6 +307,30 @@ def resolve_input(spec: InputSpec, recipe: Recipe, archive, fetch_url) -> Locked
                        origin=spec.url, url=spec.url)
 
 
+def _names(field_text: str) -> list[str]:
+    """Package names of a Depends-style field: the first alternative of each, no versions."""
+    out = []
+    for group in field_text.split(","):
+        first = group.split("|")[0].strip()
+        name = re.split(r"[\s(\[<]", first, maxsplit=1)[0].split(":")[0] if first else ""
+        if name and name not in out:
+            out.append(name)
+    return out
+
+
+def package_dependencies(archive, pkg) -> list[str]:
+    """Pre-Depends and Depends of ``pkg`` (essential packages such as coreutils declare their
+    libraries as Pre-Depends, which DebianArchive.depends does not list)."""
+    control = getattr(archive, "control", None)
+    if control is not None:
+        fields = control(pkg)
+    else:
+        from builder.sources import read_deb_control
+        fields = read_deb_control(archive.download(pkg))
+    names = _names(fields.get("Pre-Depends", ""))
+    return names + [n for n in _names(fields.get("Depends", "")) if n not in names]
+
+
 def resolve_libraries(recipe: Recipe, archive) -> list[LockedInput]:
     """Pin the dependency closure of every package that provides an initrd binary."""
     wants = library_wants(recipe)
@@ -318,7 +342,7 @@ def resolve_libraries(recipe: Recipe, archive) -> list[LockedInput]:
         queue.append((pkg, b.source.suite, b.source.arch))
     while queue:
         pkg, suite, arch = queue.pop(0)
-        for dep in archive.depends(pkg):
+        for dep in package_dependencies(archive, pkg):
             if dep in seen or (dep, suite) in own:
                 continue
             dpkg = archive.resolve(dep, suite, arch=arch)

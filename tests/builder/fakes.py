@@ -84,6 +84,11 @@ class FakeArchive:
                     return list(deps)
         return []
 
+    def control(self, pkg) -> dict[str, str]:
+        deps = self.depends(pkg)
+        # like Debian's essential packages, the first dependency is a Pre-Depends
+        return {"Pre-Depends": ", ".join(deps[:1]), "Depends": ", ".join(f"{d} (>= 1)" for d in deps[1:])}
+
     def download(self, pkg) -> Path:
         path = self.root / f"{pkg.sha256}.tar"
         if pkg.sha256 in self.cache:

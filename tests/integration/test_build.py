@@ -189,3 +189,24 @@ def test_lock_cli_keeps_pins_and_update_reports(tmp_path):
     assert [c["name"] for c in doc["changes"]] == ["busybox"]
     p = cli("lock", str(d / "hello.yaml"), "--input", "busybox")
     assert p.returncode == 2 and "add --update" in p.stderr
+
+
+def test_dynamically_linked_binary_runs_in_the_guest(tmp_path):
+    """coreutils' sha256sum with the libraries of its (Pre-)Depends closure, run by the default init."""
+    from builder.boot import smoke_boot
+    from builder.pipeline import BuildRequest, build
+
+    text = (ROOT / "recipes" / "hello.yaml").read_text().replace(
+        "  modules: [sev-guest]",
+        "  binaries:\n    - {debian: coreutils, suite: bookworm, path: /usr/bin/sha256sum, dest: /bin/sha256sum-gnu}\n"
+        "  app_command: /bin/sha256sum-gnu /proc/cmdline\n  modules: [sev-guest]")
+    recipe = lock_copy(text)
+    lock = json.loads(recipe.lock_path.read_bytes())
+    libs = [e["name"] for e in lock["inputs"] if e["name"].startswith("library:")]
+    assert "library:libc6" in libs and "library:libselinux1" in libs   # coreutils' Pre-Depends
+    res = build(BuildRequest(recipe=recipe.path, out=tmp_path / "out", allow_stale=ALLOW_STALE))
+    listing = "\n".join(res.initrd_listing)
+    assert " bin/sha256sum-gnu " in listing and "libc.so.6" in listing and "ld-linux-x86-64.so.2" in listing
+    boot = smoke_boot(res.out / "bzImage", res.out / "initrd", (res.out / "cmdline").read_bytes(), firmware=None)
+    assert boot.marker("BLINDBOX-APP-EXIT") == "0"
+    assert f"{boot.cmdline_sha256}  /proc/cmdline" in boot.console       # GNU sha256sum agrees with busybox
