@@ -23,6 +23,7 @@ files and binaries             given   at their destinations; libraries 0644 and
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,7 +89,7 @@ def build_initrd(*, busybox: Path, source_date_epoch: int, compression: str = "g
                  kernel_tree: Path | None = None, kernel_release: str | None = None,
                  modules: Sequence[str] = (),
                  files: Sequence[tuple[Path, str, int]] = (),
-                 binaries: Sequence[tuple[Path, str, Path]] = (),
+                 binaries: Sequence[tuple[Path, str, Path | Sequence[Path]]] = (),
                  applets: Sequence[str] = DEFAULT_APPLETS) -> Initrd:
     """Build a deterministic initrd.
 
@@ -98,8 +99,9 @@ def build_initrd(*, busybox: Path, source_date_epoch: int, compression: str = "g
     ``kernel_tree``/``kernel_release``: the unpacked kernel package whose ``modules``
     (names or aliases, with their dependency closure) go to ``lib/modules/<release>``.
     ``files``: (source, guest path, mode).  ``binaries``: (source, guest path, root) for
-    dynamically linked programs whose interpreter and libraries are taken from ``root``
-    (unpacked packages).  The output depends only on these arguments' contents.
+    dynamically linked programs whose interpreter and libraries are taken from ``root``:
+    one tree, or several (one unpacked package each) searched as one
+    (:func:`.elf.library_closure`).  The output depends only on these arguments' contents.
     """
     if compression not in cpio.COMPRESSIONS:
         raise InitrdError(f"initrd compression {compression!r} is not supported; use one of "
@@ -155,14 +157,15 @@ def build_initrd(*, busybox: Path, source_date_epoch: int, compression: str = "g
         guest = _guest(dest, f"file {src}")
         archive.add_file(guest, _read(src, f"file for {guest}"), mode)
 
-    by_root: dict[Path, list[tuple[Path, str]]] = {}
+    by_root: dict[tuple[Path, ...], list[tuple[Path, str]]] = {}
     for src, dest, root in binaries:
         guest = _guest(dest, f"binary {src}")
         archive.add_file(guest, _read(src, f"binary for {guest}"), 0o755)
-        by_root.setdefault(Path(root), []).append((Path(src), guest))
+        roots = (Path(root),) if isinstance(root, (str, os.PathLike)) else tuple(Path(r) for r in root)
+        by_root.setdefault(roots, []).append((Path(src), guest))
     libraries: list[SharedObject] = []
-    for root in sorted(by_root, key=str):
-        libraries.extend(library_closure(by_root[root], root))
+    for roots in sorted(by_root, key=lambda rs: [str(r) for r in rs]):
+        libraries.extend(library_closure(by_root[roots], roots))
     _add_libraries(archive, libraries)
 
     raw = archive.to_bytes(mtime=source_date_epoch)
