@@ -198,11 +198,13 @@ def _run(run: BuildRun, cwd: Path) -> None:
 
 
 def check_repro(recipe, *, cache: Path, workdir: Path | None = None, allow_stale=(), keep: bool = False,
-                explain: bool = True, use_faketime: bool = True) -> ReproResult:
+                explain: bool = True, use_faketime: bool = True, reference: Path | None = None) -> ReproResult:
     """Build ``recipe`` twice in separate processes under different conditions and compare.
 
     ``cache`` is the content cache build A uses (it is warmed there if needed); build B
-    works offline from a copy of it.  Raises BuildError when a build itself fails.
+    works offline from a copy of it.  ``reference``: a bundle built before (e.g. the one
+    ``build --check-repro`` just wrote) that must equal build A too.  Raises BuildError
+    when a build itself fails.
     """
     made_workdir = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="blindbox-repro-")) if workdir is None else Path(workdir)
@@ -262,6 +264,11 @@ def check_repro(recipe, *, cache: Path, workdir: Path | None = None, allow_stale
     ]
     result.files = sorted(p.name for p in run_a.out.iterdir())
     result.differences = compare_bundles(run_a.out, run_b.out, explain=explain)
+    if reference is not None:
+        result.differences += [
+            Difference(f"{d.file} (in {reference}, against build A)", d.kind, d.offset, d.size_a, d.size_b,
+                       d.detail) for d in compare_bundles(reference, run_a.out, explain=explain)]
+        result.variations.insert(0, ("also compared", str(reference), "build A"))
     if result.identical and not keep and made_workdir:
         shutil.rmtree(workdir, ignore_errors=True)
     return result

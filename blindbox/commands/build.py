@@ -45,7 +45,7 @@ def _result_json(res) -> dict:
 @click.option("--force", is_flag=True, help="Rebuild even if the bundle is up to date.")
 @click.option("--allow-stale", multiple=True, metavar="SUITE", help=STALE_HELP)
 @click.option("--check-repro", "check_repro_flag", is_flag=True,
-              help="Also build twice more under varied conditions and compare (see check-repro).")
+              help="Then build twice more under varied conditions (see check-repro) and compare all three.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result on stdout.")
 def build(recipe, out, offline, force, allow_stale, check_repro_flag, as_json):
     """Build the guest bundle of RECIPE from its lock file.
@@ -65,16 +65,17 @@ def build(recipe, out, offline, force, allow_stale, check_repro_flag, as_json):
         for m in res.manifest.measurements:
             click.echo(f"  {m.shape:<28} {m.measurement}")
     if check_repro_flag:
-        _check_repro(recipe, allow_stale, keep=False, as_json=as_json, extra={"build": _result_json(res)})
+        _check_repro(recipe, allow_stale, keep=False, as_json=as_json, extra={"build": _result_json(res)},
+                     reference=res.out)
 
 
-def _check_repro(recipe, allow_stale, keep, as_json, extra=None):
+def _check_repro(recipe, allow_stale, keep, as_json, extra=None, reference=None):
     from builder.recipe import load_recipe
     from builder.repro import check_repro as run_check
     from builder.sources import cache_root
 
     r = load_recipe(recipe)
-    res = run_check(r, cache=cache_root(), allow_stale=tuple(allow_stale), keep=keep)
+    res = run_check(r, cache=cache_root(), allow_stale=tuple(allow_stale), keep=keep, reference=reference)
     if as_json:
         doc = dict(extra or {})
         doc.update({
@@ -91,7 +92,7 @@ def _check_repro(recipe, allow_stale, keep, as_json, extra=None):
         for c, a, b in res.variations:
             click.echo(f"  {c:<28} {a}  |  {b}")
         if res.identical:
-            click.echo(f"reproducible: the two bundles are byte-identical ({', '.join(res.files)}).")
+            click.echo(f"reproducible: the bundles are byte-identical ({', '.join(res.files)}).")
         for d in res.differences:
             click.echo(f"NOT REPRODUCIBLE: {d.describe()}")
             if d.detail and d.kind == "content":
