@@ -9,11 +9,14 @@ Facts about the Debian packages this code relies on (checked on bookworm's 6.1):
   postinst.  So :func:`module_closure` reads every module's ``.modinfo`` section
   (``name=``, ``depends=``, ``alias=``, ``softdep=``) itself and writes the two files the
   initrd's busybox ``modprobe`` reads.
-- Bookworm's 6.1 modules are plain ``.ko`` (``CONFIG_MODULE_COMPRESS_NONE=y``); later
-  kernels ship ``.ko.xz`` or ``.ko.zst``.  Compressed modules are decompressed at build
-  time (the result is a pure function of the input) and stored as ``.ko``: the initrd is
-  compressed as a whole anyway, and loading then depends neither on busybox's seamless
-  decompression nor on the kernel's ``CONFIG_MODULE_DECOMPRESS``.
+- Bookworm's 6.1 modules are plain ``.ko`` (``CONFIG_MODULE_COMPRESS_NONE=y``); trixie's
+  6.12 ships ``.ko.xz`` under ``/usr/lib/modules``.  Compressed modules are decompressed
+  at build time (a pure function of the input; a module's signature sits inside the
+  compressed data, so it survives) and stored as ``.ko``.  Bookworm's busybox 1.35
+  ``modprobe`` does load a CRC32 ``.ko.xz`` on the 6.1 kernel, which lacks
+  ``CONFIG_MODULE_DECOMPRESS`` (seen in a boot here: it decompresses in user space
+  after ``finit_module`` fails), but that depends on busybox's build options; the
+  initrd is compressed as a whole anyway.
 """
 
 from __future__ import annotations

@@ -211,7 +211,31 @@ def test_closure_output_does_not_depend_on_request_order(tree):
     assert a.files() == b.files()
 
 
-# -- the real Debian kernel ----------------------------------------------------------------
+# -- the real Debian kernels ---------------------------------------------------------------
+def check_against_depmod(c: k.ModuleClosure, img: k.KernelImage, tmp_path: Path) -> None:
+    """kmod's depmod is the reference: same dependencies and aliases for every carried module."""
+    depmod = shutil.which("depmod") or ("/usr/sbin/depmod" if os.path.exists("/usr/sbin/depmod") else None)
+    if depmod is None:
+        pytest.skip("depmod (kmod) is not installed; scripts/setup installs it")
+    base = tmp_path / "depmod"
+    shutil.copytree(img.modules_dir, base / "lib/modules" / img.release, symlinks=True)
+    subprocess.run([depmod, "-b", str(base), img.release], check=True, capture_output=True)
+    ref_dir = base / "lib/modules" / img.release
+
+    def strip(path: str) -> str:  # depmod names the shipped (maybe compressed) file; we store .ko
+        return path.rsplit(".ko", 1)[0] + ".ko"
+
+    ref_dep = {strip(a): [strip(d) for d in b.split()] for a, b in
+               (line.split(":", 1) for line in (ref_dir / "modules.dep").read_text().splitlines())}
+    ours = dict(line.split(":", 1) for line in c.modules_dep().decode().splitlines())
+    for path, deps in ours.items():
+        assert sorted(deps.split()) == sorted(ref_dep[path]), path
+    carried = {m.name for m in c.modules}
+    ref_alias = {line for line in (ref_dir / "modules.alias").read_text().splitlines()
+                 if line.startswith("alias ") and line.split()[-1] in carried}
+    assert set(c.modules_alias().decode().splitlines()) == ref_alias
+
+
 @pytest.mark.network
 def test_real_bookworm_kernel(tmp_path):
     from tests import realinputs
@@ -228,20 +252,22 @@ def test_real_bookworm_kernel(tmp_path):
     assert not (img.modules_dir / "modules.dep").exists()
     c = k.module_closure(tree, img.release, list(report.modules))
     assert "kernel/drivers/virt/coco/sev-guest/sev-guest.ko" in c.paths
+    check_against_depmod(c, img, tmp_path)
 
-    depmod = shutil.which("depmod") or ("/usr/sbin/depmod" if os.path.exists("/usr/sbin/depmod") else None)
-    if depmod is None:
-        pytest.skip("depmod (kmod) is not installed; scripts/setup installs it")
-    # depmod from kmod is the reference: same dependencies, same aliases for every carried module
-    base = tmp_path / "depmod"
-    shutil.copytree(img.modules_dir, base / "lib/modules" / img.release, symlinks=True)
-    subprocess.run([depmod, "-b", str(base), img.release], check=True, capture_output=True)
-    ref_dir = base / "lib/modules" / img.release
-    ref_dep = dict(line.split(":", 1) for line in (ref_dir / "modules.dep").read_text().splitlines())
-    ours = dict(line.split(":", 1) for line in c.modules_dep().decode().splitlines())
-    for path, deps in ours.items():
-        assert sorted(deps.split()) == sorted(ref_dep[path].split()), path
-    carried = {m.name for m in c.modules}
-    ref_alias = {line for line in (ref_dir / "modules.alias").read_text().splitlines()
-                 if line.startswith("alias ") and line.split()[-1] in carried}
-    assert set(c.modules_alias().decode().splitlines()) == ref_alias
+
+@pytest.mark.network
+def test_real_trixie_kernel_compressed_modules(tmp_path):
+    """trixie's 6.12: modules are .ko.xz under /usr/lib/modules; TSM_REPORTS appears."""
+    from tests import realinputs
+
+    tree = realinputs.kernel_tree("trixie")
+    img = k.find_kernel(tree)
+    assert img.modules_dir.parent.parent == tree / "usr/lib"
+    report = k.preflight(KernelConfig.load(img.config), k.REQUIRED + k.decompressor_requirement("gzip"))
+    assert report.ok, report.lines()
+    assert "tsm" in report.modules  # CONFIG_TSM_REPORTS=m, reported by the optional set
+    c = k.module_closure(tree, img.release, list(report.modules))
+    assert c.paths and all(p.endswith(".ko.xz") for p in c.paths)
+    for path, data in c.files():
+        assert path.endswith(".ko") and data.startswith(b"\x7fELF"), path
+    check_against_depmod(c, img, tmp_path)
