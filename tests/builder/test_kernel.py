@@ -174,6 +174,30 @@ def test_closure_aliases_softdeps_and_compressed_modules(tree):
     assert erofs.startswith(b"\x7fELF") and b"name=erofs\0" in erofs
 
 
+@pytest.mark.parametrize("suffix", [".ko.gz", ".ko.zst"])
+def test_gzip_and_zstd_modules(tmp_path, suffix):
+    import gzip
+
+    from .stepfakes import make_module
+
+    t = make_kernel_tree(tmp_path / "pkg", REL)
+    raw = make_module("foo", aliases=["fs-foo"])
+    if suffix == ".ko.gz":
+        packed = gzip.compress(raw, mtime=0)
+    else:
+        zstd = shutil.which("zstd")
+        if zstd is None:
+            pytest.skip("zstd is not installed (scripts/setup installs it)")
+        packed = subprocess.run([zstd, "-q", "-c"], input=raw, capture_output=True, check=True).stdout
+    (t / "lib/modules" / REL / f"foo{suffix}").write_bytes(packed)
+    c = k.module_closure(t, REL, ["fs-foo"])
+    assert c.paths == [f"foo{suffix}"]
+    assert c.files() == [(f"lib/modules/{REL}/foo.ko", raw)]
+    (t / "lib/modules" / REL / f"foo{suffix}").write_bytes(b"garbage")
+    with pytest.raises(ModuleError, match="is not valid"):
+        k.module_closure(t, REL, ["foo"]).files()
+
+
 def test_closure_builtin_and_missing(tree):
     c = k.module_closure(tree, REL, ["squashfs"])
     assert c.builtin == ("squashfs",) and c.paths == [] and c.modules_dep() == b""
