@@ -22,12 +22,12 @@ import hashlib
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import layout
 from .errors import InputError, SignatureInvalid
-from .inputs import read_input
+from .inputs import read_private_key
 from .report import EcdsaSignature
 
 ALGO_ECDSA_P384_SHA384 = 1
@@ -229,18 +229,7 @@ def verify_id_auth(block_bytes: bytes, auth_bytes: bytes) -> IdAuthInfo:
 
 def load_private_key(path, what: str) -> ec.EllipticCurvePrivateKey:
     """A P-384 private key from an unencrypted PEM (or DER) file."""
-    data = read_input(path, what)
-    try:
-        if b"-----BEGIN" in data:
-            key = serialization.load_pem_private_key(data, password=None)
-        else:
-            key = serialization.load_der_private_key(data, password=None)
-    except TypeError:
-        raise InputError(f"the {what} {str(path)!r} is encrypted; decrypt it first (openssl pkey -in "
-                         f"KEY -out PLAIN).") from None
-    except (ValueError, UnsupportedAlgorithm) as e:
-        raise InputError(f"the {what} {str(path)!r} is not a private key in PEM or DER ({e}); give "
-                         f"a P-384 private key.") from None
+    key = read_private_key(path, what)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise InputError(f"the {what} {str(path)!r} is not an ECDSA key; SEV-SNP needs P-384.")
     _require_p384(key, f"{what} {str(path)!r}")

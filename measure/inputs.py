@@ -41,3 +41,20 @@ def file_digest(path: str | Path, what: str, algorithm: str = "sha256") -> bytes
     except OSError as e:
         raise _open_error(path, what, e) from e
     return h.digest()
+
+
+def read_private_key(path: str | Path, what: str):
+    """An unencrypted private key from a PEM or DER file, any algorithm (callers check which)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    data = read_input(path, what)
+    try:
+        if b"-----BEGIN" in data:
+            return serialization.load_pem_private_key(data, password=None)
+        return serialization.load_der_private_key(data, password=None)
+    except TypeError:
+        raise InputError(f"the {what} {str(path)!r} is encrypted; decrypt it first "
+                         f"(openssl pkey -in KEY -out PLAIN).") from None
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise InputError(f"the {what} {str(path)!r} is not a private key in PEM or DER ({e}).") from None

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from .errors import InputError, SignatureInvalid
 from .idblock import deterministic_ecdsa
-from .inputs import read_input
+from .inputs import read_input, read_private_key
 
 ECDSA_P384 = "ecdsa-p384-sha384"
 ED25519 = "ed25519"
@@ -98,18 +98,7 @@ def verify_manifest(manifest: bytes, signature: bytes, public_key, *, source: st
 
 
 def load_private_key(path) -> ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey:
-    data = read_input(path, "signing key")
-    try:
-        if b"-----BEGIN" in data:
-            key = serialization.load_pem_private_key(data, password=None)
-        else:
-            key = serialization.load_der_private_key(data, password=None)
-    except TypeError:
-        raise InputError(f"the signing key {str(path)!r} is encrypted; decrypt it first "
-                         f"(openssl pkey -in KEY -out PLAIN) or keep it in an agent.") from None
-    except (ValueError, UnsupportedAlgorithm) as e:
-        raise InputError(f"{str(path)!r} is not a private key in PEM or DER ({e}); give the "
-                         f"publisher's ECDSA P-384 or Ed25519 private key.") from None
+    key = read_private_key(path, "signing key")
     algorithm_of(key)
     return key
 
