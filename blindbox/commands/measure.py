@@ -170,9 +170,10 @@ def measure(verbose, mode, vcpus, vcpu_type, vcpu_sig, vcpu_family, vcpu_model, 
 @click.argument("actual", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def explain_vmsa(expected, actual, as_json):
-    """Compare two VMSA pages (e.g. from --dump-vmsa) field by field.
+    """Compare two VMSA pages field by field, with save-area names and offsets.
 
-    Exit 0 when identical, 3 when they differ.
+    EXPECTED and ACTUAL are 4096-byte VMSA pages, such as the vmsa<N>.bin files that
+    --dump-vmsa writes. Exit 0 when identical, 3 when they differ.
     """
     a = SaveArea.from_bytes(read_input(expected, "VMSA"), what=str(expected))
     b = SaveArea.from_bytes(read_input(actual, "VMSA"), what=str(actual))
