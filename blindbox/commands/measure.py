@@ -83,6 +83,8 @@ def _json(result: MeasureResult, vcpu_type: str | None, trace: bool) -> dict:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="blindbox measure",
+                      message="%(prog)s %(version)s (sev-snp-measure 0.0.13 compatible)")
 @click.option("-v", "--verbose", is_flag=True, help="Print 'Calculated <MODE> guest measurement: ...'.")
 @click.option("--mode", required=True, type=click.Choice(MODES, case_sensitive=False), help="Guest mode.")
 @click.option("--vcpus", type=int, metavar="N", help="Number of guest vCPUs.")

@@ -131,3 +131,9 @@ def test_zero_values_are_taken_as_given(argv, sig, capsys):
     rc, out, _ = ours(["--mode", "snp", "--vcpus", "2", "--ovmf", AMDSEV, *argv], capsys)
     expected = oracle.oracle_digest("snp", ovmf=AMDSEV, vcpus=2, vcpu_sig=sig)
     assert (rc, out.strip()) == (0, expected.hex())
+
+
+def test_version_option_like_the_oracle(capsys):
+    rc, out, _ = ours(["--version"], capsys)
+    assert rc == 0 and out.startswith("blindbox measure ") and "0.0.13" in out
+    assert oracle.oracle_cli(["--version"])[0] == 0
