@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterable
 
 from builder.errors import BuildError, InputDigestMismatch, RecipeError, SourceError
-from builder.recipe import InputSpec, Recipe
+from builder.recipe import InputSpec, Recipe, check_id_keys
 
 LOCK_VERSION = 1
 _KERNEL_PKG = re.compile(r"linux-image-\d[\w.+-]*")
@@ -359,6 +359,7 @@ def lock_recipe(recipe: Recipe, archive, fetch_url=None, *, previous: Lock | Non
     now.  ``archive`` is a builder.sources.DebianArchive; ``fetch_url(url, sha256) -> path``
     fetches URL inputs (builder.sources.fetch_url).
     """
+    check_id_keys(recipe)        # a key that cannot sign an ID block is refused before it is pinned
     only = set(only)
     known = {s.name for s in recipe.inputs()}
     has_libs = bool(recipe.initrd.binaries)

@@ -5,8 +5,11 @@ reproducible: fixed key order, no host paths, users or times (the recipe and loc
 named by file name and sha256 only), UTF-8, two-space indentation, one trailing newline.
 
 Its ``measurements`` list is a contract with ``blindbox verify-report --manifest``: each
-entry is exactly ``shape, mode, vmm_profile, vcpus, vcpu_type, vcpu_sig,
-guest_features, measurement`` (hex strings for the last four but vcpus).
+entry starts with exactly ``shape, mode, vmm_profile, vcpus, vcpu_type, vcpu_sig,
+guest_features, measurement`` (hex strings for the last four but vcpus).  A bundle built
+with an ``id_block`` adds, after those, ``id_block`` and ``id_auth`` (the bundle's base64
+files for QEMU) and ``id_key_digest`` / ``author_key_digest`` (96 hex digits, or null
+without an author key): the values the report's ID_KEY_DIGEST / AUTHOR_KEY_DIGEST carry.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ class InputRecord:
 @dataclass(frozen=True)
 class OutputRecord:
     file: str
-    role: str           # firmware | kernel | initrd | cmdline | launch
+    role: str           # firmware | kernel | initrd | cmdline | launch | id-block | id-auth | id-block-bin | id-auth-bin
     sha256: str
     size: int
 
@@ -61,11 +64,20 @@ class MeasurementRecord:
     guest_features: int
     measurement: str    # 96 hex digits
     mode: str = "snp"
+    #: with an ID block: the bundle files QEMU takes (base64) and the key digests a report carries
+    id_block: str | None = None
+    id_auth: str | None = None
+    id_key_digest: str | None = None        # 96 hex digits
+    author_key_digest: str | None = None    # 96 hex digits, None without an author key
 
     def to_dict(self) -> dict:
-        return {"shape": self.shape, "mode": self.mode, "vmm_profile": self.vmm_profile, "vcpus": self.vcpus,
-                "vcpu_type": self.vcpu_type, "vcpu_sig": f"{self.vcpu_sig:#x}",
-                "guest_features": f"{self.guest_features:#x}", "measurement": self.measurement}
+        out = {"shape": self.shape, "mode": self.mode, "vmm_profile": self.vmm_profile, "vcpus": self.vcpus,
+               "vcpu_type": self.vcpu_type, "vcpu_sig": f"{self.vcpu_sig:#x}",
+               "guest_features": f"{self.guest_features:#x}", "measurement": self.measurement}
+        if self.id_block is not None:
+            out.update({"id_block": self.id_block, "id_auth": self.id_auth, "id_key_digest": self.id_key_digest,
+                        "author_key_digest": self.author_key_digest})
+        return out
 
 
 @dataclass(frozen=True)
@@ -146,6 +158,13 @@ class Manifest:
         for r in m.measurements:
             if not _HEX96.fullmatch(r.measurement):
                 raise bad(f"measurement of shape {r.shape} is not 96 hex digits")
+            if r.id_block is not None:
+                if not (isinstance(r.id_auth, str) and isinstance(r.id_key_digest, str)
+                        and _HEX96.fullmatch(r.id_key_digest)
+                        and (r.author_key_digest is None or _HEX96.fullmatch(str(r.author_key_digest)))):
+                    raise bad(f"the ID block fields of shape {r.shape} are incomplete or not 96 hex digits")
+            elif (r.id_auth, r.id_key_digest, r.author_key_digest) != (None, None, None):
+                raise bad(f"shape {r.shape} has ID key fields but no id_block")
         if list(doc) != list(m.to_dict()):
             raise bad("unexpected keys or key order")
         return m

@@ -11,6 +11,7 @@ kernel   unpack the kernel package, take the bzImage, check its config (prefligh
 initrd   the deterministic initrd: busybox, init, modules, files, binaries and libraries
 cmdline  the command line bytes
 measure  launch digests for every shape, the firmware hashed once (measure.snp.SnpLaunch)
+idblock  with a recipe id_block: ID_BLOCK and ID_AUTH_INFO for every shape (deterministic ECDSA)
 launch   launch-snp.sh
 manifest manifest.json
 write    the bundle, atomically (builder.bundle)
@@ -23,12 +24,13 @@ hash joins the command line before it is measured).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -38,10 +40,11 @@ from builder.errors import BuildError, InputDigestMismatch, OfflineMiss, SourceE
 from builder.launch import LaunchFiles, LaunchShape, render as render_launch
 from builder.lock import Lock, LockedInput, check_lock, file_sha256, read_lock
 from builder.manifest import InputRecord, Manifest, ManifestError, MeasurementRecord, OutputRecord
-from builder.recipe import FileEntry, Recipe, load_recipe
+from builder.recipe import FileEntry, Recipe, check_id_keys, load_id_key, load_recipe
 from measure import __version__
 from measure.cpu import CPU_SIGS
 from measure.errors import MeasureError, UnsupportedFirmware
+from measure.idblock import key_digest, make_id_auth
 from measure.kernel_hashes import KernelHashes, cmdline_bytes
 from measure.ovmf import Firmware
 from measure.snp import SnpLaunch, VmShape
@@ -53,6 +56,9 @@ KERNEL_FILE = "bzImage"
 INITRD_FILE = "initrd"
 CMDLINE_FILE = "cmdline"
 LAUNCH_FILE = "launch-snp.sh"
+#: per shape, with a recipe id_block: "<shape id, ':' -> '_'>" + suffix -> (manifest role, encoding)
+ID_FILES = {".id-block.b64": ("id-block", "base64"), ".id-auth.b64": ("id-auth", "base64"),
+            ".id-block.bin": ("id-block-bin", "raw"), ".id-auth.bin": ("id-auth-bin", "raw")}
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
@@ -94,6 +100,7 @@ class Build:
     hashes: KernelHashes | None = None
     ovmf_hash: bytes = b""
     measurements: list[MeasurementRecord] = field(default_factory=list)
+    id_files: dict[str, tuple[bytes, str]] = field(default_factory=dict)   # file -> (bytes, manifest role)
     launch_script: bytes = b""
     manifest: Manifest | None = None
     files: dict[str, tuple[bytes, int]] = field(default_factory=dict)
@@ -120,6 +127,7 @@ def step_recipe(b: Build) -> None:
     b.recipe = load_recipe(b.request.recipe)
     b.lock = read_lock(b.recipe.lock_path)
     check_lock(b.recipe, b.lock)
+    check_id_keys(b.recipe)
     b.out = Path(os.path.abspath(b.request.out or Path("out") / b.recipe.name))
 
 
@@ -338,14 +346,48 @@ def step_measure(b: Build) -> None:
         for sh in b.recipe.shapes()]
 
 
+def shape_file_stem(shape_id: str) -> str:
+    """A shape id as a file name: ``qemu:EPYC-v4:4:0x1`` -> ``qemu_EPYC-v4_4_0x1``."""
+    stem = shape_id.replace(":", "_")
+    assert _SAFE_NAME.fullmatch(stem), stem
+    return stem
+
+
+def step_idblock(b: Build) -> None:
+    """ID_BLOCK and ID_AUTH_INFO for every shape, signed with the recipe's keys (RFC 6979)."""
+    spec = b.recipe.id_block
+    if spec is None:
+        return
+    id_key = load_id_key(b.recipe, spec.id_key, b.inputs[spec.id_key.name])
+    author_key = None if spec.author_key is None else \
+        load_id_key(b.recipe, spec.author_key, b.inputs[spec.author_key.name])
+    id_digest = key_digest(id_key).hex()
+    author_digest = None if author_key is None else key_digest(author_key).hex()
+    records = []
+    for m in b.measurements:
+        block, auth = make_id_auth(bytes.fromhex(m.measurement), id_key, author_key, family_id=spec.family_id,
+                                   image_id=spec.image_id, guest_svn=spec.guest_svn, policy=spec.policy)
+        stem = shape_file_stem(m.shape)
+        for suffix, (role, encoding) in ID_FILES.items():
+            raw = block if role.startswith("id-block") else auth
+            data = base64.b64encode(raw) + b"\n" if encoding == "base64" else raw
+            assert stem + suffix not in b.id_files, stem + suffix
+            b.id_files[stem + suffix] = (data, role)
+        records.append(replace(m, id_block=stem + ".id-block.b64", id_auth=stem + ".id-auth.b64",
+                               id_key_digest=id_digest, author_key_digest=author_digest))
+    b.measurements = records
+
+
 def step_launch(b: Build) -> None:
     sha = {b.firmware_file: hashlib.sha256(b.firmware_bytes).hexdigest(),
            KERNEL_FILE: hashlib.sha256(b.kernel_bytes).hexdigest(),
            INITRD_FILE: hashlib.sha256(b.initrd.data).hexdigest()}
+    sha.update({name: hashlib.sha256(data).hexdigest() for name, (data, _) in b.id_files.items()})
     b.launch_script = render_launch(
         name=b.recipe.name, tool=f"{TOOL['name']} {TOOL['version']}",
         files=LaunchFiles(b.firmware_file, KERNEL_FILE, INITRD_FILE), sha256=sha, cmdline=b.cmdline,
-        shapes=[LaunchShape(m.shape, m.vcpus, m.vcpu_type, m.guest_features, m.measurement)
+        shapes=[LaunchShape(m.shape, m.vcpus, m.vcpu_type, m.guest_features, m.measurement, m.id_block,
+                            m.id_auth, m.author_key_digest is not None)
                 for m in b.measurements],
         memory_mib=b.recipe.launch.memory_mib, policy=b.recipe.launch.policy)
 
@@ -360,6 +402,9 @@ def step_manifest(b: Build) -> None:
     }
     roles = {b.firmware_file: "firmware", KERNEL_FILE: "kernel", INITRD_FILE: "initrd", CMDLINE_FILE: "cmdline",
              LAUNCH_FILE: "launch"}
+    for name, (data, role) in b.id_files.items():
+        b.files[name] = (data, 0o644)
+        roles[name] = role
     outputs = tuple(OutputRecord(name, roles[name], hashlib.sha256(data).hexdigest(), len(data))
                     for name, (data, _) in b.files.items())
     fw = b.firmware.describe()
@@ -375,12 +420,23 @@ def step_manifest(b: Build) -> None:
         firmware={"file": b.firmware_file, "ovmf_hash": b.ovmf_hash.hex(),
                   "sev_es_reset_eip": fw["sev_es_reset_eip"], "sev_hashes_table": fw["sev_hashes_table"],
                   "sev_metadata_sections": fw["sev_metadata_sections"]},
-        launch={"memory_mib": b.recipe.launch.memory_mib, "policy": f"{b.recipe.launch.policy:#x}",
-                "kernel_release": b.kernel.release},
+        launch=_launch_record(b),
         inputs=tuple(InputRecord(e.name, e.kind, e.version, e.sha256, e.size, e.origin) for e in b.lock.inputs),
         outputs=outputs,
         measurements=tuple(b.measurements))
     b.files[MANIFEST] = (b.manifest.to_json(), 0o644)
+
+
+def _launch_record(b: Build) -> dict:
+    out = {"memory_mib": b.recipe.launch.memory_mib, "policy": f"{b.recipe.launch.policy:#x}",
+           "kernel_release": b.kernel.release}
+    spec = b.recipe.id_block
+    if spec is not None:
+        # what verify-report's --family-id, --image-id and --min-guest-svn compare
+        out["id_block"] = {"family_id": spec.family_id.hex(), "image_id": spec.image_id.hex(),
+                           "guest_svn": spec.guest_svn, "policy": f"{spec.policy:#x}",
+                           "author_key": spec.author_key is not None}
+    return out
 
 
 def step_write(b: Build) -> None:
@@ -398,6 +454,7 @@ STEPS: tuple[Step, ...] = (
     ("initrd", step_initrd),
     ("cmdline", step_cmdline),
     ("measure", step_measure),
+    ("idblock", step_idblock),
     ("launch", step_launch),
     ("manifest", step_manifest),
     ("write", step_write),

@@ -161,6 +161,27 @@ class LaunchSpec:
 
 
 @dataclass(frozen=True)
+class IdBlockSpec:
+    """The ID block the bundle carries for every shape (SNP_LAUNCH_FINISH), and the keys that sign it.
+
+    The keys are local-file inputs (``id_key``, ``author_key``): the lock pins their sha256
+    like any other input; the bundle and manifest carry only what a report shows of them
+    (the SHA-384 key digests), never the keys.
+    """
+
+    id_key: InputSpec                # a P-384 private key (PEM or DER), relative to the recipe
+    author_key: InputSpec | None
+    family_id: bytes = bytes(16)
+    image_id: bytes = bytes(16)
+    guest_svn: int = 0
+    policy: int = 0x30000            # always equal to the launch policy (checked when parsed)
+    line: int = 0
+
+    def keys(self) -> tuple[InputSpec, ...]:
+        return (self.id_key,) if self.author_key is None else (self.id_key, self.author_key)
+
+
+@dataclass(frozen=True)
 class Recipe:
     path: Path
     sha256: str                      # of the recipe file's bytes
@@ -172,6 +193,7 @@ class Recipe:
     cmdline: str
     shape_sets: tuple[ShapeSet, ...]
     launch: LaunchSpec = field(default_factory=LaunchSpec)
+    id_block: IdBlockSpec | None = None
 
     @property
     def directory(self) -> Path:
@@ -193,6 +215,8 @@ class Recipe:
             out.append(self.initrd.init.source)
         out += [f.source for f in self.initrd.files if f.source is not None]
         out += [b.source for b in self.initrd.binaries]
+        if self.id_block is not None:
+            out += self.id_block.keys()
         return tuple(out)
 
     def shapes(self) -> tuple[Shape, ...]:
@@ -516,6 +540,84 @@ def _cmdline(node: _Node) -> str:
     return text
 
 
+_ID_KEY_NAMES = {"id_key": "ID key", "author_key": "author key"}
+
+
+def _key_file(node: _Node, name: str) -> InputSpec:
+    if node.kind != "str":
+        raise node.error("write the key file's path relative to the recipe, e.g. keys/id.pem.")
+    text = node.str()
+    p = PurePosixPath(text)
+    if p.is_absolute() or ".." in p.parts or str(p) != text:
+        raise node.error(f"{text!r} must be a normalized path relative to the recipe's directory, without "
+                         f"'..', so the recipe can be moved with its keys.")
+    return InputSpec(name, "file", node.line, file=text)
+
+
+def _id16(node: _Node) -> bytes:
+    if node.kind == "int":
+        raise node.error(f"write it as a quoted string of 32 hex digits (\"{'00' * 16}\"): YAML reads "
+                         f"unquoted digits as a number.")
+    text = node.str()
+    if not re.fullmatch(r"[0-9A-Fa-f]{32}", text):
+        raise node.error(f"{text!r} is not 16 bytes; write exactly 32 hex digits (the default is all zero).")
+    return bytes.fromhex(text)
+
+
+def _id_block(n: _Node, launch: LaunchSpec, launch_policy_line: int | None) -> IdBlockSpec:
+    fields = n.mapping({
+        "id_key": "the ID key: a P-384 private key file, relative to the recipe",
+        "author_key": "the author key: a P-384 private key file, relative to the recipe (optional)",
+        "family_id": "FAMILY_ID: 32 hex digits (default zero)",
+        "image_id": "IMAGE_ID: 32 hex digits (default zero)",
+        "guest_svn": "GUEST_SVN (default 0)",
+        "policy": "the guest policy in the ID block; must equal launch.policy (the default)",
+    }, required=("id_key",))
+    id_key = _key_file(fields["id_key"], "id_key")
+    author_key = _key_file(fields["author_key"], "author_key") if "author_key" in fields else None
+    policy = launch.policy
+    if "policy" in fields:
+        policy = fields["policy"].int(lo=0, hi=(1 << 64) - 1, hex_str=True)
+        if policy != launch.policy:
+            where = f"launch.policy at line {launch_policy_line}" if launch_policy_line else \
+                "the default, since launch.policy is not given"
+            raise fields["policy"].error(
+                f"{policy:#x} is not the launch policy {launch.policy:#x} ({where}), and the firmware refuses "
+                f"to launch a guest whose ID block policy differs from its launch policy; write the same value "
+                f"in both, or leave id_block.policy out to use launch.policy.")
+    return IdBlockSpec(
+        id_key=id_key, author_key=author_key,
+        family_id=_id16(fields["family_id"]) if "family_id" in fields else bytes(16),
+        image_id=_id16(fields["image_id"]) if "image_id" in fields else bytes(16),
+        guest_svn=fields["guest_svn"].int(lo=0, hi=(1 << 32) - 1, hex_str=True) if "guest_svn" in fields else 0,
+        policy=policy, line=n.line)
+
+
+def load_id_key(recipe: Recipe, spec: InputSpec, path: str | Path | None = None):
+    """The P-384 private key an ``id_block`` key input names (read from ``path`` if given).
+
+    Raises RecipeError at the key's ``file:line`` when the file is unreadable, not an
+    unencrypted private key, or not on P-384.
+    """
+    from measure.errors import InputError
+    from measure.idblock import load_private_key
+
+    what = _ID_KEY_NAMES[spec.name]
+    key = f"id_block.{spec.name}"
+    try:
+        return load_private_key(recipe.directory / spec.file if path is None else Path(path), what)
+    except InputError as e:
+        raise RecipeError(f"{recipe.path}:{spec.line}: {key}: {e}", path=str(recipe.path), line=spec.line,
+                          key=key) from None
+
+
+def check_id_keys(recipe: Recipe) -> None:
+    """Refuse (RecipeError, file:line) an ``id_block`` key that cannot sign an SEV-SNP ID block."""
+    if recipe.id_block is not None:
+        for spec in recipe.id_block.keys():
+            load_id_key(recipe, spec)
+
+
 def parse_recipe(data: bytes, path: str | Path) -> Recipe:
     """Parse recipe bytes; ``path`` locates relative files and names the file in errors."""
     path = Path(path)
@@ -548,6 +650,7 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
         "cmdline": "the kernel command line, measured byte for byte",
         "shapes": "the VM shapes to publish launch digests for",
         "launch": "launch-snp.sh defaults (memory_mib, policy)",
+        "id_block": "keys and fields of the ID block the bundle carries for every shape",
     }, required=("name", "source_date_epoch", "firmware", "kernel", "initrd", "cmdline", "shapes"))
 
     if "schema" in top and top["schema"].int() != SCHEMA:
@@ -649,6 +752,7 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
     sets = tuple(_shape_set(item, fw_kind) for item in top["shapes"].list(nonempty=True))
 
     launch = LaunchSpec()
+    launch_policy_line = None
     if "launch" in top:
         lf = top["launch"].mapping({"memory_mib": "guest memory in MiB (default 2048)",
                                     "policy": "the SNP guest policy (default 0x30000)"})
@@ -658,10 +762,13 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
         if not launch.policy & (1 << 17):
             raise lf["policy"].error(f"{launch.policy:#x} lacks bit 17, which the SNP ABI requires to be set "
                                      f"(the QEMU default is 0x30000).")
+        launch_policy_line = lf["policy"].line if "policy" in lf else None
+
+    id_block = _id_block(top["id_block"], launch, launch_policy_line) if "id_block" in top else None
 
     return Recipe(path=path, sha256=hashlib.sha256(data).hexdigest(), name=name, source_date_epoch=sde,
                   firmware=firmware, kernel=kernel, initrd=initrd, cmdline=cmdline, shape_sets=sets,
-                  launch=launch)
+                  launch=launch, id_block=id_block)
 
 
 def load_recipe(path: str | Path) -> Recipe:
