@@ -1,5 +1,8 @@
 """Reproducibility: two independent builds of hello under varied conditions are identical,
 and a build that is not reproducible is reported with the file and its first differing offset.
+
+The identical-builds test uses hello with an id_block (test keys), so the signed ID auth
+files of every shape are covered too: their ECDSA signatures must be deterministic.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from builder.repro import check_repro, first_difference
 from builder.sources import cache_root
 from tests.realinputs import ALLOW_STALE
 
-from .hellobuild import ROOT, locked_hello, scratch
+from .hellobuild import ROOT, locked_hello, locked_hello_with_id_block, scratch
 
 pytestmark = [pytest.mark.integration, pytest.mark.network]
 STALE = [a for s in ALLOW_STALE for a in ("--allow-stale", s)]
@@ -34,10 +37,14 @@ launch.render = render
 
 
 def test_hello_builds_are_byte_identical_under_varied_conditions():
-    recipe = locked_hello()
+    recipe = locked_hello_with_id_block()
     res = check_repro(recipe, cache=cache_root(), allow_stale=ALLOW_STALE)
     assert res.identical, [d.describe() for d in res.differences]
-    assert res.files == ["OVMF.amdsev.fd", "bzImage", "cmdline", "initrd", "launch-snp.sh", "manifest.json"]
+    id_files = sorted(f"{s.id.replace(':', '_')}{suffix}" for s in recipe.shapes()
+                      for suffix in (".id-auth.b64", ".id-auth.bin", ".id-block.b64", ".id-block.bin"))
+    assert len(id_files) == 48
+    assert res.files == sorted(["OVMF.amdsev.fd", "bzImage", "cmdline", "initrd", "launch-snp.sh",
+                                "manifest.json", *id_files])
     varied = {c: (a, b) for c, a, b in res.variations}
     assert varied["umask"] == ("022", "077") and varied["SOURCE_DATE_EPOCH env"] == ("unset", "1")
     assert varied["TZ"][0] != varied["TZ"][1] and varied["locale"][0] != varied["locale"][1]
