@@ -172,12 +172,21 @@ def _fix_hint(b: Build, entry: LockedInput) -> str:
             f"so publish the new manifest.")
 
 
+def _is_id_key(b: Build, name: str) -> bool:
+    return b.recipe.id_block is not None and name in {k.name for k in b.recipe.id_block.keys()}
+
+
 def _fetch_error(b: Build, entry: LockedInput, e: SourceError) -> SourceError:
     where = f"input {entry.name!r} ({entry.describe()}, pinned in {b.lock.path or b.recipe.lock_path})"
     if isinstance(e, OfflineMiss):
         msg = f"{where} is not in the cache and --offline forbids fetching it: {e} "
     elif isinstance(e, SourceGone):
         msg = f"{where} is no longer served and not in the cache: {e} {_fix_hint(b, entry)}"
+    elif isinstance(e, InputDigestMismatch) and _is_id_key(b, entry.name):
+        msg = (f"{where} has changed: {e.path} has sha256 {e.actual}, not the pinned {e.expected}; if the new "
+               f"key is intended, run `blindbox lock {b.recipe.path} --update --input {entry.name}` (this "
+               f"changes the ID blocks and the key digest that reports carry, not the launch measurement), "
+               f"otherwise restore the original key.")
     elif isinstance(e, InputDigestMismatch):
         msg = (f"{where} has changed: {e} If the change is intended, run `blindbox lock {b.recipe.path} "
                f"--update --input {entry.name}` (this changes the launch measurement); otherwise restore "

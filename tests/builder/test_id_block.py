@@ -243,7 +243,13 @@ def test_changed_key_file_names_the_input(env):
     write_key(env.recipe.directory / "keys" / "id.pem", derived_key("another id"))
     with pytest.raises(InputDigestMismatch) as ei:
         run(env)
-    assert "input 'id_key'" in str(ei.value) and "--update --input id_key" in str(ei.value)
+    msg = str(ei.value)
+    assert "input 'id_key'" in msg and "--update --input id_key" in msg
+    assert "not the launch measurement" in msg and "changes the measurement" not in msg
+    pinned = json.loads(env.recipe.lock_path.read_bytes())["inputs"]
+    assert ei.value.expected == next(i["sha256"] for i in pinned if i["name"] == "id_key")
+    assert ei.value.actual == hashlib.sha256((env.recipe.directory / "keys" / "id.pem").read_bytes()).hexdigest()
+    assert ei.value.expected in msg and ei.value.actual in msg
 
 
 def test_without_author_key(tmp_path):
