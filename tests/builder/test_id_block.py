@@ -131,7 +131,7 @@ def test_cli_lock_with_a_wrong_curve_key_exits_2(tmp_path, monkeypatch, capsys):
 # the build
 # --------------------------------------------------------------------------------------
 
-def keyed_env(tmp_path: Path, *, author: bool = True, recipe_extra: str = "") -> SimpleNamespace:
+def keyed_env(tmp_path: Path, *, author: bool = True) -> SimpleNamespace:
     archive = FakeArchive(tmp_path / "archive")
     archive.fetched = []
     archive.add("ovmf-amdsev", "2026.08-1", "sid", {"/usr/share/ovmf/OVMF.amdsev.fd": AMDSEV})
@@ -142,7 +142,7 @@ def keyed_env(tmp_path: Path, *, author: bool = True, recipe_extra: str = "") ->
     d = tmp_path / "recipe"
     d.mkdir()
     section = ID_BLOCK if author else ID_BLOCK.replace("  author_key: keys/author.pem\n", "")
-    (d / "t.yaml").write_text(RECIPE + recipe_extra + section)
+    (d / "t.yaml").write_text(RECIPE + section)
     (d / "app.conf").write_text("greeting=hello\n")
     write_test_keys(d, author=author)
     recipe = load_recipe(d / "t.yaml")
@@ -250,6 +250,22 @@ def test_changed_key_file_names_the_input(env):
     assert ei.value.expected == next(i["sha256"] for i in pinned if i["name"] == "id_key")
     assert ei.value.actual == hashlib.sha256((env.recipe.directory / "keys" / "id.pem").read_bytes()).hexdigest()
     assert ei.value.expected in msg and ei.value.actual in msg
+
+
+def test_cli_build_with_a_key_that_became_unusable_exits_2_at_its_line(env, monkeypatch, capsys):
+    """The key is checked before anything is fetched: a RecipeError at its line, not a digest mismatch."""
+    from blindbox.cli import main
+    from builder import pipeline
+
+    real_build = pipeline.build
+    monkeypatch.setattr(pipeline, "build", lambda req, **kw: real_build(req, archive=env.archive, steps=STEPS, **kw))
+    monkeypatch.setenv("BLINDBOX_CACHE", str(env.cache))
+    (env.recipe.directory / "keys" / "author.pem").write_bytes(b"-----BEGIN PRIVATE KEY-----\ngarbage\n")
+    assert main(["build", str(env.recipe.path), "--out", str(env.out)]) == 2
+    err = capsys.readouterr().err
+    line = RECIPE.count("\n") + 3                     # id_block:, id_key:, author_key:
+    assert f"{env.recipe.path}:{line}: id_block.author_key: the author key " in err, err
+    assert "Traceback" not in err and not env.out.exists()
 
 
 def test_without_author_key(tmp_path):
