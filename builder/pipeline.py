@@ -271,7 +271,7 @@ def step_kernel(b: Build) -> None:
 
     b.kernel = ksteps.find_kernel(b.inputs["kernel"])
     config = ksteps.KernelConfig.load(b.kernel.config)
-    extra = tuple(ksteps.Requirement((o[len("CONFIG_"):],), f"the recipe's kernel.require_config")
+    extra = tuple(ksteps.Requirement((o[len("CONFIG_"):],), "the recipe's kernel.require_config")
                   for o in b.recipe.kernel.require_config)
     required = ksteps.REQUIRED + ksteps.decompressor_requirement(b.recipe.initrd.compression) + extra
     b.preflight = ksteps.preflight(config, required)

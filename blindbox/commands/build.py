@@ -9,7 +9,6 @@ from pathlib import Path
 
 import click
 
-from builder.errors import BuildError
 
 STALE_HELP = ("Accept an expired Release file for this Debian suite (sid, trixie, bookworm); apt's signature "
               "checks stay on. Repeatable. See docs/recipes.md.")

@@ -12,7 +12,7 @@ from measure.certs import load_certificates
 from measure.errors import (ChainInvalid, InputError, LayoutError, MeasurementMismatch,
                             PolicyViolation, SignatureInvalid)
 from measure.report import (SIGNED_SIZE, EcdsaSignature, Product, SigningKey, parse_report)
-from measure.verify import (FAIL, PASS, SKIP, ManifestEntry, Requirements, VerifyRequest, kds_url,
+from measure.verify import (PASS, SKIP, ManifestEntry, Verdict, Requirements, VerifyRequest, kds_url,
                             load_manifest, parse_min_tcb, verify_report)
 from tests.audit.testchain import CHIP_ID, make_chain, make_report, sign_report
 from tests.conftest import VECTORS
@@ -43,7 +43,7 @@ def when(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc)
 
 
-def run(name: str, *, report: bytes | None = None, certs=None, **need) -> "Verdict":  # noqa: F821
+def run(name: str, *, report: bytes | None = None, certs=None, **need) -> Verdict:
     rel, cert_paths, at, _, debug = REAL[name]
     need.setdefault("allow_debug", debug)
     return verify_report(VerifyRequest(
