@@ -25,6 +25,9 @@ from typing import Iterable
 from builder.errors import BuildError, InputDigestMismatch, RecipeError, SourceError
 from builder.recipe import InputSpec, Recipe, check_id_keys
 
+#: lock entries of the id_block keys: they sign ID blocks and are not part of the launch digest
+ID_KEY_INPUTS = frozenset({"id_key", "author_key"})
+
 LOCK_VERSION = 1
 _KERNEL_PKG = re.compile(r"linux-image-\d[\w.+-]*")
 
@@ -150,8 +153,18 @@ class LockResult:
 
     @property
     def changed_pins(self) -> list[Change]:
-        """Pins that existed and now point at other bytes (or are gone): the measurement changes."""
+        """Pins that existed and now point at other bytes (or are gone)."""
         return [c for c in self.changes if c.old is not None and (c.new is None or c.old.sha256 != c.new.sha256)]
+
+    @property
+    def measured_changes(self) -> list[Change]:
+        """Changed pins of measured inputs: the launch digests change."""
+        return [c for c in self.changed_pins if c.name not in ID_KEY_INPUTS]
+
+    @property
+    def key_changes(self) -> list[Change]:
+        """Changed ID/author key pins: the ID blocks and key digests change, not the launch digests."""
+        return [c for c in self.changed_pins if c.name in ID_KEY_INPUTS]
 
 
 # --------------------------------------------------------------------------------------

@@ -123,7 +123,7 @@ def check_repro(recipe, allow_stale, keep, as_json):
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--update", is_flag=True,
               help="Re-pin inputs to what their sources serve now (all, or those named by --input). "
-                   "This changes the launch measurement.")
+                   "This changes the launch measurement, unless only id_block keys change.")
 @click.option("--input", "only", multiple=True, metavar="NAME",
               help="With --update: only this input (e.g. kernel, firmware, busybox; 'libraries' for all "
                    "library:* pins). Repeatable.")
@@ -158,7 +158,8 @@ def lock(recipe, update, only, offline, allow_stale, as_json):
             "changes": [{"name": c.name, "reason": c.reason,
                          "old": c.old.to_dict() if c.old else None,
                          "new": c.new.to_dict() if c.new else None} for c in res.changes],
-            "measurement_changes": bool(res.changed_pins),
+            "measurement_changes": bool(res.measured_changes),
+            "id_key_changes": bool(res.key_changes),
             "inputs": [i.to_dict() for i in written.inputs],
         }, indent=2, ensure_ascii=False))
         return
@@ -169,6 +170,10 @@ def lock(recipe, update, only, offline, allow_stale, as_json):
         click.echo(f"{rel}: written.")
         for c in res.changes:
             click.echo(f"  {c.describe()}")
-    if res.changed_pins:
-        click.echo(f"note: {len(res.changed_pins)} pin(s) changed, so the bundle and its launch measurement "
-                   f"change: rebuild and publish the new manifest.json.")
+    if res.measured_changes:
+        click.echo(f"note: {len(res.measured_changes)} measured input pin(s) changed, so the bundle and its "
+                   f"launch measurement change: rebuild and publish the new manifest.json.")
+    if res.key_changes:
+        click.echo(f"note: {len(res.key_changes)} ID key pin(s) changed: the ID blocks and the key digests a "
+                   f"report carries change, the launch measurement does not; rebuild and publish the new "
+                   f"manifest.json.")

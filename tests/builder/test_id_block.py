@@ -354,3 +354,16 @@ def test_manifest_refuses_incomplete_id_fields(env):
         del doc["measurements"][0][k]
     with pytest.raises(ManifestError, match="no id_block"):
         Manifest.from_dict(doc)
+
+
+def test_relocking_a_changed_key_is_not_a_measurement_change(env):
+    """`lock --update --input id_key` re-pins the key; the launch digests stay, the ID blocks change."""
+    previous = json.loads(env.recipe.lock_path.read_bytes())
+    from builder.lock import read_lock
+    write_key(env.recipe.directory / "keys" / "id.pem", derived_key("another id"))
+    res = lock_recipe(env.recipe, env.archive, previous=read_lock(env.recipe.lock_path), update=True,
+                      only=("id_key",))
+    assert [c.name for c in res.key_changes] == ["id_key"]
+    assert res.measured_changes == []
+    assert [c.name for c in res.changed_pins] == ["id_key"]
+    assert previous["inputs"] != [i.to_dict() for i in res.lock.inputs]
