@@ -168,6 +168,11 @@ def _recipe_files(recipe) -> list[Path]:
     return files
 
 
+def _private_key_files(recipe) -> list[Path]:
+    spec = getattr(recipe, "id_block", None)
+    return [] if spec is None else [recipe.directory / k.file for k in spec.keys()]
+
+
 def _copy_recipe(recipe, dest: Path, *, reverse: bool) -> Path:
     """Copy the recipe, its lock and its local files (same relative layout) into ``dest``."""
     files = sorted(_recipe_files(recipe), key=lambda p: str(p), reverse=reverse)
@@ -271,4 +276,9 @@ def check_repro(recipe, *, cache: Path, workdir: Path | None = None, allow_stale
         result.variations.insert(0, ("also compared", str(reference), "build A"))
     if result.identical and not keep and made_workdir:
         shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        # Both bundles stay for inspection, but private keys never outlive the check.
+        for key in _private_key_files(recipe):
+            for copy in (dir_a / "recipe", dir_b / "recipe"):
+                (copy / key.relative_to(recipe.directory)).unlink(missing_ok=True)
     return result

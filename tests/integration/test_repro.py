@@ -83,3 +83,17 @@ def test_injected_difference_is_named_with_file_and_offset():
             assert "built by process" in p.stdout                 # diffoscope's explanation follows
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_kept_work_directory_holds_no_private_keys():
+    """With --keep (or after a difference) both bundles stay for inspection; the key copies do not."""
+    recipe = locked_hello_with_id_block()
+    res = check_repro(recipe, cache=cache_root(), allow_stale=ALLOW_STALE, keep=True)
+    try:
+        assert res.identical and res.workdir.exists()
+        kept = sorted(p.name for p in res.workdir.rglob("*") if p.is_file())
+        assert "manifest.json" in kept
+        for key in recipe.id_block.keys():
+            assert not any(p.name == Path(key.file).name for p in res.workdir.rglob("*")), key.file
+    finally:
+        shutil.rmtree(res.workdir, ignore_errors=True)
