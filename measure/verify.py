@@ -331,6 +331,8 @@ def _measurement_checks(report: ReportV2, req: Requirements) -> tuple[list[Check
         if matching:
             checks.append(Check("measurement.manifest", PASS,
                                 f"MEASUREMENT {actual.hex()[:16]}... matches {', '.join(matching)}"))
+            matched = [e for e in entries if e.shape in matching]
+            checks.extend(_manifest_key_checks(report, req, matched))
         else:
             err = MeasurementMismatch(
                 f"the report's MEASUREMENT {actual.hex()} matches no digest in {scope}; the guest is "
@@ -338,6 +340,37 @@ def _measurement_checks(report: ReportV2, req: Requirements) -> tuple[list[Check
                 expected=[e.measurement for e in entries], actual=actual)
             checks.append(Check("measurement.manifest", FAIL, str(err), err))
     return checks, matching
+
+
+def _manifest_key_checks(report: ReportV2, req: Requirements, matched: list[ManifestEntry]) -> list[Check]:
+    """A bundle built with an ID block publishes its key digests per shape: the guest must carry them.
+
+    Done for each digest the manifest names and the user did not give explicitly.
+    """
+    checks = []
+    for key, label, given, actual in (
+            ("id_key_digest", "ID_KEY_DIGEST", req.id_key_digest, report.id_key_digest),
+            ("author_key_digest", "AUTHOR_KEY_DIGEST", req.author_key_digest, report.author_key_digest)):
+        if given is not None or not all(key in e.fields for e in matched):
+            continue
+        published = {e.fields[key] for e in matched}
+        if len(published) != 1:
+            continue  # the matching shapes disagree; only an explicit option can decide
+        value = published.pop()
+        try:
+            expected = bytes(len(actual)) if value is None else bytes.fromhex(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{req.manifest_source}: {key} {value!r} of shape {matched[0].shape!r} is not "
+                             f"hex; the manifest is malformed, rebuild or re-download it.") from None
+        check = _equal(f"{key}.manifest", label, expected, actual)
+        if check.status == FAIL:
+            err = PolicyViolation(
+                f"the report's {label} is {actual.hex()}, but {req.manifest_source} publishes "
+                f"{expected.hex()} for {', '.join(e.shape for e in matched)}; the guest was not launched "
+                f"with the bundle's ID block (or was signed with another key).")
+            check = Check(check.name, FAIL, str(err), err)
+        checks.append(check)
+    return checks
 
 
 def _policy_checks(report: ReportV2, req: Requirements) -> list[Check]:

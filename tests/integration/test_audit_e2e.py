@@ -161,3 +161,20 @@ def test_built_manifest_signature_survives_only_unchanged(audit, capsys, tmp_pat
     manifest.write_bytes(bytes(changed))
     rc, out, err = run(["verify-manifest", manifest, "--key", tmp_path / "publisher.pub.pem"], capsys)
     assert rc == 3 and "OK" not in out
+
+
+def test_manifest_key_digests_are_checked_without_options(audit, capsys):
+    """A bundle with an ID block publishes its key digests: --manifest alone checks them."""
+    rc, out, _ = run(audit.verify(audit.report("keys.bin"), "--json"), capsys)
+    checks = {c["name"]: c["status"] for c in json.loads(out)["checks"]}
+    assert rc == 0
+    assert checks["id_key_digest.manifest"] == "pass" and checks["author_key_digest.manifest"] == "pass"
+
+    # the same launch without the bundle's ID block: the report carries zero key digests
+    data = make_report(audit.chain, measurement=bytes.fromhex(audit.entry.measurement),
+                       policy=int(audit.manifest.launch["policy"], 16))
+    bare = audit.tmp / "no-id-block.bin"
+    bare.write_bytes(data)
+    rc, out, _ = run(audit.verify(bare), capsys)
+    assert rc == 3
+    assert "id_key_digest.manifest" in out and "ID block" in out
