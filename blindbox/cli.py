@@ -21,6 +21,7 @@ from measure.errors import BlindboxError
 COMMANDS = {
     "measure": "blindbox.commands.measure:measure",
     "explain-vmsa": "blindbox.commands.measure:explain_vmsa",
+    "explain-report": "blindbox.commands.explain:explain_report",
     "fetch": "blindbox.commands.fetch:fetch",
     "build": "blindbox.commands.build:build",
     "lock": "blindbox.commands.build:lock",

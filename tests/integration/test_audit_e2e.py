@@ -178,3 +178,22 @@ def test_manifest_key_digests_are_checked_without_options(audit, capsys):
     rc, out, _ = run(audit.verify(bare), capsys)
     assert rc == 3
     assert "id_key_digest.manifest" in out and "ID block" in out
+
+
+def test_explain_report_names_the_unpublished_shape_of_a_real_bundle(audit, capsys):
+    """An operator's report from a 6-vCPU DebugSwap launch: which shape was it, and what is published?"""
+    from tests.measure import oracle
+    out_dir = audit.out
+    roles = {o["role"]: o["file"] for o in json.loads((out_dir / "manifest.json").read_bytes())["outputs"]}
+    measured = oracle.oracle_digest(
+        "snp", ovmf=out_dir / roles["firmware"], vcpus=6, vcpu_sig=0xA00F11, guest_features=0x21,
+        kernel=out_dir / roles["kernel"], initrd=out_dir / roles["initrd"],
+        append=(out_dir / roles["cmdline"]).read_bytes().decode())
+    report = audit.report("six.bin", measurement=measured)
+    rc, out, _ = run(["explain-report", report, "--bundle", out_dir, "--max-vcpus", 16], capsys)
+    assert rc == 0
+    assert "6 vCPU(s) of EPYC-Milan (0xa00f11), guest features 0x21" in out
+    assert "nearest published: qemu:EPYC-Milan:4:0x1 (differs in vCPU count, guest features)" in out
+    rc, out, _ = run(["explain-report", audit.report("published.bin"), "--bundle", out_dir, "--max-vcpus", 8],
+                     capsys)
+    assert rc == 0 and f"published in the bundle's manifest for {SHAPE}" in out

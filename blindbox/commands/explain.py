@@ -1,0 +1,125 @@
+"""``blindbox explain-report``: why does a report's MEASUREMENT not match the published one?"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from measure.errors import InputError
+from measure.inputs import read_input
+from measure.kernel_hashes import KernelHashes
+from measure.ovmf import Firmware
+from measure.report import parse_report
+from measure.search import SearchSpace, feature_combinations, find_launches
+
+
+def _bundle_inputs(bundle: Path) -> tuple[Path, Path, Path, bytes, list[dict]]:
+    manifest_path = bundle / "manifest.json"
+    try:
+        doc = json.loads(read_input(manifest_path, "manifest"))
+        roles = {o["role"]: o["file"] for o in doc["outputs"]}
+        files = [bundle / roles[r] for r in ("firmware", "kernel", "initrd", "cmdline")]
+        published = list(doc["measurements"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{manifest_path} is not a blindbox manifest ({type(e).__name__}: {e}); give the "
+                         f"directory `blindbox build` wrote.") from None
+    return files[0], files[1], files[2], read_input(files[3], "cmdline"), published
+
+
+def _nearest(launch, published: list[dict]) -> tuple[dict, list[str]] | None:
+    best = None
+    for entry in published:
+        diffs = [name for name, ours, theirs in (
+            ("VMM profile", launch.profile.name, entry.get("vmm_profile")),
+            ("vCPU count", launch.vcpus, entry.get("vcpus")),
+            ("vCPU type", None if launch.vcpu_sig is None else f"{launch.vcpu_sig:#x}", entry.get("vcpu_sig")),
+            ("guest features", f"{launch.guest_features:#x}", entry.get("guest_features")))
+            if theirs is not None and ours is not None and ours != theirs]
+        if not launch.kernel_hashes:
+            diffs.append("kernel hashes")
+        rank = (len(diffs), abs(launch.vcpus - int(entry.get("vcpus") or 0)))
+        if best is None or rank < best[2]:
+            best = (entry, diffs, rank)
+    return None if best is None else best[:2]
+
+
+@click.command("explain-report")
+@click.argument("report", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--measurement", metavar="HEX", help="The MEASUREMENT to explain, instead of a REPORT file.")
+@click.option("--bundle", type=click.Path(file_okay=False, path_type=Path),
+              help="A bundle built by `blindbox build`: its firmware, kernel, initrd, cmdline and shapes.")
+@click.option("--ovmf", type=click.Path(dir_okay=False, path_type=Path), help="Firmware (without --bundle).")
+@click.option("--kernel", type=click.Path(dir_okay=False, path_type=Path), help="Kernel (without --bundle).")
+@click.option("--initrd", type=click.Path(dir_okay=False, path_type=Path), help="Initrd (with --kernel).")
+@click.option("--append", help="Kernel command line (with --kernel).")
+@click.option("--max-vcpus", type=int, default=256, show_default=True, help="Largest vCPU count to try.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def explain_report(report, measurement, bundle, ovmf, kernel, initrd, append, max_vcpus, as_json):
+    """Find which launch of the given inputs produces a report's MEASUREMENT.
+
+    Tries every VMM profile, vCPU type, common SEV-features combination, vCPU count up to
+    --max-vcpus, with and without measured kernel hashes, and names the launch that
+    matches and how it differs from the nearest published shape. Exit 0 when a launch
+    is found, 3 when none in the search space produces the measurement.
+    """
+    if (report is None) == (measurement is None):
+        raise InputError("give a REPORT file or --measurement HEX, exactly one of them.")
+    if bundle is not None and any(v is not None for v in (ovmf, kernel, initrd, append)):
+        raise InputError("--bundle already names firmware, kernel, initrd and cmdline; drop the others.")
+    if bundle is None and ovmf is None:
+        raise InputError("give --bundle DIR, or --ovmf (with --kernel/--initrd/--append for a measured boot).")
+    if (initrd is not None or append is not None) and kernel is None and bundle is None:
+        raise InputError("--initrd and --append describe a measured direct boot and need --kernel.")
+    if not 1 <= max_vcpus <= 4096:
+        raise InputError(f"--max-vcpus {max_vcpus} is invalid; use 1 to 4096.")
+    if report is not None:
+        target = parse_report(read_input(report, "attestation report"), what=str(report)).measurement
+    else:
+        try:
+            target = bytes.fromhex(measurement)
+        except ValueError:
+            target = b""
+        if len(target) != 48:
+            raise InputError(f"--measurement {measurement!r} is not 96 hex digits (a SHA-384 digest).")
+    published: list[dict] = []
+    if bundle is not None:
+        ovmf, kernel, initrd, cmdline, published = _bundle_inputs(bundle)
+        append = cmdline
+    hashes = KernelHashes.from_files(kernel, initrd, append) if kernel is not None else None
+    space = SearchSpace(max_vcpus=max_vcpus)
+    result = find_launches(Firmware.load(ovmf), target, hashes, space)
+    published_hit = [e["shape"] for e in published if e.get("measurement") == target.hex()]
+
+    if as_json:
+        click.echo(json.dumps({
+            "measurement": target.hex(),
+            "published_shapes": published_hit,
+            "found": [{"vmm_profile": f.profile.name, "vcpus": f.vcpus,
+                       "vcpu_sig": None if f.vcpu_sig is None else f"{f.vcpu_sig:#x}",
+                       "guest_features": f"{f.guest_features:#x}", "kernel_hashes": f.kernel_hashes,
+                       "description": f.describe()} for f in result.found],
+            "searched": {"launches": result.tried, "seconds": round(result.seconds, 3),
+                         "profiles": [p.name for p in space.profiles], "max_vcpus": max_vcpus,
+                         "guest_features": [f"{v:#x}" for v in feature_combinations()]},
+        }, indent=2))
+    else:
+        click.echo(f"MEASUREMENT {target.hex()}")
+        if published_hit:
+            click.echo(f"  is published in the bundle's manifest for {', '.join(published_hit)}")
+        if result.found:
+            for f in result.found:
+                click.echo(f"  is produced by: {f.describe()}")
+                if published and not published_hit:
+                    near = _nearest(f, published)
+                    if near:
+                        click.echo(f"  not a published shape; nearest published: {near[0]['shape']} "
+                                   f"(differs in {', '.join(near[1]) or 'nothing the search varies'})")
+        else:
+            click.echo("  no launch of these inputs in the search space produces it: the firmware, kernel, "
+                       "initrd or command line differ from the ones given, or the VMM launched a shape "
+                       "outside the search space (see --json for what was searched).")
+        click.echo(f"  ({result.tried:,} launches tried in {result.seconds:.1f} s)")
+    if not result.found:
+        raise click.exceptions.Exit(3)

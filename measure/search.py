@@ -1,0 +1,118 @@
+"""Find which launch of known inputs produces a given MEASUREMENT.
+
+The question an operator asks when a report does not match: *what was launched instead?*
+Given the firmware (and kernel, initrd, command line) and a measurement, this replays
+every VM shape in a search space (VMM profile, vCPU type, SEV features, vCPU count, and
+whether QEMU measured the kernel hashes) and returns the ones that produce it.  The
+firmware is hashed once, the metadata once per profile, and each vCPU count extends the
+previous one, so ~10^5 launches take about a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import time
+from dataclasses import dataclass, field, replace
+
+from .cpu import CPU_SIGS
+from .gctx import LaunchDigest
+from .kernel_hashes import KernelHashes
+from .ovmf import Firmware
+from .snp import SnpLaunch
+from .spec import BSP_RESET_EIP, VMSA_GPA, GuestFeatures, PageType, SectionType
+from .vmm import PROFILES, VmmProfile
+from .vmsa import reset_vmsa
+
+#: SEV_FEATURES bits a host commonly sets on top of SNP_ACTIVE; the default search tries
+#: every combination of them.
+COMMON_FEATURE_BITS = (GuestFeatures.DEBUG_SWAP, GuestFeatures.PREVENT_HOST_IBS, GuestFeatures.SECURE_TSC,
+                       GuestFeatures.VMSA_REG_PROT, GuestFeatures.RESTRICTED_INJECTION)
+
+
+def feature_combinations(bits=COMMON_FEATURE_BITS) -> tuple[int, ...]:
+    out = []
+    for r in range(len(bits) + 1):
+        for combo in itertools.combinations(bits, r):
+            out.append(int(GuestFeatures.SNP_ACTIVE) | sum(int(b) for b in combo))
+    return tuple(sorted(out))
+
+
+def feature_names(value: int) -> str:
+    names = [f.name for f in GuestFeatures if value & f.value]
+    rest = value & ~sum(f.value for f in GuestFeatures)
+    if rest:
+        names.append(f"{rest:#x}")
+    return "|".join(names) or "0"
+
+
+def _distinct_profiles() -> tuple[VmmProfile, ...]:
+    """Profiles that measure differently for non-SVSM guests (qemu-svsm-fcw0 equals qemu there)."""
+    seen, out = set(), []
+    for p in PROFILES.values():
+        key = replace(p, name="", summary="", svsm_x87_fcw=0, sev_snp_measure_0_0_13=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    profiles: tuple[VmmProfile, ...] = field(default_factory=_distinct_profiles)
+    vcpu_sigs: tuple[int, ...] = tuple(sorted(set(CPU_SIGS.values())))
+    guest_features: tuple[int, ...] = field(default_factory=feature_combinations)
+    max_vcpus: int = 256
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One launch that produces the measurement."""
+
+    profile: VmmProfile
+    vcpu_sig: int | None
+    vcpus: int
+    guest_features: int
+    kernel_hashes: bool  # False: QEMU ran without kernel-hashes=on (the hashes area measured as zeros)
+
+    def describe(self) -> str:
+        if self.vcpu_sig is None:
+            cpu = "any vCPU type (this VMM fixes rdx)"
+        else:
+            names = [n for n, s in CPU_SIGS.items() if s == self.vcpu_sig]
+            cpu = f"{names[0] if names else 'vCPU'} ({self.vcpu_sig:#x})"
+        return (f"VMM profile {self.profile.name}, {self.vcpus} vCPU(s) of {cpu}, guest features "
+                f"{self.guest_features:#x} ({feature_names(self.guest_features)}), kernel hashes "
+                f"{'measured' if self.kernel_hashes else 'not measured (kernel-hashes=off or no -kernel)'}")
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    found: tuple[Launch, ...]
+    tried: int
+    seconds: float
+
+
+def find_launches(fw: Firmware, measurement: bytes, hashes: KernelHashes | None = None,
+                  space: SearchSpace = SearchSpace()) -> SearchResult:
+    """Every launch in ``space`` of ``fw`` (with ``hashes``) whose digest is ``measurement``."""
+    t0 = time.perf_counter()
+    launch = SnpLaunch(fw)
+    variants: list[KernelHashes | None] = [None]
+    if hashes is not None and fw.has_section(SectionType.SNP_KERNEL_HASHES):
+        variants.insert(0, hashes)
+    found, tried = [], 0
+    for profile in space.profiles:
+        sigs = space.vcpu_sigs if profile.rdx is None else (None,)
+        for variant in variants:
+            base = launch.after_metadata(profile, variant)
+            for sig, features in itertools.product(sigs, space.guest_features):
+                bsp = hashlib.sha384(reset_vmsa(profile, BSP_RESET_EIP, features, sig).to_bytes()).digest()
+                ap = hashlib.sha384(reset_vmsa(profile, launch.ap_eip, features, sig).to_bytes()).digest()
+                ld: LaunchDigest = base.copy()
+                for n in range(1, space.max_vcpus + 1):
+                    ld.update(PageType.VMSA, VMSA_GPA, bsp if n == 1 else ap)
+                    tried += 1
+                    if ld.digest == measurement:
+                        found.append(Launch(profile, sig, n, features, variant is not None))
+    return SearchResult(tuple(found), tried, time.perf_counter() - t0)
