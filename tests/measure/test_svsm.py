@@ -63,3 +63,21 @@ def test_svsm_entry_point_and_placement(images):
     m = svsm_launch(fw, svsm_fw, 1, CPU_SIGS["EPYC-Milan"], profile("qemu"))
     # OVMF pages, SVSM pages, 4 metadata sections (1+1+2+4 pages), 1 VMSA
     assert m.pages == 0x20 + 0x10 + 8 + 1
+
+
+def test_cli_svsm_compat_profile_prints_the_oracles_line(images, tmp_path, capsys):
+    from blindbox.cli import main
+    ovmf, svsm = images
+    vars_file = tmp_path / "OVMF_VARS.fd"
+    vars_file.write_bytes(bytes(0x20000))
+    argv = ["--mode", "snp:svsm", "--vcpus", "3", "--vcpu-type", "EPYC-Milan", "--ovmf", str(ovmf),
+            "--svsm", str(svsm), "--vars-file", str(vars_file), "-v"]
+    rc_o, out_o, _ = oracle.oracle_cli(argv)
+    assert rc_o == 0 and out_o.startswith("Calculated SEV_SNP_SVSM guest measurement: ")
+    assert main(["measure", *argv, "--vmm-profile", "qemu-svsm-fcw0"]) == 0
+    assert capsys.readouterr().out == out_o
+    assert main(["measure", *argv]) == 0
+    default = capsys.readouterr().out
+    assert default.startswith("Calculated SEV_SNP_SVSM guest measurement: ") and default != out_o
+    assert main(["measure", *argv[:-3], "--vars-size", str(0x20000), "-v", "--vmm-profile", "qemu-svsm-fcw0"]) == 0
+    assert capsys.readouterr().out == out_o
