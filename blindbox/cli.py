@@ -22,6 +22,7 @@ COMMANDS = {
     "measure": "blindbox.commands.measure:measure",
     "explain-vmsa": "blindbox.commands.measure:explain_vmsa",
     "explain-report": "blindbox.commands.explain:explain_report",
+    "rederive": "blindbox.commands.explain:rederive_cmd",
     "fetch": "blindbox.commands.fetch:fetch",
     "build": "blindbox.commands.build:build",
     "lock": "blindbox.commands.build:lock",

@@ -123,3 +123,30 @@ def explain_report(report, measurement, bundle, ovmf, kernel, initrd, append, ma
         click.echo(f"  ({result.tried:,} launches tried in {result.seconds:.1f} s)")
     if not result.found:
         raise click.exceptions.Exit(3)
+
+
+@click.command("rederive")
+@click.argument("bundle", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def rederive_cmd(bundle, as_json):
+    """Re-derive every digest BUNDLE's manifest.json publishes, from the bundle's own files.
+
+    Checks each file's sha256 and size, the kernel hashes, and recomputes the launch
+    digest of every published shape with the measure library alone. Exit 0 when all
+    agree, 3 when anything differs.
+    """
+    from measure.rederive import manifest_sha256, rederive
+
+    findings = rederive(bundle)
+    if as_json:
+        click.echo(json.dumps({"manifest_sha256": manifest_sha256(bundle),
+                               "ok": all(f.ok for f in findings),
+                               "findings": [{"name": f.name, "ok": f.ok, "detail": f.detail} for f in findings]},
+                              indent=2))
+    else:
+        for f in findings:
+            click.echo(f"  {'PASS' if f.ok else 'FAIL'}  {f.name:<34} {f.detail}")
+        bad = sum(not f.ok for f in findings)
+        click.echo(f"verdict: {'PASS' if not bad else 'FAIL'} ({len(findings) - bad} agree, {bad} differ)")
+    if not all(f.ok for f in findings):
+        raise click.exceptions.Exit(3)
