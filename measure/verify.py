@@ -25,10 +25,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .certs import (HW_ID_SIZE, SPL_KDS_NAME, Certificate, Chain, amd_key_info, build_chain,
+from .certs import (HW_ID_SIZE, Certificate, Chain, amd_key_info, build_chain,
                     issuer_product)
 from .errors import (ChainInvalid, InputError, LayoutError, MeasurementMismatch, PolicyViolation,
                      SignatureInvalid, VerificationError)
+from .kds import vcek_url
 from .report import (POLICY_BITS, Product, ReportV2, SigningKey, TCB_LAYOUT, cpuid_product, describe,
                      mask_chip_key, parse_report, signed_region, signing_key, tcb_components)
 
@@ -200,11 +201,7 @@ def _is_leaf(cert: Certificate) -> bool:
 
 def kds_url(report: ReportV2, product: Product) -> str:
     """Where AMD's key distribution service serves the VCEK for this report."""
-    tcb = tcb_components(report.reported_tcb, product, what="REPORTED_TCB")
-    hw_id = report.chip_id[:HW_ID_SIZE[product]].hex()
-    query = "&".join(f"{SPL_KDS_NAME[c]}={tcb[c]:02d}" for c in ("fmc", "boot_loader", "tee", "snp",
-                                                               "microcode") if c in tcb)
-    return f"https://kdsintf.amd.com/vcek/v1/{product.value}/{hw_id}?{query}"
+    return vcek_url(report, product)
 
 
 def select_leaf(report: ReportV2, certs: Sequence[Certificate], product: Product | None) -> Certificate:
@@ -236,7 +233,7 @@ def select_leaf(report: ReportV2, certs: Sequence[Certificate], product: Product
     hint = ""
     p = product or cpuid_product(report)
     if kind is SigningKey.VCEK and p is not None and not mask_chip_key(report):
-        hint = f" (AMD serves it at {kds_url(report, p)})"
+        hint = f" (AMD serves it at {kds_url(report, p)}; --fetch downloads it)"
     given = f" (given: {', '.join(c.label for c in certs)})" if certs else ""
     raise InputError(f"no {kind.name} certificate for this report was given{given}; pass it with "
                      f"--certs FILE_OR_DIR{hint}, or --no-signature to check fields only.")

@@ -19,10 +19,12 @@ from measure.certs import collect_certificates, load_certificates
 from measure.errors import InputError
 from measure.idblock import DEFAULT_GUEST_SVN, DEFAULT_POLICY, create_id_block, load_private_key
 from measure.inputs import read_input
+from measure.kds import KdsClient, fetch_missing
 from measure.manifest_sig import (SIGNATURE_SUFFIX, load_private_key as load_signing_key,
                                   load_public_key, public_key_fingerprint, sign_manifest,
                                   verify_manifest)
-from measure.report import Product, SigningKey, signing_key as report_signing_key
+from measure.report import (Product, SigningKey, cpuid_product, parse_report,
+                            signing_key as report_signing_key)
 from measure.verify import (FAIL, PASS, SKIP, Requirements, VerifyRequest, load_manifest,
                             parse_min_tcb, verify_report)
 
@@ -98,10 +100,15 @@ _STATUS = {PASS: "PASS", FAIL: "FAIL", SKIP: "skip"}
 @click.option("--min-guest-svn", type=int, metavar="N", help="Minimum GUEST_SVN.")
 @click.option("--signing-key", type=click.Choice(["vcek", "vlek"], case_sensitive=False),
               help="Require this kind of signing key.")
+@click.option("--fetch", "fetch", is_flag=True,
+              help="When --certs holds no VCEK, get it from AMD's KDS ($BLINDBOX_KDS_URL overrides the "
+                   "address) and cache it; a VLEK cannot be fetched.")
+@click.option("--offline", is_flag=True, help="With --fetch: use only certificates already in the KDS cache.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable verdict.")
 def verify_report_cmd(report, certs, trust_root, product, at, no_signature, measurement, manifest, shape,
                       host_data, report_data, id_key_digest, author_key_digest, family_id, image_id,
-                      allow_debug, policy, vmpl, min_tcb, min_guest_svn, signing_key, as_json):
+                      allow_debug, policy, vmpl, min_tcb, min_guest_svn, signing_key, fetch, offline,
+                      as_json):
     """Verify an SEV-SNP attestation REPORT (binary or hex) and check what it claims.
 
     The signature chain (VCEK -> ASK -> ARK, or VLEK -> ASVK -> ARK) must end at AMD's
@@ -110,9 +117,11 @@ def verify_report_cmd(report, certs, trust_root, product, at, no_signature, meas
     """
     if shape is not None and manifest is None:
         raise InputError("--shape narrows --manifest; give --manifest too.")
-    if no_signature and (certs or trust_root):
-        raise InputError("--no-signature skips the certificates; drop --certs/--trust-root or "
+    if no_signature and (certs or trust_root or fetch):
+        raise InputError("--no-signature skips the certificates; drop --certs/--trust-root/--fetch or "
                          "--no-signature.")
+    if offline and not fetch:
+        raise InputError("--offline restricts --fetch to the KDS cache; give --fetch too.")
     entries = None
     if manifest is not None:
         entries = load_manifest(read_input(manifest, "manifest"), source=str(manifest))
@@ -134,14 +143,22 @@ def verify_report_cmd(report, certs, trust_root, product, at, no_signature, meas
     certificates, ignored = collect_certificates(certs)
     roots = [c for path in trust_root
              for c in load_certificates(read_input(path, "trust root"), source=str(path))]
+    report_bytes = read_input(report, "attestation report")
+    fetched = ()
+    if fetch:
+        parsed = parse_report(report_bytes, what=str(report))
+        fetched = fetch_missing(parsed, certificates, cpuid_product(parsed) or need.product,
+                                KdsClient(offline=offline))
+        certificates += [c for f in fetched for c in f.certificates]
     verdict = verify_report(VerifyRequest(
-        report=read_input(report, "attestation report"), certificates=tuple(certificates),
+        report=report_bytes, certificates=tuple(certificates),
         trust_roots=tuple(roots), at=_time(at), check_signature=not no_signature,
         requirements=need, report_source=str(report)))
 
     if as_json:
         out = verdict.to_json()
         out["ignored_files"] = ignored
+        out["fetched"] = [f.to_json() for f in fetched]
         out["tool"] = {"name": "blindbox-guest", "version": __version__}
         click.echo(json.dumps(out, indent=2))
     else:
@@ -152,6 +169,8 @@ def verify_report_cmd(report, certs, trust_root, product, at, no_signature, meas
                    f"measurement {r.measurement.hex()}")
         for path in ignored:
             click.echo(f"  (ignored {path}: not a certificate)")
+        for f in fetched:
+            click.echo(f"  ({f.describe()})")
         width = max(len(c.name) for c in verdict.checks)
         for check in verdict.checks:
             click.echo(f"  {_STATUS[check.status]}  {check.name:<{width}}  {check.detail}")
