@@ -68,6 +68,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from measure.inputs import cache_root  # the one definition of where blindbox caches things
+
 from .errors import (InputDigestMismatch, OfflineMiss, SourceError, SourceGone, StaleSuite,
                      ToolMissing)
 
@@ -131,17 +133,6 @@ def _copy_synced(src: Path, dest: Path) -> None:
         shutil.copyfileobj(fin, fout, _CHUNK)
         fout.flush()
         os.fsync(fout.fileno())
-
-
-def cache_root() -> Path:
-    """``$BLINDBOX_CACHE``, else ``$XDG_CACHE_HOME/blindbox``, else ``~/.cache/blindbox``."""
-    env = os.environ.get("BLINDBOX_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    if xdg and os.path.isabs(xdg):
-        return Path(xdg) / "blindbox"
-    return Path.home() / ".cache" / "blindbox"
 
 
 class ContentCache:

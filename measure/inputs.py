@@ -16,6 +16,17 @@ def _open_error(path: str | Path, what: str, err: OSError) -> InputError:
     return InputError(f"cannot read the {what} file {str(path)!r}: {reason}; check the path.")
 
 
+def cache_root() -> Path:
+    """The blindbox cache: ``$BLINDBOX_CACHE``, else ``$XDG_CACHE_HOME/blindbox``, else ``~/.cache/blindbox``."""
+    env = os.environ.get("BLINDBOX_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "blindbox"
+    return Path.home() / ".cache" / "blindbox"
+
+
 def read_input(path: str | Path, what: str) -> bytes:
     """Read a whole (small) input such as a firmware image."""
     try:

@@ -18,7 +18,7 @@ cert_chain only when the VCEK names an issuer that is neither bundled nor given.
 fetched chain is accepted only when every certificate in it has a pinned fingerprint.
 
 Fetched certificates are cached under ``<blindbox cache>/kds/`` (the cache root of
-:func:`builder.sources.cache_root`), one file per URL named by the URL's SHA-256, written
+:func:`measure.inputs.cache_root`), one file per URL named by the URL's SHA-256, written
 atomically; a cached certificate is used without network.  The KDS rate-limits its
 clients: a request is made at most once per certificate and never retried here; HTTP 429
 is reported with the server's Retry-After.  The base URL is ``$BLINDBOX_KDS_URL`` when set
@@ -44,6 +44,7 @@ from typing import Sequence
 from .certs import (HW_ID_SIZE, PINNED, SPL_KDS_NAME, Certificate, CertificateError, amd_chains,
                     load_certificates, parse_certificate)
 from .errors import ChainInvalid, InputError
+from .inputs import cache_root
 from .report import Product, ReportV2, SigningKey, mask_chip_key, signing_key, tcb_components
 
 AMD_KDS_URL = "https://kdsintf.amd.com"
@@ -101,8 +102,6 @@ class Fetched:
 
 
 def default_cache_dir() -> Path:
-    from builder.sources import cache_root  # the one definition of the blindbox cache location
-
     return cache_root() / "kds"
 
 
