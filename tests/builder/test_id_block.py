@@ -26,7 +26,7 @@ from measure.idblock import IdAuthInfo, IdBlock, key_digest, verify_id_auth
 from .fakes import FakeArchive
 from .keys import derived_key, write_key, write_test_keys
 from .test_launch import DOCUMENTED_SNP_GUEST, check_qapi_value, options, props
-from .test_pipeline import AMDSEV, RECIPE, STEPS
+from .test_pipeline import RECIPE, STEPS, hello_archive
 from .test_recipe import BASE, error, parse
 
 ID_BLOCK = """\
@@ -132,13 +132,7 @@ def test_cli_lock_with_a_wrong_curve_key_exits_2(tmp_path, monkeypatch, capsys):
 # --------------------------------------------------------------------------------------
 
 def keyed_env(tmp_path: Path, *, author: bool = True) -> SimpleNamespace:
-    archive = FakeArchive(tmp_path / "archive")
-    archive.fetched = []
-    archive.add("ovmf-amdsev", "2026.08-1", "sid", {"/usr/share/ovmf/OVMF.amdsev.fd": AMDSEV})
-    archive.add("linux-image-6.1.0-1-amd64", "6.1.1-1", "bookworm",
-                {"/boot/vmlinuz-6.1.0-test-amd64": b"bzImage bytes"})
-    archive.add("linux-image-amd64", "6.1.1-1", "bookworm", {}, depends=["linux-image-6.1.0-1-amd64"])
-    archive.add("busybox-static", "1:1.35-4", "bookworm", {"/bin/busybox": b"busybox bytes"})
+    archive = hello_archive(tmp_path)
     d = tmp_path / "recipe"
     d.mkdir()
     section = ID_BLOCK if author else ID_BLOCK.replace("  author_key: keys/author.pem\n", "")

@@ -59,8 +59,8 @@ def fake_initrd(b):
 STEPS = tuple((n, {"kernel": fake_kernel, "initrd": fake_initrd}.get(n, f)) for n, f in pipeline.STEPS)
 
 
-@pytest.fixture
-def env(tmp_path):
+def hello_archive(tmp_path: Path) -> FakeArchive:
+    """An in-memory archive serving the packages RECIPE names."""
     archive = FakeArchive(tmp_path / "archive")
     archive.fetched = []
     archive.add("ovmf-amdsev", "2026.08-1", "sid", {"/usr/share/ovmf/OVMF.amdsev.fd": AMDSEV})
@@ -68,6 +68,12 @@ def env(tmp_path):
                 {"/boot/vmlinuz-6.1.0-test-amd64": b"bzImage bytes"})
     archive.add("linux-image-amd64", "6.1.1-1", "bookworm", {}, depends=["linux-image-6.1.0-1-amd64"])
     archive.add("busybox-static", "1:1.35-4", "bookworm", {"/bin/busybox": b"busybox bytes"})
+    return archive
+
+
+@pytest.fixture
+def env(tmp_path):
+    archive = hello_archive(tmp_path)
     d = tmp_path / "recipe"
     d.mkdir()
     (d / "t.yaml").write_text(RECIPE)
