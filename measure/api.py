@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
-from .inputs import file_digest
 from .kernel_hashes import KernelHashes
 from .ovmf import Firmware
 from .sev import sev_es_launch, sev_launch
@@ -67,13 +67,18 @@ def _check(req: MeasureRequest) -> None:
         raise InputError(f"--vcpus N is required in guest mode '{req.mode.value}'.")
 
 
-def _inputs(req: MeasureRequest) -> dict[str, dict]:
-    out = {}
-    for name in ("ovmf", "kernel", "initrd", "svsm"):
-        path = getattr(req, name)
-        if path is not None:
-            out[name] = {"path": str(path), "sha256": file_digest(path, name).hex(),
-                         "size": Path(path).stat().st_size}
+def _inputs(req: MeasureRequest, fw: Firmware, hashes: KernelHashes | None,
+            svsm: Firmware | None = None) -> dict[str, dict]:
+    """Path, sha256 and size of every input, from bytes and digests already in hand (no re-read)."""
+    out = {"ovmf": {"path": str(req.ovmf), "sha256": hashlib.sha256(fw.data).hexdigest(), "size": fw.size}}
+    if hashes is not None:
+        out["kernel"] = {"path": str(req.kernel), "sha256": hashes.kernel.hex(),
+                         "size": Path(req.kernel).stat().st_size}
+        if req.initrd is not None:
+            out["initrd"] = {"path": str(req.initrd), "sha256": hashes.initrd.hex(),
+                             "size": Path(req.initrd).stat().st_size}
+    if svsm is not None:
+        out["svsm"] = {"path": str(req.svsm), "sha256": hashlib.sha256(svsm.data).hexdigest(), "size": svsm.size}
     return out
 
 
@@ -88,7 +93,8 @@ def launch_digest(req: MeasureRequest) -> MeasureResult:
         shape.check()
 
     if req.ovmf_hash_only:
-        return MeasureResult(req, firmware_pages_digest(fw), None, fw, _inputs(req))
+        return MeasureResult(req, firmware_pages_digest(fw), None, fw, _inputs(req, fw, None))
+    svsm = None
     if req.mode is SevMode.SEV_SNP:
         m = SnpLaunch(fw, ovmf_hash=req.ovmf_hash, trace=req.trace).measure(shape, hashes)
     elif req.mode is SevMode.SEV_SNP_SVSM:
@@ -99,7 +105,7 @@ def launch_digest(req: MeasureRequest) -> MeasureResult:
         m = sev_es_launch(fw, shape, hashes)
     else:
         m = sev_launch(fw, hashes)
-    return MeasureResult(req, m.digest, m, fw, _inputs(req))
+    return MeasureResult(req, m.digest, m, fw, _inputs(req, fw, hashes, svsm))
 
 
 def ovmf_hash(path: str | Path) -> bytes:

@@ -84,7 +84,10 @@ def test_json_output(capsys):
                                                      "x"])[1].strip()
     assert data["vcpu_type"] == "EPYC-Milan" and data["vcpu_sig"] == "0xa00f11"
     assert data["vmm_profile"]["name"] == "qemu" and data["mode"] == "snp"
-    assert data["inputs"]["ovmf"]["sha256"] and data["inputs"]["kernel"]["size"] == 0
+    import hashlib
+    assert data["inputs"]["ovmf"]["sha256"] == hashlib.sha256(open(AMDSEV, "rb").read()).hexdigest()
+    assert data["inputs"]["kernel"] == {"path": "/dev/null", "sha256": hashlib.sha256(b"").hexdigest(), "size": 0}
+    assert "initrd" not in data["inputs"]
     assert data["tool"]["name"] == "blindbox-guest"
     assert "SNP_KERNEL_HASHES" in [s["type"] for s in data["firmware"]["sev_metadata_sections"]]
 
