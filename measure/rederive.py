@@ -41,21 +41,45 @@ def _manifest(bundle: Path) -> dict:
     return doc
 
 
+def bundle_role_files(bundle: Path, doc: dict) -> dict[str, Path]:
+    """role -> path of each output the manifest lists (firmware, kernel, initrd, cmdline, ...)."""
+    roles = {}
+    for out in doc["outputs"]:
+        try:
+            name, role = out["file"], out.get("role")
+        except (KeyError, TypeError, AttributeError):
+            raise InputError(f"{bundle / 'manifest.json'}: an outputs entry has no file name; the manifest "
+                             f"is malformed.") from None
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise InputError(f"{bundle / 'manifest.json'} names output {name!r} outside the bundle.")
+        if role:
+            roles[role] = bundle / name
+    missing = [r for r in ("firmware", "kernel", "cmdline") if r not in roles]
+    if missing:
+        raise InputError(f"{bundle / 'manifest.json'} lists no output with role {', '.join(missing)}; "
+                         f"cannot re-derive the launch digests.")
+    return roles
+
+
+def load_bundle(bundle: str | Path) -> tuple[dict, dict[str, Path]]:
+    """The manifest of a bundle directory and its outputs by role."""
+    bundle = Path(bundle)
+    doc = _manifest(bundle)
+    return doc, bundle_role_files(bundle, doc)
+
+
 def rederive(bundle: str | Path) -> list[Finding]:
     """One finding per output file and per published shape; all ``ok`` means the bundle is consistent."""
     bundle = Path(bundle)
-    doc = _manifest(bundle)
+    doc, roles = load_bundle(bundle)
     findings: list[Finding] = []
-    roles: dict[str, Path] = {}
     for out in doc["outputs"]:
         try:
-            name, sha, size, role = out["file"], out["sha256"], out["size"], out.get("role")
+            name, sha, size = out["file"], out["sha256"], out["size"]
         except (KeyError, TypeError):
             raise InputError(f"{bundle / 'manifest.json'}: an outputs entry lacks file/sha256/size; the "
                              f"manifest is malformed.") from None
         path = bundle / name
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise InputError(f"{bundle / 'manifest.json'} names output {name!r} outside the bundle.")
         if not path.is_file():
             findings.append(Finding(f"file {name}", False, f"{path} is missing"))
             continue
@@ -64,12 +88,6 @@ def rederive(bundle: str | Path) -> list[Finding]:
         ok = actual == sha and actual_size == size
         findings.append(Finding(f"file {name}", ok, f"sha256 {actual}, {actual_size} bytes" if ok else
                                 f"sha256 {actual} ({actual_size} bytes), manifest says {sha} ({size} bytes)"))
-        if role:
-            roles[role] = path
-    missing = [r for r in ("firmware", "kernel", "cmdline") if r not in roles]
-    if missing:
-        raise InputError(f"{bundle / 'manifest.json'} lists no output with role {', '.join(missing)}; "
-                         f"cannot re-derive the launch digests.")
     cmdline = read_input(roles["cmdline"], "cmdline")
     hashes = KernelHashes.from_files(roles["kernel"], roles.get("initrd"), cmdline)
     published = doc.get("kernel_hashes")

@@ -15,17 +15,11 @@ from measure.report import parse_report
 from measure.search import SearchSpace, feature_combinations, find_launches
 
 
-def _bundle_inputs(bundle: Path) -> tuple[Path, Path, Path, bytes, list[dict]]:
-    manifest_path = bundle / "manifest.json"
-    try:
-        doc = json.loads(read_input(manifest_path, "manifest"))
-        roles = {o["role"]: o["file"] for o in doc["outputs"]}
-        files = [bundle / roles[r] for r in ("firmware", "kernel", "initrd", "cmdline")]
-        published = list(doc["measurements"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise InputError(f"{manifest_path} is not a blindbox manifest ({type(e).__name__}: {e}); give the "
-                         f"directory `blindbox build` wrote.") from None
-    return files[0], files[1], files[2], read_input(files[3], "cmdline"), published
+def _bundle_inputs(bundle: Path) -> tuple[Path, Path, Path | None, bytes, list[dict]]:
+    from measure.rederive import load_bundle
+    doc, roles = load_bundle(bundle)
+    return (roles["firmware"], roles["kernel"], roles.get("initrd"), read_input(roles["cmdline"], "cmdline"),
+            list(doc["measurements"]))
 
 
 def _nearest(launch, published: list[dict]) -> tuple[dict, list[str]] | None:
