@@ -65,7 +65,8 @@ def main() -> int:
             fw_path, kernel, initrd = ovmf_amdsev()[0], debian_kernel()[0], busybox_static()[0]
         else:
             fw_path = synth.write(tmp / "ovmf.fd", synth.image(
-                4 << 20, sections=synth.AMDSEV_LIKE_SECTIONS[:3] + [(0x80B000, 0x1000, synth.SectionType.SNP_KERNEL_HASHES)],
+                4 << 20,
+                sections=synth.AMDSEV_LIKE_SECTIONS[:3] + [(0x80B000, 0x1000, synth.SectionType.SNP_KERNEL_HASHES)],
                 hashes_table=(0x80BC00, 0x400), fill=pseudo_random(4 << 20, b"fw")))
             kernel = synth.write(tmp / "vmlinuz", pseudo_random(16 << 20, b"kernel"))
             initrd = synth.write(tmp / "initrd", pseudo_random(64 << 20, b"initrd"))

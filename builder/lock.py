@@ -20,7 +20,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 from builder.errors import BuildError, InputDigestMismatch, RecipeError, SourceError
 from builder.recipe import InputSpec, Recipe, check_id_keys

@@ -32,7 +32,7 @@ import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from builder import sources
 from builder.bundle import MANIFEST, write_bundle

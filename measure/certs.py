@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -172,7 +172,7 @@ def _oid(node: _Tlv) -> str:
     if not raw or raw[-1] & 0x80:
         raise _DerError(f"malformed OID at offset {node.start}")
     arcs, acc = [], 0
-    for i, b in enumerate(raw):
+    for b in raw:
         if acc == 0 and b == 0x80:
             raise _DerError(f"non-minimal OID arc at offset {node.start}")
         acc = acc << 7 | b & 0x7F

@@ -39,7 +39,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 from .certs import (HW_ID_SIZE, PINNED, SPL_KDS_NAME, Certificate, CertificateError, amd_chains,
                     load_certificates, parse_certificate)

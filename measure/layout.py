@@ -145,7 +145,7 @@ def struct(*, size: int, spec: str):
             if len(data) != size:
                 raise LayoutError(f"{label} must be exactly {size:#x} bytes, got {len(data):#x}.")
             kwargs = {}
-            for item, value in zip(items, compiled.unpack(data)):
+            for item, value in zip(items, compiled.unpack(data), strict=True):
                 if item[0] is None:
                     _, gap_off, gap_len = item
                     if any(value):

@@ -187,8 +187,11 @@ def explain_vmsa(expected, actual, as_json):
                                for n, o, v1, v2 in rows], indent=2))
     elif not rows:
         click.echo("identical")
+
+    def fmt(v):
+        return v.hex() if isinstance(v, bytes) else f"{v:#x}"
+
     for name, off, v1, v2 in ([] if as_json else rows):
-        fmt = (lambda v: v.hex() if isinstance(v, bytes) else f"{v:#x}")
         click.echo(f"{name:<22} @{off:#06x}  expected {fmt(v1)}  actual {fmt(v2)}")
     if rows:
         raise click.exceptions.Exit(3)

@@ -60,7 +60,7 @@ def test_reader_agrees_with_cryptography(rel):
 
 def _compare(ours, theirs):
     assert len(ours) == len(theirs) >= 1
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         assert a.der == b.public_bytes(serialization.Encoding.DER)
         assert a.tbs == b.tbs_certificate_bytes
         assert a.signature == b.signature

@@ -206,7 +206,7 @@ def test_guest_features_as_hex_strings_and_debug_swap():
 
 def test_cmdline_is_utf8_bytes_exactly():
     r = parse(BASE.replace('cmdline: "console=ttyS0"', 'cmdline: "console=ttyS0  app.name=\'héllo wörld\'"'))
-    assert r.cmdline_bytes == "console=ttyS0  app.name='héllo wörld'".encode("utf-8")
+    assert r.cmdline_bytes == "console=ttyS0  app.name='héllo wörld'".encode()
 
 
 def test_launch_section():

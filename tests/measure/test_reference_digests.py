@@ -94,7 +94,7 @@ def test_reference_digest(record):
                                         vmm=p.get("vmm_type", "QEMU"))
         assert got == expected
         warnings.warn(f"{record['name']}: pinned input no longer served ({e}); checked today's version against "
-                      f"the oracle instead. Regenerate with scripts/regen-reference-digests.")
+                      f"the oracle instead. Regenerate with scripts/regen-reference-digests.", stacklevel=2)
 
 
 def test_reference_digests_exist_for_every_mode():
