@@ -25,7 +25,7 @@ GPA_BITS = {"milan": 48, "genoa": 52, "turin": 52}
 
 @layout.struct(size=0x70, spec="SEV-SNP Firmware ABI, PAGE_INFO")
 @dataclass(frozen=True)
-class PageInfo:
+class PageInfo(layout.Struct):
     digest_cur: bytes = layout.raw(0x00, 48)
     contents: bytes = layout.raw(0x30, 48)
     length: int = layout.u16(0x60, default=0x70)

@@ -40,7 +40,7 @@ DEFAULT_GUEST_SVN = 0
 
 @layout.struct(size=0x404, spec="SEV-SNP Firmware ABI, ECDSA public key format")
 @dataclass(frozen=True)
-class EcdsaPublicKey:
+class EcdsaPublicKey(layout.Struct):
     """QX and QY fill 48 bytes of their 72-byte fields; the rest is zero."""
 
     curve: int = layout.u32(0x000)
@@ -50,7 +50,7 @@ class EcdsaPublicKey:
 
 @layout.struct(size=0x60, spec="SEV-SNP Firmware ABI, ID_BLOCK")
 @dataclass(frozen=True)
-class IdBlock:
+class IdBlock(layout.Struct):
     ld: bytes = layout.raw(0x00, 48)
     family_id: bytes = layout.raw(0x30, 16)
     image_id: bytes = layout.raw(0x40, 16)
@@ -61,7 +61,7 @@ class IdBlock:
 
 @layout.struct(size=0x1000, spec="SEV-SNP Firmware ABI, ID_AUTH_INFO")
 @dataclass(frozen=True)
-class IdAuthInfo:
+class IdAuthInfo(layout.Struct):
     id_key_algo: int = layout.u32(0x000)
     auth_key_algo: int = layout.u32(0x004)
     id_block_sig: EcdsaSignature = layout.nested(0x040, EcdsaSignature)

@@ -22,7 +22,7 @@ from .spec import (PAGE_SIZE, SEV_CMDLINE_ENTRY_GUID, SEV_HASH_TABLE_HEADER_GUID
 
 @layout.struct(size=0x32, spec="QEMU target/i386/sev.c, SevHashTableEntry")
 @dataclass(frozen=True)
-class HashTableEntry:
+class HashTableEntry(layout.Struct):
     guid: bytes = layout.raw(0x00, 16)
     length: int = layout.u16(0x10, default=0x32)
     hash: bytes = layout.raw(0x12, 32)
@@ -30,7 +30,7 @@ class HashTableEntry:
 
 @layout.struct(size=0xB0, spec="QEMU target/i386/sev.c, PaddedSevHashTable")
 @dataclass(frozen=True)
-class HashTable:
+class HashTable(layout.Struct):
     guid: bytes = layout.raw(0x00, 16, default=SEV_HASH_TABLE_HEADER_GUID.bytes_le)
     length: int = layout.u16(0x10, default=0xA8)  # sizeof(SevHashTable), without padding
     cmdline: HashTableEntry = layout.nested(0x12, HashTableEntry)

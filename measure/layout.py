@@ -4,7 +4,7 @@ This is the only module that touches :mod:`struct`.  A structure is written as::
 
     @layout.struct(size=0x10, spec="Linux svm.h, struct vmcb_seg")
     @dataclass(frozen=True)
-    class Segment:
+    class Segment(layout.Struct):
         selector: int = layout.u16(0x0)
         attrib:   int = layout.u16(0x2)
         limit:    int = layout.u32(0x4)
@@ -13,7 +13,8 @@ This is the only module that touches :mod:`struct`.  A structure is written as::
 At import time the decorator checks that fields do not overlap and fit in ``size``;
 every byte not covered by a field is *reserved*: written as zero, and rejected with a
 :class:`~measure.errors.LayoutError` naming the offset when it is nonzero on parsing.
-The class gains ``SIZE``, ``from_bytes()``, ``to_bytes()`` and ``offset_of()``.
+The class gains ``SIZE``, ``from_bytes()``, ``to_bytes()`` and ``offset_of()``; it derives
+from :class:`Struct`, which declares them for type checkers.
 Unknown field names are impossible by construction: the dataclass constructor rejects
 them (a misspelled ``ctypes`` keyword silently sets nothing).
 """
@@ -21,12 +22,12 @@ them (a misspelled ``ctypes`` keyword silently sets nothing).
 from __future__ import annotations
 
 import dataclasses
+import enum
 import struct as _struct
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 from .errors import LayoutError
-
-T = TypeVar("T")
 
 _INT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
 
@@ -36,30 +37,49 @@ class _Spec:
     offset: int
     size: int
     kind: str  # "int", "raw", "nested"
-    enum: type | None = None
-    nested: type | None = None
+    enum: type[enum.IntEnum] | None = None
+    nested: type[Struct] | None = None
 
 
-def _int_field(offset: int, size: int, enum: type | None, default: Any) -> Any:
+class Struct:
+    """Base of every ``@struct`` class: declares what the decorator adds."""
+
+    SIZE: ClassVar[int]
+    SPEC: ClassVar[str]
+
+    if TYPE_CHECKING:
+        def to_bytes(self) -> bytes: ...
+
+        @classmethod
+        def from_bytes(cls, data: bytes, *, base: int = 0, what: str | None = None) -> Self: ...
+
+        @classmethod
+        def offset_of(cls, name: str) -> int: ...
+
+
+S = TypeVar("S", bound=Struct)
+
+
+def _int_field(offset: int, size: int, enum: type[enum.IntEnum] | None, default: Any) -> Any:
     if default is None:
         default = enum(0) if enum is not None else 0
     return dataclasses.field(default=default,
                              metadata={"layout": _Spec(offset, size, "int", enum=enum)})
 
 
-def u8(offset: int, *, enum: type | None = None, default: Any = None) -> Any:
+def u8(offset: int, *, enum: type[enum.IntEnum] | None = None, default: Any = None) -> Any:
     return _int_field(offset, 1, enum, default)
 
 
-def u16(offset: int, *, enum: type | None = None, default: Any = None) -> Any:
+def u16(offset: int, *, enum: type[enum.IntEnum] | None = None, default: Any = None) -> Any:
     return _int_field(offset, 2, enum, default)
 
 
-def u32(offset: int, *, enum: type | None = None, default: Any = None) -> Any:
+def u32(offset: int, *, enum: type[enum.IntEnum] | None = None, default: Any = None) -> Any:
     return _int_field(offset, 4, enum, default)
 
 
-def u64(offset: int, *, enum: type | None = None, default: Any = None) -> Any:
+def u64(offset: int, *, enum: type[enum.IntEnum] | None = None, default: Any = None) -> Any:
     return _int_field(offset, 8, enum, default)
 
 
@@ -69,16 +89,16 @@ def raw(offset: int, size: int, *, default: bytes | None = None) -> Any:
                              metadata={"layout": _Spec(offset, size, "raw")})
 
 
-def nested(offset: int, cls: type) -> Any:
+def nested(offset: int, cls: type[Struct]) -> Any:
     """Another layout structure embedded at ``offset``."""
     return dataclasses.field(default_factory=cls,
                              metadata={"layout": _Spec(offset, cls.SIZE, "nested", nested=cls)})
 
 
-def struct(*, size: int, spec: str):
+def struct(*, size: int, spec: str) -> Callable[[type[S]], type[S]]:
     """Class decorator: compile the layout of a frozen dataclass and check it."""
 
-    def wrap(cls: type[T]) -> type[T]:
+    def wrap(cls: type[S]) -> type[S]:
         if not dataclasses.is_dataclass(cls):
             raise TypeError(f"{cls.__name__}: apply @layout.struct on top of @dataclass(frozen=True)")
         specs = []
@@ -113,14 +133,14 @@ def struct(*, size: int, spec: str):
         if compiled.size != size:
             raise TypeError(f"{cls.__name__}: compiled size {compiled.size:#x} != declared {size:#x}")
 
-        def to_bytes(self) -> bytes:
-            values = []
+        def to_bytes(self: Struct) -> bytes:
+            values: list[int | bytes] = []
             for item in items:
                 if item[0] is None:
                     values.append(bytes(item[2]))
                     continue
                 name, spec_ = item
-                value = getattr(self, name)
+                value: Any = getattr(self, name)
                 if spec_.kind == "int":
                     value = int(value)
                     if not 0 <= value < (1 << (8 * spec_.size)):
@@ -138,13 +158,12 @@ def struct(*, size: int, spec: str):
                 values.append(value)
             return compiled.pack(*values)
 
-        @classmethod
-        def from_bytes(klass, data: bytes, *, base: int = 0, what: str | None = None):
+        def from_bytes(klass: type[S], data: bytes, *, base: int = 0, what: str | None = None) -> S:
             label = what or klass.__name__
             data = bytes(data)
             if len(data) != size:
                 raise LayoutError(f"{label} must be exactly {size:#x} bytes, got {len(data):#x}.")
-            kwargs = {}
+            kwargs: dict[str, Any] = {}
             for item, value in zip(items, compiled.unpack(data), strict=True):
                 if item[0] is None:
                     _, gap_off, gap_len = item
@@ -169,8 +188,7 @@ def struct(*, size: int, spec: str):
                 kwargs[name] = value
             return klass(**kwargs)
 
-        @classmethod
-        def offset_of(klass, name: str) -> int:
+        def offset_of(klass: type[Struct], name: str) -> int:
             for item in items:
                 if item[0] == name:
                     return item[1].offset
@@ -179,8 +197,8 @@ def struct(*, size: int, spec: str):
         cls.SIZE = size
         cls.SPEC = spec
         cls.to_bytes = to_bytes
-        cls.from_bytes = from_bytes
-        cls.offset_of = offset_of
+        cls.from_bytes = classmethod(from_bytes)
+        cls.offset_of = classmethod(offset_of)
         return cls
 
     return wrap

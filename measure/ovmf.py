@@ -26,14 +26,14 @@ _RESET_AREA = 32
 
 @layout.struct(size=0x12, spec="edk2 ResetVectorVtf0.asm, GUIDed table entry header")
 @dataclass(frozen=True)
-class FooterEntryHeader:
+class FooterEntryHeader(layout.Struct):
     size: int = layout.u16(0x0)
     guid: bytes = layout.raw(0x2, 16)
 
 
 @layout.struct(size=0x10, spec="edk2 OvmfSevMetadata.asm, SEV metadata header")
 @dataclass(frozen=True)
-class SevMetadataHeader:
+class SevMetadataHeader(layout.Struct):
     signature: bytes = layout.raw(0x0, 4)
     size: int = layout.u32(0x4)
     version: int = layout.u32(0x8)
@@ -42,7 +42,7 @@ class SevMetadataHeader:
 
 @layout.struct(size=0xC, spec="edk2 OvmfSevMetadata.asm, SEV metadata section descriptor")
 @dataclass(frozen=True)
-class MetadataSection:
+class MetadataSection(layout.Struct):
     gpa: int = layout.u32(0x0)
     size: int = layout.u32(0x4)
     section_type: SectionType = layout.u32(0x8, enum=SectionType, default=SectionType.SNP_SEC_MEM)

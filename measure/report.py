@@ -74,7 +74,7 @@ class SigningKey(enum.IntEnum):
 
 @layout.struct(size=8, spec="SEV-SNP Firmware ABI, TCB_VERSION (Milan, Genoa)")
 @dataclass(frozen=True)
-class TcbVersionMilan:
+class TcbVersionMilan(layout.Struct):
     boot_loader: int = layout.u8(0x0)
     tee: int = layout.u8(0x1)
     snp: int = layout.u8(0x6)
@@ -83,7 +83,7 @@ class TcbVersionMilan:
 
 @layout.struct(size=8, spec="SEV-SNP Firmware ABI, TCB_VERSION (Turin)")
 @dataclass(frozen=True)
-class TcbVersionTurin:
+class TcbVersionTurin(layout.Struct):
     fmc: int = layout.u8(0x0)
     boot_loader: int = layout.u8(0x1)
     tee: int = layout.u8(0x2)
@@ -125,7 +125,7 @@ def encode_tcb(product: Product, **components: int) -> int:
 
 @layout.struct(size=0x200, spec="SEV-SNP Firmware ABI, ECDSA P-384 with SHA-384 signature format")
 @dataclass(frozen=True)
-class EcdsaSignature:
+class EcdsaSignature(layout.Struct):
     """R and S as 72-byte little-endian fields; a P-384 value fills 48, the rest is zero."""
 
     r: bytes = layout.raw(0x00, 48)
@@ -158,7 +158,7 @@ class EcdsaSignature:
 
 @layout.struct(size=REPORT_SIZE, spec="SEV-SNP Firmware ABI, ATTESTATION_REPORT version 2")
 @dataclass(frozen=True)
-class ReportV2:
+class ReportV2(layout.Struct):
     version: int = layout.u32(0x000)
     guest_svn: int = layout.u32(0x004)
     policy: int = layout.u64(0x008)

@@ -17,7 +17,7 @@ from .spec import BSP_RESET_EIP, PAGE_SIZE
 
 @layout.struct(size=0x10, spec="Linux svm.h, struct vmcb_seg")
 @dataclass(frozen=True)
-class Segment:
+class Segment(layout.Struct):
     selector: int = layout.u16(0x0)
     attrib: int = layout.u16(0x2)
     limit: int = layout.u32(0x4)
@@ -30,7 +30,7 @@ def _seg(offset: int):
 
 @layout.struct(size=PAGE_SIZE, spec="AMD64 APM vol. 2 table B-4; Linux svm.h, struct sev_es_save_area")
 @dataclass(frozen=True)
-class SaveArea:
+class SaveArea(layout.Struct):
     es: Segment = _seg(0x000)
     cs: Segment = _seg(0x010)
     ss: Segment = _seg(0x020)
