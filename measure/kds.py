@@ -39,7 +39,8 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .certs import (HW_ID_SIZE, PINNED, SPL_KDS_NAME, Certificate, CertificateError, amd_chains,
                     load_certificates, parse_certificate)
@@ -92,7 +93,7 @@ class Fetched:
     from_cache: bool
     certificates: tuple[Certificate, ...]
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"what": self.what, "url": self.url, "path": str(self.path), "from_cache": self.from_cache,
                 "sha256": [c.fingerprint for c in self.certificates]}
 
@@ -108,7 +109,7 @@ def default_cache_dir() -> Path:
 class KdsClient:
     """Gets certificates by URL: from the cache, else (unless ``offline``) from the KDS."""
 
-    def __init__(self, *, base: str | None = None, cache_dir: str | os.PathLike | None = None,
+    def __init__(self, *, base: str | None = None, cache_dir: str | os.PathLike[str] | None = None,
                  offline: bool = False, timeout: float = DEFAULT_TIMEOUT):
         self.base = (base or base_url()).rstrip("/")
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -119,7 +120,7 @@ class KdsClient:
         return self.cache_dir / f"{hashlib.sha256(url.encode()).hexdigest()}{suffix}"
 
     # -- the two documents
-    def vcek(self, report: ReportV2, product: Product) -> Fetched:
+    def vcek(self, report: ReportV2, product: Product | None) -> Fetched:
         """The VCEK for ``report``; :class:`KdsUnavailable` when it cannot be had."""
         kind = signing_key(report)
         if kind is SigningKey.VLEK:
@@ -130,6 +131,9 @@ class KdsClient:
         if kind is not SigningKey.VCEK:
             raise KdsUnavailable(f"the report is signed by no VCEK (SIGNING_KEY is {kind.name}), so "
                                  f"there is nothing to fetch; request a VCEK-signed report.")
+        if product is None:
+            raise KdsUnavailable(f"the KDS URL depends on the product, which a version {report.version} "
+                                 f"report does not name; give --product (Milan, Genoa or Turin).")
         size = HW_ID_SIZE[product]
         if mask_chip_key(report) or not any(report.chip_id[:size]):
             raise KdsUnavailable(
@@ -164,7 +168,8 @@ class KdsClient:
             raise CertificateError(f"{source} is a CA certificate ({cert.subject}), not a VCEK.")
         return [cert]
 
-    def _get(self, what: str, url: str, suffix: str, parse) -> Fetched:
+    def _get(self, what: str, url: str, suffix: str,
+             parse: Callable[[bytes, str], Sequence[Certificate]]) -> Fetched:
         path = self.cache_path(url, suffix)
         try:
             data = path.read_bytes()
@@ -201,7 +206,7 @@ class KdsClient:
         req = urllib.request.Request(url, headers={"User-Agent": "blindbox-guest"})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                data = resp.read(MAX_RESPONSE + 1)
+                data: bytes = resp.read(MAX_RESPONSE + 1)
         except urllib.error.HTTPError as e:
             raise _http_error(what, url, e) from None
         except (urllib.error.URLError, OSError, TimeoutError) as e:
@@ -267,10 +272,8 @@ def fetch_missing(report: ReportV2, certs: Sequence[Certificate], product: Produ
     kind = signing_key(report)
     if _has_leaf(certs) or kind is SigningKey.NONE:
         return ()
-    if product is None and kind is SigningKey.VCEK:
-        raise KdsUnavailable(f"the KDS URL depends on the product, which a version {report.version} "
-                             f"report does not name; give --product (Milan, Genoa or Turin).")
-    vcek = client.vcek(report, product)  # a VLEK is refused here, with the reason
+    vcek = client.vcek(report, product)  # a VLEK, or a VCEK of no known product, is refused here
+    assert product is not None
     known = {c.subject.der for ch in amd_chains().values() for c in (ch.ask, ch.asvk)}
     known |= {c.subject.der for c in certs if c.is_ca}
     if vcek.certificates[0].issuer.der in known:
