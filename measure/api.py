@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import InputError
 from .kernel_hashes import KernelHashes
@@ -39,7 +40,7 @@ class MeasureResult:
     digest: bytes
     measurement: Measurement | None
     firmware: Firmware
-    inputs: dict[str, dict] = field(default_factory=dict)
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _check(req: MeasureRequest) -> None:
@@ -68,10 +69,12 @@ def _check(req: MeasureRequest) -> None:
 
 
 def _inputs(req: MeasureRequest, fw: Firmware, hashes: KernelHashes | None,
-            svsm: Firmware | None = None) -> dict[str, dict]:
+            svsm: Firmware | None = None) -> dict[str, dict[str, Any]]:
     """Path, sha256 and size of every input, from bytes and digests already in hand (no re-read)."""
-    out = {"ovmf": {"path": str(req.ovmf), "sha256": hashlib.sha256(fw.data).hexdigest(), "size": fw.size}}
+    out: dict[str, dict[str, Any]] = {
+        "ovmf": {"path": str(req.ovmf), "sha256": hashlib.sha256(fw.data).hexdigest(), "size": fw.size}}
     if hashes is not None:
+        assert req.kernel is not None  # the hashes are the kernel's
         out["kernel"] = {"path": str(req.kernel), "sha256": hashes.kernel.hex(),
                          "size": Path(req.kernel).stat().st_size}
         if req.initrd is not None:
@@ -89,6 +92,7 @@ def launch_digest(req: MeasureRequest) -> MeasureResult:
     hashes = KernelHashes.from_files(req.kernel, req.initrd, req.append) if req.kernel is not None else None
     shape = None
     if req.mode in (SevMode.SEV_ES, SevMode.SEV_SNP, SevMode.SEV_SNP_SVSM) and not req.ovmf_hash_only:
+        assert req.vcpus is not None  # _check requires --vcpus here
         shape = VmShape(req.vcpus, req.vcpu_sig, req.guest_features, req.profile)
         shape.check()
 
@@ -96,12 +100,15 @@ def launch_digest(req: MeasureRequest) -> MeasureResult:
         return MeasureResult(req, firmware_pages_digest(fw), None, fw, _inputs(req, fw, None))
     svsm = None
     if req.mode is SevMode.SEV_SNP:
+        assert shape is not None
         m = SnpLaunch(fw, ovmf_hash=req.ovmf_hash, trace=req.trace).measure(shape, hashes)
     elif req.mode is SevMode.SEV_SNP_SVSM:
+        assert shape is not None and req.svsm is not None and req.vars_size is not None  # checked by _check
         end = fw.gpa - req.vars_size
         svsm = Firmware.load(req.svsm, end_gpa=end)
-        m = svsm_launch(fw, svsm, req.vcpus, req.vcpu_sig, req.profile, trace=req.trace)
+        m = svsm_launch(fw, svsm, shape.vcpus, req.vcpu_sig, req.profile, trace=req.trace)
     elif req.mode is SevMode.SEV_ES:
+        assert shape is not None
         m = sev_es_launch(fw, shape, hashes)
     else:
         m = sev_launch(fw, hashes)

@@ -35,6 +35,7 @@ from collections.abc import Iterable, Sequence
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from .errors import ChainInvalid, InputError
 from .inputs import read_input
@@ -85,12 +86,13 @@ OID_BASIC_CONSTRAINTS = "2.5.29.19"
 OID_KEY_USAGE = "2.5.29.15"
 OID_RSASSA_PSS = "1.2.840.113549.1.1.10"
 OID_MGF1 = "1.2.840.113549.1.1.8"
-_HASHES = {
+_Sha2 = type[hashes.SHA256] | type[hashes.SHA384] | type[hashes.SHA512]
+_HASHES: dict[str, _Sha2] = {
     "2.16.840.1.101.3.4.2.1": hashes.SHA256,
     "2.16.840.1.101.3.4.2.2": hashes.SHA384,
     "2.16.840.1.101.3.4.2.3": hashes.SHA512,
 }
-_ECDSA = {
+_ECDSA: dict[str, _Sha2] = {
     "1.2.840.10045.4.3.2": hashes.SHA256,
     "1.2.840.10045.4.3.3": hashes.SHA384,
     "1.2.840.10045.4.3.4": hashes.SHA512,
@@ -276,7 +278,7 @@ class Certificate:
         return hashlib.sha256(self.der).hexdigest()
 
     @functools.cached_property
-    def public_key(self):
+    def public_key(self) -> PublicKeyTypes:
         try:
             return serialization.load_der_public_key(self.spki)
         except (ValueError, UnsupportedAlgorithm) as e:
@@ -311,6 +313,7 @@ class Certificate:
             if self.algorithm.kind == "rsa-pss":
                 if not isinstance(key, rsa.RSAPublicKey):
                     return False
+                assert self.algorithm.mgf_hash_name is not None and self.algorithm.salt_length is not None
                 pad = padding.PSS(mgf=padding.MGF1(_hash_by_name(self.algorithm.mgf_hash_name)()),
                                   salt_length=self.algorithm.salt_length)
                 key.verify(self.signature, self.tbs, pad, hash_cls())
@@ -326,11 +329,12 @@ class Certificate:
         return self.not_before <= when <= self.not_after
 
 
-def _hash_by_name(name: str):
-    return {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}[name]
+def _hash_by_name(name: str) -> _Sha2:
+    by_name: dict[str, _Sha2] = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+    return by_name[name]
 
 
-def _hash_name(cls) -> str:
+def _hash_name(cls: _Sha2) -> str:
     return cls.name
 
 

@@ -65,7 +65,8 @@ class ChainInvalid(VerificationError):
 class MeasurementMismatch(VerificationError):
     """The launch digest in a report is not the expected one."""
 
-    def __init__(self, message: str, *, expected=None, actual: bytes | None = None):
+    def __init__(self, message: str, *, expected: bytes | list[bytes] | None = None,
+                 actual: bytes | None = None):
         super().__init__(message)
         self.expected = expected
         self.actual = actual

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
@@ -70,7 +71,7 @@ class IdAuthInfo(layout.Struct):
     author_pubkey: EcdsaPublicKey = layout.nested(0x880, EcdsaPublicKey)
 
 
-def _require_p384(key, what: str) -> None:
+def _require_p384(key: object, what: str) -> None:
     curve = getattr(key, "curve", None)
     if not isinstance(curve, ec.SECP384R1):
         raise InputError(f"the {what} is not an ECDSA P-384 key; SEV-SNP ID blocks need P-384 "
@@ -88,12 +89,12 @@ def public_key_struct(key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKe
                           qy=nums.y.to_bytes(48, "little"))
 
 
-def key_digest(key) -> bytes:
+def key_digest(key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) -> bytes:
     """SHA-384 of the AMD public-key form: the report's ID_KEY_DIGEST / AUTHOR_KEY_DIGEST."""
     return hashlib.sha384(public_key_struct(key).to_bytes()).digest()
 
 
-def deterministic_ecdsa():
+def deterministic_ecdsa() -> ec.ECDSA:
     """ECDSA with SHA-384 and RFC 6979 nonces; a clear error where the library lacks it."""
     try:
         return ec.ECDSA(hashes.SHA384(), deterministic_signing=True)
@@ -113,7 +114,7 @@ def sign(private_key: ec.EllipticCurvePrivateKey, data: bytes, what: str = "key"
     return EcdsaSignature.from_der(der)
 
 
-def verify(public_key, signature: EcdsaSignature, data: bytes) -> bool:
+def verify(public_key: ec.EllipticCurvePublicKey, signature: EcdsaSignature, data: bytes) -> bool:
     try:
         public_key.verify(signature.to_der(), data, ec.ECDSA(hashes.SHA384()))
     except InvalidSignature:
@@ -141,7 +142,8 @@ def id_block(launch_digest: bytes, *, family_id: bytes | None = None, image_id: 
                    image_id=_bytes16(image_id, "image ID"), guest_svn=guest_svn, policy=policy)
 
 
-def assemble_id_auth(id_pub, author_pub, id_block_sig: EcdsaSignature,
+def assemble_id_auth(id_pub: ec.EllipticCurvePublicKey, author_pub: ec.EllipticCurvePublicKey | None,
+                     id_block_sig: EcdsaSignature,
                      id_key_sig: EcdsaSignature | None) -> IdAuthInfo:
     """ID_AUTH_INFO from public keys and signatures made elsewhere (e.g. by an HSM)."""
     return IdAuthInfo(
@@ -187,7 +189,8 @@ def create_id_block(launch_digest: bytes, id_key: ec.EllipticCurvePrivateKey,
                          None if author_key is None else key_digest(author_key))
 
 
-def make_id_auth(launch_digest: bytes, id_key, author_key, *, family_id: bytes | None = None,
+def make_id_auth(launch_digest: bytes, id_key: ec.EllipticCurvePrivateKey | str | Path,
+                 author_key: ec.EllipticCurvePrivateKey | str | Path | None, *, family_id: bytes | None = None,
                  image_id: bytes | None = None, guest_svn: int = DEFAULT_GUEST_SVN,
                  policy: int = DEFAULT_POLICY) -> tuple[bytes, bytes]:
     """(ID_BLOCK bytes, ID_AUTH_INFO bytes) for the builder; keys may be objects or PEM paths."""
@@ -205,7 +208,7 @@ def verify_id_auth(block_bytes: bytes, auth_bytes: bytes) -> IdAuthInfo:
     block = IdBlock.from_bytes(block_bytes, what="ID block")
     auth = IdAuthInfo.from_bytes(auth_bytes, what="ID auth")
 
-    def load(pk: EcdsaPublicKey, what: str):
+    def load(pk: EcdsaPublicKey, what: str) -> ec.EllipticCurvePublicKey:
         if pk.curve != CURVE_P384:
             raise InputError(f"the {what} in the ID auth block has curve {pk.curve}, not 2 (P-384).")
         try:
@@ -227,7 +230,7 @@ def verify_id_auth(block_bytes: bytes, auth_bytes: bytes) -> IdAuthInfo:
     return auth
 
 
-def load_private_key(path, what: str) -> ec.EllipticCurvePrivateKey:
+def load_private_key(path: str | Path, what: str) -> ec.EllipticCurvePrivateKey:
     """A P-384 private key from an unencrypted PEM (or DER) file."""
     key = read_private_key(path, what)
     if not isinstance(key, ec.EllipticCurvePrivateKey):

@@ -5,8 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import InputError
+
+if TYPE_CHECKING:  # not imported at run time: the calculator does not need cryptography
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 _CHUNK = 1 << 20
 
@@ -54,7 +58,7 @@ def file_digest(path: str | Path, what: str, algorithm: str = "sha256") -> bytes
     return h.digest()
 
 
-def read_private_key(path: str | Path, what: str):
+def read_private_key(path: str | Path, what: str) -> PrivateKeyTypes:
     """An unencrypted private key from a PEM or DER file, any algorithm (callers check which)."""
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization

@@ -10,6 +10,7 @@ cmdline, initrd, kernel, zero-padded to a multiple of 16 bytes.
 from __future__ import annotations
 
 import hashlib
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,7 @@ class KernelHashes:
         )
 
     def table(self) -> bytes:
-        def entry(guid, digest):
+        def entry(guid: uuid.UUID, digest: bytes) -> HashTableEntry:
             return HashTableEntry(guid=guid.bytes_le, hash=digest)
         return HashTable(cmdline=entry(SEV_CMDLINE_ENTRY_GUID, self.cmdline),
                          initrd=entry(SEV_INITRD_ENTRY_GUID, self.initrd),

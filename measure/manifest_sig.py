@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -30,8 +31,11 @@ ECDSA_P384 = "ecdsa-p384-sha384"
 ED25519 = "ed25519"
 SIGNATURE_SUFFIX = ".sig"
 
+PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
 
-def algorithm_of(key) -> str:
+
+def algorithm_of(key: object) -> str:
     if isinstance(key, (ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey)):
         return ED25519
     if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)) and \
@@ -42,18 +46,18 @@ def algorithm_of(key) -> str:
                      "-pkeyopt ec_paramgen_curve:P-384).")
 
 
-def public_key_fingerprint(key) -> str:
+def _public(key: PrivateKey | PublicKey) -> PublicKey:
+    return key.public_key() if isinstance(key, (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)) else key
+
+
+def public_key_fingerprint(key: PrivateKey | PublicKey) -> str:
     """SHA-256 of the DER SubjectPublicKeyInfo, lower-case hex (what users pin)."""
-    if hasattr(key, "public_key"):
-        key = key.public_key()
-    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    der = _public(key).public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(der).hexdigest()
 
 
-def public_key_pem(key) -> bytes:
-    if hasattr(key, "public_key"):
-        key = key.public_key()
-    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+def public_key_pem(key: PrivateKey | PublicKey) -> bytes:
+    return _public(key).public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 @dataclass(frozen=True)
@@ -64,12 +68,12 @@ class ManifestSignature:
     manifest_sha256: str
 
 
-def sign_manifest(manifest: bytes, private_key) -> ManifestSignature:
+def sign_manifest(manifest: bytes, private_key: PrivateKey) -> ManifestSignature:
     """Sign ``manifest`` byte for byte; deterministic for both algorithms."""
     algorithm = algorithm_of(private_key)
     if not isinstance(private_key, (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)):
         raise InputError("signing needs a private key; the key given is a public key.")
-    if algorithm == ED25519:
+    if isinstance(private_key, ed25519.Ed25519PrivateKey):
         signature = private_key.sign(manifest)
     else:
         try:
@@ -81,11 +85,11 @@ def sign_manifest(manifest: bytes, private_key) -> ManifestSignature:
                              hashlib.sha256(manifest).hexdigest())
 
 
-def verify_manifest(manifest: bytes, signature: bytes, public_key, *, source: str = "manifest") -> str:
+def verify_manifest(manifest: bytes, signature: bytes, public_key: PublicKey, *, source: str = "manifest") -> str:
     """Check ``signature`` over ``manifest``; return the algorithm, raise SignatureInvalid if not."""
     algorithm = algorithm_of(public_key)
     try:
-        if algorithm == ED25519:
+        if isinstance(public_key, ed25519.Ed25519PublicKey):
             public_key.verify(signature, manifest)
         else:
             public_key.verify(signature, manifest, ec.ECDSA(hashes.SHA384()))
@@ -97,13 +101,14 @@ def verify_manifest(manifest: bytes, signature: bytes, public_key, *, source: st
     return algorithm
 
 
-def load_private_key(path) -> ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey:
+def load_private_key(path: str | Path) -> PrivateKey:
     key = read_private_key(path, "signing key")
     algorithm_of(key)
+    assert isinstance(key, (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey))  # algorithm_of checked
     return key
 
 
-def load_public_key(path) -> ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey:
+def load_public_key(path: str | Path) -> PublicKey:
     data = read_input(path, "public key")
     try:
         if b"-----BEGIN" in data:
@@ -116,4 +121,5 @@ def load_public_key(path) -> ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKe
         raise InputError(f"{str(path)!r} is not a public key in PEM or DER{hint} ({e}); give the "
                          f"publisher's public key.") from None
     algorithm_of(key)
+    assert isinstance(key, (ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey))  # algorithm_of checked
     return key

@@ -14,6 +14,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import layout
 from .errors import FirmwareError, LayoutError, UnsupportedFirmware
@@ -196,7 +197,7 @@ class Firmware:
             return None
         # edk2 records the table's GPA and, in every released image, its size.
         size = self._u32_entry(SEV_HASH_TABLE_RV_GUID, 1) if len(self.table[SEV_HASH_TABLE_RV_GUID]) >= 8 else 0
-        return HashesTableLocation(gpa, size)
+        return HashesTableLocation(gpa, size or 0)
 
     def svsm_entry_offset(self) -> int:
         off = self._u32_entry(SVSM_INFO_GUID)
@@ -206,7 +207,7 @@ class Firmware:
                 f"(pass the SVSM binary with --svsm).", missing="SVSM_INFO")
         return off
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """A JSON-friendly summary: what a user debugging a mismatch wants to see."""
         reset = self.sev_es_reset_eip()
         table = self.hashes_table()

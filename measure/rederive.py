@@ -12,6 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import InputError
 from .inputs import file_digest, read_input
@@ -28,7 +29,7 @@ class Finding:
     detail: str
 
 
-def _manifest(bundle: Path) -> dict:
+def _manifest(bundle: Path) -> dict[str, Any]:
     path = bundle / "manifest.json"
     try:
         doc = json.loads(read_input(path, "manifest"))
@@ -41,7 +42,7 @@ def _manifest(bundle: Path) -> dict:
     return doc
 
 
-def bundle_role_files(bundle: Path, doc: dict) -> dict[str, Path]:
+def bundle_role_files(bundle: Path, doc: dict[str, Any]) -> dict[str, Path]:
     """role -> path of each output the manifest lists (firmware, kernel, initrd, cmdline, ...)."""
     roles = {}
     for out in doc["outputs"]:
@@ -61,7 +62,7 @@ def bundle_role_files(bundle: Path, doc: dict) -> dict[str, Path]:
     return roles
 
 
-def load_bundle(bundle: str | Path) -> tuple[dict, dict[str, Path]]:
+def load_bundle(bundle: str | Path) -> tuple[dict[str, Any], dict[str, Path]]:
     """The manifest of a bundle directory and its outputs by role."""
     bundle = Path(bundle)
     doc = _manifest(bundle)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import utils as asym_utils
 
@@ -91,8 +92,8 @@ class TcbVersionTurin(layout.Struct):
     microcode: int = layout.u8(0x7)
 
 
-TCB_LAYOUT = {Product.MILAN: TcbVersionMilan, Product.GENOA: TcbVersionMilan,
-              Product.TURIN: TcbVersionTurin}
+TCB_LAYOUT: dict[Product, type[TcbVersionMilan] | type[TcbVersionTurin]] = {
+    Product.MILAN: TcbVersionMilan, Product.GENOA: TcbVersionMilan, Product.TURIN: TcbVersionTurin}
 
 #: Every component name a TCB can have, in a stable display order.
 TCB_COMPONENTS = ("fmc", "boot_loader", "tee", "snp", "microcode")
@@ -299,30 +300,30 @@ def mask_chip_key(report: ReportV2) -> bool:
 
 def cpuid_product(report: ReportV2) -> Product | None:
     """The product named by the report itself (version 3 and later), if it is a known one."""
-    if report.version < 3:
+    if not isinstance(report, ReportV3):  # versions 3 and later
         return None
     return product_from_cpuid(report.cpuid_fam_id, report.cpuid_mod_id)
 
 
-def policy_flags(policy: int) -> dict:
+def policy_flags(policy: int) -> dict[str, Any]:
     flags = {name: bool(policy >> bit & 1) for name, bit in POLICY_BITS.items()}
     known = 0xFFFF | POLICY_RESERVED_ONE | sum(1 << b for b in POLICY_BITS.values())
     return {"abi_major": policy >> 8 & 0xFF, "abi_minor": policy & 0xFF, **flags,
             "unknown_bits": f"{policy & ~known:#x}"}
 
 
-def platform_info_flags(info: int) -> dict:
+def platform_info_flags(info: int) -> dict[str, Any]:
     flags = {name: bool(info >> bit & 1) for name, bit in PLATFORM_INFO_BITS.items()}
     known = sum(1 << b for b in PLATFORM_INFO_BITS.values())
     return {**flags, "unknown_bits": f"{info & ~known:#x}"}
 
 
-def describe(report: ReportV2, product: Product | None) -> dict:
+def describe(report: ReportV2, product: Product | None) -> dict[str, Any]:
     """Every field of ``report`` as JSON-ready values; TCBs decoded when the product is known."""
 
-    def tcb(name: str) -> dict:
+    def tcb(name: str) -> dict[str, Any]:
         raw = getattr(report, name)
-        out = {"raw": f"{raw:#018x}"}
+        out: dict[str, Any] = {"raw": f"{raw:#018x}"}
         if product is not None:
             out.update(tcb_components(raw, product, what=name.upper()))
         return out
@@ -354,10 +355,10 @@ def describe(report: ReportV2, product: Product | None) -> dict:
         "committed_version": f"{report.committed_major}.{report.committed_minor}.{report.committed_build}",
         "launch_tcb": tcb("launch_tcb"),
     }
-    if report.version >= 3:
+    if isinstance(report, ReportV3):  # versions 3 and later
         out["cpuid"] = {"family": f"{report.cpuid_fam_id:#x}", "model": f"{report.cpuid_mod_id:#x}",
                         "stepping": f"{report.cpuid_step:#x}"}
-    if report.version >= 5:
+    if isinstance(report, ReportV5):
         out["launch_mit_vector"] = f"{report.launch_mit_vector:#x}"
         out["current_mit_vector"] = f"{report.current_mit_vector:#x}"
     return out

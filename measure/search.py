@@ -30,7 +30,7 @@ COMMON_FEATURE_BITS = (GuestFeatures.DEBUG_SWAP, GuestFeatures.PREVENT_HOST_IBS,
                        GuestFeatures.VMSA_REG_PROT, GuestFeatures.RESTRICTED_INJECTION)
 
 
-def feature_combinations(bits=COMMON_FEATURE_BITS) -> tuple[int, ...]:
+def feature_combinations(bits: tuple[GuestFeatures, ...] = COMMON_FEATURE_BITS) -> tuple[int, ...]:
     out = []
     for r in range(len(bits) + 1):
         for combo in itertools.combinations(bits, r):
@@ -39,7 +39,7 @@ def feature_combinations(bits=COMMON_FEATURE_BITS) -> tuple[int, ...]:
 
 
 def feature_names(value: int) -> str:
-    names = [f.name for f in GuestFeatures if value & f.value]
+    names = [f.name for f in GuestFeatures if value & f.value and f.name is not None]
     rest = value & ~sum(f.value for f in GuestFeatures)
     if rest:
         names.append(f"{rest:#x}")

@@ -16,7 +16,7 @@ from .spec import BSP_RESET_EIP
 from .vmsa import reset_vmsa
 
 
-def _firmware_and_hashes(fw: Firmware, hashes: KernelHashes | None):
+def _firmware_and_hashes(fw: Firmware, hashes: KernelHashes | None) -> "hashlib._Hash":
     h = hashlib.sha256(fw.data)
     if hashes is not None:
         if fw.hashes_table() is None:

@@ -13,6 +13,7 @@ shapes is hashed once, and the digest for N vCPUs extends the one for N-1.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .errors import InputError, UnsupportedFirmware
@@ -116,7 +117,7 @@ class Measurement:
     digest: bytes
     vmsas: tuple[bytes, ...]
     pages: int
-    log: tuple | None = None
+    log: tuple[tuple[PageType, int, bytes, bytes], ...] | None = None
 
 
 class SnpLaunch:
@@ -129,7 +130,7 @@ class SnpLaunch:
         self._firmware = LaunchDigest(trace=trace) if ovmf_hash is None else LaunchDigest(ovmf_hash, trace=trace)
         if ovmf_hash is None:
             self._firmware.update_normal_pages(fw.gpa, fw.data)
-        self._metadata: dict[tuple, LaunchDigest] = {}
+        self._metadata: dict[tuple[VmmProfile, KernelHashes | None], LaunchDigest] = {}
 
     @property
     def firmware_digest(self) -> bytes:
@@ -153,7 +154,7 @@ class SnpLaunch:
     def measure(self, shape: VmShape, hashes: KernelHashes | None = None) -> Measurement:
         return self.measure_vcpu_counts(shape, [shape.vcpus], hashes)[shape.vcpus]
 
-    def measure_vcpu_counts(self, shape: VmShape, counts, hashes: KernelHashes | None = None
+    def measure_vcpu_counts(self, shape: VmShape, counts: Iterable[int], hashes: KernelHashes | None = None
                             ) -> dict[int, Measurement]:
         """Digests for several vCPU counts of one shape, each extending the previous."""
         counts = sorted(set(counts))

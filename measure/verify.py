@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 from collections.abc import Mapping, Sequence
 
 from cryptography.exceptions import InvalidSignature
@@ -45,7 +46,7 @@ class ManifestEntry:
 
     shape: str
     measurement: bytes
-    fields: Mapping = field(default_factory=dict, compare=False)
+    fields: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
 def load_manifest(data: bytes, *, source: str = "manifest.json") -> tuple[ManifestEntry, ...]:
@@ -125,8 +126,8 @@ class Check:
     detail: str
     error: VerificationError | None = None
 
-    def to_json(self) -> dict:
-        out = {"name": self.name, "status": self.status, "detail": self.detail}
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "status": self.status, "detail": self.detail}
         if self.error is not None:
             out["error"] = type(self.error).__name__
         return out
@@ -154,7 +155,7 @@ class Verdict:
     def check(self, name: str) -> Check:
         return next(c for c in self.checks if c.name == name)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "verdict": PASS if self.ok else FAIL,
             "checks": [c.to_json() for c in self.checks],
@@ -173,7 +174,7 @@ class Verdict:
         }
 
 
-def _cert_json(cert: Certificate) -> dict:
+def _cert_json(cert: Certificate) -> dict[str, Any]:
     return {"subject": str(cert.subject), "issuer": str(cert.issuer), "sha256": cert.fingerprint,
             "not_before": cert.not_before.isoformat(), "not_after": cert.not_after.isoformat(),
             "source": cert.source}
@@ -241,6 +242,7 @@ def select_leaf(report: ReportV2, certs: Sequence[Certificate], product: Product
 
 def _check_signature(report: ReportV2, leaf: Certificate) -> Check:
     key = leaf.public_key
+    assert isinstance(key, ec.EllipticCurvePublicKey)  # select_leaf takes only ECDSA leaves
     try:
         key.verify(report.signature.to_der(), signed_region(report), ec.ECDSA(hashes.SHA384()))
     except InvalidSignature:
@@ -344,7 +346,7 @@ def _manifest_key_checks(report: ReportV2, req: Requirements, matched: list[Mani
 
     Done for each digest the manifest names and the user did not give explicitly.
     """
-    checks = []
+    checks: list[Check] = []
     for key, label, given, actual in (
             ("id_key_digest", "ID_KEY_DIGEST", req.id_key_digest, report.id_key_digest),
             ("author_key_digest", "AUTHOR_KEY_DIGEST", req.author_key_digest, report.author_key_digest)):
@@ -360,6 +362,7 @@ def _manifest_key_checks(report: ReportV2, req: Requirements, matched: list[Mani
             raise InputError(f"{req.manifest_source}: {key} {value!r} of shape {matched[0].shape!r} is not "
                              f"hex; the manifest is malformed, rebuild or re-download it.") from None
         check = _equal(f"{key}.manifest", label, expected, actual)
+        assert check is not None  # expected is bytes
         if check.status == FAIL:
             err = PolicyViolation(
                 f"the report's {label} is {actual.hex()}, but {req.manifest_source} publishes "
@@ -462,8 +465,9 @@ def verify_report(req: VerifyRequest) -> Verdict:
 
     product, product_source = cpuid_product(report), "report CPUID"
     if product is not None and need.product is not None and need.product is not product:
-        err = PolicyViolation(f"the report comes from a {product.value} (its CPUID fields say so), "
-                              f"but --product says {need.product.value}.")
+        err: VerificationError = PolicyViolation(
+            f"the report comes from a {product.value} (its CPUID fields say so), but --product says "
+            f"{need.product.value}.")
         checks.append(Check("product", FAIL, str(err), err))
     elif need.product is not None and product is not None:
         checks.append(Check("product", PASS, f"the report comes from a {product.value}"))
@@ -495,8 +499,8 @@ def verify_report(req: VerifyRequest) -> Verdict:
             chain = build_chain(leaf, kind=kind, product=expected, product_reason=reason,
                                 candidates=req.certificates, trust_roots=req.trust_roots, at=at)
             checks.append(Check("chain", PASS, chain.describe()))
-        except ChainInvalid as err:
-            checks.append(Check("chain", FAIL, str(err), err))
+        except ChainInvalid as e:
+            checks.append(Check("chain", FAIL, str(e), e))
         if chain is not None and chain.amd_product is not None and product is None:
             product, product_source = chain.amd_product, "AMD chain"
         checks.append(_check_signature(report, leaf))
@@ -510,11 +514,13 @@ def verify_report(req: VerifyRequest) -> Verdict:
         if product_source == "report CPUID":
             raise layout_error  # the report contradicts itself: malformed
         tcb_product = None
+        assert product is not None  # there is no layout error without a product
         err = ChainInvalid(f"the report's TCB fields have nonzero bytes where the {product.value} TCB "
                            f"layout (implied by the {product_source}) has reserved ones, so the "
                            f"certificate or --product is for another product.")
         checks.append(Check("tcb_layout", FAIL, str(err), err))
     if leaf is not None:
+        assert product is not None  # with a leaf, a product was found or InputError raised
         checks.append(_check_chip_id(report, leaf, product))
         if tcb_product is not None:
             checks.append(_check_reported_tcb(report, leaf, tcb_product))

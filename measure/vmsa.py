@@ -10,9 +10,11 @@ values depend on the VMM; they come from a :class:`~measure.vmm.VmmProfile`.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 from . import layout
 from .spec import BSP_RESET_EIP, PAGE_SIZE
+from .vmm import VmmProfile
 
 
 @layout.struct(size=0x10, spec="Linux svm.h, struct vmcb_seg")
@@ -24,7 +26,7 @@ class Segment(layout.Struct):
     base: int = layout.u64(0x8)
 
 
-def _seg(offset: int):
+def _seg(offset: int) -> Any:
     return layout.nested(offset, Segment)
 
 
@@ -165,7 +167,7 @@ _RESET = SaveArea(
 )
 
 
-def reset_vmsa(profile, eip: int, sev_features: int, vcpu_sig: int | None) -> SaveArea:
+def reset_vmsa(profile: VmmProfile, eip: int, sev_features: int, vcpu_sig: int | None) -> SaveArea:
     """VMSA of a vCPU starting at ``eip`` (real-mode reset) under ``profile``."""
     cs_attrib = profile.cs_attrib_at_reset_vector if eip == BSP_RESET_EIP else profile.cs_attrib
     return replace(
@@ -182,7 +184,7 @@ def reset_vmsa(profile, eip: int, sev_features: int, vcpu_sig: int | None) -> Sa
     )
 
 
-def svsm_vmsa(profile, eip: int, vcpu_sig: int | None) -> SaveArea:
+def svsm_vmsa(profile: VmmProfile, eip: int, vcpu_sig: int | None) -> SaveArea:
     """VMSA of a vCPU entering a COCONUT-SVSM image in 32-bit protected mode at ``eip``."""
     flat_data = Segment(16, 0xC93, 0xFFFFFFFF, 0)
     return replace(
