@@ -152,9 +152,9 @@ class Manifest:
                     inputs=inputs, outputs=outputs, measurements=tuple(ms))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise bad(f"missing or malformed field ({type(e).__name__}: {e})") from None
-        for r in m.inputs + m.outputs:
-            if not _HEX64.fullmatch(r.sha256):
-                raise bad(f"sha256 of {getattr(r, 'name', None) or r.file} is not 64 hex digits")
+        for rec in m.inputs + m.outputs:
+            if not _HEX64.fullmatch(rec.sha256):
+                raise bad(f"sha256 of {rec.name if isinstance(rec, InputRecord) else rec.file} is not 64 hex digits")
         for r in m.measurements:
             if not _HEX96.fullmatch(r.measurement):
                 raise bad(f"measurement of shape {r.shape} is not 96 hex digits")

@@ -53,6 +53,7 @@ def test_round_trip():
     (lambda d: d.update(schema="other/9"), "schema"),
     (lambda d: d["measurements"][0].update(measurement="zz"), "96 hex digits"),
     (lambda d: d["outputs"][0].update(sha256="1"), "64 hex digits"),
+    (lambda d: d["inputs"][0].update(name="", sha256="1"), "sha256 of  is not 64 hex digits"),
     (lambda d: d["measurements"][0].pop("vcpu_sig"), "missing or malformed"),
     (lambda d: d.update(extra=1), "unexpected keys"),
 ])
