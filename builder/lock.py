@@ -98,6 +98,7 @@ class LockedInput:
 
     def describe(self) -> str:
         if self.kind == "debian":
+            assert self.debian is not None  # from_dict requires it for a debian entry
             return f"{self.debian['name']} {self.version} from Debian {self.debian.get('suite')}"
         if self.kind == "file":
             return f"local file {self.path}"
@@ -137,6 +138,7 @@ class Change:
 
     def describe(self) -> str:
         if self.old is None:
+            assert self.new is not None  # a change has an old or a new pin, or both
             return f"{self.name}: pinned {self.new.describe()} (sha256 {self.new.sha256[:16]}...) [{self.reason}]"
         if self.new is None:
             return f"{self.name}: removed (no longer in the recipe)"
@@ -303,6 +305,7 @@ def resolve_input(spec: InputSpec, recipe: Recipe, archive, fetch_url) -> Locked
             pkg, via = archive.resolve(spec.package, spec.suite, arch=spec.arch), None
         return _debian_entry(spec.name, wants, pkg, via)
     if spec.kind == "file":
+        assert spec.file is not None  # the recipe requires it for a file input
         path = recipe.directory / spec.file
         if not path.is_file():
             raise SourceError(f"input {spec.name!r}: {path} does not exist (the recipe names it relative to "
@@ -315,6 +318,7 @@ def resolve_input(spec: InputSpec, recipe: Recipe, archive, fetch_url) -> Locked
                 path=str(path))
         return LockedInput(name=spec.name, kind="file", wants=wants, sha256=actual, size=path.stat().st_size,
                            origin=f"file:{spec.file}", path=spec.file)
+    assert spec.url is not None and spec.sha256 is not None  # the recipe requires both for a url input
     fetched = Path(fetch_url(spec.url, spec.sha256))
     return LockedInput(name=spec.name, kind="url", wants=wants, sha256=spec.sha256, size=fetched.stat().st_size,
                        origin=spec.url, url=spec.url)

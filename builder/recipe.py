@@ -13,6 +13,7 @@ so the lock can tell when the recipe asks for something other than what it pinne
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -311,14 +312,15 @@ class _Node:
         self._expect("bool")
         return self.scalar()
 
-    def list(self, *, nonempty: bool = False) -> list["_Node"]:
+    def list(self, *, nonempty: builtins.bool = False) -> list["_Node"]:
         self._expect("seq")
         items = [_Node(n, self.path, f"{self.key}[{i}]") for i, n in enumerate(self.node.value)]
         if nonempty and not items:
             raise self.error("must list at least one item.")
         return items
 
-    def mapping(self, allowed: dict[str, str], required: tuple[str, ...] = ()) -> dict[str, "_Node"]:
+    def mapping(self, allowed: dict[builtins.str, builtins.str],
+                required: tuple[builtins.str, ...] = ()) -> dict[builtins.str, "_Node"]:
         """The mapping's entries; ``allowed`` maps each key to a short description for errors."""
         self._expect("map")
         out: dict[str, _Node] = {}
@@ -604,6 +606,7 @@ def load_id_key(recipe: Recipe, spec: InputSpec, path: str | Path | None = None)
 
     what = _ID_KEY_NAMES[spec.name]
     key = f"id_block.{spec.name}"
+    assert spec.file is not None  # id_block keys are file inputs
     try:
         return load_private_key(recipe.directory / spec.file if path is None else Path(path), what)
     except InputError as e:
@@ -629,7 +632,8 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
     try:
         docs = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.MarkedYAMLError as e:
-        line = (e.problem_mark or e.context_mark).line + 1 if (e.problem_mark or e.context_mark) else 1
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else 1
         raise RecipeError(f"{path}:{line}: not valid YAML: {e.problem or e.context}.", path=str(path),
                           line=line, key="") from None
     except yaml.YAMLError as e:
