@@ -49,6 +49,7 @@ class Difference:
 
     def describe(self) -> str:
         if self.kind == "content":
+            assert self.size_a is not None and self.size_b is not None  # set for every content difference
             if self.offset == min(self.size_a, self.size_b):
                 what = f"one is a prefix of the other (sizes {self.size_a} and {self.size_b})"
             else:

@@ -67,6 +67,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from measure.inputs import cache_root  # the one definition of where blindbox caches things
 
@@ -375,7 +376,8 @@ def _deb_parts(f, deb: Path) -> tuple[_ArMember, _ArMember]:
     return control, data
 
 
-_TAR_MODES = {"": "r|", ".gz": "r|gz", ".xz": "r|xz", ".bz2": "r|bz2"}
+_TAR_MODES: dict[str, Literal["r|", "r|gz", "r|xz", "r|bz2"]] = {"": "r|", ".gz": "r|gz", ".xz": "r|xz",
+                                                                 ".bz2": "r|bz2"}
 #: raised while decompressing or parsing tar data (never by our own extraction code)
 _DECOMPRESSION_ERRORS = (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error)
 
@@ -402,16 +404,18 @@ def _open_member_tar(f, deb: Path, member: _ArMember) -> Iterator[tarfile.TarFil
                           f"install the Debian package zstd and run the command again.")
     proc = subprocess.Popen([exe, "-d", "-c", "-q"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None  # all PIPE
+    stdin = proc.stdin
 
     def feed() -> None:
         try:
             while chunk := raw.read(_CHUNK):
-                proc.stdin.write(chunk)
+                stdin.write(chunk)
         except (BrokenPipeError, ValueError):
             pass
         finally:
             with contextlib.suppress(OSError):
-                proc.stdin.close()
+                stdin.close()
 
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
@@ -514,9 +518,10 @@ def _extract_tar(tf: tarfile.TarFile, dest: Path, deb: Path) -> None:
                 dirs.append((target, m.mode & 0o777 | 0o700, int(m.mtime)))
             elif m.isreg():
                 _clear(target)
-                src = tf.extractfile(m)
+                data = tf.extractfile(m)
+                assert data is not None  # a regular member has data
                 with open(target, "xb") as out:
-                    shutil.copyfileobj(src, out, _CHUNK)
+                    shutil.copyfileobj(data, out, _CHUNK)
                 os.chmod(target, m.mode & 0o777)
                 os.utime(target, (int(m.mtime), int(m.mtime)))
             elif m.issym():
@@ -638,7 +643,9 @@ def read_deb_control(deb: os.PathLike | str) -> dict[str, str]:
         with _open_member_tar(f, deb, control) as tf:
             for m in tf:
                 if m.isreg() and _member_parts(m.name, deb) == ["control"]:
-                    stanzas = _parse_stanzas(tf.extractfile(m).read().decode("utf-8", "replace"))
+                    data = tf.extractfile(m)
+                    assert data is not None  # a regular member has data
+                    stanzas = _parse_stanzas(data.read().decode("utf-8", "replace"))
                     if stanzas:
                         return stanzas[0]
     raise SourceError(f"{deb} has no control file; it is not a well-formed Debian package.",

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSegment
+from elftools.elf.segments import InterpSegment
 from elftools.elf.elffile import ELFFile
 
 from builder.errors import BuildError
@@ -106,17 +107,18 @@ def read_elf(path: Path, *, what: str) -> ElfInfo:
             has_runpath = False
             for seg in elf.iter_segments():
                 ptype = seg["p_type"]
-                if ptype == "PT_INTERP":
+                if ptype == "PT_INTERP" and isinstance(seg, InterpSegment):
                     interp = seg.get_interp_name()
                 elif ptype == "PT_DYNAMIC" and isinstance(seg, DynamicSegment):
+                    # pyelftools sets .needed, .rpath and .runpath per tag type; its DynamicTag does not declare them
                     for tag in seg.iter_tags():
                         if tag.entry.d_tag == "DT_NEEDED":
-                            needed.append(tag.needed)
+                            needed.append(tag.needed)  # type: ignore[attr-defined]
                         elif tag.entry.d_tag == "DT_RPATH":
-                            rpath.extend(p for p in tag.rpath.split(":"))
+                            rpath.extend(p for p in tag.rpath.split(":"))  # type: ignore[attr-defined]
                         elif tag.entry.d_tag == "DT_RUNPATH":
                             has_runpath = True
-                            runpath.extend(p for p in tag.runpath.split(":"))
+                            runpath.extend(p for p in tag.runpath.split(":"))  # type: ignore[attr-defined]
             return ElfInfo(elf.elfclass, elf["e_machine"], interp, tuple(needed), tuple(rpath), tuple(runpath),
                            has_runpath)
     except ElfError:
