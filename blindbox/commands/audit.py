@@ -19,7 +19,7 @@ from measure.certs import collect_certificates, load_certificates
 from measure.errors import InputError
 from measure.idblock import DEFAULT_GUEST_SVN, DEFAULT_POLICY, create_id_block, load_private_key
 from measure.inputs import read_input
-from measure.kds import KdsClient, fetch_missing
+from measure.kds import Fetched, KdsClient, fetch_missing
 from measure.manifest_sig import (SIGNATURE_SUFFIX, load_private_key as load_signing_key,
                                   load_public_key, public_key_fingerprint, sign_manifest,
                                   verify_manifest)
@@ -144,7 +144,7 @@ def verify_report_cmd(report, certs, trust_root, product, at, no_signature, meas
     roots = [c for path in trust_root
              for c in load_certificates(read_input(path, "trust root"), source=str(path))]
     report_bytes = read_input(report, "attestation report")
-    fetched = ()
+    fetched: tuple[Fetched, ...] = ()
     if fetch:
         parsed = parse_report(report_bytes, what=str(report))
         fetched = fetch_missing(parsed, certificates, cpuid_product(parsed) or need.product,
@@ -180,7 +180,9 @@ def verify_report_cmd(report, certs, trust_root, product, at, no_signature, meas
         summary = f"{counts[PASS]} passed, {counts[FAIL]} failed, {counts[SKIP]} skipped"
         click.echo(f"verdict: {'PASS' if verdict.ok else 'FAIL'} ({summary})")
     if not verdict.ok:
-        raise verdict.failures[0].error
+        error = verdict.failures[0].error
+        assert error is not None  # every failed check carries its error
+        raise error
 
 
 def _measurement_arg(positional: str | None, option: str | None) -> bytes:
@@ -190,7 +192,9 @@ def _measurement_arg(positional: str | None, option: str | None) -> bytes:
     if value is None:
         raise InputError("give the launch digest (MEASUREMENT, 96 hex digits or base64), e.g. from "
                          "blindbox measure.")
-    return _bytes(value, 48, "MEASUREMENT", base64_ok=True)
+    digest = _bytes(value, 48, "MEASUREMENT", base64_ok=True)
+    assert digest is not None  # value is not None
+    return digest
 
 
 @click.command("id-block", context_settings=_CTX)

@@ -163,6 +163,7 @@ def lock(recipe, update, only, offline, allow_stale, as_json):
             "inputs": [i.to_dict() for i in written.inputs],
         }, indent=2, ensure_ascii=False))
         return
+    assert written.path is not None  # write_lock records where it wrote
     rel = os.path.relpath(written.path)
     if not res.changes:
         click.echo(f"{rel}: unchanged; every input of {r.path} is pinned.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -55,10 +56,10 @@ def _vcpu_sig(mode: SevMode, vcpu_type, vcpu_sig, family, model, stepping) -> tu
     return None, None
 
 
-def _json(result: MeasureResult, vcpu_type: str | None, trace: bool) -> dict:
+def _json(result: MeasureResult, vcpu_type: str | None, trace: bool) -> dict[str, Any]:
     req = result.request
     mode = "snp:ovmf-hash" if req.ovmf_hash_only else req.mode.value
-    out = {
+    out: dict[str, Any] = {
         "measurement": result.digest.hex(),
         "measurement_base64": base64.b64encode(result.digest).decode(),
         "mode": mode,
