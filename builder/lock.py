@@ -81,6 +81,8 @@ class LockedInput:
         if kind not in ("debian", "file", "url"):
             raise RecipeError(f"{where}: entry {d.get('name')!r} has unknown kind {kind!r}.", path=where,
                               key="kind")
+        if kind in ("file", "url"):
+            need({"file": "path", "url": "url"}[kind], str)  # where the build reads the input from
         sha = need("sha256", str)
         if not re.fullmatch(r"[0-9a-f]{64}", sha):
             raise RecipeError(f"{where}: entry {d.get('name')!r} has a malformed sha256.", path=where,

@@ -223,3 +223,20 @@ def test_cli_build_json_and_exit_codes(env, monkeypatch, capsys):
     assert main(["build", str(env.recipe.path), "--out", str(env.out)]) == 2
     err = capsys.readouterr().err
     assert "t.lock does not exist" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("kind, key", [("file", "path"), ("url", "url")])
+def test_cli_build_refuses_a_lock_entry_without_its_location(env, monkeypatch, capsys, kind, key):
+    from blindbox.cli import main
+    real_build = pipeline.build
+    monkeypatch.setattr(pipeline, "build", lambda req, **kw: real_build(req, archive=env.archive, steps=STEPS, **kw))
+    monkeypatch.setenv("BLINDBOX_CACHE", str(env.cache))
+    doc = json.loads(env.recipe.lock_path.read_text())
+    entry = next(e for e in doc["inputs"] if e["kind"] == "file")
+    entry.update(kind=kind)
+    entry.pop("path")
+    env.recipe.lock_path.write_text(json.dumps(doc))
+    assert main(["build", str(env.recipe.path), "--out", str(env.out)]) == 2
+    err = capsys.readouterr().err
+    assert f"entry 'file:/etc/app.conf' has no valid '{key}'; the lock file is damaged" in err
+    assert "Traceback" not in err and not env.out.exists()
