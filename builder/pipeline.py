@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from builder import sources
 from builder.bundle import MANIFEST, write_bundle
@@ -50,6 +51,10 @@ from measure.ovmf import Firmware
 from measure.snp import SnpLaunch, VmShape
 from measure.spec import SectionType
 from measure.vmm import PROFILES
+
+if TYPE_CHECKING:  # imported by the steps that use them
+    from builder.steps.initrd import Initrd
+    from builder.steps.kernel import KernelImage, PreflightReport
 
 TOOL = {"name": "blindbox-guest", "version": __version__}
 KERNEL_FILE = "bzImage"
@@ -78,31 +83,31 @@ class BuildRequest:
 
 @dataclass
 class Build:
-    """The state the steps share."""
+    """The state the steps share; a field with init=False is set by the step named beside it."""
 
     request: BuildRequest
-    recipe: Recipe | None = None
-    lock: Lock | None = None
-    out: Path | None = None
-    cache: sources.ContentCache | None = None
-    archive: sources.DebianArchive | None = None
-    work: Path | None = None
+    recipe: Recipe = field(init=False)                           # step_recipe
+    lock: Lock = field(init=False)                               # step_recipe
+    out: Path = field(init=False)                                # step_recipe
+    cache: sources.ContentCache = field(init=False)              # build()
+    archive: sources.DebianArchive = field(init=False)           # build()
+    work: Path = field(init=False)                               # build()
     inputs: dict[str, Path] = field(default_factory=dict)        # name -> fetched file (or tree)
-    packages: dict[str, object] = field(default_factory=dict)    # name -> DebianPackage
-    firmware: Firmware | None = None
-    firmware_file: str | None = None
+    packages: dict[str, sources.DebianPackage] = field(default_factory=dict)
+    firmware: Firmware = field(init=False)                       # step_firmware
+    firmware_file: str = field(init=False)                       # step_firmware
     firmware_bytes: bytes = b""
-    kernel = None                                                # steps.kernel.KernelImage
+    kernel: KernelImage = field(init=False)                      # step_kernel
     kernel_bytes: bytes = b""
-    preflight = None                                             # steps.kernel.PreflightReport
-    initrd = None                                                # steps.initrd.Initrd
+    preflight: PreflightReport | None = field(default=None, init=False)  # step_kernel
+    initrd: Initrd | None = field(default=None, init=False)      # step_initrd
     cmdline: bytes = b""
-    hashes: KernelHashes | None = None
+    hashes: KernelHashes = field(init=False)                     # step_measure
     ovmf_hash: bytes = b""
     measurements: list[MeasurementRecord] = field(default_factory=list)
     id_files: dict[str, tuple[bytes, str]] = field(default_factory=dict)   # file -> (bytes, manifest role)
     launch_script: bytes = b""
-    manifest: Manifest | None = None
+    manifest: Manifest = field(init=False)                       # step_current or step_manifest
     files: dict[str, tuple[bytes, int]] = field(default_factory=dict)
     current: bool = False                                        # the bundle was already up to date
     timings: list[tuple[str, float]] = field(default_factory=list)
@@ -134,6 +139,7 @@ def step_recipe(b: Build) -> None:
 def _local_inputs_unchanged(b: Build) -> bool:
     for entry in b.lock.inputs:
         if entry.kind == "file":
+            assert entry.path is not None  # LockedInput.from_dict requires it
             p = b.recipe.directory / entry.path
             if not p.is_file() or file_sha256(p) != entry.sha256:
                 return False
@@ -193,11 +199,10 @@ def _fetch_error(b: Build, entry: LockedInput, e: SourceError) -> SourceError:
                f"the original.")
     else:
         msg = f"{where} cannot be fetched: {e}"
-    cls = type(e)
     try:
         if isinstance(e, InputDigestMismatch):
-            return cls(msg, source=e.source, expected=e.expected, actual=e.actual, path=e.path)
-        return cls(msg, source=e.source)
+            return type(e)(msg, source=e.source, expected=e.expected, actual=e.actual, path=e.path)
+        return type(e)(msg, source=e.source)
     except TypeError:  # a subclass with another signature
         return SourceError(msg, source=e.source)
 
@@ -213,6 +218,7 @@ def step_fetch(b: Build) -> None:
     for entry in b.lock.inputs:
         try:
             if entry.kind == "debian":
+                assert entry.debian is not None  # LockedInput.from_dict requires it
                 pkg = sources.DebianPackage.from_dict(entry.debian)
                 b.packages[entry.name] = pkg
                 b.archive.download(pkg)
@@ -222,8 +228,10 @@ def step_fetch(b: Build) -> None:
                 else:
                     b.inputs[entry.name] = b.archive.unpack(pkg)
             elif entry.kind == "file":
+                assert entry.path is not None  # LockedInput.from_dict requires it
                 b.inputs[entry.name] = sources.local_file(b.recipe.directory / entry.path, entry.sha256)
             else:
+                assert entry.url is not None  # LockedInput.from_dict requires it
                 b.inputs[entry.name] = sources.fetch_url(entry.url, entry.sha256, cache=b.cache,
                                                          offline=b.request.offline)
         except SourceError as e:
@@ -254,13 +262,15 @@ def step_firmware(b: Build) -> None:
     data = Path(path).read_bytes()
     spec = b.recipe.firmware
     entry = b.lock.get("firmware")
-    what = f"the firmware {spec.member or spec.file or spec.url} ({entry.describe()})"
+    source = spec.member or spec.file or spec.url
+    assert entry is not None and source is not None  # check_lock and the recipe's validation
+    what = f"the firmware {source} ({entry.describe()})"
     try:
         fw = Firmware(data, name=what)
     except MeasureError as e:
         raise FirmwareRefused(f"{e}") from None
     check_firmware(fw, what)
-    base = (spec.member or spec.file or spec.url).rsplit("/", 1)[-1]
+    base = source.rsplit("/", 1)[-1]
     b.firmware_file = base if _SAFE_NAME.fullmatch(base) and base not in (
         KERNEL_FILE, INITRD_FILE, CMDLINE_FILE, LAUNCH_FILE, MANIFEST) else "firmware.fd"
     b.firmware, b.firmware_bytes = fw, data
@@ -275,7 +285,9 @@ def step_kernel(b: Build) -> None:
                   for o in b.recipe.kernel.require_config)
     required = ksteps.REQUIRED + ksteps.decompressor_requirement(b.recipe.initrd.compression) + extra
     b.preflight = ksteps.preflight(config, required)
-    b.preflight.raise_if_failed(f"the kernel {b.lock.get('kernel').describe()}")
+    entry = b.lock.get("kernel")
+    assert entry is not None  # check_lock: every declared input is pinned
+    b.preflight.raise_if_failed(f"the kernel {entry.describe()}")
     b.kernel_bytes = Path(b.kernel.bzimage).read_bytes()
 
 
@@ -285,6 +297,7 @@ def _materialize(b: Build, entry: FileEntry, label: str) -> Path:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(entry.content)
         return p
+    assert entry.source is not None  # a file entry has content or a source
     return Path(b.inputs[entry.source.name])
 
 
@@ -336,6 +349,7 @@ def step_cmdline(b: Build) -> None:
 
 
 def step_measure(b: Build) -> None:
+    assert b.initrd is not None  # step_initrd ran
     b.hashes = KernelHashes(kernel=hashlib.sha256(b.kernel_bytes).digest(),
                             initrd=hashlib.sha256(b.initrd.data).digest(),
                             cmdline=hashlib.sha256(cmdline_bytes(b.cmdline)).digest())
@@ -388,6 +402,7 @@ def step_idblock(b: Build) -> None:
 
 
 def step_launch(b: Build) -> None:
+    assert b.initrd is not None  # step_initrd ran
     sha = {b.firmware_file: hashlib.sha256(b.firmware_bytes).hexdigest(),
            KERNEL_FILE: hashlib.sha256(b.kernel_bytes).hexdigest(),
            INITRD_FILE: hashlib.sha256(b.initrd.data).hexdigest()}
@@ -402,6 +417,7 @@ def step_launch(b: Build) -> None:
 
 
 def step_manifest(b: Build) -> None:
+    assert b.initrd is not None  # step_initrd ran
     b.files = {
         b.firmware_file: (b.firmware_bytes, 0o644),
         KERNEL_FILE: (b.kernel_bytes, 0o644),
