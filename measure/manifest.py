@@ -90,10 +90,10 @@ class _Checker:
     def __init__(self, source: str):
         self.source = source
 
-    def fail(self, path: str, problem: str) -> ManifestInvalid:
-        return ManifestInvalid(f"{self.source}: {path} {problem}; the manifest is not what blindbox build "
-                               f"writes, so do not trust what it publishes (get the bundle's own manifest "
-                               f"or rebuild it).", path=path)
+    def fail(self, path: str, problem: str, todo: str | None = None) -> ManifestInvalid:
+        todo = todo or ("the manifest is not what blindbox build writes, so do not trust what it publishes "
+                        "(get the bundle's own manifest, or rebuild the bundle)")
+        return ManifestInvalid(f"{self.source}: {path} {problem}; {todo}.", path=path)
 
     # -- types -------------------------------------------------------------------------
     def obj(self, value, path: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
@@ -215,7 +215,8 @@ def check_manifest(doc, source: str = "manifest.json") -> dict:
     _check_duplicate_keys(doc, "", c)
     if doc["schema"] != SCHEMA:
         raise c.fail("schema", f"is {doc['schema']!r}, a schema version this blindbox does not know (it reads "
-                               f"{SCHEMA!r}); use the blindbox version that built the bundle")
+                               f"{SCHEMA!r})", "nothing in it is checked or trusted; audit it with the "
+                                               "blindbox version that built the bundle")
     c.obj(doc, "", ("schema", "name", "tool", "recipe", "lock", "source_date_epoch", "cmdline", "kernel_hashes",
                     "firmware", "launch", "inputs", "outputs", "measurements"))
     c.plain_name(doc["name"], "name")
@@ -341,6 +342,7 @@ _ID_KEYS = ("id_block", "id_auth", "id_key_digest", "author_key_digest")
 def _check_measurements(doc: dict, outputs: dict[str, tuple[int, dict]], c: _Checker) -> None:
     idb = doc["launch"].get("id_block")
     seen: dict[str, int] = {}
+    digests: dict[str, int] = {}
     for i, e in enumerate(c.list(doc["measurements"], "measurements")):
         where = f"measurements[{i}]"
         c.obj(e, where, _ENTRY_KEYS + (_ID_KEYS if idb is not None else ()))
@@ -368,6 +370,9 @@ def _check_measurements(doc: dict, outputs: dict[str, tuple[int, dict]], c: _Che
                                                     f"which every SNP guest has")
         c.hex_digest(e["measurement"], f"{where}.measurement", 96)
         _check_shape_id(sid, e, vcpus, features, where, c)
+        if e["measurement"] in digests:
+            _check_same_launch(doc["measurements"], digests[e["measurement"]], i, c)
+        digests.setdefault(e["measurement"], i)
         if idb is not None:
             for key, role in (("id_block", "id-block"), ("id_auth", "id-auth")):
                 name = c.bundle_path(e[key], f"{where}.{key}")
@@ -381,6 +386,19 @@ def _check_measurements(doc: dict, outputs: dict[str, tuple[int, dict]], c: _Che
                                                            "(it must be null without an author key)")
 
 
+def _check_same_launch(entries: list, first: int, i: int, c: _Checker) -> None:
+    """Two shapes may share a digest only when the launches they name are the same (e.g. the vCPU
+    types EPYC and EPYC-v4, which have one signature); otherwise one of the digests is not its
+    shape's, and a report of one launch would be accepted as the other."""
+    a, b = entries[first], entries[i]
+    uses_sig = PROFILES[a["vmm_profile"]].rdx is None or PROFILES[b["vmm_profile"]].rdx is None
+    for field in ("vcpus", "guest_features") + (("vcpu_sig",) if uses_sig else ()):
+        if a[field] != b[field]:
+            raise c.fail(f"measurements[{i}].measurement", f"is the digest measurements[{first}] publishes, but "
+                                                          f"the two launches differ in {field} ({b[field]} and "
+                                                          f"{a[field]}), so they cannot have one digest")
+
+
 def _check_shape_id(sid: str, e: dict, vcpus: int, features: int, where: str, c: _Checker) -> None:
     """The id names the shape's fields; a reader that goes by the id must get the same launch."""
     parts = sid.split(":")
@@ -389,8 +407,7 @@ def _check_shape_id(sid: str, e: dict, vcpus: int, features: int, where: str, c:
     for field, said, actual in (("vmm_profile", parts[0], e["vmm_profile"]), ("vcpu_type", parts[1], e["vcpu_type"]),
                                 ("vcpus", parts[2], str(vcpus)), ("guest_features", parts[3], f"{features:#x}")):
         if said != actual:
-            raise c.fail(f"{where}.{field}", f"is {_short(e[field])}, but the shape id {sid!r} says {said}; "
-                                             f"the entry contradicts itself")
+            raise c.fail(f"{where}.{field}", f"is {_short(e[field])}, but the shape id {sid!r} says {said}")
     assert sid == shape_id(e["vmm_profile"], e["vcpu_type"], vcpus, features)
 
 
@@ -401,6 +418,11 @@ def _check_cross(doc: dict, outputs: dict[str, tuple[int, dict]], c: _Checker) -
     if fw_file != by_role["firmware"][1]["file"]:
         raise c.fail("firmware.file", f"is {fw_file!r}, but the output with role 'firmware' is "
                                       f"{by_role['firmware'][1]['file']!r}")
+    i, rec = by_role["cmdline"]
+    data = doc["cmdline"].encode("utf-8")
+    if rec["sha256"] != hashlib.sha256(data).hexdigest() or rec["size"] != len(data):
+        raise c.fail("cmdline", f"is {_short(doc['cmdline'])}, but outputs[{i}] ({rec['file']}) lists a file "
+                                f"with other contents (sha256 {rec['sha256']}, {rec['size']} bytes)")
     for key in ("kernel", "initrd"):
         i, rec = by_role[key]
         if doc["kernel_hashes"][key] != rec["sha256"]:
@@ -410,11 +432,6 @@ def _check_cross(doc: dict, outputs: dict[str, tuple[int, dict]], c: _Checker) -
     if doc["kernel_hashes"]["cmdline"] != expected:
         raise c.fail("kernel_hashes.cmdline", f"is {doc['kernel_hashes']['cmdline']}, but the SHA-256 of the "
                                               f"published cmdline and its NUL byte is {expected}")
-    i, rec = by_role["cmdline"]
-    data = doc["cmdline"].encode("utf-8")
-    if rec["sha256"] != hashlib.sha256(data).hexdigest() or rec["size"] != len(data):
-        raise c.fail("cmdline", f"is {_short(doc['cmdline'])}, but outputs[{i}] ({rec['file']}) lists a file "
-                                f"with other contents (sha256 {rec['sha256']}, {rec['size']} bytes)")
     ids = [m for m in doc["measurements"] if "id_block" in m]
     if ids:
         id_outputs = {rec["file"] for _, rec in outputs.values() if rec["role"] in ("id-block", "id-auth")}
