@@ -8,6 +8,8 @@ are placeholders, so only `blindbox rederive` on a real bundle could tell it apa
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
 
 from measure.cpu import CPU_SIGS
 from measure.manifest import SCHEMA, shape_id
@@ -49,3 +51,19 @@ def manifest_doc(measurements: list[dict], *, cmdline: str = CMDLINE) -> dict:
                     {"file": "launch-snp.sh", "role": "launch", "sha256": sha(b"launch"), "size": 6}],
         "measurements": measurements,
     }
+
+
+def write_bundle(directory, firmware: bytes, measurements: list[dict], *, cmdline: str = CMDLINE) -> dict:
+    """A bundle directory whose manifest lists the real digests of its files (a launch script
+    that is not the builder's: enough for the reader and explain-report, not for rederive)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {"OVMF.amdsev.fd": firmware, "bzImage": b"kernel", "initrd": b"initrd",
+             "cmdline": cmdline.encode(), "launch-snp.sh": b"#!/bin/sh\nexit 1\n"}
+    doc = manifest_doc(measurements, cmdline=cmdline)
+    for out in doc["outputs"]:
+        data = files[out["file"]]
+        out["sha256"], out["size"] = hashlib.sha256(data).hexdigest(), len(data)
+        (directory / out["file"]).write_bytes(data)
+    (directory / "manifest.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return doc
