@@ -123,3 +123,27 @@ def test_signed_manifest_round_trip(bundle, capsys, tmp_path):
     assert run(["verify-manifest", manifest, "--key", tmp_path / "pub.pem"], capsys)[0] == 0
     manifest.write_bytes(manifest.read_bytes().replace(b'"vcpus": 4', b'"vcpus": 8', 1))
     assert run(["verify-manifest", manifest, "--key", tmp_path / "pub.pem"], capsys)[0] == 3
+
+
+def test_shape_whose_id_contradicts_its_vcpus_is_refused(bundle, capsys, tmp_path):
+    """The 4-vCPU shape keeps its id but publishes the 1-vCPU launch (vcpus and digest): with
+    --shape of that id, a report of the 1-vCPU launch used to be accepted as the 4-vCPU one."""
+    tmp, certs, root, digests = bundle
+    one, four = "qemu:EPYC-v4:1:0x1", "qemu:EPYC-v4:4:0x1"
+    chain = make_chain(Product.GENOA, label="e2e-shape")
+    chain_certs, chain_root = chain.write(tmp_path)
+    (tmp_path / "report.bin").write_bytes(make_report(chain, measurement=bytes.fromhex(digests[one])))
+    base = ["verify-report", tmp_path / "report.bin", "--certs", chain_certs, "--trust-root", chain_root]
+    rc, out, _ = run([*base, "--manifest", tmp / "manifest.json", "--shape", one], capsys)
+    assert rc == 0 and f"matching shapes: {one}" in out
+    rc, out, err = run([*base, "--manifest", tmp / "manifest.json", "--shape", four], capsys)
+    assert rc == 3 and "matches no digest" in err
+
+    doc = json.loads((tmp / "manifest.json").read_text())
+    doc["measurements"] = [e for e in doc["measurements"] if e["shape"] != one]
+    lie = next(e for e in doc["measurements"] if e["shape"] == four)
+    lie.update(vcpus=1, measurement=digests[one])
+    (tmp_path / "lie.json").write_text(json.dumps(doc))
+    rc, out, err = run([*base, "--manifest", tmp_path / "lie.json", "--shape", four], capsys)
+    assert rc == 3 and out == ""
+    assert f"lie.json: measurements[0].vcpus is 1, but the shape id '{four}' says 4" in err
