@@ -134,11 +134,14 @@ def explain_report(report, measurement, bundle, ovmf, kernel, initrd, append, ma
 @click.argument("bundle", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def rederive_cmd(bundle, as_json):
-    """Re-derive every digest BUNDLE's manifest.json publishes, from the bundle's own files.
+    """Re-derive every value BUNDLE's manifest.json publishes, from the bundle's own files.
 
-    Checks each file's sha256 and size, the kernel hashes, and recomputes the launch
-    digest of every published shape with the measure library alone. Exit 0 when all
-    agree, 3 when anything differs.
+    Checks the manifest against its schema and itself, each file's sha256 and size, the
+    firmware facts and OVMF hash, the cmdline, the kernel hashes, the launch digest of
+    every published shape, the ID blocks and key digests, and what launch-snp.sh
+    launches, with the measure library alone. Exit 0 when all agree, 3 when anything
+    differs or the manifest is refused (naming the field), 2 when BUNDLE has no readable
+    blindbox manifest.
     """
     from measure.rederive import manifest_sha256, rederive
 
