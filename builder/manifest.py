@@ -10,19 +10,19 @@ guest_features, measurement`` (hex strings for the last four but vcpus).  A bund
 with an ``id_block`` adds, after those, ``id_block`` and ``id_auth`` (the bundle's base64
 files for QEMU) and ``id_key_digest`` / ``author_key_digest`` (96 hex digits, or null
 without an author key): the values the report's ID_KEY_DIGEST / AUTHOR_KEY_DIGEST carry.
+
+The schema is checked by the auditor's reader, :mod:`measure.manifest`, both when a
+manifest is read back and when one is written (:meth:`Manifest.checked_json`).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 
 from builder.errors import BuildError
-
-SCHEMA = "blindbox-manifest/1"
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_HEX96 = re.compile(r"[0-9a-f]{96}")
+from measure.errors import BlindboxError, InternalError
+from measure.manifest import SCHEMA, check_manifest, parse_json
 
 
 class ManifestError(BuildError):
@@ -46,7 +46,7 @@ class InputRecord:
 @dataclass(frozen=True)
 class OutputRecord:
     file: str
-    role: str  # firmware | kernel | initrd | cmdline | launch | id-block | id-auth | id-block-bin | id-auth-bin
+    role: str           # firmware | kernel | initrd | cmdline | launch | id-block | id-auth | id-block-bin | id-auth-bin
     sha256: str
     size: int
 
@@ -116,6 +116,15 @@ class Manifest:
     def to_json(self) -> bytes:
         return (json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
+    def checked_json(self) -> bytes:
+        """:meth:`to_json`, refused unless the auditor's reader accepts it (a failure is a bug)."""
+        data = self.to_json()
+        try:
+            check_manifest(parse_json(data, "the manifest being written"), "the manifest being written")
+        except BlindboxError as e:
+            raise InternalError(f"blindbox build wrote a manifest its own reader refuses: {e}") from None
+        return data
+
     def output(self, role: str) -> OutputRecord:
         return next(o for o in self.outputs if o.role == role)
 
@@ -125,46 +134,35 @@ class Manifest:
     @classmethod
     def from_json(cls, data: bytes, where: str = "manifest.json") -> "Manifest":
         try:
-            doc = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ManifestError(f"{where} is not UTF-8 JSON ({e}); rebuild the bundle.") from None
+            doc = parse_json(data, where)
+        except BlindboxError as e:
+            raise ManifestError(str(e)) from None
         return cls.from_dict(doc, where)
 
     @classmethod
     def from_dict(cls, doc: dict, where: str = "manifest.json") -> "Manifest":
-        def bad(what: str) -> ManifestError:
-            return ManifestError(f"{where}: {what}; the manifest is damaged or not written by blindbox build.")
-
-        if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-            raise bad(f"schema is not {SCHEMA!r}")
+        """The manifest in ``doc``, checked by the auditor's reader (measure.manifest), the only one."""
         try:
-            inputs = tuple(InputRecord(**d) for d in doc["inputs"])
-            outputs = tuple(OutputRecord(**d) for d in doc["outputs"])
-            ms = []
-            for d in doc["measurements"]:
-                d = dict(d)
-                d["vcpu_sig"] = int(d["vcpu_sig"], 16)
-                d["guest_features"] = int(d["guest_features"], 16)
-                ms.append(MeasurementRecord(**d))
-            m = cls(name=doc["name"], tool=doc["tool"], recipe=doc["recipe"], lock=doc["lock"],
-                    source_date_epoch=doc["source_date_epoch"], cmdline=doc["cmdline"],
-                    kernel_hashes=doc["kernel_hashes"], firmware=doc["firmware"], launch=doc["launch"],
-                    inputs=inputs, outputs=outputs, measurements=tuple(ms))
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise bad(f"missing or malformed field ({type(e).__name__}: {e})") from None
-        for rec in m.inputs + m.outputs:
-            if not _HEX64.fullmatch(rec.sha256):
-                raise bad(f"sha256 of {rec.name if isinstance(rec, InputRecord) else rec.file} is not 64 hex digits")
-        for r in m.measurements:
-            if not _HEX96.fullmatch(r.measurement):
-                raise bad(f"measurement of shape {r.shape} is not 96 hex digits")
-            if r.id_block is not None:
-                if not (isinstance(r.id_auth, str) and isinstance(r.id_key_digest, str)
-                        and _HEX96.fullmatch(r.id_key_digest)
-                        and (r.author_key_digest is None or _HEX96.fullmatch(str(r.author_key_digest)))):
-                    raise bad(f"the ID block fields of shape {r.shape} are incomplete or not 96 hex digits")
-            elif (r.id_auth, r.id_key_digest, r.author_key_digest) != (None, None, None):
-                raise bad(f"shape {r.shape} has ID key fields but no id_block")
-        if list(doc) != list(m.to_dict()):
-            raise bad("unexpected keys or key order")
-        return m
+            check_manifest(doc, where)
+        except BlindboxError as e:
+            raise ManifestError(str(e)) from None
+        ms = []
+        for d in doc["measurements"]:
+            d = dict(d)
+            d["vcpu_sig"] = int(d["vcpu_sig"], 16)
+            d["guest_features"] = int(d["guest_features"], 16)
+            ms.append(MeasurementRecord(**d))
+        return cls(name=doc["name"], tool=dict(doc["tool"]), recipe=dict(doc["recipe"]), lock=dict(doc["lock"]),
+                   source_date_epoch=doc["source_date_epoch"], cmdline=doc["cmdline"],
+                   kernel_hashes=dict(doc["kernel_hashes"]), firmware=_plain(doc["firmware"]),
+                   launch=_plain(doc["launch"]), inputs=tuple(InputRecord(**d) for d in doc["inputs"]),
+                   outputs=tuple(OutputRecord(**d) for d in doc["outputs"]), measurements=tuple(ms))
+
+
+def _plain(value):
+    """A JSON value with its objects as plain dicts (the reader's remember duplicate keys)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value

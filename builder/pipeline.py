@@ -449,7 +449,7 @@ def step_manifest(b: Build) -> None:
         inputs=tuple(InputRecord(e.name, e.kind, e.version, e.sha256, e.size, e.origin) for e in b.lock.inputs),
         outputs=outputs,
         measurements=tuple(b.measurements))
-    b.files[MANIFEST] = (b.manifest.to_json(), 0o644)
+    b.files[MANIFEST] = (b.manifest.checked_json(), 0o644)
 
 
 def _launch_record(b: Build) -> dict:

@@ -1,25 +1,33 @@
-"""Re-derive every launch digest a bundle's manifest publishes, from the bundle's own files.
+"""Re-derive every value a bundle's manifest publishes, from the bundle's own files.
 
-An auditor's first check of a published bundle: do the files hash to what the manifest
-says, and does each published MEASUREMENT follow from those files and the shape's
-parameters?  This reads ``manifest.json`` as plain JSON (no builder code) and recomputes
-with the measure library alone.
+An auditor's first check of a published bundle: does the manifest follow its schema and
+agree with itself (:mod:`measure.manifest`, the one reader), do the files hash to what it
+says, and does every published value that the files determine follow from them — the
+firmware facts and OVMF hash, the command line, the kernel hashes, the launch digest of
+each shape, the ID blocks and their key digests, and what ``launch-snp.sh`` launches?
+It needs no builder code.  Values the files cannot determine (input origins, the recipe
+and lock digests, ...) are listed in docs/auditing.md.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
-import json
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from .errors import InputError
+from .errors import MeasureError, VerificationError
 from .inputs import file_digest, read_input
 from .kernel_hashes import KernelHashes
+from .manifest import SINGLE_ROLES, ManifestInvalid, outputs_by_role, read_manifest
 from .ovmf import Firmware
 from .snp import SnpLaunch, VmShape
 from .vmm import profile
+
+MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -29,93 +37,249 @@ class Finding:
     detail: str
 
 
-def _manifest(bundle: Path) -> dict[str, Any]:
-    path = bundle / "manifest.json"
-    try:
-        doc = json.loads(read_input(path, "manifest"))
-    except ValueError as e:
-        raise InputError(f"{path} is not JSON ({e}); give the directory `blindbox build` wrote.") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("outputs"), list) or \
-            not isinstance(doc.get("measurements"), list):
-        raise InputError(f"{path} has no \"outputs\" and \"measurements\" lists; it is not a blindbox "
-                         f"manifest.")
-    return doc
+def _manifest(bundle: Path) -> dict:
+    path = bundle / MANIFEST
+    return read_manifest(read_input(path, "manifest"), str(path))
 
 
-def bundle_role_files(bundle: Path, doc: dict[str, Any]) -> dict[str, Path]:
-    """role -> path of each output the manifest lists (firmware, kernel, initrd, cmdline, ...)."""
-    roles = {}
-    for out in doc["outputs"]:
-        try:
-            name, role = out["file"], out.get("role")
-        except (KeyError, TypeError, AttributeError):
-            raise InputError(f"{bundle / 'manifest.json'}: an outputs entry has no file name; the manifest "
-                             f"is malformed.") from None
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise InputError(f"{bundle / 'manifest.json'} names output {name!r} outside the bundle.")
-        if role:
-            roles[role] = bundle / name
-    missing = [r for r in ("firmware", "kernel", "cmdline") if r not in roles]
-    if missing:
-        raise InputError(f"{bundle / 'manifest.json'} lists no output with role {', '.join(missing)}; "
-                         f"cannot re-derive the launch digests.")
-    return roles
+def _inside(bundle: Path, name: str, field: str, source: str) -> Path:
+    """``bundle/name``, refused when it resolves (through symlinks) outside the bundle."""
+    path = bundle / name
+    root = os.path.realpath(bundle)
+    real = os.path.realpath(path)
+    if os.path.commonpath([root, real]) != root:
+        raise ManifestInvalid(f"{source}: {field} is {name!r}, which resolves to {real}, outside the bundle "
+                              f"directory; do not trust this bundle (a bundle holds its files itself).", path=field)
+    return path
 
 
-def load_bundle(bundle: str | Path) -> tuple[dict[str, Any], dict[str, Path]]:
-    """The manifest of a bundle directory and its outputs by role."""
+def bundle_role_files(bundle: Path, doc: dict) -> dict[str, Path]:
+    """role -> path of each file a bundle has once (firmware, kernel, initrd, cmdline, launch)."""
+    source = str(bundle / MANIFEST)
+    index = {rec["file"]: i for i, rec in enumerate(doc["outputs"])}
+    return {role: _inside(bundle, rec["file"], f"outputs[{index[rec['file']]}].file", source)
+            for role, rec in outputs_by_role(doc).items()}
+
+
+def load_bundle(bundle: str | Path) -> tuple[dict, dict[str, Path]]:
+    """The checked manifest of a bundle directory and its files by role."""
     bundle = Path(bundle)
     doc = _manifest(bundle)
     return doc, bundle_role_files(bundle, doc)
 
 
-def rederive(bundle: str | Path) -> list[Finding]:
-    """One finding per output file and per published shape; all ``ok`` means the bundle is consistent."""
-    bundle = Path(bundle)
-    doc, roles = load_bundle(bundle)
-    findings: list[Finding] = []
-    for out in doc["outputs"]:
-        try:
-            name, sha, size = out["file"], out["sha256"], out["size"]
-        except (KeyError, TypeError):
-            raise InputError(f"{bundle / 'manifest.json'}: an outputs entry lacks file/sha256/size; the "
-                             f"manifest is malformed.") from None
-        path = bundle / name
+def _file_findings(bundle: Path, doc: dict, source: str) -> tuple[list[Finding], set[str]]:
+    """One finding per listed output; the set of files that are present (as published or not)."""
+    findings, present = [], set()
+    for i, out in enumerate(doc["outputs"]):
+        name, sha, size = out["file"], out["sha256"], out["size"]
+        path = _inside(bundle, name, f"outputs[{i}].file", source)
         if not path.is_file():
-            findings.append(Finding(f"file {name}", False, f"{path} is missing"))
+            findings.append(Finding(f"file {name}", False, f"{path} is missing (or not a regular file)"))
             continue
+        present.add(name)
         actual = file_digest(path, name).hex()
         actual_size = path.stat().st_size
         ok = actual == sha and actual_size == size
         findings.append(Finding(f"file {name}", ok, f"sha256 {actual}, {actual_size} bytes" if ok else
                                 f"sha256 {actual} ({actual_size} bytes), manifest says {sha} ({size} bytes)"))
-    cmdline = read_input(roles["cmdline"], "cmdline")
-    hashes = KernelHashes.from_files(roles["kernel"], roles.get("initrd"), cmdline)
-    published = doc.get("kernel_hashes")
-    if isinstance(published, dict):
+    return findings, present
+
+
+def _compare(name: str, published, derived, what: str) -> Finding:
+    if published == derived:
+        return Finding(name, True, f"{what} {derived}")
+    return Finding(name, False, f"the bundle's files give {derived}, manifest says {published}")
+
+
+def _firmware_findings(fw: Firmware, launch: SnpLaunch, published: dict) -> list[Finding]:
+    facts = fw.describe()
+    return [
+        _compare("firmware.ovmf_hash", published["ovmf_hash"], launch.firmware_digest.hex(),
+                 "SHA-384 launch digest after the firmware pages"),
+        _compare("firmware.sev_es_reset_eip", published["sev_es_reset_eip"], facts["sev_es_reset_eip"],
+                 "SEV-ES reset address"),
+        _compare("firmware.sev_hashes_table", published["sev_hashes_table"], facts["sev_hashes_table"],
+                 "SEV hashes table"),
+        _compare("firmware.sev_metadata_sections", published["sev_metadata_sections"],
+                 facts["sev_metadata_sections"], "SEV metadata sections:")
+        if published["sev_metadata_sections"] != facts["sev_metadata_sections"] else
+        Finding("firmware.sev_metadata_sections", True, f"all {len(facts['sev_metadata_sections'])} SEV metadata "
+                                                        f"sections as published"),
+    ]
+
+
+def _sh_quote(text: str) -> str:
+    """The single-quoted shell word launch-snp.sh writes for ``text``."""
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+_SCRIPT_POLICY = re.compile(r'^snp="sev-snp-guest,[^"\n]*,policy=(0x[0-9a-f]+)"$', re.M)
+_SCRIPT_MEMORY = re.compile(r"^memory=([0-9]+)$", re.M)
+_SCRIPT_CMDLINE = re.compile(r"^cmdline=(.*)$", re.M)
+_SCRIPT_SHAPES = re.compile(r"^shapes=\(\n((?:  '[^'\n]*'\n)*)\)$", re.M)
+
+
+def _one(pattern: re.Pattern, text: str) -> str | None:
+    found = pattern.findall(text)
+    return found[0] if len(found) == 1 else None
+
+
+def _launch_script_findings(path: Path, doc: dict) -> list[Finding]:
+    """What launch-snp.sh hands QEMU: the published policy, memory, command line and shapes."""
+    try:
+        text = read_input(path, "launch script").decode("utf-8")
+    except UnicodeDecodeError:
+        return [Finding("launch-snp.sh", False, f"{path} is not UTF-8 text, so not a blindbox launch script")]
+    launch = doc["launch"]
+    rows = _one(_SCRIPT_SHAPES, text)
+    expected_rows = "".join(
+        f"  '{m['shape']} {m['vcpus']} {m['vcpu_type']} {m['guest_features']} {m['measurement']} "
+        f"{m.get('id_block') or '-'} {m.get('id_auth') or '-'} {'on' if m.get('author_key_digest') else 'off'}'\n"
+        for m in doc["measurements"])
+    cmdline = _one(_SCRIPT_CMDLINE, text)
+    return [
+        _compare("launch.policy", launch["policy"], _one(_SCRIPT_POLICY, text),
+                 "launch-snp.sh launches with GUEST_POLICY"),
+        _compare("launch.memory_mib", launch["memory_mib"],
+                 None if _one(_SCRIPT_MEMORY, text) is None else int(_one(_SCRIPT_MEMORY, text)),
+                 "launch-snp.sh's default guest memory in MiB is"),
+        Finding("launch-snp.sh cmdline", cmdline == _sh_quote(doc["cmdline"]),
+                "launch-snp.sh passes the published cmdline" if cmdline == _sh_quote(doc["cmdline"]) else
+                f"launch-snp.sh passes cmdline={cmdline}, manifest says {_sh_quote(doc['cmdline'])}"),
+        Finding("launch-snp.sh shapes", rows == expected_rows,
+                "launch-snp.sh launches exactly the published shapes" if rows == expected_rows else
+                "launch-snp.sh's shapes table is not the published measurements (shape, vCPUs, type, "
+                "features, digest, ID block files)"),
+    ]
+
+
+def _read_b64(path: Path, what: str) -> bytes | None:
+    try:
+        text = read_input(path, what).decode("ascii")
+        return base64.b64decode(text.rstrip("\n"), validate=True)
+    except (UnicodeDecodeError, binascii.Error):
+        return None
+
+
+def _id_block_finding(bundle: Path, entry: dict, launch: dict) -> Finding:
+    """The shape's ID block signs its published digest and launch fields with the published keys."""
+    from .idblock import IdAuthInfo, IdBlock, verify_id_auth  # auditor side: needs cryptography
+
+    name = f"id_block {entry['shape']}"
+    block_raw = _read_b64(bundle / entry["id_block"], "ID block")
+    auth_raw = _read_b64(bundle / entry["id_auth"], "ID auth")
+    if block_raw is None or auth_raw is None:
+        return Finding(name, False, f"{entry['id_block']} or {entry['id_auth']} is not base64")
+    try:
+        block = IdBlock.from_bytes(block_raw, what=entry["id_block"])
+        auth = IdAuthInfo.from_bytes(auth_raw, what=entry["id_auth"])
+        verify_id_auth(block_raw, auth_raw)
+    except (MeasureError, VerificationError) as e:  # malformed, or a signature that does not verify
+        return Finding(name, False, str(e))
+    spec = launch["id_block"]
+    author = hashlib.sha384(auth.author_pubkey.to_bytes()).hexdigest() if auth.auth_key_algo else None
+    derived = {
+        "measurements[].measurement": (entry["measurement"], block.ld.hex()),
+        "launch.id_block.family_id": (spec["family_id"], block.family_id.hex()),
+        "launch.id_block.image_id": (spec["image_id"], block.image_id.hex()),
+        "launch.id_block.guest_svn": (spec["guest_svn"], block.guest_svn),
+        "launch.id_block.policy": (spec["policy"], f"{block.policy:#x}"),
+        "launch.id_block.author_key": (spec["author_key"], bool(auth.auth_key_algo)),
+        "measurements[].id_key_digest": (entry["id_key_digest"], hashlib.sha384(auth.id_pubkey.to_bytes()).hexdigest()),
+        "measurements[].author_key_digest": (entry["author_key_digest"], author),
+    }
+    wrong = [f"{k} (manifest {p}, ID block {d})" for k, (p, d) in derived.items() if p != d]
+    if block.version != 1:
+        wrong.append(f"ID block version {block.version}, not 1")
+    if wrong:
+        return Finding(name, False, "differs from the manifest: " + "; ".join(wrong))
+    return Finding(name, True, "signed by the published ID key (and author key) over the published digest, "
+                               "family and image IDs, SVN and policy")
+
+
+def _id_bin_findings(bundle: Path, doc: dict, present: set[str]) -> list[Finding]:
+    """Each raw ID block / ID auth file holds the bytes of its base64 twin."""
+    findings = []
+    listed = {rec["file"]: rec["role"] for rec in doc["outputs"]}
+    for name, role in listed.items():
+        if role not in ("id-block-bin", "id-auth-bin"):
+            continue
+        twin = name[:-len(".bin")] + ".b64" if name.endswith(".bin") else None
+        if twin is None or listed.get(twin) != role[:-len("-bin")]:
+            findings.append(Finding(f"file {name}", False, f"no {role[:-len('-bin')]} file {twin!r} is listed "
+                                                           f"beside it"))
+            continue
+        if name not in present or twin not in present:
+            continue
+        same = read_input(bundle / name, role) == _read_b64(bundle / twin, role)
+        findings.append(Finding(f"file {name}", same, f"the bytes of {twin}" if same else
+                                f"differs from the base64 in {twin}"))
+    return findings
+
+
+def rederive(bundle: str | Path) -> list[Finding]:
+    """One finding per published value; all ``ok`` means the bundle is what its manifest says."""
+    bundle = Path(bundle)
+    source = str(bundle / MANIFEST)
+    doc, roles = load_bundle(bundle)
+    # Everything below is derived from the files as they are, so that a changed file shows
+    # which published values it changes (its own finding above already fails).
+    findings, present = _file_findings(bundle, doc, source)
+    files = outputs_by_role(doc)
+    have = {role for role in SINGLE_ROLES if files[role]["file"] in present}
+
+    if "cmdline" in have:
+        data = read_input(roles["cmdline"], "cmdline")
+        published = doc["cmdline"].encode("utf-8")
+        findings.append(Finding("cmdline", data == published, "the cmdline file holds the published cmdline"
+                                if data == published else f"the cmdline file holds {data!r}, manifest says "
+                                                         f"{published!r}"))
+    if "launch" in have:
+        findings.extend(_launch_script_findings(roles["launch"], doc))
+
+    hashes = None
+    if {"kernel", "initrd", "cmdline"} <= have:
+        hashes = KernelHashes.from_files(roles["kernel"], roles["initrd"], read_input(roles["cmdline"], "cmdline"))
         got = {"kernel": hashes.kernel.hex(), "initrd": hashes.initrd.hex(), "cmdline": hashes.cmdline.hex()}
-        ok = all(published.get(k) == v for k, v in got.items())
-        findings.append(Finding("kernel_hashes", ok, "kernel, initrd and cmdline SHA-256 as published" if ok
-                                else f"recomputed {got}, manifest says {published}"))
-    launch = SnpLaunch(Firmware.load(roles["firmware"]))
-    for entry in doc["measurements"]:
+        wrong = [f"kernel_hashes.{k}" for k, v in got.items() if doc["kernel_hashes"][k] != v]
+        findings.append(Finding("kernel_hashes", not wrong, "kernel, initrd and cmdline SHA-256 as published"
+                                if not wrong else f"{', '.join(wrong)}: recomputed {got}, manifest says "
+                                                  f"{doc['kernel_hashes']}"))
+
+    launch = None
+    if "firmware" in have:
         try:
-            shape = VmShape(int(entry["vcpus"]),
-                            None if entry.get("vcpu_sig") is None else int(entry["vcpu_sig"], 16),
-                            int(entry["guest_features"], 16), profile(entry["vmm_profile"]))
-            expected = entry["measurement"]
-            sid = entry["shape"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise InputError(f"{bundle / 'manifest.json'}: a measurements entry is malformed "
-                             f"({type(e).__name__}: {e}).") from None
-        if entry.get("mode", "snp") != "snp":
-            raise InputError(f"{bundle / 'manifest.json'}: shape {sid!r} has mode {entry.get('mode')!r}; "
-                             f"only snp shapes can be re-derived.")
+            fw = Firmware.load(roles["firmware"])
+            launch = SnpLaunch(fw)
+        except MeasureError as e:
+            findings.append(Finding("firmware", False, f"cannot be measured: {e}"))
+        else:
+            findings.extend(_firmware_findings(fw, launch, doc["firmware"]))
+
+    for entry in doc["measurements"]:
+        sid = entry["shape"]
+        if launch is None or hashes is None:
+            findings.append(Finding(f"shape {sid}", False, "not re-derived: the firmware, kernel, initrd or "
+                                                           "cmdline file is missing or cannot be measured"))
+            continue
+        shape = VmShape(entry["vcpus"], int(entry["vcpu_sig"], 16), int(entry["guest_features"], 16),
+                        profile(entry["vmm_profile"]))
         digest = launch.measure(shape, hashes).digest.hex()
+        expected = entry["measurement"]
         findings.append(Finding(f"shape {sid}", digest == expected,
                                 digest if digest == expected else f"recomputed {digest}, manifest says {expected}"))
+        if "id_block" in entry:
+            if entry["id_block"] in present and entry["id_auth"] in present:
+                findings.append(_id_block_finding(bundle, entry, doc["launch"]))
+            else:
+                findings.append(Finding(f"id_block {sid}", False, "not checked: its files are missing"))
+    findings.extend(_id_bin_findings(bundle, doc, present))
     return findings
 
 
 def manifest_sha256(bundle: str | Path) -> str:
-    return hashlib.sha256(read_input(Path(bundle) / "manifest.json", "manifest")).hexdigest()
+    return hashlib.sha256(read_input(Path(bundle) / MANIFEST, "manifest")).hexdigest()
+
+
+__all__ = ["Finding", "bundle_role_files", "load_bundle", "manifest_sha256", "rederive"]

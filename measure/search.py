@@ -46,11 +46,16 @@ def feature_names(value: int) -> str:
     return "|".join(names) or "0"
 
 
+def _measures_as(p: VmmProfile) -> VmmProfile:
+    """What of a profile changes a non-SVSM guest's digest (qemu-svsm-fcw0 measures as qemu)."""
+    return replace(p, name="", summary="", svsm_x87_fcw=0, sev_snp_measure_0_0_13=True)
+
+
 def _distinct_profiles() -> tuple[VmmProfile, ...]:
     """Profiles that measure differently for non-SVSM guests (qemu-svsm-fcw0 equals qemu there)."""
     seen, out = set(), []
     for p in PROFILES.values():
-        key = replace(p, name="", summary="", svsm_x87_fcw=0, sev_snp_measure_0_0_13=True)
+        key = _measures_as(p)
         if key not in seen:
             seen.add(key)
             out.append(p)
@@ -116,3 +121,42 @@ def find_launches(fw: Firmware, measurement: bytes, hashes: KernelHashes | None 
                     if ld.digest == measurement:
                         found.append(Launch(profile, sig, n, features, variant is not None))
     return SearchResult(tuple(found), tried, time.perf_counter() - t0)
+
+
+@dataclass(frozen=True)
+class Contradiction:
+    """A published shape whose digest is the measurement, but which no launch found produces."""
+
+    shape: str
+    published: str      # the shape's fields as the manifest states them
+    found: tuple[Launch, ...]
+
+    def describe(self) -> str:
+        made_by = "; ".join(f.describe() for f in self.found) or "no launch in the search space"
+        return (f"the manifest publishes this MEASUREMENT for {self.shape} ({self.published}), but it is produced "
+                f"by {made_by}: the manifest's digest is not its shape's, so do not trust it (run `blindbox "
+                f"rederive` on the bundle)")
+
+
+def published_contradictions(result: SearchResult, measurement: bytes, published: list[dict],
+                             space: SearchSpace = SearchSpace()) -> tuple[Contradiction, ...]:
+    """Published shapes (manifest ``measurements`` entries) that claim ``measurement`` but whose
+    fields name a launch the search did not find producing it.  Entries outside ``space`` are not
+    judged."""
+    out = []
+    for e in published:
+        if e.get("measurement") != measurement.hex():
+            continue
+        prof = PROFILES.get(e["vmm_profile"])
+        vcpus, sig, features = e["vcpus"], int(e["vcpu_sig"], 16), int(e["guest_features"], 16)
+        if prof is None or vcpus > space.max_vcpus or features not in space.guest_features or \
+                (prof.rdx is None and sig not in space.vcpu_sigs):
+            continue
+        agrees = any(_measures_as(f.profile) == _measures_as(prof) and f.vcpus == vcpus and
+                     f.guest_features == features and f.kernel_hashes and f.vcpu_sig in (None, sig)
+                     for f in result.found)
+        if not agrees:
+            fields = (f"VMM profile {e['vmm_profile']}, {vcpus} vCPU(s) of {e['vcpu_type']} ({e['vcpu_sig']}), "
+                      f"guest features {e['guest_features']}, kernel hashes measured")
+            out.append(Contradiction(e["shape"], fields, result.found))
+    return tuple(out)

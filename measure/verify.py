@@ -16,7 +16,6 @@ a debuggable guest is refused unless explicitly allowed.  Everything else is on 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -31,6 +30,7 @@ from .certs import (HW_ID_SIZE, Certificate, Chain, amd_key_info, build_chain,
 from .errors import (ChainInvalid, InputError, LayoutError, MeasurementMismatch, PolicyViolation,
                      SignatureInvalid, VerificationError)
 from .kds import vcek_url
+from .manifest import read_manifest
 from .report import (POLICY_BITS, Product, ReportV2, SigningKey, TCB_LAYOUT, cpuid_product, describe,
                      mask_chip_key, parse_report, signed_region, signing_key, tcb_components)
 
@@ -50,32 +50,14 @@ class ManifestEntry:
 
 
 def load_manifest(data: bytes, *, source: str = "manifest.json") -> tuple[ManifestEntry, ...]:
-    """The ``measurements`` of a manifest.json; other keys are the builder's business."""
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InputError(f"{source} is not valid JSON ({e}); give the manifest.json of a "
-                         f"built bundle.") from None
-    entries = doc.get("measurements") if isinstance(doc, dict) else None
-    if not isinstance(entries, list) or not entries:
-        raise InputError(f"{source} has no \"measurements\" list; give the manifest.json of a "
-                         f"built bundle, which lists one expected digest per VM shape.")
-    out = []
-    for i, entry in enumerate(entries):
-        where = f"{source}: measurements[{i}]"
-        if not isinstance(entry, dict) or not isinstance(entry.get("shape"), str):
-            raise InputError(f"{where} has no \"shape\" string; the manifest is malformed, "
-                             f"rebuild or re-download it.")
-        value = entry.get("measurement")
-        try:
-            digest = bytes.fromhex(value) if isinstance(value, str) else b""
-        except ValueError:
-            digest = b""
-        if len(digest) != MEASUREMENT_SIZE:
-            raise InputError(f"{where} (shape {entry['shape']!r}) has measurement {value!r}, not 96 "
-                             f"hex digits; the manifest is malformed, rebuild or re-download it.")
-        out.append(ManifestEntry(entry["shape"], digest, dict(entry)))
-    return tuple(out)
+    """The ``measurements`` of a manifest.json, after the whole manifest passed the one reader.
+
+    A file that is not a blindbox manifest is :class:`InputError` (exit 2); one that breaks
+    the schema or contradicts itself (a shape id against the shape's fields, ...) is
+    :class:`~measure.manifest.ManifestInvalid` (exit 3), naming the field.
+    """
+    doc = read_manifest(data, source)
+    return tuple(ManifestEntry(e["shape"], bytes.fromhex(e["measurement"]), dict(e)) for e in doc["measurements"])
 
 
 # ---------------------------------------------------------------------------------------

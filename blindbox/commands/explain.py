@@ -12,7 +12,7 @@ from measure.inputs import read_input
 from measure.kernel_hashes import KernelHashes
 from measure.ovmf import Firmware
 from measure.report import parse_report
-from measure.search import SearchSpace, feature_combinations, find_launches
+from measure.search import SearchSpace, feature_combinations, find_launches, published_contradictions
 
 
 def _bundle_inputs(bundle: Path) -> tuple[Path, Path, Path | None, bytes, list[dict]]:
@@ -55,8 +55,12 @@ def explain_report(report, measurement, bundle, ovmf, kernel, initrd, append, ma
 
     Tries every VMM profile, vCPU type, common SEV-features combination, vCPU count up to
     --max-vcpus, with and without measured kernel hashes, and names the launch that
-    matches and how it differs from the nearest published shape. Exit 0 when a launch
-    is found, 3 when none in the search space produces the measurement.
+    matches and how it differs from the nearest published shape. With --bundle, the
+    manifest is checked first (as by `blindbox rederive`'s reader), and a published shape
+    whose digest is the measurement but which the search finds produced by another launch
+    is flagged as a contradiction. Exit 0 when a launch is found and nothing contradicts,
+    3 when none in the search space produces the measurement or the manifest contradicts
+    what was found.
     """
     if (report is None) == (measurement is None):
         raise InputError("give a REPORT file or --measurement HEX, exactly one of them.")
@@ -85,11 +89,14 @@ def explain_report(report, measurement, bundle, ovmf, kernel, initrd, append, ma
     space = SearchSpace(max_vcpus=max_vcpus)
     result = find_launches(Firmware.load(ovmf), target, hashes, space)
     published_hit = [e["shape"] for e in published if e.get("measurement") == target.hex()]
+    contradictions = published_contradictions(result, target, published, space)
 
     if as_json:
         click.echo(json.dumps({
             "measurement": target.hex(),
             "published_shapes": published_hit,
+            "contradictions": [{"shape": c.shape, "published": c.published, "description": c.describe()}
+                               for c in contradictions],
             "found": [{"vmm_profile": f.profile.name, "vcpus": f.vcpus,
                        "vcpu_sig": None if f.vcpu_sig is None else f"{f.vcpu_sig:#x}",
                        "guest_features": f"{f.guest_features:#x}", "kernel_hashes": f.kernel_hashes,
@@ -114,8 +121,12 @@ def explain_report(report, measurement, bundle, ovmf, kernel, initrd, append, ma
             click.echo("  no launch of these inputs in the search space produces it: the firmware, kernel, "
                        "initrd or command line differ from the ones given, or the VMM launched a shape "
                        "outside the search space (see --json for what was searched).")
+        for c in contradictions:
+            click.echo(f"  CONTRADICTION: {c.describe()}")
         click.echo(f"  ({result.tried:,} launches tried in {result.seconds:.1f} s)")
-    if not result.found:
+    if contradictions:
+        click.echo(f"blindbox: error: {contradictions[0].describe()}.", err=True)
+    if not result.found or contradictions:
         raise click.exceptions.Exit(3)
 
 
@@ -123,11 +134,14 @@ def explain_report(report, measurement, bundle, ovmf, kernel, initrd, append, ma
 @click.argument("bundle", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def rederive_cmd(bundle, as_json):
-    """Re-derive every digest BUNDLE's manifest.json publishes, from the bundle's own files.
+    """Re-derive every value BUNDLE's manifest.json publishes, from the bundle's own files.
 
-    Checks each file's sha256 and size, the kernel hashes, and recomputes the launch
-    digest of every published shape with the measure library alone. Exit 0 when all
-    agree, 3 when anything differs.
+    Checks the manifest against its schema and itself, each file's sha256 and size, the
+    firmware facts and OVMF hash, the cmdline, the kernel hashes, the launch digest of
+    every published shape, the ID blocks and key digests, and what launch-snp.sh
+    launches, with the measure library alone. Exit 0 when all agree, 3 when anything
+    differs or the manifest is refused (naming the field), 2 when BUNDLE has no readable
+    blindbox manifest.
     """
     from measure.rederive import manifest_sha256, rederive
 

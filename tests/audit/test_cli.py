@@ -103,7 +103,7 @@ def test_unusable_files_exit_2(capsys, tmp_path):
         (["verify-report", report, "--certs", tmp_path / "junk.pem"], "not a valid DER"),
         (["verify-report", report], "no VCEK certificate"),
         (["verify-report", report, "--certs", VECTORS / "oak", "--manifest", tmp_path / "m.json"],
-         "no \"measurements\""),
+         "not a blindbox manifest"),
         (["verify-report", report, "--no-signature", "--certs", VECTORS / "oak"], "--no-signature"),
     ]
     for argv, match in cases:

@@ -1,8 +1,7 @@
 """End to end: expected digests from the real library, a report signed by a test chain.
 
-Until the builder produces bundles, the manifest is written here with the builder's
-``measurements`` contract, from digests computed by ``measure`` for several VM shapes of
-one measured direct boot.  The report is made for one of those shapes and signed by a test
+The manifest is a complete one (tests/audit/manifestdoc.py) whose ``measurements`` are
+digests computed by ``measure`` for several VM shapes of one measured direct boot.  The report is made for one of those shapes and signed by a test
 ARK -> ASK -> VCEK chain; ``verify-report --manifest`` must accept it (naming the shape)
 only with the explicit test root, and refuse it when the manifest's digest is changed.
 """
@@ -22,14 +21,15 @@ from measure.cpu import sig_for_type
 from measure.idblock import make_id_auth, key_digest, load_private_key
 from measure.report import Product
 from measure.vmm import VmmType, profile_for
+from tests.audit.manifestdoc import entry, manifest_doc as complete_manifest
 from tests.audit.testchain import make_chain, make_report
 from tests.conftest import VECTORS
 
 FIRMWARE = VECTORS / "virtee-sev" / "measurement" / "ovmf_AmdSev_suffix.bin"
 SSM_KEYS = VECTORS / "sev-snp-measure" / "keyfile"
-SHAPES = [("q35-1cpu-epyc-v4", 1, "EPYC-v4", 0x1), ("q35-4cpu-epyc-v4", 4, "EPYC-v4", 0x1),
-          ("q35-4cpu-epyc-genoa", 4, "EPYC-Genoa", 0x1), ("q35-4cpu-epyc-v4-debugswap", 4, "EPYC-v4", 0x21)]
-TARGET = "q35-4cpu-epyc-genoa"
+SHAPES = [(1, "EPYC-v4", 0x1), (4, "EPYC-v4", 0x1), (4, "EPYC-Genoa", 0x1), (4, "EPYC-v4", 0x21)]
+TARGET = "qemu:EPYC-Genoa:4:0x1"
+OTHER = "qemu:EPYC-v4:4:0x1"
 
 
 def manifest_doc() -> dict:
@@ -38,13 +38,11 @@ def manifest_doc() -> dict:
                           cmdline=hashlib.sha256(b"console=ttyS0\0").digest())
     qemu = profile_for(VmmType.QEMU)
     entries = []
-    for shape_id, vcpus, vcpu_type, features in SHAPES:
+    for vcpus, vcpu_type, features in SHAPES:
         sig = sig_for_type(vcpu_type)
         digest = launch.measure(VmShape(vcpus, sig, features, qemu), hashes).digest
-        entries.append({"shape": shape_id, "mode": "snp", "vmm_profile": qemu.name, "vcpus": vcpus,
-                        "vcpu_type": vcpu_type, "vcpu_sig": f"{sig:#x}", "guest_features": f"{features:#x}",
-                        "measurement": digest.hex()})
-    return {"measurements": entries}
+        entries.append(entry(vcpus, vcpu_type, features, digest, qemu.name))
+    return complete_manifest(entries)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +97,7 @@ def test_same_report_refused_without_the_explicit_root(bundle, capsys):
 def test_refused_for_another_shape_or_a_changed_manifest(bundle, capsys, tmp_path):
     tmp, certs, root, digests = bundle
     base = ["verify-report", tmp / "report.bin", "--certs", certs, "--trust-root", root]
-    rc, out, err = run([*base, "--manifest", tmp / "manifest.json", "--shape", "q35-4cpu-epyc-v4"], capsys)
+    rc, out, err = run([*base, "--manifest", tmp / "manifest.json", "--shape", OTHER], capsys)
     assert rc == 3 and "FAIL  measurement.manifest" in out and "matches no digest" in err
     doc = json.loads((tmp / "manifest.json").read_text())
     for entry in doc["measurements"]:
@@ -125,3 +123,27 @@ def test_signed_manifest_round_trip(bundle, capsys, tmp_path):
     assert run(["verify-manifest", manifest, "--key", tmp_path / "pub.pem"], capsys)[0] == 0
     manifest.write_bytes(manifest.read_bytes().replace(b'"vcpus": 4', b'"vcpus": 8', 1))
     assert run(["verify-manifest", manifest, "--key", tmp_path / "pub.pem"], capsys)[0] == 3
+
+
+def test_shape_whose_id_contradicts_its_vcpus_is_refused(bundle, capsys, tmp_path):
+    """The 4-vCPU shape keeps its id but publishes the 1-vCPU launch (vcpus and digest): with
+    --shape of that id, a report of the 1-vCPU launch used to be accepted as the 4-vCPU one."""
+    tmp, certs, root, digests = bundle
+    one, four = "qemu:EPYC-v4:1:0x1", "qemu:EPYC-v4:4:0x1"
+    chain = make_chain(Product.GENOA, label="e2e-shape")
+    chain_certs, chain_root = chain.write(tmp_path)
+    (tmp_path / "report.bin").write_bytes(make_report(chain, measurement=bytes.fromhex(digests[one])))
+    base = ["verify-report", tmp_path / "report.bin", "--certs", chain_certs, "--trust-root", chain_root]
+    rc, out, _ = run([*base, "--manifest", tmp / "manifest.json", "--shape", one], capsys)
+    assert rc == 0 and f"matching shapes: {one}" in out
+    rc, out, err = run([*base, "--manifest", tmp / "manifest.json", "--shape", four], capsys)
+    assert rc == 3 and "matches no digest" in err
+
+    doc = json.loads((tmp / "manifest.json").read_text())
+    doc["measurements"] = [e for e in doc["measurements"] if e["shape"] != one]
+    lie = next(e for e in doc["measurements"] if e["shape"] == four)
+    lie.update(vcpus=1, measurement=digests[one])
+    (tmp_path / "lie.json").write_text(json.dumps(doc))
+    rc, out, err = run([*base, "--manifest", tmp_path / "lie.json", "--shape", four], capsys)
+    assert rc == 3 and out == ""
+    assert f"lie.json: measurements[0].vcpus is 1, but the shape id '{four}' says 4" in err

@@ -14,6 +14,8 @@ from measure.errors import (ChainInvalid, InputError, LayoutError, MeasurementMi
 from measure.report import (SIGNED_SIZE, EcdsaSignature, Product, SigningKey, parse_report)
 from measure.verify import (PASS, SKIP, ManifestEntry, Verdict, Requirements, VerifyRequest, kds_url,
                             load_manifest, parse_min_tcb, verify_report)
+from measure.manifest import ManifestInvalid
+from tests.audit.manifestdoc import entry, manifest_doc
 from tests.audit.testchain import CHIP_ID, make_chain, make_report, sign_report
 from tests.conftest import VECTORS
 
@@ -188,16 +190,27 @@ def test_measurement_and_manifest_checks():
 
 
 def test_manifest_reader():
-    good = {"measurements": [{"shape": "a", "mode": "snp", "measurement": "ab" * 48}], "other": 1}
-    (entry,) = load_manifest(json.dumps(good).encode())
-    assert (entry.shape, entry.measurement) == ("a", bytes([0xAB]) * 48)
-    for doc, match in [(b"{", "not valid JSON"), (b"[]", "no \"measurements\""),
-                       (b'{"measurements": []}', "no \"measurements\""),
-                       (b'{"measurements": [{"measurement": "00"}]}', "no \"shape\""),
-                       (b'{"measurements": [{"shape": "s", "measurement": "00"}]}', "not 96 hex"),
-                       (b'{"measurements": [{"shape": "s", "measurement": 5}]}', "not 96 hex")]:
-        with pytest.raises(InputError, match=match):
+    """verify-report reads a manifest through the one reader (measure.manifest): anything that
+    is not a blindbox manifest is bad input (exit 2), a blindbox manifest that breaks the
+    schema is a failed verification (exit 3) naming the field."""
+    good = manifest_doc([entry(1, "EPYC-v4", 0x1, "ab" * 48)])
+    (e,) = load_manifest(json.dumps(good).encode())
+    assert (e.shape, e.measurement) == ("qemu:EPYC-v4:1:0x1", bytes([0xAB]) * 48)
+    for doc, match in [(b"{", "not UTF-8 JSON"), (b"[]", "not a blindbox manifest"),
+                       (b'{"measurements": [{"shape": "a", "measurement": "' + b"00" * 48 + b'"}]}',
+                        "not a blindbox manifest")]:
+        with pytest.raises(InputError, match=match) as info:
             load_manifest(doc, source="m.json")
+        assert info.value.exit_code == 2
+    for change, path in [(lambda d: d["measurements"][0].update(measurement="00"), "measurements[0].measurement"),
+                         (lambda d: d["measurements"][0].update(measurement=5), "measurements[0].measurement"),
+                         (lambda d: d["measurements"][0].pop("shape"), "measurements[0].shape"),
+                         (lambda d: d.update(measurements=[]), "measurements")]:
+        doc = manifest_doc([entry(1, "EPYC-v4", 0x1, "ab" * 48)])
+        change(doc)
+        with pytest.raises(ManifestInvalid) as info:
+            load_manifest(json.dumps(doc).encode(), source="m.json")
+        assert info.value.path == path and info.value.exit_code == 3 and f"m.json: {path} " in str(info.value)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -9,16 +10,29 @@ import pytest
 from builder.manifest import (InputRecord, Manifest, ManifestError, MeasurementRecord, OutputRecord)
 
 
+CMDLINE = "console=ttyS0 wörld"
+
+
 def sample() -> Manifest:
+    """A complete manifest whose parts agree with each other (the reader checks that)."""
+    sha = lambda data: hashlib.sha256(data).hexdigest()  # noqa: E731
     return Manifest(
-        name="hello", tool={"name": "blindbox-guest", "version": "0.1.0"},
+        name="hello", tool={"name": "blindbox-guest", "version": "0.1.0", "initrd_compressor": "gzip"},
         recipe={"file": "hello.yaml", "sha256": "1" * 64}, lock={"file": "hello.lock", "sha256": "2" * 64},
-        source_date_epoch=1735689600, cmdline="console=ttyS0 wörld",
-        kernel_hashes={"kernel": "3" * 64, "initrd": "4" * 64, "cmdline": "5" * 64},
-        firmware={"file": "OVMF.amdsev.fd"}, launch={"memory_mib": 512, "policy": "0x30000"},
+        source_date_epoch=1735689600, cmdline=CMDLINE,
+        kernel_hashes={"kernel": "3" * 64, "initrd": "4" * 64, "cmdline": sha(CMDLINE.encode() + b"\0")},
+        firmware={"file": "OVMF.amdsev.fd", "ovmf_hash": "9" * 96, "sev_es_reset_eip": "0x80b004",
+                  "sev_hashes_table": {"gpa": "0x810c00", "size": 1024},
+                  "sev_metadata_sections": [{"type": "SNP_SEC_MEM", "gpa": "0x800000", "size": 36864},
+                                            {"type": "SNP_KERNEL_HASHES", "gpa": "0x810000", "size": 4096}]},
+        launch={"memory_mib": 512, "policy": "0x30000", "kernel_release": "6.1.0-56-amd64"},
         inputs=(InputRecord("firmware", "debian", "2026.08+ds-2", "6" * 64, 717000,
                             "debian:sid/ovmf-amdsev=2026.08+ds-2 (pool/...)"),),
-        outputs=(OutputRecord("OVMF.amdsev.fd", "firmware", "7" * 64, 2097152),),
+        outputs=(OutputRecord("OVMF.amdsev.fd", "firmware", "7" * 64, 2097152),
+                 OutputRecord("bzImage", "kernel", "3" * 64, 8000000),
+                 OutputRecord("initrd", "initrd", "4" * 64, 1000000),
+                 OutputRecord("cmdline", "cmdline", sha(CMDLINE.encode()), len(CMDLINE.encode())),
+                 OutputRecord("launch-snp.sh", "launch", "5" * 64, 7000)),
         measurements=(MeasurementRecord("qemu:EPYC-v4:4:0x1", "qemu", 4, "EPYC-v4", 0x800F12, 0x1, "8" * 96),))
 
 
@@ -51,11 +65,11 @@ def test_round_trip():
 
 @pytest.mark.parametrize("mutate, words", [
     (lambda d: d.update(schema="other/9"), "schema"),
-    (lambda d: d["measurements"][0].update(measurement="zz"), "96 hex digits"),
-    (lambda d: d["outputs"][0].update(sha256="1"), "64 hex digits"),
-    (lambda d: d["inputs"][0].update(name="", sha256="1"), "sha256 of  is not 64 hex digits"),
-    (lambda d: d["measurements"][0].pop("vcpu_sig"), "missing or malformed"),
-    (lambda d: d.update(extra=1), "unexpected keys"),
+    (lambda d: d.update(schema="blindbox-manifest/9"), "schema is 'blindbox-manifest/9', a schema version"),
+    (lambda d: d["measurements"][0].update(measurement="zz"), "measurements\\[0\\].measurement .* not 96 "),
+    (lambda d: d["outputs"][0].update(sha256="1"), "outputs\\[0\\].sha256 .* not 64 "),
+    (lambda d: d["measurements"][0].pop("vcpu_sig"), "measurements\\[0\\].vcpu_sig is missing"),
+    (lambda d: d.update(extra=1), "extra is not a key of this schema"),
 ])
 def test_damaged_manifest_is_refused(mutate, words):
     doc = json.loads(sample().to_json())

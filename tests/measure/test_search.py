@@ -98,3 +98,43 @@ def test_cli_not_found_exits_3(capsys):
 def test_cli_bad_input(argv, needle, capsys):
     rc, _, err = run(argv, capsys)
     assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_bundle_shape_whose_digest_another_launch_produces_is_flagged(tmp_path, capsys):
+    """A manifest may keep a shape's fields and id consistent yet publish another launch's digest;
+    explain-report names the contradiction and exits 3, where it used to print both facts and pass."""
+    from measure import SnpLaunch, VmShape
+    from tests.audit.manifestdoc import CMDLINE, entry, write_bundle
+
+    k, i = tmp_path / "k", tmp_path / "i"
+    k.write_bytes(b"kernel"), i.write_bytes(b"initrd")  # the bundle's kernel and initrd
+    hashes = KernelHashes.from_files(k, i, CMDLINE)
+    launch = SnpLaunch(Firmware.load(AMDSEV))
+    digest = {n: launch.measure(VmShape(n, 0x800F12, 0x1, profile("qemu")), hashes).digest for n in (1, 2, 3)}
+    honest = tmp_path / "honest"
+    write_bundle(honest, AMDSEV.read_bytes(), [entry(1, "EPYC-v4", 0x1, digest[1]), entry(2, "EPYC-v4", 0x1, digest[2])])
+    rc, out, err = run(["--measurement", digest[2].hex(), "--bundle", honest, "--max-vcpus", 4], capsys)
+    assert rc == 0 and "CONTRADICTION" not in out and err == ""
+    assert "published in the bundle's manifest for qemu:EPYC-v4:2:0x1" in out
+
+    lying = tmp_path / "lying"  # the 2-vCPU shape publishes the digest of a 3-vCPU launch
+    write_bundle(lying, AMDSEV.read_bytes(), [entry(1, "EPYC-v4", 0x1, digest[1]), entry(2, "EPYC-v4", 0x1, digest[3])])
+    rc, out, err = run(["--measurement", digest[3].hex(), "--bundle", lying, "--max-vcpus", 4], capsys)
+    assert rc == 3
+    assert "CONTRADICTION: the manifest publishes this MEASUREMENT for qemu:EPYC-v4:2:0x1 (VMM profile qemu, " \
+           "2 vCPU(s) of EPYC-v4" in out and "produced by VMM profile qemu, 3 vCPU(s)" in out
+    assert err.startswith("blindbox: error: the manifest publishes this MEASUREMENT for qemu:EPYC-v4:2:0x1")
+    rc, out, _ = run(["--measurement", digest[3].hex(), "--bundle", lying, "--max-vcpus", 4, "--json"], capsys)
+    assert rc == 3 and [c["shape"] for c in json.loads(out)["contradictions"]] == ["qemu:EPYC-v4:2:0x1"]
+
+
+def test_bundle_whose_shape_id_contradicts_its_fields_is_refused(tmp_path, capsys):
+    """The issue's case: shape id says 2 vCPUs, its vcpus field 1 (with the 1-vCPU digest)."""
+    from tests.audit.manifestdoc import entry, write_bundle
+
+    bad = entry(1, "EPYC-v4", 0x1, "11" * 48)
+    bad["shape"] = "qemu:EPYC-v4:2:0x1"
+    write_bundle(tmp_path / "b", AMDSEV.read_bytes(), [bad])
+    rc, out, err = run(["--measurement", "11" * 48, "--bundle", tmp_path / "b", "--max-vcpus", 2], capsys)
+    assert rc == 3 and out == ""
+    assert "manifest.json: measurements[0].vcpus is 1, but the shape id 'qemu:EPYC-v4:2:0x1' says 2" in err

@@ -1,0 +1,450 @@
+"""The one reader of ``manifest.json``: its schema, checked key by key.
+
+Every consumer of a published manifest (``blindbox rederive``, ``verify-report
+--manifest``, ``explain-report --bundle``, and the builder reading a bundle back) goes
+through :func:`read_manifest` or :func:`check_manifest`; the builder's writer checks its own
+output with :func:`check_manifest` too, so writer and reader cannot drift apart.
+
+Two kinds of failure, with two exit statuses:
+
+* the file is not a blindbox manifest at all (not JSON, not an object, no ``schema``
+  naming ``blindbox-manifest/N``): :class:`~measure.errors.InputError`, exit 2 — the
+  wrong file was given;
+* it says it is one but breaks the schema (unknown version, a missing, unknown, duplicate
+  or mistyped key, a malformed digest, a path leaving the bundle, a duplicate entry) or
+  contradicts itself (a shape id against the shape's fields, a vCPU type against its
+  signature, the kernel hashes against the listed outputs, ...): :class:`ManifestInvalid`,
+  a :class:`~measure.errors.VerificationError`, exit 3, naming the field by its JSON path
+  (``measurements[1].vcpus``).  The manifest is the thing being verified, so a wrong value
+  in it is a failed verification, whatever kind of wrong it is.
+
+This module checks what the manifest can check about itself; :mod:`measure.rederive`
+compares the rest with the bundle's files.  It needs no builder code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import PurePosixPath
+from typing import Any
+
+from .cpu import CPU_SIGS
+from .errors import InputError, VerificationError
+from .spec import GuestFeatures, SectionType
+from .vmm import PROFILES
+
+SCHEMA = "blindbox-manifest/1"
+SCHEMA_PREFIX = "blindbox-manifest/"
+#: roles of the files a bundle holds (outputs[].role)
+ROLES = ("firmware", "kernel", "initrd", "cmdline", "launch", "id-block", "id-auth", "id-block-bin",
+         "id-auth-bin")
+#: roles every bundle has exactly one file of
+SINGLE_ROLES = ("firmware", "kernel", "initrd", "cmdline", "launch")
+INPUT_KINDS = ("debian", "file", "url")
+MAX_VCPUS = 4096
+POLICY_RESERVED_ONE = 1 << 17
+
+_HEX = {n: re.compile(f"[0-9a-f]{{{n}}}") for n in (32, 64, 96)}
+_HEX_INT = re.compile(r"0x(?:0|[1-9a-f][0-9a-f]*)")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+class ManifestInvalid(VerificationError):
+    """A manifest breaks its schema or contradicts itself or its bundle; ``path`` names the field."""
+
+    def __init__(self, message: str, *, path: str | None = None):
+        super().__init__(message)
+        self.path = path
+
+
+class _Object(dict):
+    """A JSON object that remembers the keys it had more than once."""
+
+    duplicates: tuple[str, ...] = ()
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> _Object:
+    obj = _Object()
+    dups = []
+    for k, v in pairs:
+        if k in obj and k not in dups:
+            dups.append(k)
+        obj[k] = v
+    obj.duplicates = tuple(dups)
+    return obj
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+class _Checker:
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, path: str, problem: str, todo: str | None = None) -> ManifestInvalid:
+        todo = todo or ("the manifest is not what blindbox build writes, so do not trust what it publishes "
+                        "(get the bundle's own manifest, or rebuild the bundle)")
+        return ManifestInvalid(f"{self.source}: {path} {problem}; {todo}.", path=path)
+
+    # -- types -------------------------------------------------------------------------
+    def obj(self, value, path: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(path, f"is {_kind(value)}, not an object")
+        for k in value:
+            if k not in keys and k not in optional:
+                raise self.fail(_join(path, k), f"is not a key of this schema ({SCHEMA})")
+        for k in keys:
+            if k not in value:
+                raise self.fail(_join(path, k), "is missing")
+        return value
+
+    def str(self, value, path: str, *, nonempty: bool = True) -> str:
+        if not isinstance(value, str):
+            raise self.fail(path, f"is {_kind(value)}, not a string")
+        if nonempty and not value:
+            raise self.fail(path, "is empty")
+        return value
+
+    def int(self, value, path: str, lo: int = 0, hi: int | None = None) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(path, f"is {_kind(value)}, not an integer")
+        if value < lo or (hi is not None and value > hi):
+            raise self.fail(path, f"is {value}, outside {lo} to {hi if hi is not None else 'any'}")
+        return value
+
+    def hex_digest(self, value, path: str, digits: int) -> str:
+        if not isinstance(value, str) or not _HEX[digits].fullmatch(value):
+            raise self.fail(path, f"is {_short(value)}, not {digits} lower-case hex digits")
+        return value
+
+    def hex_int(self, value, path: str, hi: int = (1 << 64) - 1) -> int:
+        if not isinstance(value, str) or not _HEX_INT.fullmatch(value):
+            raise self.fail(path, f"is {_short(value)}, not a hex number written as 0x... (lower case, "
+                                  f"no leading zeros)")
+        number = int(value, 16)
+        if number > hi:
+            raise self.fail(path, f"is {value}, larger than {hi:#x}")
+        return number
+
+    def list(self, value, path: str, *, nonempty: bool = True) -> list:
+        if not isinstance(value, list):
+            raise self.fail(path, f"is {_kind(value)}, not a list")
+        if nonempty and not value:
+            raise self.fail(path, "is an empty list")
+        return value
+
+    def bundle_path(self, value, path: str) -> str:
+        """A file inside the bundle: relative, no '..', no empty or '.' parts, no backslash or NUL."""
+        self.str(value, path)
+        parts = value.split("/")
+        if value.startswith("/") or PurePosixPath(value).is_absolute():
+            raise self.fail(path, f"is {value!r}, an absolute path; bundle files are named relative to "
+                                  f"the bundle directory")
+        if any(p in ("", ".", "..") for p in parts) or "\\" in value or "\0" in value:
+            raise self.fail(path, f"is {value!r}, which leaves the bundle directory or is not a plain "
+                                  f"relative path")
+        return value
+
+    def plain_name(self, value, path: str) -> str:
+        self.str(value, path)
+        if not _PLAIN_NAME.fullmatch(value):
+            raise self.fail(path, f"is {value!r}, not a plain file name")
+        return value
+
+
+def _kind(value) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: f"the string {_short(value)}",
+            list: "a list", dict: "an object", _Object: "an object"}.get(type(value), "a value")
+
+
+def _short(value) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_duplicate_keys(value, path: str, c: _Checker) -> None:
+    if isinstance(value, _Object) and value.duplicates:
+        raise c.fail(_join(path, value.duplicates[0]), "appears twice in one object (a JSON reader may take "
+                                                        "either value)")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_duplicate_keys(v, _join(path, k), c)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_duplicate_keys(v, _join(path, i), c)
+
+
+def parse_json(data: bytes, source: str) -> dict:
+    """``data`` as a JSON object whose duplicate keys are remembered (checked by :func:`check_manifest`)."""
+    try:
+        doc = json.loads(data.decode("utf-8"), object_pairs_hook=_pairs, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise InputError(f"{source} is not UTF-8 JSON ({e}); give the manifest.json of a bundle built by "
+                         f"blindbox build.") from None
+    return doc
+
+
+def read_manifest(data: bytes, source: str = "manifest.json") -> dict:
+    """The checked manifest in ``data`` (a plain JSON document); see the module docstring."""
+    return check_manifest(parse_json(data, source), source)
+
+
+def shape_id(vmm_profile: str, vcpu_type: str, vcpus: int, guest_features: int) -> str:
+    """The id of a VM shape, as the builder names it: ``qemu:EPYC-v4:4:0x1``."""
+    return f"{vmm_profile}:{vcpu_type}:{vcpus}:{guest_features:#x}"
+
+
+def check_manifest(doc, source: str = "manifest.json") -> dict:
+    """Check a parsed manifest against the schema and itself; return it unchanged."""
+    c = _Checker(source)
+    if not isinstance(doc, dict) or not isinstance(doc.get("schema"), str) or \
+            not doc["schema"].startswith(SCHEMA_PREFIX):
+        raise InputError(f"{source} has no \"schema\": \"{SCHEMA}\"; it is not a blindbox manifest (give the "
+                         f"manifest.json of a bundle built by blindbox build).")
+    _check_duplicate_keys(doc, "", c)
+    if doc["schema"] != SCHEMA:
+        raise c.fail("schema", f"is {doc['schema']!r}, a schema version this blindbox does not know (it reads "
+                               f"{SCHEMA!r})", "nothing in it is checked or trusted; audit it with the "
+                                               "blindbox version that built the bundle")
+    c.obj(doc, "", ("schema", "name", "tool", "recipe", "lock", "source_date_epoch", "cmdline", "kernel_hashes",
+                    "firmware", "launch", "inputs", "outputs", "measurements"))
+    c.plain_name(doc["name"], "name")
+    tool = c.obj(doc["tool"], "tool", ("name", "version", "initrd_compressor"))
+    for k in tool:
+        c.str(tool[k], f"tool.{k}")
+    for part in ("recipe", "lock"):
+        rec = c.obj(doc[part], part, ("file", "sha256"))
+        c.plain_name(rec["file"], f"{part}.file")
+        c.hex_digest(rec["sha256"], f"{part}.sha256", 64)
+    c.int(doc["source_date_epoch"], "source_date_epoch", 0, (1 << 63) - 1)
+    cmdline = c.str(doc["cmdline"], "cmdline", nonempty=False)
+    if "\0" in cmdline:
+        raise c.fail("cmdline", "contains a NUL character, which QEMU cannot pass to the kernel")
+    try:
+        cmdline.encode("utf-8")
+    except UnicodeEncodeError:
+        raise c.fail("cmdline", "contains a lone surrogate, which is no UTF-8 text") from None
+    hashes = c.obj(doc["kernel_hashes"], "kernel_hashes", ("kernel", "initrd", "cmdline"))
+    for k in hashes:
+        c.hex_digest(hashes[k], f"kernel_hashes.{k}", 64)
+    _check_firmware(doc["firmware"], c)
+    _check_launch(doc["launch"], c)
+    _check_inputs(doc["inputs"], c)
+    outputs = _check_outputs(doc["outputs"], c)
+    _check_measurements(doc, outputs, c)
+    _check_cross(doc, outputs, c)
+    return doc
+
+
+def _check_firmware(fw, c: _Checker) -> None:
+    c.obj(fw, "firmware", ("file", "ovmf_hash", "sev_es_reset_eip", "sev_hashes_table", "sev_metadata_sections"))
+    c.bundle_path(fw["file"], "firmware.file")
+    c.hex_digest(fw["ovmf_hash"], "firmware.ovmf_hash", 96)
+    c.hex_int(fw["sev_es_reset_eip"], "firmware.sev_es_reset_eip", 0xFFFFFFFF)
+    table = c.obj(fw["sev_hashes_table"], "firmware.sev_hashes_table", ("gpa", "size"))
+    c.hex_int(table["gpa"], "firmware.sev_hashes_table.gpa", 0xFFFFFFFF)
+    c.int(table["size"], "firmware.sev_hashes_table.size", 1, 0x1000)
+    sections = c.list(fw["sev_metadata_sections"], "firmware.sev_metadata_sections")
+    for i, s in enumerate(sections):
+        where = f"firmware.sev_metadata_sections[{i}]"
+        c.obj(s, where, ("type", "gpa", "size"))
+        if s["type"] not in SectionType.__members__:
+            raise c.fail(f"{where}.type", f"is {_short(s['type'])}, not a SEV metadata section type "
+                                          f"({', '.join(SectionType.__members__)})")
+        c.hex_int(s["gpa"], f"{where}.gpa", 0xFFFFFFFF)
+        c.int(s["size"], f"{where}.size", 0, 0xFFFFFFFF)
+    if not any(s["type"] == SectionType.SNP_KERNEL_HASHES.name for s in sections):
+        raise c.fail("firmware.sev_metadata_sections", "has no SNP_KERNEL_HASHES section, so the kernel, initrd "
+                                                       "and command line would not be measured")
+
+
+def _check_policy(value, path: str, c: _Checker) -> int:
+    policy = c.hex_int(value, path)
+    if not policy & POLICY_RESERVED_ONE:
+        raise c.fail(path, f"is {value}, not a valid SEV-SNP guest policy (bit 17 must be set)")
+    return policy
+
+
+def _check_launch(launch, c: _Checker) -> None:
+    c.obj(launch, "launch", ("memory_mib", "policy", "kernel_release"), optional=("id_block",))
+    c.int(launch["memory_mib"], "launch.memory_mib", 1, 1 << 32)
+    _check_policy(launch["policy"], "launch.policy", c)
+    c.str(launch["kernel_release"], "launch.kernel_release")
+    if "id_block" in launch:
+        idb = c.obj(launch["id_block"], "launch.id_block", ("family_id", "image_id", "guest_svn", "policy",
+                                                            "author_key"))
+        c.hex_digest(idb["family_id"], "launch.id_block.family_id", 32)
+        c.hex_digest(idb["image_id"], "launch.id_block.image_id", 32)
+        c.int(idb["guest_svn"], "launch.id_block.guest_svn", 0, 0xFFFFFFFF)
+        _check_policy(idb["policy"], "launch.id_block.policy", c)
+        if idb["policy"] != launch["policy"]:
+            raise c.fail("launch.id_block.policy", f"is {idb['policy']}, but launch.policy is {launch['policy']}; "
+                                                   f"the firmware refuses a launch whose ID block policy differs")
+        if not isinstance(idb["author_key"], bool):
+            raise c.fail("launch.id_block.author_key", f"is {_kind(idb['author_key'])}, not true or false")
+
+
+def _check_inputs(inputs, c: _Checker) -> None:
+    names = set()
+    for i, rec in enumerate(c.list(inputs, "inputs")):
+        where = f"inputs[{i}]"
+        c.obj(rec, where, ("name", "kind", "version", "sha256", "size", "origin"))
+        name = c.str(rec["name"], f"{where}.name")
+        if name in names:
+            raise c.fail(f"{where}.name", f"is {name!r}, listed twice")
+        names.add(name)
+        if rec["kind"] not in INPUT_KINDS:
+            raise c.fail(f"{where}.kind", f"is {_short(rec['kind'])}, not one of {', '.join(INPUT_KINDS)}")
+        if rec["version"] is not None:
+            c.str(rec["version"], f"{where}.version")
+        c.hex_digest(rec["sha256"], f"{where}.sha256", 64)
+        c.int(rec["size"], f"{where}.size", 0, None)
+        c.str(rec["origin"], f"{where}.origin")
+
+
+def _check_outputs(outputs, c: _Checker) -> dict[str, tuple[int, dict]]:
+    """file -> (index, entry)."""
+    by_file: dict[str, tuple[int, dict]] = {}
+    for i, rec in enumerate(c.list(outputs, "outputs")):
+        where = f"outputs[{i}]"
+        c.obj(rec, where, ("file", "role", "sha256", "size"))
+        name = c.bundle_path(rec["file"], f"{where}.file")
+        if name in by_file or name == "manifest.json":
+            raise c.fail(f"{where}.file", f"is {name!r}, listed twice" if name in by_file else
+                         "is the manifest itself, which cannot list its own digest")
+        by_file[name] = (i, rec)
+        if rec["role"] not in ROLES:
+            raise c.fail(f"{where}.role", f"is {_short(rec['role'])}, not one of {', '.join(ROLES)}")
+        c.hex_digest(rec["sha256"], f"{where}.sha256", 64)
+        c.int(rec["size"], f"{where}.size", 0, None)
+    for role in SINGLE_ROLES:
+        n = sum(rec["role"] == role for _, rec in by_file.values())
+        if n != 1:
+            raise c.fail("outputs", f"lists {n} files with role {role!r}, not exactly one")
+    return by_file
+
+
+_ENTRY_KEYS = ("shape", "mode", "vmm_profile", "vcpus", "vcpu_type", "vcpu_sig", "guest_features", "measurement")
+_ID_KEYS = ("id_block", "id_auth", "id_key_digest", "author_key_digest")
+
+
+def _check_measurements(doc: dict, outputs: dict[str, tuple[int, dict]], c: _Checker) -> None:
+    idb = doc["launch"].get("id_block")
+    seen: dict[str, int] = {}
+    digests: dict[str, int] = {}
+    for i, e in enumerate(c.list(doc["measurements"], "measurements")):
+        where = f"measurements[{i}]"
+        c.obj(e, where, _ENTRY_KEYS + (_ID_KEYS if idb is not None else ()))
+        sid = c.str(e["shape"], f"{where}.shape")
+        if sid in seen:
+            raise c.fail(f"{where}.shape", f"is {sid!r}, already published by measurements[{seen[sid]}]")
+        seen[sid] = i
+        if e["mode"] != "snp":
+            raise c.fail(f"{where}.mode", f"is {_short(e['mode'])}; a bundle publishes SEV-SNP digests only "
+                                          f"(\"snp\")")
+        if e["vmm_profile"] not in PROFILES:
+            raise c.fail(f"{where}.vmm_profile", f"is {_short(e['vmm_profile'])}, not a VMM profile this "
+                                                 f"blindbox knows ({', '.join(PROFILES)})")
+        vcpus = c.int(e["vcpus"], f"{where}.vcpus", 1, MAX_VCPUS)
+        if e["vcpu_type"] not in CPU_SIGS:
+            raise c.fail(f"{where}.vcpu_type", f"is {_short(e['vcpu_type'])}, not a vCPU type this blindbox "
+                                               f"knows ({', '.join(CPU_SIGS)})")
+        sig = c.hex_int(e["vcpu_sig"], f"{where}.vcpu_sig", 0xFFFFFFFF)
+        if sig != CPU_SIGS[e["vcpu_type"]]:
+            raise c.fail(f"{where}.vcpu_sig", f"is {e['vcpu_sig']}, but vCPU type {e['vcpu_type']} has signature "
+                                              f"{CPU_SIGS[e['vcpu_type']]:#x}")
+        features = c.hex_int(e["guest_features"], f"{where}.guest_features")
+        if not features & GuestFeatures.SNP_ACTIVE:
+            raise c.fail(f"{where}.guest_features", f"is {e['guest_features']}, without SNPActive (bit 0), "
+                                                    f"which every SNP guest has")
+        c.hex_digest(e["measurement"], f"{where}.measurement", 96)
+        _check_shape_id(sid, e, vcpus, features, where, c)
+        if e["measurement"] in digests:
+            _check_same_launch(doc["measurements"], digests[e["measurement"]], i, c)
+        digests.setdefault(e["measurement"], i)
+        if idb is not None:
+            for key, role in (("id_block", "id-block"), ("id_auth", "id-auth")):
+                name = c.bundle_path(e[key], f"{where}.{key}")
+                if name not in outputs or outputs[name][1]["role"] != role:
+                    raise c.fail(f"{where}.{key}", f"is {name!r}, which outputs does not list with role {role!r}")
+            c.hex_digest(e["id_key_digest"], f"{where}.id_key_digest", 96)
+            if idb["author_key"]:
+                c.hex_digest(e["author_key_digest"], f"{where}.author_key_digest", 96)
+            elif e["author_key_digest"] is not None:
+                raise c.fail(f"{where}.author_key_digest", "is set, but launch.id_block.author_key is false "
+                                                           "(it must be null without an author key)")
+
+
+def _check_same_launch(entries: list, first: int, i: int, c: _Checker) -> None:
+    """Two shapes may share a digest only when the launches they name are the same (e.g. the vCPU
+    types EPYC and EPYC-v4, which have one signature); otherwise one of the digests is not its
+    shape's, and a report of one launch would be accepted as the other."""
+    a, b = entries[first], entries[i]
+    uses_sig = PROFILES[a["vmm_profile"]].rdx is None or PROFILES[b["vmm_profile"]].rdx is None
+    for field in ("vcpus", "guest_features") + (("vcpu_sig",) if uses_sig else ()):
+        if a[field] != b[field]:
+            raise c.fail(f"measurements[{i}].measurement", f"is the digest measurements[{first}] publishes, but "
+                                                          f"the two launches differ in {field} ({b[field]} and "
+                                                          f"{a[field]}), so they cannot have one digest")
+
+
+def _check_shape_id(sid: str, e: dict, vcpus: int, features: int, where: str, c: _Checker) -> None:
+    """The id names the shape's fields; a reader that goes by the id must get the same launch."""
+    parts = sid.split(":")
+    if len(parts) != 4:
+        raise c.fail(f"{where}.shape", f"is {sid!r}, not VMM_PROFILE:VCPU_TYPE:VCPUS:GUEST_FEATURES")
+    for field, said, actual in (("vmm_profile", parts[0], e["vmm_profile"]), ("vcpu_type", parts[1], e["vcpu_type"]),
+                                ("vcpus", parts[2], str(vcpus)), ("guest_features", parts[3], f"{features:#x}")):
+        if said != actual:
+            raise c.fail(f"{where}.{field}", f"is {_short(e[field])}, but the shape id {sid!r} says {said}")
+    assert sid == shape_id(e["vmm_profile"], e["vcpu_type"], vcpus, features)
+
+
+def _check_cross(doc: dict, outputs: dict[str, tuple[int, dict]], c: _Checker) -> None:
+    """What one part of the manifest says about another."""
+    by_role = {rec["role"]: (i, rec) for i, rec in outputs.values() if rec["role"] in SINGLE_ROLES}
+    fw_file = doc["firmware"]["file"]
+    if fw_file != by_role["firmware"][1]["file"]:
+        raise c.fail("firmware.file", f"is {fw_file!r}, but the output with role 'firmware' is "
+                                      f"{by_role['firmware'][1]['file']!r}")
+    i, rec = by_role["cmdline"]
+    data = doc["cmdline"].encode("utf-8")
+    if rec["sha256"] != hashlib.sha256(data).hexdigest() or rec["size"] != len(data):
+        raise c.fail("cmdline", f"is {_short(doc['cmdline'])}, but outputs[{i}] ({rec['file']}) lists a file "
+                                f"with other contents (sha256 {rec['sha256']}, {rec['size']} bytes)")
+    for key in ("kernel", "initrd"):
+        i, rec = by_role[key]
+        if doc["kernel_hashes"][key] != rec["sha256"]:
+            raise c.fail(f"kernel_hashes.{key}", f"is {doc['kernel_hashes'][key]}, but outputs[{i}] ({rec['file']}) "
+                                                  f"has sha256 {rec['sha256']}")
+    expected = hashlib.sha256(doc["cmdline"].encode("utf-8") + b"\0").hexdigest()
+    if doc["kernel_hashes"]["cmdline"] != expected:
+        raise c.fail("kernel_hashes.cmdline", f"is {doc['kernel_hashes']['cmdline']}, but the SHA-256 of the "
+                                              f"published cmdline and its NUL byte is {expected}")
+    ids = [m for m in doc["measurements"] if "id_block" in m]
+    if ids:
+        id_outputs = {rec["file"] for _, rec in outputs.values() if rec["role"] in ("id-block", "id-auth")}
+        used = {m[k] for m in ids for k in ("id_block", "id_auth")}
+        for name in sorted(id_outputs - used):
+            i, _ = outputs[name]
+            raise c.fail(f"outputs[{i}].file", f"is {name!r}, an ID block file no measurement names")
+    elif any(rec["role"].startswith("id-") for _, rec in outputs.values()):
+        i, rec = next((i, rec) for i, rec in outputs.values() if rec["role"].startswith("id-"))
+        raise c.fail(f"outputs[{i}].role", f"is {rec['role']!r}, but the manifest has no launch.id_block")
+
+
+def outputs_by_role(doc: dict) -> dict[str, dict]:
+    """role -> output entry for the roles a bundle has once (firmware, kernel, initrd, cmdline, launch)."""
+    return {rec["role"]: rec for rec in doc["outputs"] if rec["role"] in SINGLE_ROLES}
+
