@@ -23,6 +23,7 @@ from measure.kds import KdsClient, fetch_missing
 from measure.manifest_sig import (SIGNATURE_SUFFIX, load_private_key as load_signing_key,
                                   load_public_key, public_key_fingerprint, sign_manifest,
                                   verify_manifest)
+from measure.outputs import refuse_inputs, write_all_atomic, write_atomic
 from measure.report import (Product, SigningKey, cpuid_product, parse_report,
                             signing_key as report_signing_key)
 from measure.verify import (FAIL, PASS, SKIP, Requirements, VerifyRequest, load_manifest,
@@ -230,13 +231,15 @@ def id_block_cmd(measurement_arg, measurement, id_key, author_key, family_id, im
     if author_priv is not None:
         qemu += ",author-key-enabled=on"
     if out_dir is not None:
+        outputs = [(out_dir / "id_block.bin", result.id_block_bytes), (out_dir / "id_auth.bin", result.id_auth_bytes)]
+        for path, _ in outputs:
+            refuse_inputs(path, [("ID key", id_key), ("author key", author_key)], "--out-dir")
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / "id_block.bin").write_bytes(result.id_block_bytes)
-            (out_dir / "id_auth.bin").write_bytes(result.id_auth_bytes)
         except OSError as e:
-            raise InputError(f"cannot write to --out-dir {str(out_dir)!r}: {e.strerror or e}; check "
+            raise InputError(f"cannot create --out-dir {str(out_dir)!r}: {e.strerror or e}; check "
                              f"the path and permissions.") from None
+        write_all_atomic(outputs, what="ID block file")
     if as_json:
         click.echo(json.dumps({
             "measurement": digest.hex(),
@@ -271,14 +274,11 @@ def sign_manifest_cmd(manifest, key, output, as_json):
     ECDSA P-384 signatures are DER over SHA-384 (deterministic, RFC 6979); Ed25519
     signatures are the raw 64 bytes. openssl alone verifies both (docs/auditing.md).
     """
+    output = output or manifest.with_name(manifest.name + SIGNATURE_SUFFIX)
+    refuse_inputs(output, [("manifest", manifest), ("signing key", key)], "--output")
     data = read_input(manifest, "manifest")
     result = sign_manifest(data, load_signing_key(key))
-    output = output or manifest.with_name(manifest.name + SIGNATURE_SUFFIX)
-    try:
-        output.write_bytes(result.signature)
-    except OSError as e:
-        raise InputError(f"cannot write the signature to {str(output)!r}: {e.strerror or e}; check the "
-                         f"path and permissions.") from None
+    write_atomic(output, result.signature, what="signature file")
     if as_json:
         click.echo(json.dumps({"manifest": str(manifest), "manifest_sha256": result.manifest_sha256,
                                "signature": str(output), "algorithm": result.algorithm,
