@@ -17,13 +17,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from builder.errors import BuildError, InputDigestMismatch, RecipeError, SourceError
 from builder.recipe import InputSpec, Recipe, check_id_keys
+from measure.outputs import write_atomic
 
 #: lock entries of the id_block keys: they sign ID blocks and are not part of the launch digest
 ID_KEY_INPUTS = frozenset({"id_key", "author_key"})
@@ -214,20 +214,7 @@ def write_lock(path: str | Path, lock: Lock) -> Lock:
     """Write ``lock`` atomically (temp file in the same directory, fsync, rename)."""
     path = Path(path)
     data = lock.to_json()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_atomic(path, data, what="lock file", mode=0o644)
     return Lock(lock.recipe, lock.inputs, path, hashlib.sha256(data).hexdigest())
 
 
