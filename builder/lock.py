@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterable
 
 from builder.errors import BuildError, InputDigestMismatch, RecipeError, SourceError
-from builder.recipe import InputSpec, Recipe, check_id_keys
+from builder.recipe import InputSpec, Recipe, check_id_keys, local_path
 from measure.outputs import write_atomic
 
 #: lock entries of the id_block keys: they sign ID blocks and are not part of the launch digest
@@ -290,7 +290,7 @@ def resolve_input(spec: InputSpec, recipe: Recipe, archive, fetch_url) -> Locked
             pkg, via = archive.resolve(spec.package, spec.suite, arch=spec.arch), None
         return _debian_entry(spec.name, wants, pkg, via)
     if spec.kind == "file":
-        path = recipe.directory / spec.file
+        path = local_path(recipe, spec)
         if not path.is_file():
             raise SourceError(f"input {spec.name!r}: {path} does not exist (the recipe names it relative to "
                               f"{recipe.directory}).", source=str(path))

@@ -14,6 +14,7 @@ so the lock can tell when the recipe asks for something other than what it pinne
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -593,6 +594,26 @@ def _id_block(n: _Node, launch: LaunchSpec, launch_policy_line: int | None) -> I
         policy=policy, line=n.line)
 
 
+def local_path(recipe: Recipe, spec: InputSpec, key: str | None = None) -> Path:
+    """The local file ``spec`` names, relative to the recipe's directory.
+
+    Refused (RecipeError at the declaration's ``file:line``) when the file, or a directory
+    on its way, is a symbolic link that resolves outside the recipe's directory: local
+    inputs stay inside it, so nothing from elsewhere on the host lands in the guest.
+    """
+    path = recipe.directory / spec.file
+    base = os.path.realpath(recipe.directory)
+    real = os.path.realpath(path)
+    if os.path.commonpath([base, real]) != base:
+        key = key or spec.name
+        raise RecipeError(
+            f"{recipe.path}:{spec.line}: {key}: {spec.file!r} is a symbolic link (or lies under one) that "
+            f"resolves to {real}, outside the recipe's directory {base}; local files must stay inside the "
+            f"recipe's directory, so copy the file there instead of linking to it.",
+            path=str(recipe.path), line=spec.line, key=key)
+    return path
+
+
 def load_id_key(recipe: Recipe, spec: InputSpec, path: str | Path | None = None):
     """The P-384 private key an ``id_block`` key input names (read from ``path`` if given).
 
@@ -605,7 +626,7 @@ def load_id_key(recipe: Recipe, spec: InputSpec, path: str | Path | None = None)
     what = _ID_KEY_NAMES[spec.name]
     key = f"id_block.{spec.name}"
     try:
-        return load_private_key(recipe.directory / spec.file if path is None else Path(path), what)
+        return load_private_key(local_path(recipe, spec, key) if path is None else Path(path), what)
     except InputError as e:
         raise RecipeError(f"{recipe.path}:{spec.line}: {key}: {e}", path=str(recipe.path), line=spec.line,
                           key=key) from None
