@@ -38,7 +38,7 @@ from builder import sources
 from builder.bundle import MANIFEST, BundleError, write_bundle
 from builder.errors import BuildError, InputDigestMismatch, OfflineMiss, SourceError, SourceGone
 from builder.launch import LaunchFiles, LaunchShape, render as render_launch
-from builder.lock import Lock, LockedInput, check_lock, file_sha256, read_lock
+from builder.lock import Lock, LockedInput, LockMismatch, check_lock, file_sha256, read_lock
 from builder.manifest import InputRecord, Manifest, ManifestError, MeasurementRecord, OutputRecord
 from builder.recipe import FileEntry, Recipe, check_id_keys, load_id_key, load_recipe, local_path
 from measure import __version__
@@ -234,7 +234,7 @@ def step_fetch(b: Build) -> None:
             if entry.kind == "debian":
                 pkg = sources.DebianPackage.from_dict(entry.debian)
                 b.packages[entry.name] = pkg
-                b.archive.download(pkg)
+                _check_size(b, entry, b.archive.download(pkg))
                 member = _member_of(b, entry.name)
                 if member is not None:
                     b.inputs[entry.name] = b.archive.member(pkg, member)
@@ -245,8 +245,20 @@ def step_fetch(b: Build) -> None:
             else:
                 b.inputs[entry.name] = sources.fetch_url(entry.url, entry.sha256, cache=b.cache,
                                                          offline=b.request.offline)
+            if entry.kind != "debian":
+                _check_size(b, entry, b.inputs[entry.name])
         except SourceError as e:
             raise _fetch_error(b, entry, e) from e
+
+
+def _check_size(b: Build, entry: LockedInput, path: Path) -> None:
+    """The lock's size of an input must be the size of the bytes fetched for it (the manifest publishes it)."""
+    actual = os.path.getsize(path)
+    if actual != entry.size:
+        raise LockMismatch(
+            f"{b.lock.path or b.recipe.lock_path} pins input {entry.name!r} ({entry.describe()}) with size "
+            f"{entry.size}, but its verified bytes are {actual} bytes long; the lock file was edited by hand. "
+            f"Restore it from version control or run `blindbox lock {b.recipe.path}` again.")
 
 
 def check_firmware(fw: Firmware, what: str) -> None:
