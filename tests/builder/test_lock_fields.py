@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,48 @@ def test_every_lock_field_is_checked(recipe, archive, mutate, words):
         parse_lock(json.dumps(doc).encode(), Path("t.lock"))
     assert words in str(ei.value)
     assert str(ei.value).startswith("t.lock: ")
+
+
+def _lock_cli(recipe_path, archive, monkeypatch, capsys, tmp_path, *args):
+    from blindbox.cli import main
+    monkeypatch.setattr("builder.sources.DebianArchive", lambda **kw: archive)
+    monkeypatch.setenv("BLINDBOX_CACHE", str(tmp_path / "cache"))
+    rc = main(["lock", str(recipe_path), *args])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return rc, out, err
+
+
+def test_lock_leaves_an_unchanged_file_alone_and_says_when_it_reformats(recipe, archive, monkeypatch, capsys,
+                                                                        tmp_path):
+    rc, out, err = _lock_cli(recipe.path, archive, monkeypatch, capsys, tmp_path)
+    assert rc == 0 and "t.lock: written." in out, err
+    inode = os.stat(recipe.lock_path).st_ino
+    rc, out, _ = _lock_cli(recipe.path, archive, monkeypatch, capsys, tmp_path)
+    assert rc == 0 and "t.lock: unchanged; every input of" in out
+    assert os.stat(recipe.lock_path).st_ino == inode                  # not even replaced by the same bytes
+    # the same pins, formatted differently: the file is rewritten and the message says so
+    compact = json.dumps(json.loads(recipe.lock_path.read_bytes())).encode()
+    recipe.lock_path.write_bytes(compact)
+    rc, out, _ = _lock_cli(recipe.path, archive, monkeypatch, capsys, tmp_path, "--json")
+    doc = json.loads(out)
+    assert rc == 0 and doc["written"] is True and doc["changes"] == []
+    recipe.lock_path.write_bytes(compact)
+    rc, out, _ = _lock_cli(recipe.path, archive, monkeypatch, capsys, tmp_path)
+    assert rc == 0 and "t.lock: rewritten in blindbox's canonical form; no pin changed" in out
+    assert recipe.lock_path.read_bytes() != compact and ": unchanged" not in out
+
+
+def test_lock_refuses_a_recipe_that_is_its_own_lock_path(tmp_path, archive, monkeypatch, capsys):
+    from .test_lock import RECIPE
+    d = tmp_path / "r2"
+    d.mkdir()
+    (d / "init.sh").write_text("#!/bin/sh\n")
+    path = d / "t.lock"
+    path.write_text(RECIPE)
+    rc, _, err = _lock_cli(path, archive, monkeypatch, capsys, tmp_path)
+    assert rc == 2 and "which is the recipe itself here; rename the recipe to end in .yaml" in err, err
+    assert path.read_text() == RECIPE
 
 
 def test_written_lock_is_read_back_identically(recipe, archive):
