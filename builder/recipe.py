@@ -25,6 +25,7 @@ from yaml.constructor import ConstructorError, SafeConstructor
 
 from builder.errors import RecipeError
 from measure.cpu import CPU_SIGS
+from measure.spec import guest_policy_problem
 from measure.vmm import PROFILES, VmmType
 
 SCHEMA = 1
@@ -780,9 +781,9 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
         launch = LaunchSpec(
             memory_mib=lf["memory_mib"].int(lo=64, hi=1 << 22) if "memory_mib" in lf else 2048,
             policy=lf["policy"].int(lo=0, hi=(1 << 64) - 1, hex_str=True) if "policy" in lf else 0x30000)
-        if not launch.policy & (1 << 17):
-            raise lf["policy"].error(f"{launch.policy:#x} lacks bit 17, which the SNP ABI requires to be set "
-                                     f"(the QEMU default is 0x30000).")
+        problem = guest_policy_problem(launch.policy)
+        if problem is not None:
+            raise lf["policy"].error(f"{problem}; the firmware launches no guest with such a policy.")
         launch_policy_line = lf["policy"].line if "policy" in lf else None
 
     id_block = _id_block(top["id_block"], launch, launch_policy_line) if "id_block" in top else None
