@@ -18,21 +18,9 @@ from measure.spec import SevMode
 from measure.vmm import PROFILES, VmmType, profile, profile_for
 from measure.vmsa import SaveArea, diff
 
+from ..params import AutoInt
+
 MODES = ["sev", "seves", "snp", "snp:ovmf-hash", "snp:svsm"]
-
-
-class AutoInt(click.ParamType):
-    """An integer in any base Python accepts (0x.., 0o.., 0b.., decimal)."""
-
-    name = "VALUE"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        try:
-            return int(value, 0)
-        except ValueError:
-            self.fail(f"{value!r} is not an integer (use decimal or 0x-prefixed hex).", param, ctx)
 
 
 def _vcpu_sig(mode: SevMode, vcpu_type, vcpu_sig, family, model, stepping) -> tuple[int | None, str | None]:
