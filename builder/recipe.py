@@ -646,8 +646,11 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise RecipeError(f"{path}:1: the recipe is not UTF-8 (byte {e.start}).", path=str(path), line=1,
-                          key="") from None
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - data.rfind(b"\n", 0, e.start)
+        raise RecipeError(f"{path}:{line}: the recipe is not UTF-8: byte {data[e.start]:#04x} at column {column} "
+                          f"(offset {e.start}) is not valid UTF-8; save the file as UTF-8.", path=str(path),
+                          line=line, key="") from None
     try:
         docs = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.MarkedYAMLError as e:
