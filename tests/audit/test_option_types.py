@@ -92,3 +92,15 @@ def test_recipe_launch_policy_with_a_reserved_bit_names_its_line(tmp_path):
     line = (BASE + "launch:\n").count("\n") + 1
     assert ei.value.line == line and f"{BIT51} sets reserved bit 51" in str(ei.value)
     assert str(ei.value).startswith(f"{tmp_path / 'r.yaml'}:{line}: ")
+
+
+@pytest.mark.parametrize("argv", [
+    ["explain-report", "--measurement", "ab" * 47, "--ovmf", "fw.bin"],
+    ["verify-report", "r.bin", "--no-signature", "--measurement", "ab" * 47],
+    ["id-block", "ab" * 47, "--id-key", "k.pem"],
+])
+def test_a_short_measurement_is_the_same_error_in_every_command(argv, capsys):
+    rc, out, err = cli(argv, capsys)
+    name = "MEASUREMENT" if argv[0] == "id-block" else "--measurement"
+    assert (rc, out) == (2, "") and err == (f"blindbox: error: {name} '{'ab' * 47}' is not 48 bytes; give 96 hex "
+                                            f"digits{'' if argv[0] == 'explain-report' else ' or base64'}.\n")
