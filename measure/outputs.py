@@ -144,6 +144,8 @@ def write_all_atomic(files: Iterable[tuple[str | os.PathLike, bytes]], *, what: 
                     os.unlink(path)
             except OSError:
                 pass
+        for tmp in temps:
+            _unlink(tmp + ".old")                       # a backup made just before an interrupt
         raise
     for _, backup, _ in done:
         if backup is not None:
