@@ -17,19 +17,47 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Iterable
 
 from builder.errors import BuildError, InputDigestMismatch, RecipeError, SourceError
-from builder.recipe import InputSpec, Recipe, check_id_keys
+from builder.recipe import SUITES, InputSpec, Recipe, check_id_keys, local_path
+from measure.outputs import write_atomic
 
 #: lock entries of the id_block keys: they sign ID blocks and are not part of the launch digest
 ID_KEY_INPUTS = frozenset({"id_key", "author_key"})
 
 LOCK_VERSION = 1
 _KERNEL_PKG = re.compile(r"linux-image-\d[\w.+-]*")
+_ENTRY_KEYS = frozenset({"name", "kind", "wants", "version", "sha256", "size", "origin", "via", "debian", "path",
+                         "url"})
+_LOCK_KEYS = frozenset({"lock_version", "recipe", "comment", "inputs"})
+_NAME = re.compile(r"[a-z_]+(:[^\x00-\x1f\x7f]+)?")
+_PACKAGE = re.compile(r"[a-z0-9][a-z0-9.+-]+")
+_DEB_VERSION = re.compile(r"[0-9A-Za-z.+~:-]+")
+_VIA = re.compile(r"[a-z0-9][a-z0-9.+-]+=[0-9A-Za-z.+~:-]+")
+_POOL_FILE = re.compile(r"pool/[A-Za-z0-9._+~:%/-]+\.deb")
+_ARCHES = ("amd64", "all")
+
+
+def _check_debian_record(deb: dict, size: int, bad) -> None:
+    """The ``debian`` package record of a lock entry: the fields DebianPackage needs, of the right form."""
+    fields = ("name", "version", "arch", "suite", "filename", "size", "sha256")
+    unknown = sorted(set(deb) - set(fields))
+    missing = [k for k in fields if k not in deb]
+    if unknown or missing:
+        raise bad("debian", f"has {'unknown field ' + repr(unknown[0]) if unknown else 'no ' + repr(missing[0])}")
+    if not isinstance(deb["size"], int) or isinstance(deb["size"], bool) or deb["size"] != size:
+        raise bad("debian", f"size {deb['size']!r} is not the entry's size {size}")
+    if not all(isinstance(deb[k], str) for k in fields if k != "size"):
+        raise bad("debian", "has a field of the wrong type (size is an integer, the rest are strings)")
+    checks = {"name": _PACKAGE.fullmatch(deb["name"]), "arch": deb["arch"] in _ARCHES,
+              "suite": deb["suite"] in SUITES,
+              "filename": _POOL_FILE.fullmatch(deb["filename"]) and ".." not in deb["filename"].split("/")}
+    for key, ok in checks.items():
+        if not ok:
+            raise bad("debian", f"{key} {deb[key]!r} is not a valid Debian package {key}")
 
 
 class LockMissing(BuildError):
@@ -71,12 +99,26 @@ class LockedInput:
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "LockedInput":
+        """One lock entry, every field checked: type, form, and agreement with the others."""
+        label = d.get("name") if isinstance(d.get("name"), str) else "?"
+
+        def bad(key, what):
+            return RecipeError(f"{where}: entry {label!r}: {key!r} {what}; the lock file is damaged or was "
+                               f"edited by hand. Restore it from version control or run `blindbox lock` again.",
+                               path=where, key=key)
+
         def need(key, typ):
-            if key not in d or not isinstance(d[key], typ):
-                raise RecipeError(f"{where}: entry {d.get('name', '?')!r} has no valid {key!r}; the lock file "
+            if key not in d or not isinstance(d[key], typ) or (typ is int and isinstance(d[key], bool)):
+                raise RecipeError(f"{where}: entry {label!r} has no valid {key!r}; the lock file "
                                   f"is damaged. Restore it from version control or run `blindbox lock` again.",
                                   path=where, key=key)
             return d[key]
+        unknown = sorted(set(d) - _ENTRY_KEYS)
+        if unknown:
+            raise bad(unknown[0], f"is not a lock entry field (known: {', '.join(sorted(_ENTRY_KEYS))})")
+        name = need("name", str)
+        if not _NAME.fullmatch(name):
+            raise bad("name", "is not an input name")
         kind = need("kind", str)
         if kind not in ("debian", "file", "url"):
             raise RecipeError(f"{where}: entry {d.get('name')!r} has unknown kind {kind!r}.", path=where,
@@ -87,15 +129,43 @@ class LockedInput:
         if not re.fullmatch(r"[0-9a-f]{64}", sha):
             raise RecipeError(f"{where}: entry {d.get('name')!r} has a malformed sha256.", path=where,
                               key="sha256")
-        entry = cls(name=need("name", str), kind=kind, wants=need("wants", dict), sha256=sha,
-                    size=need("size", int), origin=need("origin", str), version=d.get("version"),
-                    debian=d.get("debian"), path=d.get("path"), url=d.get("url"), via=d.get("via"))
+        size = need("size", int)
+        if size < 0:
+            raise bad("size", f"is {size}, not a size in bytes")
+        wants = need("wants", dict)
+        origin = need("origin", str)
+        for key in {"debian": ("path", "url"), "file": ("debian", "url", "via", "version"),
+                    "url": ("debian", "path", "via", "version")}[kind]:
+            if d.get(key) is not None:
+                raise bad(key, f"does not belong to a {kind} input")
+        entry = cls(name=name, kind=kind, wants=wants, sha256=sha, size=size, origin=origin,
+                    version=d.get("version"), debian=d.get("debian"), path=d.get("path"), url=d.get("url"),
+                    via=d.get("via"))
         if kind == "debian":
             deb = need("debian", dict)
+            version = need("version", str)
+            if not _DEB_VERSION.fullmatch(version):
+                raise bad("version", f"{version!r} is not a Debian version")
             if deb.get("sha256") != sha or deb.get("version") != entry.version:
                 raise RecipeError(f"{where}: entry {entry.name!r} disagrees with its own package record "
                                   f"(version or sha256); the lock file was edited by hand. Run `blindbox "
                                   f"lock` again.", path=where, key="debian")
+            _check_debian_record(deb, size, bad)
+            if entry.via is not None and not (isinstance(entry.via, str) and _VIA.fullmatch(entry.via)):
+                raise bad("via", "is not a package=version string")
+            expected_origin = f"debian:{deb['suite']}/{deb['name']}={version} ({deb['filename']})"
+        elif kind == "file":
+            path = need("path", str)
+            if path != wants.get("file"):
+                raise bad("path", f"{path!r} is not the file the entry was made for ({wants.get('file')!r})")
+            expected_origin = f"file:{path}"
+        else:
+            url = need("url", str)
+            if url != wants.get("url") or not url.startswith("https://"):
+                raise bad("url", f"{url!r} is not the https URL the entry was made for")
+            expected_origin = url
+        if origin != expected_origin:
+            raise bad("origin", f"is {origin!r}, but the entry's own fields say {expected_origin!r}")
         return entry
 
     def describe(self) -> str:
@@ -202,6 +272,15 @@ def parse_lock(data: bytes, path: Path) -> Lock:
     if not isinstance(doc, dict) or doc.get("lock_version") != LOCK_VERSION:
         raise RecipeError(f"{where}: not a blindbox lock file of version {LOCK_VERSION}; run `blindbox lock` "
                           f"again.", path=where, key="lock_version")
+    unknown = sorted(set(doc) - _LOCK_KEYS)
+    if unknown:
+        raise RecipeError(f"{where}: unknown key {unknown[0]!r} (a lock file has {', '.join(sorted(_LOCK_KEYS))}); "
+                          f"restore it from version control or run `blindbox lock` again.", path=where,
+                          key=unknown[0])
+    for key in ("recipe", "comment"):
+        if key in doc and not isinstance(doc[key], str):
+            raise RecipeError(f"{where}: {key!r} must be a string; restore the lock file from version control "
+                              f"or run `blindbox lock` again.", path=where, key=key)
     raw = doc.get("inputs")
     if not isinstance(raw, list) or not all(isinstance(d, dict) for d in raw):
         raise RecipeError(f"{where}: 'inputs' must be a list of entries.", path=where, key="inputs")
@@ -218,20 +297,7 @@ def write_lock(path: str | Path, lock: Lock) -> Lock:
     """Write ``lock`` atomically (temp file in the same directory, fsync, rename)."""
     path = Path(path)
     data = lock.to_json()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_atomic(path, data, what="lock file", mode=0o644)
     return Lock(lock.recipe, lock.inputs, path, hashlib.sha256(data).hexdigest())
 
 
@@ -307,8 +373,7 @@ def resolve_input(spec: InputSpec, recipe: Recipe, archive, fetch_url) -> Locked
             pkg, via = archive.resolve(spec.package, spec.suite, arch=spec.arch), None
         return _debian_entry(spec.name, wants, pkg, via)
     if spec.kind == "file":
-        assert spec.file is not None  # the recipe requires it for a file input
-        path = recipe.directory / spec.file
+        path = local_path(recipe, spec)
         if not path.is_file():
             raise SourceError(f"input {spec.name!r}: {path} does not exist (the recipe names it relative to "
                               f"{recipe.directory}).", source=str(path))

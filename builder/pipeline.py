@@ -36,12 +36,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from builder import sources
-from builder.bundle import MANIFEST, write_bundle
+from builder.bundle import MANIFEST, BundleError, write_bundle
 from builder.errors import BuildError, InputDigestMismatch, OfflineMiss, SourceError, SourceGone
 from builder.launch import LaunchFiles, LaunchShape, render as render_launch
-from builder.lock import Lock, LockedInput, check_lock, file_sha256, read_lock
+from builder.lock import Lock, LockedInput, LockMismatch, check_lock, file_sha256, read_lock
 from builder.manifest import InputRecord, Manifest, ManifestError, MeasurementRecord, OutputRecord
-from builder.recipe import FileEntry, Recipe, check_id_keys, load_id_key, load_recipe
+from builder.recipe import FileEntry, Recipe, check_id_keys, load_id_key, load_recipe, local_path
 from measure import __version__
 from measure.cpu import CPU_SIGS
 from measure.errors import MeasureError, UnsupportedFirmware
@@ -134,13 +134,31 @@ def step_recipe(b: Build) -> None:
     check_lock(b.recipe, b.lock)
     check_id_keys(b.recipe)
     b.out = Path(os.path.abspath(b.request.out or Path("out") / b.recipe.name))
+    _refuse_out_holding_inputs(b)
+
+
+def _refuse_out_holding_inputs(b: Build) -> None:
+    """The bundle directory is replaced as a whole: it must not be, or hold, one of the build's inputs."""
+    out = os.path.realpath(b.out)
+    inputs = [("recipe", b.recipe.path), ("lock file", b.lock.path or b.recipe.lock_path)]
+    inputs += [(f"local input {s.name!r}", b.recipe.directory / s.file) for s in b.recipe.inputs() if s.kind == "file"]
+    for what, path in inputs:
+        real = os.path.realpath(path)
+        if os.path.commonpath([out, real]) == out:
+            raise BundleError(f"--out {b.out} is or contains the {what} {path}; writing the bundle there would "
+                              f"replace it, so choose an --out directory outside the recipe's files.")
+
+
+def _local_file(b: Build, entry: LockedInput) -> Path:
+    """The recipe's local file a lock entry pins, refused if it resolves outside the recipe's directory."""
+    spec = next(s for s in b.recipe.inputs() if s.name == entry.name)   # check_lock matched them
+    return local_path(b.recipe, spec)
 
 
 def _local_inputs_unchanged(b: Build) -> bool:
     for entry in b.lock.inputs:
         if entry.kind == "file":
-            assert entry.path is not None  # LockedInput.from_dict requires it
-            p = b.recipe.directory / entry.path
+            p = _local_file(b, entry)
             if not p.is_file() or file_sha256(p) != entry.sha256:
                 return False
     return True
@@ -221,21 +239,32 @@ def step_fetch(b: Build) -> None:
                 assert entry.debian is not None  # LockedInput.from_dict requires it
                 pkg = sources.DebianPackage.from_dict(entry.debian)
                 b.packages[entry.name] = pkg
-                b.archive.download(pkg)
+                _check_size(b, entry, b.archive.download(pkg))
                 member = _member_of(b, entry.name)
                 if member is not None:
                     b.inputs[entry.name] = b.archive.member(pkg, member)
                 else:
                     b.inputs[entry.name] = b.archive.unpack(pkg)
             elif entry.kind == "file":
-                assert entry.path is not None  # LockedInput.from_dict requires it
-                b.inputs[entry.name] = sources.local_file(b.recipe.directory / entry.path, entry.sha256)
+                b.inputs[entry.name] = sources.local_file(_local_file(b, entry), entry.sha256)
             else:
                 assert entry.url is not None  # LockedInput.from_dict requires it
                 b.inputs[entry.name] = sources.fetch_url(entry.url, entry.sha256, cache=b.cache,
                                                          offline=b.request.offline)
+            if entry.kind != "debian":
+                _check_size(b, entry, b.inputs[entry.name])
         except SourceError as e:
             raise _fetch_error(b, entry, e) from e
+
+
+def _check_size(b: Build, entry: LockedInput, path: Path) -> None:
+    """The lock's size of an input must be the size of the bytes fetched for it (the manifest publishes it)."""
+    actual = os.path.getsize(path)
+    if actual != entry.size:
+        raise LockMismatch(
+            f"{b.lock.path or b.recipe.lock_path} pins input {entry.name!r} ({entry.describe()}) with size "
+            f"{entry.size}, but its verified bytes are {actual} bytes long; the lock file was edited by hand. "
+            f"Restore it from version control or run `blindbox lock {b.recipe.path}` again.")
 
 
 def check_firmware(fw: Firmware, what: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -25,6 +26,7 @@ from yaml.constructor import ConstructorError, SafeConstructor
 
 from builder.errors import RecipeError
 from measure.cpu import CPU_SIGS
+from measure.spec import guest_policy_problem
 from measure.vmm import PROFILES, VmmType
 
 SCHEMA = 1
@@ -595,6 +597,26 @@ def _id_block(n: _Node, launch: LaunchSpec, launch_policy_line: int | None) -> I
         policy=policy, line=n.line)
 
 
+def local_path(recipe: Recipe, spec: InputSpec, key: str | None = None) -> Path:
+    """The local file ``spec`` names, relative to the recipe's directory.
+
+    Refused (RecipeError at the declaration's ``file:line``) when the file, or a directory
+    on its way, is a symbolic link that resolves outside the recipe's directory: local
+    inputs stay inside it, so nothing from elsewhere on the host lands in the guest.
+    """
+    path = recipe.directory / spec.file
+    base = os.path.realpath(recipe.directory)
+    real = os.path.realpath(path)
+    if os.path.commonpath([base, real]) != base:
+        key = key or spec.name
+        raise RecipeError(
+            f"{recipe.path}:{spec.line}: {key}: {spec.file!r} is a symbolic link (or lies under one) that "
+            f"resolves to {real}, outside the recipe's directory {base}; local files must stay inside the "
+            f"recipe's directory, so copy the file there instead of linking to it.",
+            path=str(recipe.path), line=spec.line, key=key)
+    return path
+
+
 def load_id_key(recipe: Recipe, spec: InputSpec, path: str | Path | None = None):
     """The P-384 private key an ``id_block`` key input names (read from ``path`` if given).
 
@@ -608,7 +630,7 @@ def load_id_key(recipe: Recipe, spec: InputSpec, path: str | Path | None = None)
     key = f"id_block.{spec.name}"
     assert spec.file is not None  # id_block keys are file inputs
     try:
-        return load_private_key(recipe.directory / spec.file if path is None else Path(path), what)
+        return load_private_key(local_path(recipe, spec, key) if path is None else Path(path), what)
     except InputError as e:
         raise RecipeError(f"{recipe.path}:{spec.line}: {key}: {e}", path=str(recipe.path), line=spec.line,
                           key=key) from None
@@ -627,8 +649,11 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise RecipeError(f"{path}:1: the recipe is not UTF-8 (byte {e.start}).", path=str(path), line=1,
-                          key="") from None
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - data.rfind(b"\n", 0, e.start)
+        raise RecipeError(f"{path}:{line}: the recipe is not UTF-8: byte {data[e.start]:#04x} at column {column} "
+                          f"(offset {e.start}) is not valid UTF-8; save the file as UTF-8.", path=str(path),
+                          line=line, key="") from None
     try:
         docs = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.MarkedYAMLError as e:
@@ -763,9 +788,9 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
         launch = LaunchSpec(
             memory_mib=lf["memory_mib"].int(lo=64, hi=1 << 22) if "memory_mib" in lf else 2048,
             policy=lf["policy"].int(lo=0, hi=(1 << 64) - 1, hex_str=True) if "policy" in lf else 0x30000)
-        if not launch.policy & (1 << 17):
-            raise lf["policy"].error(f"{launch.policy:#x} lacks bit 17, which the SNP ABI requires to be set "
-                                     f"(the QEMU default is 0x30000).")
+        problem = guest_policy_problem(launch.policy)
+        if problem is not None:
+            raise lf["policy"].error(f"{problem}; the firmware launches no guest with such a policy.")
         launch_policy_line = lf["policy"].line if "policy" in lf else None
 
     id_block = _id_block(top["id_block"], launch, launch_policy_line) if "id_block" in top else None

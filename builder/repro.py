@@ -169,11 +169,6 @@ def _recipe_files(recipe) -> list[Path]:
     return files
 
 
-def _private_key_files(recipe) -> list[Path]:
-    spec = getattr(recipe, "id_block", None)
-    return [] if spec is None else [recipe.directory / k.file for k in spec.keys()]
-
-
 def _copy_recipe(recipe, dest: Path, *, reverse: bool) -> Path:
     """Copy the recipe, its lock and its local files (same relative layout) into ``dest``."""
     files = sorted(_recipe_files(recipe), key=lambda p: str(p), reverse=reverse)
@@ -203,6 +198,19 @@ def _run(run: BuildRun, cwd: Path) -> None:
         run.result = None
 
 
+def _user_paths(text: str, copies: dict[Path, Path]) -> str:
+    """``text`` (a build's error output) with the temporary recipe copies replaced by the user's paths."""
+    for copy, original in copies.items():
+        text = text.replace(str(copy), str(original))
+    return text
+
+
+def _build_failed(run: BuildRun, recipe, copies: dict[Path, Path]) -> BuildError:
+    detail = _user_paths(run.stderr.strip()[-2000:], copies)
+    detail = detail[len("blindbox: error: "):] if detail.startswith("blindbox: error: ") else detail
+    return BuildError(f"check-repro: build {run.label} of {recipe.path} failed (exit {run.returncode}): {detail}")
+
+
 def check_repro(recipe, *, cache: Path, workdir: Path | None = None, allow_stale=(), keep: bool = False,
                 explain: bool = True, use_faketime: bool = True, reference: Path | None = None) -> ReproResult:
     """Build ``recipe`` twice in separate processes under different conditions and compare.
@@ -210,17 +218,46 @@ def check_repro(recipe, *, cache: Path, workdir: Path | None = None, allow_stale
     ``cache`` is the content cache build A uses (it is warmed there if needed); build B
     works offline from a copy of it.  ``reference``: a bundle built before (e.g. the one
     ``build --check-repro`` just wrote) that must equal build A too.  Raises BuildError
-    when a build itself fails.
+    when a build itself fails; its message names the user's recipe and lock, not the copies.
+
+    The work directory holds copies of the recipe's files, private ID keys included.  It
+    is removed on every way out (success, failure, exception, interrupt), except after a
+    difference or with ``keep``: then both bundles stay for inspection (``workdir`` in the
+    result) and the recipe copies, with the keys, are removed.  A ``workdir`` given by
+    the caller is never removed, only the recipe copies in it.
     """
     made_workdir = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="blindbox-repro-")) if workdir is None else Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    keep_bundles = False
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        result = _check_repro(recipe, cache, workdir, allow_stale, explain, use_faketime, reference)
+        keep_bundles = keep or not result.identical
+        return result
+    finally:
+        if made_workdir and not keep_bundles:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            for copy in _recipe_copies(workdir):
+                shutil.rmtree(copy, ignore_errors=True)
+
+
+def _recipe_copies(workdir: Path) -> list[Path]:
+    return [workdir / "a" / "recipe", workdir / _DIR_B / "recipe"]
+
+
+_DIR_B = "b dir with spaces — ü"
+
+
+def _check_repro(recipe, cache: Path, workdir: Path, allow_stale, explain: bool, use_faketime: bool,
+                 reference: Path | None) -> ReproResult:
     faketime = FAKE_DATE if use_faketime and shutil.which("faketime") else None
     cli = [sys.executable, "-m", "blindbox.cli", "build"]
     stale = [a for s in allow_stale for a in ("--allow-stale", s)]
 
     dir_a = workdir / "a"
-    dir_b = workdir / "b dir with spaces — ü"
+    dir_b = workdir / _DIR_B
+    copies = {dir_a / "recipe": recipe.directory, dir_b / "recipe": recipe.directory}
     recipe_a = _copy_recipe(recipe, dir_a / "recipe", reverse=False)
     recipe_b = _copy_recipe(recipe, dir_b / "recipe", reverse=True)
     (workdir / "home-a").mkdir(exist_ok=True)
@@ -233,8 +270,7 @@ def check_repro(recipe, *, cache: Path, workdir: Path | None = None, allow_stale
                      env_a, 0o022, None)
     _run(run_a, dir_a)
     if run_a.returncode != 0:
-        raise BuildError(f"check-repro: build A of {recipe.path} failed (exit {run_a.returncode}): "
-                         f"{run_a.stderr.strip()[-2000:]}")
+        raise _build_failed(run_a, recipe, copies)
 
     cache_b = workdir / "cache-b"
     (cache_b / "sha256").mkdir(parents=True, exist_ok=True)
@@ -252,8 +288,7 @@ def check_repro(recipe, *, cache: Path, workdir: Path | None = None, allow_stale
                      env_b, 0o077, faketime)
     _run(run_b, dir_b)
     if run_b.returncode != 0:
-        raise BuildError(f"check-repro: build B of {recipe.path} failed (exit {run_b.returncode}): "
-                         f"{run_b.stderr.strip()[-2000:]}")
+        raise _build_failed(run_b, recipe, copies)
 
     result = ReproResult(recipe.path, workdir, [run_a, run_b])
     result.variations = [
@@ -275,11 +310,4 @@ def check_repro(recipe, *, cache: Path, workdir: Path | None = None, allow_stale
             Difference(f"{d.file} (in {reference}, against build A)", d.kind, d.offset, d.size_a, d.size_b,
                        d.detail) for d in compare_bundles(reference, run_a.out, explain=explain)]
         result.variations.insert(0, ("also compared", str(reference), "build A"))
-    if result.identical and not keep and made_workdir:
-        shutil.rmtree(workdir, ignore_errors=True)
-    else:
-        # Both bundles stay for inspection, but private keys never outlive the check.
-        for key in _private_key_files(recipe):
-            for copy in (dir_a / "recipe", dir_b / "recipe"):
-                (copy / key.relative_to(recipe.directory)).unlink(missing_ok=True)
     return result

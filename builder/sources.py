@@ -70,6 +70,7 @@ from pathlib import Path
 from typing import Literal
 
 from measure.inputs import cache_root  # the one definition of where blindbox caches things
+from measure.outputs import write_atomic
 
 from .errors import (InputDigestMismatch, OfflineMiss, SourceError, SourceGone, StaleSuite,
                      ToolMissing)
@@ -869,11 +870,7 @@ def _write_if_changed(path: Path, text: str) -> None:
             return
     except FileNotFoundError:
         pass
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_atomic(path, text.encode(), what="apt configuration file", mode=0o644)
 
 
 class DebianArchive:

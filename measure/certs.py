@@ -490,11 +490,23 @@ def load_certificates(data: bytes, *, source: str = "") -> list[Certificate]:
     return [parse_certificate(data, source=label)]
 
 
+#: names under which certificates are stored; in a --certs directory such a file must parse
+CERTIFICATE_SUFFIXES = (".pem", ".der", ".crt", ".cer", ".cert")
+
+
+def _looks_like_certificate(path: Path, data: bytes) -> bool:
+    """A file meant as a certificate: its name says so, or it starts like PEM or a DER X.509 SEQUENCE."""
+    return (path.suffix.lower() in CERTIFICATE_SUFFIXES or data.lstrip()[:10] == b"-----BEGIN"
+            or data[:2] == b"\x30\x82")
+
+
 def collect_certificates(paths: Iterable[str | Path]) -> tuple[list[Certificate], list[str]]:
     """Certificates from files and directories (``--certs``).
 
-    A file must hold certificates; in a directory, every regular file that parses as
-    certificates is taken and the others are listed as ignored (second return value).
+    A file must hold certificates.  In a directory, every regular file that is meant as
+    a certificate (named ``*.pem``, ``*.der``, ``*.crt``, ``*.cer``, ``*.cert``, or PEM or
+    DER X.509 by its first bytes) must parse: a damaged one is an error naming it, never
+    skipped.  Other files (reports, notes) are listed as ignored (second return value).
     """
     certs: list[Certificate] = []
     ignored: list[str] = []
@@ -504,9 +516,13 @@ def collect_certificates(paths: Iterable[str | Path]) -> tuple[list[Certificate]
             for entry in sorted(path.iterdir()):
                 if not entry.is_file():
                     continue
+                data = read_input(entry, "certificate")
                 try:
-                    certs.extend(load_certificates(read_input(entry, "certificate"), source=str(entry)))
-                except CertificateError:
+                    certs.extend(load_certificates(data, source=str(entry)))
+                except CertificateError as e:
+                    if _looks_like_certificate(entry, data):
+                        raise CertificateError(f"{str(e).rstrip('.')} (in the --certs directory {path}); "
+                                               f"replace or remove that file.") from None
                     ignored.append(str(entry))
         else:
             certs.extend(load_certificates(read_input(path, "certificate"), source=str(path)))

@@ -30,6 +30,7 @@ from . import layout
 from .errors import InputError, SignatureInvalid
 from .inputs import read_private_key
 from .report import EcdsaSignature
+from .spec import guest_policy_problem
 
 ALGO_ECDSA_P384_SHA384 = 1
 CURVE_P384 = 2
@@ -135,9 +136,9 @@ def id_block(launch_digest: bytes, *, family_id: bytes | None = None, image_id: 
         raise InputError(f"the launch digest must be 48 bytes (96 hex digits), got {len(launch_digest)}.")
     if not 0 <= guest_svn <= 0xFFFFFFFF:
         raise InputError(f"guest SVN {guest_svn} does not fit in 32 bits.")
-    if not 0 <= policy <= 0xFFFFFFFFFFFFFFFF or not policy & (1 << 17):
-        raise InputError(f"guest policy {policy:#x} is not a valid GUEST_POLICY (bit 17 must be set, "
-                         f"64 bits at most); e.g. 0x30000.")
+    problem = guest_policy_problem(policy)
+    if problem is not None:
+        raise InputError(f"guest policy {policy:#x} is not a valid GUEST_POLICY: {problem}; e.g. 0x30000.")
     return IdBlock(ld=bytes(launch_digest), family_id=_bytes16(family_id, "family ID"),
                    image_id=_bytes16(image_id, "image ID"), guest_svn=guest_svn, policy=policy)
 

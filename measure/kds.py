@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -46,6 +45,7 @@ from .certs import (HW_ID_SIZE, PINNED, SPL_KDS_NAME, Certificate, CertificateEr
                     load_certificates, parse_certificate)
 from .errors import ChainInvalid, InputError
 from .inputs import cache_root
+from .outputs import OutputError, write_atomic
 from .report import Product, ReportV2, SigningKey, mask_chip_key, signing_key, tcb_components
 
 AMD_KDS_URL = "https://kdsintf.amd.com"
@@ -224,18 +224,10 @@ class KdsClient:
         """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        except OSError as e:
-            raise KdsUnavailable(f"cannot write the KDS cache file {path}: {e.strerror or e}; check the "
+            write_atomic(path, data, what="KDS cache file", mode=0o644)
+        except (OSError, OutputError) as e:
+            reason = e.reason if isinstance(e, OutputError) else (e.strerror or e)
+            raise KdsUnavailable(f"cannot write the KDS cache file {path}: {reason}; check the "
                                  f"permissions of the blindbox cache (BLINDBOX_CACHE).") from None
 
 

@@ -108,3 +108,23 @@ class GuestFeatures(enum.IntFlag):
     IBS_VIRTUALIZATION = 1 << 12
     VMSA_REG_PROT = 1 << 14
     SMT_PROTECTION = 1 << 15
+
+
+#: GUEST_POLICY (SEV-SNP Firmware ABI, guest policy structure): bits 15:0 are the minimum
+#: ABI version, 16 and 18-25 are defined flags, bit 17 is reserved and must be one, and
+#: bits 63:26 are reserved and must be zero.
+GUEST_POLICY_RESERVED_ONE = 1 << 17
+GUEST_POLICY_RESERVED_ZERO = ((1 << 64) - 1) & ~((1 << 26) - 1)
+
+
+def guest_policy_problem(policy: int) -> str | None:
+    """Why ``policy`` is not a GUEST_POLICY the firmware accepts, as a clause; None when it is one."""
+    if not 0 <= policy < 1 << 64:
+        return f"{policy:#x} does not fit in 64 bits"
+    if not policy & GUEST_POLICY_RESERVED_ONE:
+        return f"{policy:#x} has bit 17 clear, which the SNP ABI reserves as one (the QEMU default is 0x30000)"
+    reserved = [bit for bit in range(26, 64) if policy >> bit & 1]
+    if reserved:
+        return (f"{policy:#x} sets reserved bit{'s' if len(reserved) > 1 else ''} "
+                f"{', '.join(map(str, reserved))} (bits 63:26 must be zero)")
+    return None

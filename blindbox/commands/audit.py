@@ -7,7 +7,6 @@ input is unreadable or malformed, 1 an internal error.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,35 +22,15 @@ from measure.kds import Fetched, KdsClient, fetch_missing
 from measure.manifest_sig import (SIGNATURE_SUFFIX, load_private_key as load_signing_key,
                                   load_public_key, public_key_fingerprint, sign_manifest,
                                   verify_manifest)
+from measure.outputs import refuse_inputs, write_all_atomic, write_atomic
 from measure.report import (Product, SigningKey, cpuid_product, parse_report,
                             signing_key as report_signing_key)
 from measure.verify import (FAIL, PASS, SKIP, Requirements, VerifyRequest, load_manifest,
                             parse_min_tcb, verify_report)
 
-from .measure import AutoInt
+from ..params import GuestPolicy, HexBytes, Svn, Vmpl
 
 _CTX = {"help_option_names": ["-h", "--help"]}
-
-
-def _bytes(value: str | None, size: int, option: str, *, base64_ok: bool = False) -> bytes | None:
-    """``size`` bytes from hex (optionally 0x-prefixed) or, where allowed, base64."""
-    if value is None:
-        return None
-    text = value.strip()
-    hex_text = text[2:] if text[:2].lower() == "0x" else text
-    try:
-        raw = bytes.fromhex(hex_text)
-    except ValueError:
-        raw = None
-    if raw is None and base64_ok:
-        try:
-            raw = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raw = None
-    if raw is None or len(raw) != size:
-        forms = f"{2 * size} hex digits" + (" or base64" if base64_ok else "")
-        raise InputError(f"{option} {value!r} is not {size} bytes; give {forms}.")
-    return raw
 
 
 def _time(value: str | None) -> datetime | None:
@@ -82,22 +61,25 @@ _STATUS = {PASS: "PASS", FAIL: "FAIL", SKIP: "skip"}
               help="Check certificate validity at this time (ISO 8601, UTC by default) instead of now.")
 @click.option("--no-signature", is_flag=True,
               help="Check report fields only; nothing then proves the report comes from AMD hardware.")
-@click.option("--measurement", metavar="HEX", help="Expected MEASUREMENT (96 hex digits or base64).")
+@click.option("--measurement", type=HexBytes(48, base64_ok=True), metavar="HEX",
+              help="Expected MEASUREMENT (96 hex digits or base64).")
 @click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="manifest.json: MEASUREMENT must equal one of its digests; matching shapes are printed.")
 @click.option("--shape", metavar="ID", help="With --manifest: accept only this shape's digest.")
-@click.option("--host-data", metavar="HEX", help="Expected HOST_DATA (32 bytes).")
-@click.option("--report-data", metavar="HEX", help="Expected REPORT_DATA (64 bytes).")
-@click.option("--id-key-digest", metavar="HEX", help="Expected ID_KEY_DIGEST (48 bytes).")
-@click.option("--author-key-digest", metavar="HEX", help="Expected AUTHOR_KEY_DIGEST (48 bytes).")
-@click.option("--family-id", metavar="HEX", help="Expected FAMILY_ID (16 bytes).")
-@click.option("--image-id", metavar="HEX", help="Expected IMAGE_ID (16 bytes).")
+@click.option("--host-data", type=HexBytes(32), metavar="HEX", help="Expected HOST_DATA (32 bytes).")
+@click.option("--report-data", type=HexBytes(64), metavar="HEX", help="Expected REPORT_DATA (64 bytes).")
+@click.option("--id-key-digest", type=HexBytes(48, base64_ok=True), metavar="HEX",
+              help="Expected ID_KEY_DIGEST (48 bytes).")
+@click.option("--author-key-digest", type=HexBytes(48, base64_ok=True), metavar="HEX",
+              help="Expected AUTHOR_KEY_DIGEST (48 bytes).")
+@click.option("--family-id", type=HexBytes(16), metavar="HEX", help="Expected FAMILY_ID (16 bytes).")
+@click.option("--image-id", type=HexBytes(16), metavar="HEX", help="Expected IMAGE_ID (16 bytes).")
 @click.option("--allow-debug", is_flag=True, help="Accept a guest whose policy allows debugging.")
-@click.option("--policy", type=AutoInt(), help="Expected GUEST_POLICY, exactly (e.g. 0x30000).")
-@click.option("--vmpl", type=int, help="Expected VMPL of the report request.")
+@click.option("--policy", type=GuestPolicy(), help="Expected GUEST_POLICY, exactly (e.g. 0x30000).")
+@click.option("--vmpl", type=Vmpl(), help="Expected VMPL of the report request (0-3).")
 @click.option("--min-tcb", metavar="SPEC",
               help="Minimum REPORTED_TCB per component, e.g. bl=3,tee=0,snp=8,ucode=115 (fmc= on Turin).")
-@click.option("--min-guest-svn", type=int, metavar="N", help="Minimum GUEST_SVN.")
+@click.option("--min-guest-svn", type=Svn(), metavar="N", help="Minimum GUEST_SVN.")
 @click.option("--signing-key", type=click.Choice(["vcek", "vlek"], case_sensitive=False),
               help="Require this kind of signing key.")
 @click.option("--fetch", "fetch", is_flag=True,
@@ -126,14 +108,10 @@ def verify_report_cmd(report, certs, trust_root, product, at, no_signature, meas
     if manifest is not None:
         entries = load_manifest(read_input(manifest, "manifest"), source=str(manifest))
     need = Requirements(
-        measurement=_bytes(measurement, 48, "--measurement", base64_ok=True),
+        measurement=measurement,
         manifest=entries, manifest_source=str(manifest) if manifest else "manifest.json", shape=shape,
-        host_data=_bytes(host_data, 32, "--host-data"),
-        report_data=_bytes(report_data, 64, "--report-data"),
-        id_key_digest=_bytes(id_key_digest, 48, "--id-key-digest", base64_ok=True),
-        author_key_digest=_bytes(author_key_digest, 48, "--author-key-digest", base64_ok=True),
-        family_id=_bytes(family_id, 16, "--family-id"),
-        image_id=_bytes(image_id, 16, "--image-id"),
+        host_data=host_data, report_data=report_data, id_key_digest=id_key_digest,
+        author_key_digest=author_key_digest, family_id=family_id, image_id=image_id,
         allow_debug=allow_debug, policy=policy, vmpl=vmpl,
         min_tcb=parse_min_tcb(min_tcb) if min_tcb is not None else None,
         min_guest_svn=min_guest_svn,
@@ -185,30 +163,29 @@ def verify_report_cmd(report, certs, trust_root, product, at, no_signature, meas
         raise error
 
 
-def _measurement_arg(positional: str | None, option: str | None) -> bytes:
-    if positional and option and positional != option:
+def _measurement_arg(positional: bytes | None, option: bytes | None) -> bytes:
+    if positional is not None and option is not None and positional != option:
         raise InputError("give the launch digest once, as MEASUREMENT or --measurement.")
-    value = positional or option
+    value = positional if positional is not None else option
     if value is None:
         raise InputError("give the launch digest (MEASUREMENT, 96 hex digits or base64), e.g. from "
                          "blindbox measure.")
-    digest = _bytes(value, 48, "MEASUREMENT", base64_ok=True)
-    assert digest is not None  # value is not None
-    return digest
+    return value
 
 
 @click.command("id-block", context_settings=_CTX)
-@click.argument("measurement_arg", metavar="MEASUREMENT", required=False)
-@click.option("--measurement", metavar="DIGEST", help="Same as MEASUREMENT (snp-create-id-block spelling).")
+@click.argument("measurement_arg", metavar="MEASUREMENT", required=False, type=HexBytes(48, base64_ok=True))
+@click.option("--measurement", type=HexBytes(48, base64_ok=True), metavar="DIGEST",
+              help="Same as MEASUREMENT (snp-create-id-block spelling).")
 @click.option("--id-key", "--idkey", "id_key", required=True, type=click.Path(dir_okay=False, path_type=Path),
               metavar="PEM", help="ID private key (ECDSA P-384).")
 @click.option("--author-key", "--authorkey", "author_key", type=click.Path(dir_okay=False, path_type=Path),
               metavar="PEM", help="Author private key (ECDSA P-384); optional.")
-@click.option("--family-id", metavar="HEX", help="FAMILY_ID, 16 bytes (default zero).")
-@click.option("--image-id", metavar="HEX", help="IMAGE_ID, 16 bytes (default zero).")
-@click.option("--guest-svn", type=AutoInt(), default=DEFAULT_GUEST_SVN, show_default=True,
+@click.option("--family-id", type=HexBytes(16), metavar="HEX", help="FAMILY_ID, 16 bytes (default zero).")
+@click.option("--image-id", type=HexBytes(16), metavar="HEX", help="IMAGE_ID, 16 bytes (default zero).")
+@click.option("--guest-svn", type=Svn(), default=DEFAULT_GUEST_SVN, show_default=True,
               help="GUEST_SVN.")
-@click.option("--policy", type=AutoInt(), default=DEFAULT_POLICY, show_default="0x30000",
+@click.option("--policy", type=GuestPolicy(), default=DEFAULT_POLICY, show_default="0x30000",
               help="Guest POLICY the launch must use.")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Also write id_block.bin and id_auth.bin (raw) there.")
@@ -225,8 +202,7 @@ def id_block_cmd(measurement_arg, measurement, id_key, author_key, family_id, im
     id_priv = load_private_key(id_key, "ID key")
     author_priv = load_private_key(author_key, "author key") if author_key is not None else None
     result = create_id_block(digest, id_priv, author_priv,
-                             family_id=_bytes(family_id, 16, "--family-id"),
-                             image_id=_bytes(image_id, 16, "--image-id"),
+                             family_id=family_id, image_id=image_id,
                              guest_svn=guest_svn, policy=policy)
     block_b64 = base64.b64encode(result.id_block_bytes).decode()
     auth_b64 = base64.b64encode(result.id_auth_bytes).decode()
@@ -234,13 +210,15 @@ def id_block_cmd(measurement_arg, measurement, id_key, author_key, family_id, im
     if author_priv is not None:
         qemu += ",author-key-enabled=on"
     if out_dir is not None:
+        outputs = [(out_dir / "id_block.bin", result.id_block_bytes), (out_dir / "id_auth.bin", result.id_auth_bytes)]
+        for path, _ in outputs:
+            refuse_inputs(path, [("ID key", id_key), ("author key", author_key)], "--out-dir")
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / "id_block.bin").write_bytes(result.id_block_bytes)
-            (out_dir / "id_auth.bin").write_bytes(result.id_auth_bytes)
         except OSError as e:
-            raise InputError(f"cannot write to --out-dir {str(out_dir)!r}: {e.strerror or e}; check "
+            raise InputError(f"cannot create --out-dir {str(out_dir)!r}: {e.strerror or e}; check "
                              f"the path and permissions.") from None
+        write_all_atomic(outputs, what="ID block file")
     if as_json:
         click.echo(json.dumps({
             "measurement": digest.hex(),
@@ -275,14 +253,11 @@ def sign_manifest_cmd(manifest, key, output, as_json):
     ECDSA P-384 signatures are DER over SHA-384 (deterministic, RFC 6979); Ed25519
     signatures are the raw 64 bytes. openssl alone verifies both (docs/auditing.md).
     """
+    output = output or manifest.with_name(manifest.name + SIGNATURE_SUFFIX)
+    refuse_inputs(output, [("manifest", manifest), ("signing key", key)], "--output")
     data = read_input(manifest, "manifest")
     result = sign_manifest(data, load_signing_key(key))
-    output = output or manifest.with_name(manifest.name + SIGNATURE_SUFFIX)
-    try:
-        output.write_bytes(result.signature)
-    except OSError as e:
-        raise InputError(f"cannot write the signature to {str(output)!r}: {e.strerror or e}; check the "
-                         f"path and permissions.") from None
+    write_atomic(output, result.signature, what="signature file")
     if as_json:
         click.echo(json.dumps({"manifest": str(manifest), "manifest_sha256": result.manifest_sha256,
                                "signature": str(output), "algorithm": result.algorithm,
@@ -298,7 +273,7 @@ def sign_manifest_cmd(manifest, key, output, as_json):
               help="Publisher's public key (PEM or DER SubjectPublicKeyInfo).")
 @click.option("--signature", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help=f"Signature file (default: MANIFEST{SIGNATURE_SUFFIX}).")
-@click.option("--key-sha256", metavar="HEX",
+@click.option("--key-sha256", type=HexBytes(32, prefix="sha256:"), metavar="HEX",
               help="Also require the public key to have this SHA-256 fingerprint (DER SubjectPublicKeyInfo).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def verify_manifest_cmd(manifest, key, signature, key_sha256, as_json):
@@ -316,9 +291,10 @@ def verify_manifest_cmd(manifest, key, signature, key_sha256, as_json):
     fingerprint = public_key_fingerprint(public)
     error = None
     algorithm = None
-    if key_sha256 is not None and fingerprint != key_sha256.strip().lower().removeprefix("sha256:"):
+    if key_sha256 is not None and fingerprint != key_sha256.hex():
         error = SignatureInvalid(f"the public key {str(key)!r} has fingerprint sha256:{fingerprint}, not "
-                                 f"the pinned {key_sha256}; get the publisher's key from a trusted source.")
+                                 f"the pinned sha256:{key_sha256.hex()}; get the publisher's key from a "
+                                 f"trusted source.")
     else:
         try:
             algorithm = verify_manifest(data, sig, public, source=str(manifest))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -139,10 +140,15 @@ def lock(recipe, update, only, offline, allow_stale, as_json):
     from builder.lock import LockMissing, lock_recipe, read_lock, write_lock
     from builder.recipe import load_recipe
     from builder.sources import ContentCache, DebianArchive, fetch_url
+    from measure.errors import InputError
+    from measure.outputs import same_file
 
     if only and not update:
         raise click.UsageError("--input selects what --update re-pins; add --update.")
     r = load_recipe(recipe)
+    if same_file(r.lock_path, r.path):
+        raise InputError(f"{r.path}: the lock file of a recipe is its path with .lock ({r.lock_path}), which is "
+                         f"the recipe itself here; rename the recipe to end in .yaml.")
     try:
         previous = read_lock(r.lock_path)
     except LockMissing:
@@ -151,7 +157,12 @@ def lock(recipe, update, only, offline, allow_stale, as_json):
     archive = DebianArchive(cache=cache, offline=offline, allow_stale=tuple(allow_stale))
     res = lock_recipe(r, archive, lambda url, sha: fetch_url(url, sha, cache=cache, offline=offline),
                       previous=previous, update=update, only=only)
-    written = write_lock(r.lock_path, res.lock)
+    new_bytes = res.lock.to_json()
+    rewritten = previous is None or previous.sha256 != hashlib.sha256(new_bytes).hexdigest()
+    if rewritten:
+        written = write_lock(r.lock_path, res.lock)
+    else:                                     # the file already holds exactly these bytes: leave it alone
+        written = previous
     if as_json:
         click.echo(json.dumps({
             "lock": str(written.path), "sha256": written.sha256,
@@ -161,12 +172,16 @@ def lock(recipe, update, only, offline, allow_stale, as_json):
             "measurement_changes": bool(res.measured_changes),
             "id_key_changes": bool(res.key_changes),
             "inputs": [i.to_dict() for i in written.inputs],
+            "written": rewritten,
         }, indent=2, ensure_ascii=False))
         return
     assert written.path is not None  # write_lock records where it wrote
     rel = os.path.relpath(written.path)
-    if not res.changes:
+    if not res.changes and not rewritten:
         click.echo(f"{rel}: unchanged; every input of {r.path} is pinned.")
+    elif not res.changes:
+        click.echo(f"{rel}: rewritten in blindbox's canonical form; no pin changed, every input of {r.path} "
+                   f"is pinned.")
     else:
         click.echo(f"{rel}: written.")
         for c in res.changes:

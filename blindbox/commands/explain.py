@@ -14,6 +14,8 @@ from measure.ovmf import Firmware
 from measure.report import parse_report
 from measure.search import SearchSpace, feature_combinations, find_launches, published_contradictions
 
+from ..params import HexBytes
+
 
 def _bundle_inputs(bundle: Path) -> tuple[Path, Path, Path | None, bytes, list[dict]]:
     from measure.rederive import load_bundle
@@ -41,7 +43,8 @@ def _nearest(launch, published: list[dict]) -> tuple[dict, list[str]] | None:
 
 @click.command("explain-report")
 @click.argument("report", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--measurement", metavar="HEX", help="The MEASUREMENT to explain, instead of a REPORT file.")
+@click.option("--measurement", type=HexBytes(48), metavar="HEX",
+              help="The MEASUREMENT to explain (96 hex digits), instead of a REPORT file.")
 @click.option("--bundle", type=click.Path(file_okay=False, path_type=Path),
               help="A bundle built by `blindbox build`: its firmware, kernel, initrd, cmdline and shapes.")
 @click.option("--ovmf", type=click.Path(dir_okay=False, path_type=Path), help="Firmware (without --bundle).")
@@ -75,12 +78,7 @@ def explain_report(report, measurement, bundle, ovmf, kernel, initrd, append, ma
     if report is not None:
         target = parse_report(read_input(report, "attestation report"), what=str(report)).measurement
     else:
-        try:
-            target = bytes.fromhex(measurement)
-        except ValueError:
-            target = b""
-        if len(target) != 48:
-            raise InputError(f"--measurement {measurement!r} is not 96 hex digits (a SHA-384 digest).")
+        target = measurement
     published: list[dict] = []
     if bundle is not None:
         ovmf, kernel, initrd, cmdline, published = _bundle_inputs(bundle)

@@ -14,25 +14,14 @@ from measure.api import MeasureRequest, MeasureResult, launch_digest
 from measure.cpu import CPU_SIGS, cpu_sig, sig_for_type
 from measure.errors import InputError
 from measure.inputs import read_input
+from measure.outputs import refuse_inputs, write_all_atomic
 from measure.spec import SevMode
 from measure.vmm import PROFILES, VmmType, profile, profile_for
 from measure.vmsa import SaveArea, diff
 
+from ..params import AutoInt
+
 MODES = ["sev", "seves", "snp", "snp:ovmf-hash", "snp:svsm"]
-
-
-class AutoInt(click.ParamType):
-    """An integer in any base Python accepts (0x.., 0o.., 0b.., decimal)."""
-
-    name = "VALUE"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        try:
-            return int(value, 0)
-        except ValueError:
-            self.fail(f"{value!r} is not an integer (use decimal or 0x-prefixed hex).", param, ctx)
 
 
 def _vcpu_sig(mode: SevMode, vcpu_type, vcpu_sig, family, model, stepping) -> tuple[int | None, str | None]:
@@ -157,8 +146,12 @@ def measure(verbose, mode, vcpus, vcpu_type, vcpu_sig, vcpu_family, vcpu_model, 
     result = launch_digest(req)
 
     if dump_vmsa and result.measurement is not None:
-        for i, page in enumerate(result.measurement.vmsas):
-            Path(f"vmsa{i}.bin").write_bytes(page)
+        pages = [(Path(f"vmsa{i}.bin"), page) for i, page in enumerate(result.measurement.vmsas)]
+        inputs = [("--ovmf", ovmf), ("--kernel", kernel), ("--initrd", initrd), ("--svsm", svsm),
+                  ("--vars-file", vars_file)]
+        for path, _ in pages:
+            refuse_inputs(path, [(f"input file of {opt}", p) for opt, p in inputs], "--dump-vmsa")
+        write_all_atomic(pages, what="VMSA dump")
     if fmt == "json":
         click.echo(json.dumps(_json(result, type_name, trace), indent=2))
     elif ovmf_hash_only:

@@ -204,3 +204,22 @@ def test_pem_and_directory_handling(tmp_path):
 def test_fingerprint_is_sha256_of_der():
     (cert,) = load("oak/turin_oc_vcek.der")
     assert cert.fingerprint == hashlib.sha256((VECTORS / "oak/turin_oc_vcek.der").read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("name, data", [
+    ("vcek.pem", b"garbage, not a certificate\n"),
+    ("ask.der", b"\x00\x01garbage"),
+    ("blob", b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n"),
+    ("vcek", (VECTORS / "oak/genoa_oc_vcek.der").read_bytes()[:-1]),      # truncated DER
+])
+def test_damaged_certificate_in_a_directory_is_an_error_naming_it(name, data, tmp_path, capsys):
+    from blindbox.cli import main
+    (tmp_path / "vcek.der").write_bytes((VECTORS / "oak/genoa_oc_vcek.der").read_bytes())
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(CertificateError) as ei:
+        collect_certificates([tmp_path])
+    assert str(ei.value).startswith(str(tmp_path / name)) or f"of {tmp_path / name}" in str(ei.value)
+    assert str(ei.value).endswith(f"(in the --certs directory {tmp_path}); replace or remove that file.")
+    rc = main(["verify-report", str(VECTORS / "oak/genoa_oc_attestation_report.bin"), "--certs", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(tmp_path / name) in err and "replace or remove that file" in err, err

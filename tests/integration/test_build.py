@@ -150,6 +150,10 @@ def test_withdrawn_pin_names_the_input_and_the_fix(hello, tmp_path):
     for rec in (entry, entry["debian"]):
         rec["version"] = "1:0.0-withdrawn1"
         rec["sha256"] = gone_sha
+    # a pin as `blindbox lock` would have written it for that version: origin and pool file agree
+    deb = entry["debian"]
+    deb["filename"] = "pool/main/b/busybox/busybox-static_0.0-withdrawn1_amd64.deb"
+    entry["origin"] = f"debian:{deb['suite']}/{deb['name']}={deb['version']} ({deb['filename']})"
     (d / "hello.lock").write_text(json.dumps(lock, indent=2))
     p = cli("build", str(d / "hello.yaml"), "--out", str(tmp_path / "out"), *STALE)
     assert p.returncode == 2, p.stdout + p.stderr
