@@ -202,8 +202,9 @@ def _base_env() -> dict[str, str]:
 def locale_in_effect(name: str, env: dict[str, str] | None = None) -> bool:
     """True if a child Python process with ``LANG``/``LC_ALL`` = ``name`` can select that locale.
 
-    glibc falls back to the C locale, silently, for a locale that is not generated; Python's
-    ``setlocale(LC_ALL, "")`` refuses it instead, so this is the check that the variation is real.
+    For a locale that is not generated, setlocale fails and most programs carry on, silently,
+    in the C locale; Python's ``setlocale(LC_ALL, "")`` raises instead, so a zero exit status
+    of the probe shows that the variation is real.
     """
     env = {**(os.environ if env is None else env), "LANG": name, "LC_ALL": name}
     try:
@@ -279,7 +280,8 @@ def check_repro(recipe, *, cache: Path, workdir: Path | None = None, allow_stale
         if entry.kind != "file" and blob.is_file():
             shutil.copy2(blob, cache_b / "sha256" / entry.sha256)
     locale_b = _pick_locale(_base_env())
-    env_b = {**_base_env(), "TZ": "Pacific/Chatham", "LANG": locale_b or "C.UTF-8", "LC_ALL": locale_b or "C.UTF-8",
+    env_b = {**_base_env(), "TZ": "Pacific/Chatham", "LANG": locale_b or "C.UTF-8",
+             "LC_ALL": locale_b or "C.UTF-8",
              "USER": "ünïcode-user", "LOGNAME": "ünïcode-user", "HOME": str(workdir / "home b"),
              "SOURCE_DATE_EPOCH": "1", "BLINDBOX_CACHE": str(cache_b)}
     run_b = BuildRun("B", dir_b / "out" / recipe.name,
