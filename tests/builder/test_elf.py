@@ -198,7 +198,8 @@ def test_real_debian_binary_runs_from_its_closure_alone(tmp_path):
     if os.geteuid() != 0:
         # chroot(2) needs CAP_SYS_CHROOT: an unprivileged run cannot perform this check at all
         pytest.skip("running the closure in a chroot needs root")
-    proc = subprocess.run([require("chroot", "coreutils"), str(chroot), "/usr/bin/jq", "-n", "[1,2]|add"], capture_output=True, text=True,
+    chroot_tool = require("chroot", "coreutils")
+    proc = subprocess.run([chroot_tool, str(chroot), "/usr/bin/jq", "-n", "[1,2]|add"], capture_output=True, text=True,
                           env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"})
     if proc.returncode != 0 and "Operation not permitted" in proc.stderr:
         # root without CAP_SYS_CHROOT (a restricted container): the check cannot run here
