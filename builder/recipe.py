@@ -25,6 +25,7 @@ import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
 
 from builder.errors import RecipeError
+from builder.sources import SUITES as FETCHER_SUITES
 from measure.cpu import CPU_SIGS
 from measure.spec import guest_policy_problem
 from measure.vmm import PROFILES, VmmType
@@ -33,7 +34,8 @@ SCHEMA = 1
 #: x86 ``COMMAND_LINE_SIZE``: a longer command line is cut by the kernel, so the guest
 #: would run with something other than what was measured.
 MAX_CMDLINE = 2047
-SUITES = ("bookworm", "trixie", "sid", "forky", "unstable", "testing", "stable")
+#: The Debian suites a recipe may name: exactly those the fetcher resolves.
+SUITES = tuple(FETCHER_SUITES)
 COMPRESSIONS = ("gzip", "xz", "none")
 #: SEV features a QEMU launch can ask for: SNPActive, and DebugSwap (QEMU >= 10.2, debug-swap=on).
 SNP_ACTIVE = 0x1
@@ -367,7 +369,7 @@ RESERVED = {
 
 _SOURCE_KEYS = {
     "debian": "a Debian package name",
-    "suite": "the Debian suite: bookworm, trixie or sid",
+    "suite": f"the Debian suite: {', '.join(FETCHER_SUITES)}",
     "arch": "the Debian architecture (amd64)",
     "file": "a local file, relative to the recipe",
     "url": "an https URL",
@@ -405,10 +407,11 @@ def _source(n: _Node, fields: dict[str, _Node], name: str, *, member_key: str | 
             raise fields["debian"].error(f"{pkg!r} is not a Debian package name.")
         if "suite" not in fields:
             raise n.error(f"missing required key 'suite' for Debian package {pkg} "
-                          f"(one of {', '.join(SUITES[:3])}).", key=f"{n.key}.suite", line=n.key_line)
+                          f"(one of {', '.join(SUITES)}).", key=f"{n.key}.suite", line=n.key_line)
         suite = fields["suite"].str()
         if suite not in SUITES:
-            raise fields["suite"].error(f"unknown suite {suite!r}; use one of {', '.join(SUITES)}.")
+            raise fields["suite"].error(f"unknown suite {suite!r}; use one of {', '.join(SUITES)} (codenames, "
+                                        f"as blindbox fetches them: sid, not unstable).")
         arch = fields["arch"].str() if "arch" in fields else "amd64"
         if arch != "amd64":
             raise fields["arch"].error("only amd64 guests are built (SEV-SNP is x86-64).")

@@ -14,11 +14,17 @@ input cache            the user's cache                       a fresh cache hold
                                                               packages (created in reverse order, then
                                                               unpacked anew), offline
 clock                  the real clock                         ``faketime`` 2041-07-15 (if installed)
-TZ / locale            UTC / C.UTF-8                          Pacific/Chatham / tr_TR.UTF-8
+TZ / locale            UTC / C.UTF-8                          Pacific/Chatham / tr_TR.UTF-8 (or
+                                                              de_DE.UTF-8; the first one generated)
 umask                  022                                    077
 USER, LOGNAME, HOME    blindbox-a, <work>/home-a              ünïcode-user, <work>/home b
 SOURCE_DATE_EPOCH env  unset                                  1 (must not leak: the recipe defines it)
 =====================  =====================================  ==========================================
+
+A locale only varies anything if it is generated on this machine (``scripts/setup``
+generates tr_TR.UTF-8): build B's locale is the first candidate that a child Python
+process can actually select with ``setlocale``.  When none can, B runs under C.UTF-8 and
+the variation list says the locale was not varied, and why.
 """
 
 from __future__ import annotations
@@ -36,6 +42,10 @@ from builder.errors import BuildError
 
 _CHUNK = 1 << 20
 FAKE_DATE = "2041-07-15 03:04:05"
+#: Build B's locale: the first of these that is generated here (Turkish case mapping of
+#: i/I and a comma decimal point are what locale-dependent code gets wrong).
+B_LOCALES = ("tr_TR.UTF-8", "de_DE.UTF-8")
+_LOCALE_PROBE = "import locale; locale.setlocale(locale.LC_ALL, '')"
 
 
 @dataclass(frozen=True)
@@ -185,6 +195,33 @@ def _base_env() -> dict[str, str]:
     return {k: os.environ[k] for k in keep if k in os.environ}
 
 
+def locale_in_effect(name: str, env: dict[str, str] | None = None) -> bool:
+    """True if a child Python process with ``LANG``/``LC_ALL`` = ``name`` can select that locale.
+
+    For a locale that is not generated, setlocale fails and most programs carry on, silently,
+    in the C locale; Python's ``setlocale(LC_ALL, "")`` raises instead, so a zero exit status
+    of the probe shows that the variation is real.
+    """
+    env = {**(os.environ if env is None else env), "LANG": name, "LC_ALL": name}
+    try:
+        p = subprocess.run([sys.executable, "-c", _LOCALE_PROBE], env=env, capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return p.returncode == 0
+
+
+def _pick_locale(env: dict[str, str]) -> str | None:
+    return next((name for name in B_LOCALES if locale_in_effect(name, env)), None)
+
+
+def _locale_label(name: str | None) -> str:
+    """What build B's locale was, as the variation list states it."""
+    if name is not None:
+        return name
+    return (f"C.UTF-8 (not varied: none of {', '.join(B_LOCALES)} is generated here; scripts/setup "
+            f"generates {B_LOCALES[0]})")
+
+
 def _run(run: BuildRun, cwd: Path) -> None:
     argv = list(run.argv)
     if run.faketime:
@@ -279,7 +316,9 @@ def _check_repro(recipe, cache: Path, workdir: Path, allow_stale, explain: bool,
         blob = cache / "sha256" / entry.sha256
         if entry.kind != "file" and blob.is_file():
             shutil.copy2(blob, cache_b / "sha256" / entry.sha256)
-    env_b = {**_base_env(), "TZ": "Pacific/Chatham", "LANG": "tr_TR.UTF-8", "LC_ALL": "tr_TR.UTF-8",
+    locale_b = _pick_locale(_base_env())
+    env_b = {**_base_env(), "TZ": "Pacific/Chatham", "LANG": locale_b or "C.UTF-8",
+             "LC_ALL": locale_b or "C.UTF-8",
              "USER": "ünïcode-user", "LOGNAME": "ünïcode-user", "HOME": str(workdir / "home b"),
              "SOURCE_DATE_EPOCH": "1", "BLINDBOX_CACHE": str(cache_b)}
     run_b = BuildRun("B", dir_b / "out" / recipe.name,
@@ -297,7 +336,7 @@ def _check_repro(recipe, cache: Path, workdir: Path, allow_stale, explain: bool,
         ("input cache", str(cache), f"{cache_b} (locked packages only, offline, unpacked anew)"),
         ("clock", "real", f"faketime {faketime}" if faketime else "real (faketime is not installed)"),
         ("TZ", env_a["TZ"], env_b["TZ"]),
-        ("locale", env_a["LC_ALL"], env_b["LC_ALL"]),
+        ("locale", env_a["LC_ALL"], _locale_label(locale_b)),
         ("umask", "022", "077"),
         ("user", env_a["USER"], env_b["USER"]),
         ("HOME", env_a["HOME"], env_b["HOME"]),

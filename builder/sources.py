@@ -1097,8 +1097,9 @@ class DebianArchive:
 
     def _stale_advice(self, suite: str) -> str:
         return (f"if you accept package lists that may lack security updates, allow it explicitly for "
-                f"this suite with allow_stale=[\"{suite}\"] (a recipe/CLI option later); signature "
-                f"checks stay on")
+                f"this suite with --allow-stale {suite} (blindbox build, lock and check-repro; blindbox "
+                f"fetch --suite {suite} takes --allow-stale alone; allow_stale=[\"{suite}\"] in Python); "
+                f"apt's signature checks stay on")
 
     def _update_error(self, tree: _Tree, proc: subprocess.CompletedProcess) -> SourceError:
         out = (proc.stderr + "\n" + proc.stdout).strip()

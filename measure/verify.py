@@ -99,6 +99,9 @@ class VerifyRequest:
 
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
+#: The verdict when every check passed but the signature was not checked (--no-signature):
+#: nothing then proves that the report comes from AMD hardware.
+UNAUTHENTICATED = "unauthenticated"
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,18 @@ class Verdict:
         return all(c.status != FAIL for c in self.checks)
 
     @property
+    def signature_checked(self) -> bool:
+        """False when the request skipped the signature (``check_signature=False``)."""
+        return any(c.name == "signature" and c.status != SKIP for c in self.checks)
+
+    @property
+    def outcome(self) -> str:
+        """PASS, FAIL, or UNAUTHENTICATED: every check passed but the signature was not checked."""
+        if not self.ok:
+            return FAIL
+        return PASS if self.signature_checked else UNAUTHENTICATED
+
+    @property
     def failures(self) -> tuple[Check, ...]:
         return tuple(c for c in self.checks if c.status == FAIL)
 
@@ -139,7 +154,8 @@ class Verdict:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "verdict": PASS if self.ok else FAIL,
+            "verdict": self.outcome,
+            "signature_checked": self.signature_checked,
             "checks": [c.to_json() for c in self.checks],
             "matching_shapes": list(self.matching_shapes),
             "product": None if self.product is None else self.product.value,

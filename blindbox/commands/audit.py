@@ -25,7 +25,7 @@ from measure.manifest_sig import (SIGNATURE_SUFFIX, load_private_key as load_sig
 from measure.outputs import refuse_inputs, write_all_atomic, write_atomic
 from measure.report import (Product, SigningKey, cpuid_product, parse_report,
                             signing_key as report_signing_key)
-from measure.verify import (FAIL, PASS, SKIP, Requirements, VerifyRequest, load_manifest,
+from measure.verify import (FAIL, PASS, SKIP, UNAUTHENTICATED, Requirements, VerifyRequest, load_manifest,
                             parse_min_tcb, verify_report)
 
 from ..params import GuestPolicy, HexBytes, Svn, Vmpl
@@ -60,7 +60,8 @@ _STATUS = {PASS: "PASS", FAIL: "FAIL", SKIP: "skip"}
 @click.option("--at", "at", metavar="TIME",
               help="Check certificate validity at this time (ISO 8601, UTC by default) instead of now.")
 @click.option("--no-signature", is_flag=True,
-              help="Check report fields only; nothing then proves the report comes from AMD hardware.")
+              help="Check report fields only; nothing then proves the report comes from AMD hardware, "
+                   "and the verdict is UNAUTHENTICATED, never PASS.")
 @click.option("--measurement", type=HexBytes(48, base64_ok=True), metavar="HEX",
               help="Expected MEASUREMENT (96 hex digits or base64).")
 @click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
@@ -156,7 +157,13 @@ def verify_report_cmd(report, certs, trust_root, product, at, no_signature, meas
             click.echo(f"matching shapes: {', '.join(verdict.matching_shapes)}")
         counts = {s: sum(c.status == s for c in verdict.checks) for s in (PASS, FAIL, SKIP)}
         summary = f"{counts[PASS]} passed, {counts[FAIL]} failed, {counts[SKIP]} skipped"
-        click.echo(f"verdict: {'PASS' if verdict.ok else 'FAIL'} ({summary})")
+        if verdict.outcome == UNAUTHENTICATED:
+            click.echo(f"verdict: UNAUTHENTICATED ({summary}): every requested check passed, but the "
+                       f"signature was not checked (--no-signature), so nothing proves that this report "
+                       f"comes from AMD hardware")
+        else:
+            unchecked = "" if verdict.signature_checked else "; the signature was not checked (--no-signature)"
+            click.echo(f"verdict: {'PASS' if verdict.ok else 'FAIL'} ({summary}){unchecked}")
     if not verdict.ok:
         error = verdict.failures[0].error
         assert error is not None  # every failed check carries its error

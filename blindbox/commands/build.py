@@ -112,8 +112,9 @@ def check_repro(recipe, allow_stale, keep, as_json):
     """Build RECIPE twice in separate processes under varied conditions and compare.
 
     The second build runs in another directory, with another clock (if faketime is
-    installed), time zone, locale, umask, user, HOME, a fresh copy of the input cache
-    (offline) and SOURCE_DATE_EPOCH set in the environment (it must not leak in). Exit 0
+    installed), time zone, locale (if one is generated: scripts/setup makes tr_TR.UTF-8),
+    umask, user, HOME, a fresh copy of the input cache (offline) and SOURCE_DATE_EPOCH set
+    in the environment (it must not leak in); the output lists what was varied. Exit 0
     when every file is byte-identical, 3 when not, naming each differing file and its
     first differing offset.
     """

@@ -120,6 +120,34 @@ def test_directory_of_certificates_and_no_signature_mode(capsys):
     assert rc == 0 and "skip  signature" in out and "Milan (--product)" in out
 
 
+def test_no_signature_verdict_is_unauthenticated_never_pass(capsys):
+    """Fields only: exit 0 when they pass, but the verdict says nothing proves the report is AMD's."""
+    argv = ["verify-report", VECTORS / REAL["go-milan-v2"][0], "--no-signature", "--allow-debug",
+            "--product", "milan"]
+    measurement = (VECTORS / REAL["go-milan-v2"][0]).read_bytes()[0x90:0xC0].hex()
+    rc, out, err = cli([*argv, "--measurement", measurement], capsys)
+    assert (rc, err) == (0, "")
+    assert "PASS  measurement" in out and "skip  signature" in out
+    last = out.rstrip().splitlines()[-1]
+    assert last.startswith("verdict: UNAUTHENTICATED (") and "PASS" not in last
+    assert last.endswith("every requested check passed, but the signature was not checked (--no-signature), "
+                         "so nothing proves that this report comes from AMD hardware")
+    rc, out, err = cli([*argv, "--measurement", measurement, "--json"], capsys)
+    doc = json.loads(out)
+    assert (rc, err) == (0, "")
+    assert doc["verdict"] == "unauthenticated" and doc["signature_checked"] is False
+    # a failing field check still fails, and still says the signature was not checked
+    rc, out, err = cli([*argv, "--measurement", "00" * 48], capsys)
+    assert rc == 3 and "MEASUREMENT" in err
+    assert out.rstrip().splitlines()[-1].startswith("verdict: FAIL (")
+    assert out.rstrip().endswith("; the signature was not checked (--no-signature)")
+    rc, out, _ = cli([*argv, "--measurement", "00" * 48, "--json"], capsys)
+    assert rc == 3 and json.loads(out)["verdict"] == "fail" and json.loads(out)["signature_checked"] is False
+    # with the signature checked, the verdict is PASS and says so
+    rc, out, _ = cli([*real_argv("oak-genoa-v5"), "--json"], capsys)
+    assert rc == 0 and (json.loads(out)["verdict"], json.loads(out)["signature_checked"]) == ("pass", True)
+
+
 def test_id_block_command(capsys, tmp_path):
     digest = bytes(range(48))
     argv = ["id-block", digest.hex(), "--id-key", SSM_KEYS / "id_key_test.pem",

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from blindbox.cli import main
+from tests.tools import require
 
 DOC = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -31,6 +32,7 @@ def sh(script: str, cwd: Path) -> subprocess.CompletedProcess:
     ("ed25519", ed25519.Ed25519PrivateKey.generate),
 ])
 def test_documented_openssl_commands_verify_blindbox_signatures(algorithm, make_key, tmp_path, capsys):
+    require("openssl", "openssl")
     key = make_key()
     (tmp_path / "publisher.key.pem").write_bytes(key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))

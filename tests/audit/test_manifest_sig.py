@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import pytest
@@ -12,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from measure.errors import InputError, SignatureInvalid
 from measure.manifest_sig import (ECDSA_P384, ED25519, algorithm_of, load_private_key, load_public_key,
                                   public_key_fingerprint, public_key_pem, sign_manifest, verify_manifest)
+from tests.tools import require
 
 MANIFEST = b'{\n  "measurements": [\n    {"shape": "q35-4cpu", "measurement": "' + b"ab" * 48 + b'"}\n  ]\n}\n'
 KEYS = {ECDSA_P384: lambda: ec.generate_private_key(ec.SECP384R1()),
@@ -81,10 +81,9 @@ def test_key_files(tmp_path, key):
 
 
 def _openssl(*args, cwd):
-    return subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
+    return subprocess.run([require("openssl", "openssl"), *args], cwd=cwd, capture_output=True, text=True)
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 def test_openssl_signatures_verify_here(tmp_path, key):
     """A publisher without blindbox can sign with openssl; blindbox verifies the result."""
     (tmp_path / "key.pem").write_bytes(key.private_bytes(

@@ -12,8 +12,8 @@ from measure.certs import load_certificates
 from measure.errors import (ChainInvalid, InputError, LayoutError, MeasurementMismatch,
                             PolicyViolation, SignatureInvalid)
 from measure.report import (SIGNED_SIZE, EcdsaSignature, Product, SigningKey, parse_report)
-from measure.verify import (PASS, SKIP, ManifestEntry, Verdict, Requirements, VerifyRequest, kds_url,
-                            load_manifest, parse_min_tcb, verify_report)
+from measure.verify import (PASS, SKIP, UNAUTHENTICATED, ManifestEntry, Verdict, Requirements, VerifyRequest,
+                            kds_url, load_manifest, parse_min_tcb, verify_report)
 from measure.manifest import ManifestInvalid
 from tests.audit.manifestdoc import entry, manifest_doc
 from tests.audit.testchain import CHIP_ID, make_chain, make_report, sign_report
@@ -282,6 +282,8 @@ def test_no_signature_mode_and_missing_certificates():
     verdict = verify_report(VerifyRequest(report=data, check_signature=False,
                                           requirements=Requirements(allow_debug=True, product=Product.MILAN)))
     assert verdict.ok and status(verdict, "signature") == SKIP and verdict.product is Product.MILAN
+    assert verdict.outcome == UNAUTHENTICATED and not verdict.signature_checked
+    assert verdict.to_json()["verdict"] == "unauthenticated"
     with pytest.raises(InputError, match=r"no VCEK .*--certs"):
         verify_report(VerifyRequest(report=data))
     report = parse_report((VECTORS / REAL["oak-milan-v3"][0]).read_bytes())

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import shutil
 import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +33,30 @@ class FakePackage:
     @classmethod
     def from_dict(cls, d: dict) -> "FakePackage":
         return cls(**d)
+
+
+def _unpack_tar(src: Path, dest: Path) -> None:
+    """Unpack a fake package: regular files and directories only, inside ``dest``.
+
+    The same guarantees as ``extractall(filter="tar")`` (which Python 3.11.2 lacks) for
+    what a fake package holds: no absolute or ``..`` names, no links or special files, no
+    setuid/setgid/sticky or group/other write bits.
+    """
+    dest.mkdir(parents=True)
+    with tarfile.open(src) as tar:
+        for m in tar:
+            parts = [p for p in m.name.split("/") if p not in ("", ".")]
+            if m.name.startswith("/") or ".." in parts or not (m.isreg() or m.isdir()):
+                raise ValueError(f"fake package {src} holds {m.name!r} ({m.type!r}); refusing it")
+            target = dest.joinpath(*parts)
+            if m.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tar.extractfile(m) as f, open(target, "xb") as out:
+                shutil.copyfileobj(f, out)
+            os.chmod(target, m.mode & 0o755)
+            os.utime(target, (m.mtime, m.mtime))
 
 
 def _deb_bytes(files: dict[str, bytes]) -> bytes:
@@ -111,8 +137,7 @@ class FakeArchive:
         src = self.download(pkg)
         dest = self.root / f"{pkg.sha256}.d"
         if not dest.exists():
-            with tarfile.open(src) as tar:
-                tar.extractall(dest, filter="tar")
+            _unpack_tar(src, dest)
         return dest
 
     def member(self, pkg, path: str) -> Path:

@@ -6,7 +6,6 @@ import gzip
 import hashlib
 import lzma
 import os
-import shutil
 import stat
 import subprocess
 
@@ -14,16 +13,17 @@ import pytest
 
 from builder.steps import cpio
 from builder.steps.cpio import Archive, CpioError
+from tests.tools import require
 
 EPOCH = 1735689600  # 2025-01-01T00:00:00Z
 TOOL_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "TZ": "UTC"}
 
 
+PACKAGES = {"cpio": "cpio", "file": "file", "gzip": "gzip", "xz": "xz-utils"}
+
+
 def need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        pytest.skip(f"{tool} is not installed (scripts/setup installs it)")
-    return path
+    return require(tool, PACKAGES[tool])
 
 
 def sample() -> Archive:

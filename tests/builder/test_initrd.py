@@ -13,6 +13,7 @@ from builder.errors import BuildError
 from builder.steps import cpio
 from builder.steps.init import InitError, render_init
 from builder.steps.initrd import InitrdError, build_initrd
+from tests.tools import require
 
 from .stepfakes import make_elf, make_kernel_tree
 
@@ -117,9 +118,7 @@ def test_compressions_and_gnu_cpio_listing(inputs, compression):
     r = build(inputs, compression=compression)
     raw = cpio.decompress(r.data, compression)
     assert r.compression == compression
-    tool = shutil.which("cpio")
-    if tool is None:
-        pytest.skip("cpio is not installed")
+    tool = require("cpio", "cpio")
     names = subprocess.run([tool, "-it", "--quiet"], input=raw, capture_output=True, check=True).stdout.decode()
     assert names.splitlines() == [line.split(" ")[1] for line in r.listing]
 

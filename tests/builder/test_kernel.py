@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 
 from builder.steps import kernel as k
 from builder.steps.kernel import KernelConfig, KernelError, ModuleError, Requirement
+from tests.tools import require
 
 from .stepfakes import CONFIG, make_bzimage, make_kernel_tree
 
@@ -185,9 +185,7 @@ def test_gzip_and_zstd_modules(tmp_path, suffix):
     if suffix == ".ko.gz":
         packed = gzip.compress(raw, mtime=0)
     else:
-        zstd = shutil.which("zstd")
-        if zstd is None:
-            pytest.skip("zstd is not installed (scripts/setup installs it)")
+        zstd = require("zstd", "zstd")
         packed = subprocess.run([zstd, "-q", "-c"], input=raw, capture_output=True, check=True).stdout
     (t / "lib/modules" / REL / f"foo{suffix}").write_bytes(packed)
     c = k.module_closure(t, REL, ["fs-foo"])
@@ -238,9 +236,7 @@ def test_closure_output_does_not_depend_on_request_order(tree):
 # -- the real Debian kernels ---------------------------------------------------------------
 def check_against_depmod(c: k.ModuleClosure, img: k.KernelImage, tmp_path: Path) -> None:
     """kmod's depmod is the reference: same dependencies and aliases for every carried module."""
-    depmod = shutil.which("depmod") or ("/usr/sbin/depmod" if os.path.exists("/usr/sbin/depmod") else None)
-    if depmod is None:
-        pytest.skip("depmod (kmod) is not installed; scripts/setup installs it")
+    depmod = require("depmod", "kmod")
     base = tmp_path / "depmod"
     shutil.copytree(img.modules_dir, base / "lib/modules" / img.release, symlinks=True)
     subprocess.run([depmod, "-b", str(base), img.release], check=True, capture_output=True)

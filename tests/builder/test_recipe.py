@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from builder.errors import RecipeError
-from builder.recipe import load_recipe, parse_recipe
+from builder.errors import RecipeError, SourceError
+from builder.recipe import SUITES, load_recipe, parse_recipe
+from builder.sources import SUITES as FETCHER_SUITES
+from builder.sources import DebianArchive
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -213,6 +215,28 @@ def test_launch_section():
     r = parse(BASE + "launch:\n  memory_mib: 1024\n  policy: 0x30000\n")
     assert r.launch.memory_mib == 1024 and r.launch.policy == 0x30000
     assert "bit 17" in str(error(BASE + "launch:\n  policy: 0x0\n"))
+@pytest.mark.parametrize("suite", ["forky", "stable", "testing", "unstable", "bullseye"])
+def test_recipe_refuses_a_suite_the_fetcher_does_not_fetch(suite, tmp_path):
+    with pytest.raises(SourceError, match="Unknown Debian suite"):
+        DebianArchive._suite(suite)                     # the fetcher would refuse it later
+    e = error(BASE.replace("suite: sid", f"suite: {suite}"))
+    assert str(e) == (f"/recipes/r.yaml:5: firmware.suite: unknown suite {suite!r}; use one of bookworm, "
+                      f"trixie, sid (codenames, as blindbox fetches them: sid, not unstable).")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BASE.replace("suite: sid", f"suite: {suite}"))
+    p = subprocess.run([sys.executable, "-m", "blindbox.cli", "lock", str(bad)], capture_output=True, text=True,
+                       cwd=ROOT)
+    assert p.returncode == 2, p.stderr
+    assert f"{bad}:5: firmware.suite: unknown suite {suite!r}" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_every_suite_a_recipe_accepts_is_one_the_fetcher_resolves():
+    assert SUITES == tuple(FETCHER_SUITES) == ("bookworm", "trixie", "sid")
+    for suite in SUITES:
+        assert DebianArchive._suite(suite).name == suite
+        assert parse(BASE.replace("suite: sid", f"suite: {suite}")).firmware.suite == suite
+
+
 def test_cli_bad_recipe_exits_2_with_file_line_and_no_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(BASE + "colour: blue\n")

@@ -20,6 +20,7 @@ import sys
 
 import pytest
 
+from builder.boot import expected_proc_cmdline, smoke_boot
 from builder.manifest import Manifest
 from measure.kernel_hashes import KernelHashes, cmdline_bytes
 from tests.realinputs import ALLOW_STALE
@@ -111,9 +112,6 @@ def test_launch_script_passes_the_measured_bundle(hello, tmp_path):
 
 def test_smoke_boot_reports_the_measured_command_line(hello):
     """Direct kernel boot under TCG (the AmdSev firmware cannot boot without SEV hardware)."""
-    boot_mod = pytest.importorskip("builder.boot", reason="builder/boot.py (smoke boots) has not landed")
-    expected_proc_cmdline, smoke_boot = boot_mod.expected_proc_cmdline, boot_mod.smoke_boot
-
     res, m = hello
     measured = cmdline_bytes((res.out / "cmdline").read_bytes())          # what the hashes table covers
     boot = smoke_boot(res.out / "bzImage", res.out / "initrd", (res.out / "cmdline").read_bytes(), firmware=None)
@@ -197,7 +195,6 @@ def test_lock_cli_keeps_pins_and_update_reports(tmp_path):
 
 def test_dynamically_linked_binary_runs_in_the_guest(tmp_path):
     """coreutils' sha256sum with the libraries of its (Pre-)Depends closure, run by the default init."""
-    smoke_boot = pytest.importorskip("builder.boot", reason="builder/boot.py has not landed").smoke_boot
     from builder.pipeline import BuildRequest, build
 
     text = (ROOT / "recipes" / "hello.yaml").read_text().replace(

@@ -18,10 +18,12 @@ import pytest
 from builder.repro import check_repro, first_difference
 from builder.sources import cache_root
 from tests.realinputs import ALLOW_STALE
+from tests.tools import require
 
 from .hellobuild import ROOT, locked_hello, locked_hello_with_id_block, scratch
 
 pytestmark = [pytest.mark.integration, pytest.mark.network]
+LOCALE_PROBE = "import locale; print(locale.setlocale(locale.LC_ALL, ''), locale.localeconv()['decimal_point'])"
 STALE = [a for s in ALLOW_STALE for a in ("--allow-stale", s)]
 
 #: Build B's interpreter loads this: it stamps the process id into launch-snp.sh, the kind
@@ -37,6 +39,7 @@ launch.render = render
 
 
 def test_hello_builds_are_byte_identical_under_varied_conditions():
+    require("faketime", "faketime")
     recipe = locked_hello_with_id_block()
     res = check_repro(recipe, cache=cache_root(), allow_stale=ALLOW_STALE)
     assert res.identical, [d.describe() for d in res.differences]
@@ -47,16 +50,21 @@ def test_hello_builds_are_byte_identical_under_varied_conditions():
                                 "manifest.json", *id_files])
     varied = {c: (a, b) for c, a, b in res.variations}
     assert varied["umask"] == ("022", "077") and varied["SOURCE_DATE_EPOCH env"] == ("unset", "1")
-    assert varied["TZ"][0] != varied["TZ"][1] and varied["locale"][0] != varied["locale"][1]
-    if shutil.which("faketime"):
-        assert varied["clock"][1].startswith("faketime 2041")
+    assert varied["TZ"][0] != varied["TZ"][1]
+    assert varied["locale"] == ("C.UTF-8", "tr_TR.UTF-8"), "run scripts/setup: it generates tr_TR.UTF-8"
+    assert varied["clock"][1].startswith("faketime 2041")
     a, b = res.runs
+    # build B's locale is really in effect: a process with its environment selects it
+    probe = subprocess.run([sys.executable, "-c", LOCALE_PROBE], env=b.env, capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.split() == ["tr_TR.UTF-8", ","]
     assert a.result["measurements"] == b.result["measurements"]
     assert a.result["bundle"] != b.result["bundle"]
     assert not res.workdir.exists()                      # cleaned up when identical
 
 
 def test_injected_difference_is_named_with_file_and_offset():
+    require("diffoscope", "diffoscope-minimal")
     recipe = locked_hello()
     site = scratch("blindbox-leak-")
     (site / "sitecustomize.py").write_text(LEAK)
@@ -79,8 +87,7 @@ def test_injected_difference_is_named_with_file_and_offset():
             f"NOT REPRODUCIBLE: launch-snp.sh: first differing byte at offset {offset} ({offset:#x})",
             f"NOT REPRODUCIBLE: manifest.json: first differing byte at offset {manifest_offset} "
             f"({manifest_offset:#x})"]
-        if shutil.which("diffoscope"):
-            assert "built by process" in p.stdout                 # diffoscope's explanation follows
+        assert "built by process" in p.stdout                     # diffoscope's explanation follows
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
