@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from .errors import ChainInvalid, InputError
 from .inputs import read_input
+from .limits import MAX_CERTIFICATE_FILE_BYTES
 from .report import Product, SigningKey
 
 # ---------------------------------------------------------------------------------------
@@ -501,11 +502,13 @@ def collect_certificates(paths: Iterable[str | Path]) -> tuple[list[Certificate]
                 if not entry.is_file():
                     continue
                 try:
-                    certs.extend(load_certificates(read_input(entry, "certificate"), source=str(entry)))
+                    certs.extend(load_certificates(read_input(entry, "certificate", limit=MAX_CERTIFICATE_FILE_BYTES),
+                                                    source=str(entry)))
                 except CertificateError:
                     ignored.append(str(entry))
         else:
-            certs.extend(load_certificates(read_input(path, "certificate"), source=str(path)))
+            certs.extend(load_certificates(read_input(path, "certificate", limit=MAX_CERTIFICATE_FILE_BYTES),
+                                           source=str(path)))
     return certs, ignored
 
 

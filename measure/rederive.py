@@ -16,6 +16,7 @@ from pathlib import Path
 from .errors import InputError
 from .inputs import file_digest, read_input
 from .kernel_hashes import KernelHashes
+from .limits import MAX_CMDLINE_FILE_BYTES, MAX_MANIFEST_BYTES
 from .ovmf import Firmware
 from .snp import SnpLaunch, VmShape
 from .vmm import profile
@@ -31,7 +32,7 @@ class Finding:
 def _manifest(bundle: Path) -> dict:
     path = bundle / "manifest.json"
     try:
-        doc = json.loads(read_input(path, "manifest"))
+        doc = json.loads(read_input(path, "manifest", limit=MAX_MANIFEST_BYTES))
     except ValueError as e:
         raise InputError(f"{path} is not JSON ({e}); give the directory `blindbox build` wrote.") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("outputs"), list) or \
@@ -88,7 +89,7 @@ def rederive(bundle: str | Path) -> list[Finding]:
         ok = actual == sha and actual_size == size
         findings.append(Finding(f"file {name}", ok, f"sha256 {actual}, {actual_size} bytes" if ok else
                                 f"sha256 {actual} ({actual_size} bytes), manifest says {sha} ({size} bytes)"))
-    cmdline = read_input(roles["cmdline"], "cmdline")
+    cmdline = read_input(roles["cmdline"], "cmdline", limit=MAX_CMDLINE_FILE_BYTES)
     hashes = KernelHashes.from_files(roles["kernel"], roles.get("initrd"), cmdline)
     published = doc.get("kernel_hashes")
     if isinstance(published, dict):
@@ -117,4 +118,5 @@ def rederive(bundle: str | Path) -> list[Finding]:
 
 
 def manifest_sha256(bundle: str | Path) -> str:
-    return hashlib.sha256(read_input(Path(bundle) / "manifest.json", "manifest")).hexdigest()
+    return hashlib.sha256(read_input(Path(bundle) / "manifest.json", "manifest",
+                                     limit=MAX_MANIFEST_BYTES)).hexdigest()
