@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -35,27 +36,33 @@ def too_large(path: str | Path, what: str, limit: int) -> InputError:
                       f"{what} can be (docs/limits.md); give the right file.")
 
 
-def read_input(path: str | Path, what: str, *, limit: int = DEFAULT_READ_LIMIT) -> bytes:
-    """Read a whole input of at most ``limit`` bytes; refuse a larger file or a longer stream.
+def read_bounded(path: str | Path, what: str, limit: int) -> bytes:
+    """The bytes of ``path``, at most ``limit`` of them; OSError (IsADirectoryError for a
+    directory) propagates for callers with their own wording, a larger input is refused.
 
     A regular file is refused by its size before it is read; a pipe or device is read
     up to ``limit + 1`` bytes, so ``/dev/zero`` costs at most that much memory and time.
     """
+    with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if stat.S_ISREG(st.st_mode) and st.st_size > limit:
+            raise too_large(path, what, limit)
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise too_large(path, what, limit)
+    return data
+
+
+def read_input(path: str | Path, what: str, *, limit: int = DEFAULT_READ_LIMIT) -> bytes:
+    """Read a whole input of at most ``limit`` bytes (see :func:`read_bounded`)."""
     try:
-        with open(path, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            if stat.S_ISDIR(st.st_mode):
-                raise IsADirectoryError
-            if stat.S_ISREG(st.st_mode) and st.st_size > limit:
-                raise too_large(path, what, limit)
-            data = fh.read(limit + 1)
+        return read_bounded(path, what, limit)
     except IsADirectoryError as e:
         raise InputError(f"the {what} path {str(path)!r} is a directory; give a file.") from e
     except OSError as e:
         raise _open_error(path, what, e) from e
-    if len(data) > limit:
-        raise too_large(path, what, limit)
-    return data
 
 
 def file_digest(path: str | Path, what: str, algorithm: str = "sha256") -> bytes:
