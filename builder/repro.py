@@ -211,6 +211,8 @@ def check_repro(recipe, *, cache: Path, workdir: Path | None = None, allow_stale
     ``build --check-repro`` just wrote) that must equal build A too.  Raises BuildError
     when a build itself fails.
     """
+    from builder.lock import read_lock
+    read_lock(recipe.lock_path)  # a missing or unreadable lock is the user's to fix, as in `build`
     made_workdir = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="blindbox-repro-")) if workdir is None else Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
