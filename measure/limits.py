@@ -48,8 +48,12 @@ MAX_SIGNATURE_FILE_BYTES = 1 * KIB
 MAX_MANIFEST_BYTES = 16 * MIB
 
 #: Measurement entries (shapes) in one manifest.  Recipes publish a dozen; 4096 shapes
-#: re-derive in about a second.
+#: of a few vCPUs re-derive in about a second.
 MAX_MANIFEST_SHAPES = 4096
+
+#: The sum of the vCPU counts of a manifest's shapes: each vCPU is one VMSA page to fold
+#: in (about 10 us).  262,144 is e.g. 1,024 shapes of 256 vCPUs, about 3 s.
+MAX_MANIFEST_VCPUS = 262_144
 
 #: The ``cmdline`` file of a bundle.  Linux on x86 takes at most 2048 bytes
 #: (COMMAND_LINE_SIZE); QEMU passes longer strings, so allow some room.

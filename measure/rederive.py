@@ -16,7 +16,7 @@ from pathlib import Path
 from .errors import InputError
 from .inputs import file_digest, read_input
 from .kernel_hashes import KernelHashes
-from .limits import MAX_CMDLINE_FILE_BYTES, MAX_MANIFEST_BYTES
+from .limits import MAX_CMDLINE_FILE_BYTES, MAX_MANIFEST_BYTES, MAX_MANIFEST_SHAPES, MAX_MANIFEST_VCPUS
 from .ovmf import Firmware
 from .snp import SnpLaunch, VmShape
 from .vmm import profile
@@ -62,10 +62,26 @@ def bundle_role_files(bundle: Path, doc: dict) -> dict[str, Path]:
     return roles
 
 
+def check_work_bounds(doc: dict, path: Path) -> None:
+    """Refuse a manifest whose re-derivation would take minutes (docs/limits.md)."""
+    entries = doc["measurements"]
+    if len(entries) > MAX_MANIFEST_SHAPES:
+        raise InputError(f"{path} publishes {len(entries):,} measurements, more than the "
+                         f"{MAX_MANIFEST_SHAPES:,} shapes blindbox re-derives (docs/limits.md); no "
+                         f"blindbox build writes such a manifest.")
+    vcpus = sum(e["vcpus"] for e in entries if isinstance(e, dict) and type(e.get("vcpus")) is int
+                and e["vcpus"] > 0)
+    if vcpus > MAX_MANIFEST_VCPUS:
+        raise InputError(f"{path} publishes shapes with {vcpus:,} vCPUs in all, more than the "
+                         f"{MAX_MANIFEST_VCPUS:,} blindbox re-derives (docs/limits.md); no blindbox "
+                         f"build writes such a manifest.")
+
+
 def load_bundle(bundle: str | Path) -> tuple[dict, dict[str, Path]]:
     """The manifest of a bundle directory and its outputs by role."""
     bundle = Path(bundle)
     doc = _manifest(bundle)
+    check_work_bounds(doc, bundle / "manifest.json")
     return doc, bundle_role_files(bundle, doc)
 
 
