@@ -42,9 +42,13 @@ MAX_MODULE_BYTES = 256 * MIB
 #: The kernel image (bzImage) a build reads whole; Debian's are about 8 MiB.
 MAX_KERNEL_BYTES = 256 * MIB
 
+#: One file put into the initrd (a local file, the init script, a program or library):
+#: the initrd is assembled in memory.  Busybox is about 2 MiB.
+MAX_INITRD_FILE_BYTES = 512 * MIB
+
 #: One decompressed LZMA section of a firmware image (searched for OVMF's initrd token).
 MAX_FIRMWARE_VOLUME_BYTES = 64 * MIB
 
 __all__ = ["KIB", "MIB", "MAX_RECIPE_BYTES", "MAX_LOCK_BYTES", "MAX_RECIPE_DEPTH", "MAX_DEB_MEMBERS",
            "MAX_DEB_UNPACKED_BYTES", "MAX_TAR_HEADER_BYTES", "MAX_DEB_CONTROL_BYTES", "MAX_MODULE_BYTES",
-           "MAX_KERNEL_BYTES", "MAX_FIRMWARE_VOLUME_BYTES"]
+           "MAX_KERNEL_BYTES", "MAX_INITRD_FILE_BYTES", "MAX_FIRMWARE_VOLUME_BYTES"]

@@ -37,6 +37,7 @@ from typing import Callable
 from builder import sources
 from builder.bundle import MANIFEST, write_bundle
 from builder.errors import BuildError, InputDigestMismatch, OfflineMiss, SourceError, SourceGone
+from builder.limits import MAX_INITRD_FILE_BYTES, MAX_KERNEL_BYTES
 from builder.launch import LaunchFiles, LaunchShape, render as render_launch
 from builder.lock import Lock, LockedInput, check_lock, file_sha256, read_lock
 from builder.manifest import InputRecord, Manifest, ManifestError, MeasurementRecord, OutputRecord
@@ -45,6 +46,8 @@ from measure import __version__
 from measure.cpu import CPU_SIGS
 from measure.errors import MeasureError, UnsupportedFirmware
 from measure.idblock import key_digest, make_id_auth
+from measure.inputs import read_bounded, read_input
+from measure.limits import MAX_FIRMWARE_BYTES, MAX_MANIFEST_BYTES
 from measure.kernel_hashes import KernelHashes, cmdline_bytes
 from measure.ovmf import Firmware
 from measure.snp import SnpLaunch, VmShape
@@ -146,8 +149,8 @@ def step_current(b: Build) -> None:
         return
     path = b.out / MANIFEST
     try:
-        manifest = Manifest.from_json(path.read_bytes(), str(path))
-    except (OSError, ManifestError):
+        manifest = Manifest.from_json(read_bounded(path, "manifest", MAX_MANIFEST_BYTES), str(path))
+    except (OSError, MeasureError, ManifestError):
         return
     if (manifest.recipe.get("sha256") != b.recipe.sha256 or manifest.lock.get("sha256") != b.lock.sha256
             or manifest.tool.get("version") != TOOL["version"] or manifest.name != b.recipe.name):
@@ -251,7 +254,7 @@ def check_firmware(fw: Firmware, what: str) -> None:
 
 def step_firmware(b: Build) -> None:
     path = b.inputs["firmware"]
-    data = Path(path).read_bytes()
+    data = read_input(path, "firmware", limit=MAX_FIRMWARE_BYTES)
     spec = b.recipe.firmware
     entry = b.lock.get("firmware")
     what = f"the firmware {spec.member or spec.file or spec.url} ({entry.describe()})"
@@ -276,7 +279,7 @@ def step_kernel(b: Build) -> None:
     required = ksteps.REQUIRED + ksteps.decompressor_requirement(b.recipe.initrd.compression) + extra
     b.preflight = ksteps.preflight(config, required)
     b.preflight.raise_if_failed(f"the kernel {b.lock.get('kernel').describe()}")
-    b.kernel_bytes = Path(b.kernel.bzimage).read_bytes()
+    b.kernel_bytes = read_input(b.kernel.bzimage, "kernel", limit=MAX_KERNEL_BYTES)
 
 
 def _materialize(b: Build, entry: FileEntry, label: str) -> Path:
@@ -317,7 +320,7 @@ def step_initrd(b: Build) -> None:
     spec = b.recipe.initrd
     init_script = None
     if spec.init is not None:
-        init_script = _materialize(b, spec.init, "init").read_bytes()
+        init_script = read_input(_materialize(b, spec.init, "init"), "init script", limit=MAX_INITRD_FILE_BYTES)
     files = [(_materialize(b, f, f"file:{f.path}"), f.path, f.mode) for f in spec.files]
     binaries = []
     if spec.binaries:
