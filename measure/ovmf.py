@@ -192,8 +192,9 @@ class Firmware:
             if sec.section_type == SectionType.SNP_KERNEL_HASHES and \
                     any(s.section_type == SectionType.SNP_KERNEL_HASHES for s in sections):
                 raise FirmwareError(
-                    f"{label} is a second SNP_KERNEL_HASHES section; QEMU fills only one hashes "
-                    f"table, so the firmware is corrupt.", path=self.name, offset=off)
+                    f"{label} is a second SNP_KERNEL_HASHES section; edk2 declares one, holding the "
+                    f"hashes table its loader checks, so the firmware is refused.", path=self.name,
+                    offset=off)
             sections.append(sec)
         self._check_overlaps(sections, start + hdr_size)
         return tuple(sections)
