@@ -39,6 +39,9 @@ MAX_DEB_CONTROL_BYTES = 1 * MIB
 #: One kernel module, decompressed.  The largest Debian 6.x modules are about 10 MiB.
 MAX_MODULE_BYTES = 256 * MIB
 
+#: A kernel's text metadata: its config (about 250 KiB) and modules.builtin (30 KiB).
+MAX_KERNEL_TEXT_BYTES = 16 * MIB
+
 #: The kernel image (bzImage) a build reads whole; Debian's are about 8 MiB.
 MAX_KERNEL_BYTES = 256 * MIB
 
@@ -51,4 +54,4 @@ MAX_FIRMWARE_VOLUME_BYTES = 64 * MIB
 
 __all__ = ["KIB", "MIB", "MAX_RECIPE_BYTES", "MAX_LOCK_BYTES", "MAX_RECIPE_DEPTH", "MAX_DEB_MEMBERS",
            "MAX_DEB_UNPACKED_BYTES", "MAX_TAR_HEADER_BYTES", "MAX_DEB_CONTROL_BYTES", "MAX_MODULE_BYTES",
-           "MAX_KERNEL_BYTES", "MAX_INITRD_FILE_BYTES", "MAX_FIRMWARE_VOLUME_BYTES"]
+           "MAX_KERNEL_BYTES", "MAX_KERNEL_TEXT_BYTES", "MAX_INITRD_FILE_BYTES", "MAX_FIRMWARE_VOLUME_BYTES"]

@@ -35,7 +35,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from builder.errors import BuildError, ToolMissing
-from builder.limits import MAX_MODULE_BYTES
+from builder.limits import MAX_KERNEL_TEXT_BYTES, MAX_MODULE_BYTES
 from measure.errors import InputError
 from measure.inputs import read_bounded
 
@@ -161,7 +161,7 @@ class KernelConfig:
     def load(cls, path: str | Path) -> "KernelConfig":
         path = Path(path)
         try:
-            text = path.read_text("utf-8", "replace")
+            text = read_bounded(path, "kernel config", MAX_KERNEL_TEXT_BYTES).decode("utf-8", "replace")
         except OSError as e:
             raise KernelError(f"cannot read the kernel config {path}: {e.strerror}.") from e
         return cls.parse(text, where=str(path))
@@ -474,7 +474,8 @@ class ModuleTree:
                 self._files[name] = (rel, split[1])
         builtin_file = base / "modules.builtin"
         self.builtin: frozenset[str] = frozenset(
-            modname(line.strip()) for line in builtin_file.read_text().splitlines() if line.strip()
+            modname(line.strip()) for line in read_bounded(builtin_file, "modules.builtin", MAX_KERNEL_TEXT_BYTES)
+            .decode("utf-8", "replace").splitlines() if line.strip()
         ) if builtin_file.is_file() else frozenset()
         self._info: dict[str, KernelModule] = {}
         self._all_aliases: list[tuple[str, str]] | None = None

@@ -86,3 +86,13 @@ def test_firmware_volume_decompression_is_bounded(monkeypatch):
 def test_boot_method_of_an_endless_firmware():
     with pytest.raises(Exception, match="the firmware file '/dev/zero' is larger than 67,108,864 bytes"):
         boot.boot_method("/dev/zero")
+
+
+def test_kernel_config_over_the_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(kernel, "MAX_KERNEL_TEXT_BYTES", LIMIT)
+    path = tmp_path / "config-6.1.0-test-amd64"
+    path.write_bytes(b"CONFIG_X=y\n" * (LIMIT // 11 + 1))
+    with pytest.raises(Exception, match=f"the kernel config file '{path}' is larger than 1,048,576 bytes"):
+        kernel.KernelConfig.load(path)
+    path.write_bytes(b"CONFIG_X=y\n")
+    assert kernel.KernelConfig.load(path).values == {"X": "y"}
