@@ -97,7 +97,7 @@ def test_huge_file_refused_by_its_size(name, files, capsys):
     _refused(argv(files, path), capsys, what, limit, path)
 
 
-@pytest.mark.parametrize("name", ["report", "vmsa", "id-key", "verify-report-manifest", "signature"])
+@pytest.mark.parametrize("name", ["report", "certs-file", "vmsa", "id-key", "verify-report-manifest", "signature"])
 def test_endless_stream_under_a_memory_limit(name, files):
     argv, what, limit = CASES[name]
     assert_refused(run_blindbox(argv(files, ZERO)), f"the {what} file '{ZERO}' is larger than {limit:,} bytes")
