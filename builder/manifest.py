@@ -128,6 +128,8 @@ class Manifest:
             doc = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ManifestError(f"{where} is not UTF-8 JSON ({e}); rebuild the bundle.") from None
+        except RecursionError:
+            raise ManifestError(f"{where} nests brackets too deeply to be a manifest; rebuild the bundle.") from None
         return cls.from_dict(doc, where)
 
     @classmethod

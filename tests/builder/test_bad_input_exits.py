@@ -130,3 +130,9 @@ def test_a_real_lock_still_reads(cli_build):
     lock = read_lock(cli_build.recipe.lock_path)
     assert json.loads(cli_build.recipe.lock_path.read_bytes())["inputs"] and lock.inputs
     assert os.path.getsize(cli_build.recipe.lock_path) < MAX_LOCK_BYTES
+
+
+def test_deeply_nested_manifest_in_the_out_directory():
+    from builder.manifest import Manifest, ManifestError
+    with pytest.raises(ManifestError, match="out/manifest.json nests brackets too deeply to be a manifest"):
+        Manifest.from_json(b"[" * 100_000 + b"]" * 100_000, "out/manifest.json")
