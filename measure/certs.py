@@ -499,8 +499,12 @@ def collect_certificates(paths: Iterable[str | Path]) -> tuple[list[Certificate]
         path = Path(path)
         if path.is_dir():
             for entry in sorted(path.iterdir()):
-                if not entry.is_file():
+                if entry.is_dir():
                     continue
+                if not entry.is_file():
+                    raise InputError(f"{str(entry)!r} in the --certs directory is not a regular file (a device, "
+                                     f"pipe or socket, or a broken link); remove it, or give the certificate "
+                                     f"files one by one.")
                 try:
                     certs.extend(load_certificates(read_input(entry, "certificate", limit=MAX_CERTIFICATE_FILE_BYTES),
                                                     source=str(entry)))

@@ -175,3 +175,18 @@ def test_kernel_from_dev_null_still_measures(capsys):
     rc = main(["measure", "--mode", "snp", "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--ovmf", str(AMDSEV),
                "--kernel", "/dev/null", "--initrd", "/dev/null"])
     assert rc == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", [ZERO, "/nonexistent/vcek.der"])
+def test_certs_directory_entry_that_is_not_a_regular_file(target, files, capsys):
+    """A stream in a --certs directory was skipped without a word; now it is named (exit 2)."""
+    certs = files["tmp"] / "certs"
+    certs.mkdir()
+    (certs / "vcek.der").write_bytes((VECTORS / "go-sev-guest" / "vcek.testcer").read_bytes())
+    (certs / "subdir").mkdir()   # directories are still passed over
+    (certs / "zero.pem").symlink_to(target)
+    rc = main(["verify-report", str(REPORT), "--certs", str(certs)])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert f"'{certs / 'zero.pem'}' in the --certs directory is not a regular file" in err
+    assert len(err.strip().splitlines()) == 1
