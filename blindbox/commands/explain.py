@@ -19,8 +19,8 @@ from measure.search import SearchSpace, feature_combinations, find_launches
 def _bundle_inputs(bundle: Path) -> tuple[Path, Path, Path | None, bytes, list[dict]]:
     from measure.rederive import load_bundle
     doc, roles = load_bundle(bundle)
-    return (roles["firmware"], roles["kernel"], roles.get("initrd"), read_input(roles["cmdline"], "cmdline", limit=MAX_CMDLINE_FILE_BYTES),
-            list(doc["measurements"]))
+    cmdline = read_input(roles["cmdline"], "cmdline", limit=MAX_CMDLINE_FILE_BYTES)
+    return roles["firmware"], roles["kernel"], roles.get("initrd"), cmdline, list(doc["measurements"])
 
 
 def _nearest(launch, published: list[dict]) -> tuple[dict, list[str]] | None:
