@@ -23,6 +23,10 @@ MAX_LOCK_BYTES = 4 * MIB
 #: would only exhaust the YAML composer's recursion.
 MAX_RECIPE_DEPTH = 32
 
+#: Members of a .deb's ar container: debian-binary, control.tar, data.tar and perhaps
+#: a few signatures (``_gpgorigin``).
+MAX_AR_MEMBERS = 64
+
 #: Members of one .deb's data.tar.  Debian's kernel packages hold about 6,000 files.
 MAX_DEB_MEMBERS = 200_000
 
@@ -52,6 +56,6 @@ MAX_INITRD_FILE_BYTES = 512 * MIB
 #: One decompressed LZMA section of a firmware image (searched for OVMF's initrd token).
 MAX_FIRMWARE_VOLUME_BYTES = 64 * MIB
 
-__all__ = ["KIB", "MIB", "MAX_RECIPE_BYTES", "MAX_LOCK_BYTES", "MAX_RECIPE_DEPTH", "MAX_DEB_MEMBERS",
+__all__ = ["KIB", "MIB", "MAX_RECIPE_BYTES", "MAX_LOCK_BYTES", "MAX_RECIPE_DEPTH", "MAX_AR_MEMBERS", "MAX_DEB_MEMBERS",
            "MAX_DEB_UNPACKED_BYTES", "MAX_TAR_HEADER_BYTES", "MAX_DEB_CONTROL_BYTES", "MAX_MODULE_BYTES",
            "MAX_KERNEL_BYTES", "MAX_KERNEL_TEXT_BYTES", "MAX_INITRD_FILE_BYTES", "MAX_FIRMWARE_VOLUME_BYTES"]

@@ -70,7 +70,7 @@ from pathlib import Path
 
 from measure.inputs import cache_root  # the one definition of where blindbox caches things
 
-from .limits import (MAX_DEB_CONTROL_BYTES, MAX_DEB_MEMBERS, MAX_DEB_UNPACKED_BYTES,
+from .limits import (MAX_AR_MEMBERS, MAX_DEB_CONTROL_BYTES, MAX_DEB_MEMBERS, MAX_DEB_UNPACKED_BYTES,
                      MAX_TAR_HEADER_BYTES)
 from .errors import (InputDigestMismatch, OfflineMiss, SourceError, SourceGone, StaleSuite,
                      ToolMissing)
@@ -348,6 +348,9 @@ def _ar_members(f, deb: Path) -> list[_ArMember]:
             raise SourceError(f"{deb} is truncated (member {name!r} at offset {pos} claims {size} "
                               f"bytes); delete it and fetch it again.", source=str(deb))
         members.append(_ArMember(name, pos + 60, size))
+        if len(members) > MAX_AR_MEMBERS:
+            raise SourceError(f"{deb} has more than {MAX_AR_MEMBERS} ar members (a Debian package has three, "
+                              f"plus signatures); it is not a Debian package.", source=str(deb))
         pos += 60 + size + (size & 1)
     return members
 

@@ -104,3 +104,10 @@ def test_control_file_larger_than_the_limit(tmp_path):
     with pytest.raises(SourceError, match=f"its control file claims {len(big):,} bytes, more than the "
                                           f"{MAX_DEB_CONTROL_BYTES:,}"):
         read_deb_control(deb)
+
+
+def test_ar_member_count_is_bounded(tmp_path):
+    deb = tmp_path / "members.deb"
+    deb.write_bytes(_ar([("debian-binary", b"2.0\n")] + [(f"_sig{i}", b"") for i in range(64)]))
+    with pytest.raises(SourceError, match="members.deb has more than 64 ar members"):
+        extract_deb(deb, tmp_path / "out")
