@@ -37,8 +37,8 @@ from typing import Callable
 from builder import sources
 from builder.bundle import MANIFEST, write_bundle
 from builder.errors import BuildError, InputDigestMismatch, OfflineMiss, SourceError, SourceGone
-from builder.limits import MAX_INITRD_FILE_BYTES, MAX_KERNEL_BYTES
 from builder.launch import LaunchFiles, LaunchShape, render as render_launch
+from builder.limits import MAX_INITRD_FILE_BYTES, MAX_KERNEL_BYTES
 from builder.lock import Lock, LockedInput, check_lock, file_sha256, read_lock
 from builder.manifest import InputRecord, Manifest, ManifestError, MeasurementRecord, OutputRecord
 from builder.recipe import FileEntry, Recipe, check_id_keys, load_id_key, load_recipe

@@ -70,10 +70,10 @@ from pathlib import Path
 
 from measure.inputs import cache_root  # the one definition of where blindbox caches things
 
-from .limits import (MAX_AR_MEMBERS, MAX_DEB_CONTROL_BYTES, MAX_DEB_MEMBERS, MAX_DEB_UNPACKED_BYTES,
-                     MAX_TAR_HEADER_BYTES)
 from .errors import (InputDigestMismatch, OfflineMiss, SourceError, SourceGone, StaleSuite,
                      ToolMissing)
+from .limits import (MAX_AR_MEMBERS, MAX_DEB_CONTROL_BYTES, MAX_DEB_MEMBERS, MAX_DEB_UNPACKED_BYTES,
+                     MAX_TAR_HEADER_BYTES)
 
 __all__ = [
     "ContentCache", "DebianArchive", "DebianPackage", "SUITES", "cache_root", "extract_deb",
