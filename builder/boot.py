@@ -45,7 +45,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.errors import BuildError, ToolMissing
+from builder.limits import MAX_FIRMWARE_VOLUME_BYTES
 from builder.steps import init as markers
+from measure.inputs import read_bounded
+from measure.limits import MAX_FIRMWARE_BYTES
 
 QEMU = "qemu-system-x86_64"
 QEMU_PACKAGE = "qemu-system-x86"
@@ -91,7 +94,9 @@ def _firmware_volumes(data: bytes):
         if size < offset or header + size > len(data):
             continue
         try:
-            inner = lzma.decompress(data[header + offset:header + size], format=lzma.FORMAT_ALONE)
+            # at most MAX_FIRMWARE_VOLUME_BYTES: a section's size field cannot make us allocate more
+            inner = lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(
+                data[header + offset:header + size], max_length=MAX_FIRMWARE_VOLUME_BYTES)
         except lzma.LZMAError:
             continue
         yield from _firmware_volumes(inner)
@@ -113,7 +118,7 @@ def boot_method(firmware: str | Path | None) -> str:
     if firmware is None:
         return "direct"
     try:
-        data = Path(firmware).read_bytes()
+        data = read_bounded(firmware, "firmware", MAX_FIRMWARE_BYTES)
     except OSError as e:
         raise BootError(f"cannot read the firmware {firmware}: {e.strerror}; check the path.") from e
     method = ovmf_initrd_placement(data)

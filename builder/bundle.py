@@ -145,6 +145,15 @@ def write_bundle(target: str | Path, files: dict[str, tuple[bytes, int]]) -> Pat
     for name in files:
         if "/" in name or name in ("", ".", ".."):
             raise ValueError(f"bad bundle file name {name!r}")
+    try:
+        return _replace_bundle(target, files)
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        raise BundleError(f"cannot write the bundle {target}: {e.strerror or e}{where}; choose a writable "
+                          f"--out directory on an ordinary file system.") from None
+
+
+def _replace_bundle(target: Path, files: dict[str, tuple[bytes, int]]) -> Path:
     with bundle_lock(target):
         recover(target)
         if target.exists() and not is_bundle(target):

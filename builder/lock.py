@@ -22,7 +22,9 @@ from pathlib import Path
 from collections.abc import Iterable
 
 from builder.errors import BuildError, InputDigestMismatch, RecipeError, SourceError
+from builder.limits import MAX_LOCK_BYTES
 from builder.recipe import SUITES, InputSpec, Recipe, check_id_keys, local_path
+from measure.inputs import read_bounded
 from measure.outputs import write_atomic
 
 #: lock entries of the id_block keys: they sign ID blocks and are not part of the launch digest
@@ -252,10 +254,17 @@ def lock_path_for(recipe: Recipe) -> Path:
 def read_lock(path: str | Path) -> Lock:
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_bounded(path, "lock", MAX_LOCK_BYTES)
     except FileNotFoundError:
         raise LockMissing(f"{path} does not exist: the recipe's inputs are not pinned yet. Run `blindbox lock "
                           f"{path.with_suffix('.yaml')}` to pin them (and commit the lock file).") from None
+    except IsADirectoryError:
+        raise RecipeError(f"{path}: the lock file is a directory; remove it and run `blindbox lock "
+                          f"{path.with_suffix('.yaml')}` to write the lock file.", path=str(path), line=0,
+                          key="") from None
+    except OSError as e:
+        raise RecipeError(f"{path}: cannot read the lock file ({e.strerror or e}); check its permissions.",
+                          path=str(path), line=0, key="") from None
     return parse_lock(data, path)
 
 
@@ -268,6 +277,11 @@ def parse_lock(data: bytes, path: Path) -> Lock:
     except json.JSONDecodeError as e:
         raise RecipeError(f"{where}:{e.lineno}: the lock file is not valid JSON ({e.msg}); restore it from "
                           f"version control or run `blindbox lock` again.", path=where, line=e.lineno,
+                          key="") from None
+    except RecursionError:
+        # json recurses once per nesting level; a lock nests three
+        raise RecipeError(f"{where}: the lock file nests brackets too deeply to be a lock file; restore it "
+                          f"from version control or run `blindbox lock` again.", path=where, line=1,
                           key="") from None
     if not isinstance(doc, dict) or doc.get("lock_version") != LOCK_VERSION:
         raise RecipeError(f"{where}: not a blindbox lock file of version {LOCK_VERSION}; run `blindbox lock` "

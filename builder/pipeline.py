@@ -39,6 +39,7 @@ from builder import sources
 from builder.bundle import MANIFEST, BundleError, write_bundle
 from builder.errors import BuildError, InputDigestMismatch, OfflineMiss, SourceError, SourceGone
 from builder.launch import LaunchFiles, LaunchShape, render as render_launch
+from builder.limits import MAX_INITRD_FILE_BYTES, MAX_KERNEL_BYTES
 from builder.lock import Lock, LockedInput, LockMismatch, check_lock, file_sha256, read_lock
 from builder.manifest import InputRecord, Manifest, ManifestError, MeasurementRecord, OutputRecord
 from builder.recipe import FileEntry, Recipe, check_id_keys, load_id_key, load_recipe, local_path
@@ -46,6 +47,8 @@ from measure import __version__
 from measure.cpu import CPU_SIGS
 from measure.errors import MeasureError, UnsupportedFirmware
 from measure.idblock import key_digest, make_id_auth
+from measure.inputs import read_bounded, read_input
+from measure.limits import MAX_FIRMWARE_BYTES, MAX_MANIFEST_BYTES
 from measure.kernel_hashes import KernelHashes, cmdline_bytes
 from measure.ovmf import Firmware
 from measure.snp import SnpLaunch, VmShape
@@ -170,8 +173,8 @@ def step_current(b: Build) -> None:
         return
     path = b.out / MANIFEST
     try:
-        manifest = Manifest.from_json(path.read_bytes(), str(path))
-    except (OSError, ManifestError):
+        manifest = Manifest.from_json(read_bounded(path, "manifest", MAX_MANIFEST_BYTES), str(path))
+    except (OSError, MeasureError, ManifestError):
         return
     if (manifest.recipe.get("sha256") != b.recipe.sha256 or manifest.lock.get("sha256") != b.lock.sha256
             or manifest.tool.get("version") != TOOL["version"] or manifest.name != b.recipe.name):
@@ -288,7 +291,7 @@ def check_firmware(fw: Firmware, what: str) -> None:
 
 def step_firmware(b: Build) -> None:
     path = b.inputs["firmware"]
-    data = Path(path).read_bytes()
+    data = read_input(path, "firmware", limit=MAX_FIRMWARE_BYTES)
     spec = b.recipe.firmware
     entry = b.lock.get("firmware")
     source = spec.member or spec.file or spec.url
@@ -317,7 +320,7 @@ def step_kernel(b: Build) -> None:
     entry = b.lock.get("kernel")
     assert entry is not None  # check_lock: every declared input is pinned
     b.preflight.raise_if_failed(f"the kernel {entry.describe()}")
-    b.kernel_bytes = Path(b.kernel.bzimage).read_bytes()
+    b.kernel_bytes = read_input(b.kernel.bzimage, "kernel", limit=MAX_KERNEL_BYTES)
 
 
 def _materialize(b: Build, entry: FileEntry, label: str) -> Path:
@@ -359,7 +362,7 @@ def step_initrd(b: Build) -> None:
     spec = b.recipe.initrd
     init_script = None
     if spec.init is not None:
-        init_script = _materialize(b, spec.init, "init").read_bytes()
+        init_script = read_input(_materialize(b, spec.init, "init"), "init script", limit=MAX_INITRD_FILE_BYTES)
     files = [(_materialize(b, f, f"file:{f.path}"), f.path, f.mode) for f in spec.files]
     binaries = []
     if spec.binaries:

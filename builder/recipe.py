@@ -25,8 +25,10 @@ import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
 
 from builder.errors import RecipeError
+from builder.limits import MAX_RECIPE_BYTES, MAX_RECIPE_DEPTH
 from builder.sources import SUITES as FETCHER_SUITES
 from measure.cpu import CPU_SIGS
+from measure.inputs import read_bounded
 from measure.spec import guest_policy_problem
 from measure.vmm import PROFILES, VmmType
 
@@ -646,6 +648,25 @@ def check_id_keys(recipe: Recipe) -> None:
             load_id_key(recipe, spec)
 
 
+def _check_depth(text: str, path: Path) -> None:
+    """Refuse collections nested deeper than MAX_RECIPE_DEPTH before composing them.
+
+    PyYAML's parser is iterative but its composer recurses once per level, so ``[[[[...``
+    would end in a RecursionError; the event stream finds the depth without recursing.
+    """
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_RECIPE_DEPTH:
+                line = event.start_mark.line + 1
+                raise RecipeError(f"{path}:{line}: the recipe nests collections more than {MAX_RECIPE_DEPTH} "
+                                  f"levels deep; a recipe needs four (docs/limits.md).", path=str(path),
+                                  line=line, key="")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+
+
 def parse_recipe(data: bytes, path: str | Path) -> Recipe:
     """Parse recipe bytes; ``path`` locates relative files and names the file in errors."""
     path = Path(path)
@@ -658,6 +679,7 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
                           f"(offset {e.start}) is not valid UTF-8; save the file as UTF-8.", path=str(path),
                           line=line, key="") from None
     try:
+        _check_depth(text, path)
         docs = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -806,7 +828,7 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_bounded(path, "recipe", MAX_RECIPE_BYTES)
     except FileNotFoundError:
         raise RecipeError(f"{path}: no such recipe file.", path=str(path), line=0, key="") from None
     except IsADirectoryError:

@@ -263,6 +263,8 @@ def check_repro(recipe, *, cache: Path, workdir: Path | None = None, allow_stale
     result) and the recipe copies, with the keys, are removed.  A ``workdir`` given by
     the caller is never removed, only the recipe copies in it.
     """
+    from builder.lock import read_lock
+    read_lock(recipe.lock_path)  # a missing or unreadable lock is the user's to fix, as in `build`
     made_workdir = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="blindbox-repro-")) if workdir is None else Path(workdir)
     keep_bundles = False

@@ -74,6 +74,8 @@ from measure.outputs import write_atomic
 
 from .errors import (InputDigestMismatch, OfflineMiss, SourceError, SourceGone, StaleSuite,
                      ToolMissing)
+from .limits import (MAX_AR_MEMBERS, MAX_DEB_CONTROL_BYTES, MAX_DEB_MEMBERS, MAX_DEB_UNPACKED_BYTES,
+                     MAX_TAR_HEADER_BYTES)
 
 __all__ = [
     "ContentCache", "DebianArchive", "DebianPackage", "SUITES", "cache_root", "extract_deb",
@@ -348,6 +350,9 @@ def _ar_members(f, deb: Path) -> list[_ArMember]:
             raise SourceError(f"{deb} is truncated (member {name!r} at offset {pos} claims {size} "
                               f"bytes); delete it and fetch it again.", source=str(deb))
         members.append(_ArMember(name, pos + 60, size))
+        if len(members) > MAX_AR_MEMBERS:
+            raise SourceError(f"{deb} has more than {MAX_AR_MEMBERS} ar members (a Debian package has three, "
+                              f"plus signatures); it is not a Debian package.", source=str(deb))
         pos += 60 + size + (size & 1)
     return members
 
@@ -377,8 +382,25 @@ def _deb_parts(f, deb: Path) -> tuple[_ArMember, _ArMember]:
     return control, data
 
 
-_TAR_MODES: dict[str, Literal["r|", "r|gz", "r|xz", "r|bz2"]] = {"": "r|", ".gz": "r|gz", ".xz": "r|xz",
-                                                                 ".bz2": "r|bz2"}
+class _BoundedTarInfo(tarfile.TarInfo):
+    """TarInfo that refuses, before reading it, an extended header claiming more than
+    MAX_TAR_HEADER_BYTES (tarfile reads pax and GNU long-name headers into memory whole)
+    and GNU sparse members (whose extension blocks tarfile collects without bound; dpkg
+    never writes them)."""
+
+    def _proc_member(self, tarfile_):
+        if self.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                         tarfile.GNUTYPE_LONGLINK) and self.size > MAX_TAR_HEADER_BYTES:
+            raise tarfile.SubsequentHeaderError(
+                f"an extended header at offset {self.offset} claims {self.size:,} bytes, more than the "
+                f"{MAX_TAR_HEADER_BYTES:,} any package needs")
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise tarfile.SubsequentHeaderError(f"a GNU sparse member at offset {self.offset}, which no "
+                                                f"Debian package contains")
+        return super()._proc_member(tarfile_)
+
+
+_TAR_MODES = {"": "r|", ".gz": "r|gz", ".xz": "r|xz", ".bz2": "r|bz2"}
 #: raised while decompressing or parsing tar data (never by our own extraction code)
 _DECOMPRESSION_ERRORS = (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error)
 
@@ -389,7 +411,8 @@ def _open_member_tar(f, deb: Path, member: _ArMember) -> Iterator[tarfile.TarFil
     raw = _Slice(f, member.offset, member.size)
     if suffix in _TAR_MODES:
         try:
-            with tarfile.open(fileobj=io.BufferedReader(raw, _CHUNK), mode=_TAR_MODES[suffix]) as tf:
+            with tarfile.open(fileobj=io.BufferedReader(raw, _CHUNK), mode=_TAR_MODES[suffix],
+                              tarinfo=_BoundedTarInfo) as tf:
                 yield tf
         except _DECOMPRESSION_ERRORS as e:
             raise SourceError(f"{deb}: its {member.name} is corrupt ({e}); delete the .deb and fetch "
@@ -423,7 +446,7 @@ def _open_member_tar(f, deb: Path, member: _ArMember) -> Iterator[tarfile.TarFil
     ok = False
     try:
         try:
-            with tarfile.open(fileobj=proc.stdout, mode="r|") as tf:
+            with tarfile.open(fileobj=proc.stdout, mode="r|", tarinfo=_BoundedTarInfo) as tf:
                 yield tf
             while proc.stdout.read(_CHUNK):  # drain the tar padding
                 pass
@@ -499,7 +522,18 @@ def _clear(target: Path) -> None:
 
 def _extract_tar(tf: tarfile.TarFile, dest: Path, deb: Path) -> None:
     dirs: list[tuple[Path, int, int]] = []
+    count = unpacked = 0
     for m in tf:
+        count += 1
+        if count > MAX_DEB_MEMBERS:
+            raise SourceError(f"{deb} holds more than {MAX_DEB_MEMBERS:,} files, more than any package an "
+                              f"initrd is built from (docs/limits.md); refusing to unpack it.", source=str(deb))
+        if m.isreg():
+            unpacked += m.size
+            if unpacked > MAX_DEB_UNPACKED_BYTES:
+                raise SourceError(f"{deb}: member {m.name!r} ({m.size:,} bytes) takes what the package unpacks "
+                                  f"beyond {MAX_DEB_UNPACKED_BYTES:,} bytes (docs/limits.md); refusing to "
+                                  f"unpack it.", source=str(deb))
         parts = _member_parts(m.name, deb)
         if not parts:  # "./" itself
             continue
@@ -644,6 +678,10 @@ def read_deb_control(deb: os.PathLike | str) -> dict[str, str]:
         with _open_member_tar(f, deb, control) as tf:
             for m in tf:
                 if m.isreg() and _member_parts(m.name, deb) == ["control"]:
+                    if m.size > MAX_DEB_CONTROL_BYTES:
+                        raise SourceError(f"{deb}: its control file claims {m.size:,} bytes, more than the "
+                                          f"{MAX_DEB_CONTROL_BYTES:,} of any package (docs/limits.md); it is "
+                                          f"not a well-formed Debian package.", source=str(deb))
                     data = tf.extractfile(m)
                     assert data is not None  # a regular member has data
                     stanzas = _parse_stanzas(data.read().decode("utf-8", "replace"))

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from .errors import ChainInvalid, InputError
 from .inputs import read_input
+from .limits import MAX_CERTIFICATE_FILE_BYTES
 from .report import Product, SigningKey
 
 # ---------------------------------------------------------------------------------------
@@ -514,9 +515,13 @@ def collect_certificates(paths: Iterable[str | Path]) -> tuple[list[Certificate]
         path = Path(path)
         if path.is_dir():
             for entry in sorted(path.iterdir()):
-                if not entry.is_file():
+                if entry.is_dir():
                     continue
-                data = read_input(entry, "certificate")
+                if not entry.is_file():
+                    raise InputError(f"{str(entry)!r} in the --certs directory is not a regular file (a device, "
+                                     f"pipe or socket, or a broken link); remove it, or give the certificate "
+                                     f"files one by one.")
+                data = read_input(entry, "certificate", limit=MAX_CERTIFICATE_FILE_BYTES)
                 try:
                     certs.extend(load_certificates(data, source=str(entry)))
                 except CertificateError as e:
@@ -525,7 +530,8 @@ def collect_certificates(paths: Iterable[str | Path]) -> tuple[list[Certificate]
                                                f"replace or remove that file.") from None
                     ignored.append(str(entry))
         else:
-            certs.extend(load_certificates(read_input(path, "certificate"), source=str(path)))
+            certs.extend(load_certificates(read_input(path, "certificate", limit=MAX_CERTIFICATE_FILE_BYTES),
+                                           source=str(path)))
     return certs, ignored
 
 

@@ -37,20 +37,32 @@ class PageInfo(layout.Struct):
     gpa: int = layout.u64(0x68)
 
 
-def check_gpa_range(gpa: int, size: int, product: str = "milan") -> None:
-    """Refuse a page range the SNP firmware could not represent for ``product``."""
+def gpa_range_problem(gpa: int, size: int, *, end: int | None = None, product: str = "milan") -> str | None:
+    """Why the page range ``gpa``+``size`` cannot be given to SNP_LAUNCH_UPDATE, or None.
+
+    ``end`` (exclusive) narrows the space further, e.g. to the 4 GiB that the 32-bit
+    fields of the SEV metadata can address.
+    """
     bits = GPA_BITS[product]
     if gpa % PAGE_SIZE:
-        raise InputError(f"guest physical address {gpa:#x} is not page aligned (misaligned start).")
+        return f"guest physical address {gpa:#x} is not page aligned (misaligned start)"
     if size % PAGE_SIZE:
-        raise InputError(f"region size {size:#x} at {gpa:#x} is not a whole number of pages (misaligned size).")
+        return f"region size {size:#x} at {gpa:#x} is not a whole number of pages (misaligned size)"
     limit = ((1 << bits) - 1) & ~(PAGE_SIZE - 1)
     if gpa > limit:
-        raise InputError(f"guest physical address {gpa:#x} is unrepresentable on {product} "
-                         f"({bits}-bit addresses).")
+        return f"guest physical address {gpa:#x} is unrepresentable on {product} ({bits}-bit addresses)"
     if size and gpa + size - PAGE_SIZE > limit:
-        raise InputError(f"region {gpa:#x}+{size:#x} has an unrepresentable end on {product} "
-                         f"({bits}-bit addresses).")
+        return f"region {gpa:#x}+{size:#x} has an unrepresentable end on {product} ({bits}-bit addresses)"
+    if end is not None and gpa + size > end:
+        return f"region {gpa:#x}+{size:#x} ends at {gpa + size:#x}, beyond {end:#x}"
+    return None
+
+
+def check_gpa_range(gpa: int, size: int, product: str = "milan", *, end: int | None = None) -> None:
+    """Refuse a page range the SNP firmware could not represent for ``product``."""
+    problem = gpa_range_problem(gpa, size, end=end, product=product)
+    if problem is not None:
+        raise InputError(f"{problem}.")
 
 
 class LaunchDigest:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import InputError
+from .limits import DEFAULT_READ_LIMIT, MAX_KEY_FILE_BYTES, MAX_STREAM_BYTES
 
 if TYPE_CHECKING:  # not imported at run time: the calculator does not need cryptography
     from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
@@ -31,11 +34,35 @@ def cache_root() -> Path:
     return Path.home() / ".cache" / "blindbox"
 
 
-def read_input(path: str | Path, what: str) -> bytes:
-    """Read a whole (small) input such as a firmware image."""
+def too_large(path: str | Path, what: str, limit: int) -> InputError:
+    """The error for an input over its documented size limit (docs/limits.md)."""
+    return InputError(f"the {what} file {str(path)!r} is larger than {limit:,} bytes, more than any "
+                      f"{what} can be (docs/limits.md); give the right file.")
+
+
+def read_bounded(path: str | Path, what: str, limit: int) -> bytes:
+    """The bytes of ``path``, at most ``limit`` of them; OSError (IsADirectoryError for a
+    directory) propagates for callers with their own wording, a larger input is refused.
+
+    A regular file is refused by its size before it is read; a pipe or device is read
+    up to ``limit + 1`` bytes, so ``/dev/zero`` costs at most that much memory and time.
+    """
+    with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if stat.S_ISREG(st.st_mode) and st.st_size > limit:
+            raise too_large(path, what, limit)
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise too_large(path, what, limit)
+    return data
+
+
+def read_input(path: str | Path, what: str, *, limit: int = DEFAULT_READ_LIMIT) -> bytes:
+    """Read a whole input of at most ``limit`` bytes (see :func:`read_bounded`)."""
     try:
-        with open(path, "rb") as fh:
-            return fh.read()
+        return read_bounded(path, what, limit)
     except IsADirectoryError as e:
         raise InputError(f"the {what} path {str(path)!r} is a directory; give a file.") from e
     except OSError as e:
@@ -43,14 +70,28 @@ def read_input(path: str | Path, what: str) -> bytes:
 
 
 def file_digest(path: str | Path, what: str, algorithm: str = "sha256") -> bytes:
-    """Digest of a file read in 1 MiB chunks (kernels and initrds can be large)."""
+    """Digest of a file read in 1 MiB chunks (kernels and initrds can be large).
+
+    A regular file is hashed whatever its size; anything else (a pipe, a device) is
+    hashed up to :data:`~measure.limits.MAX_STREAM_BYTES` and refused beyond, since a
+    stream such as ``/dev/zero`` never ends.
+    """
     h = hashlib.new(algorithm)
     try:
         with open(path, "rb") as fh:
-            if os.path.isdir(path):
+            st = os.fstat(fh.fileno())
+            if stat.S_ISDIR(st.st_mode):
                 raise IsADirectoryError
-            while chunk := fh.read(_CHUNK):
+            left = None if stat.S_ISREG(st.st_mode) else MAX_STREAM_BYTES + 1
+            while chunk := fh.read(_CHUNK if left is None else min(_CHUNK, left)):
                 h.update(chunk)
+                if left is not None:
+                    left -= len(chunk)
+                    if not left:
+                        raise InputError(
+                            f"the {what} {str(path)!r} is not a regular file and gives more than "
+                            f"{MAX_STREAM_BYTES:,} bytes (docs/limits.md); write it to a file and "
+                            f"give that file.")
     except IsADirectoryError as e:
         raise InputError(f"the {what} path {str(path)!r} is a directory; give a file.") from e
     except OSError as e:
@@ -63,7 +104,7 @@ def read_private_key(path: str | Path, what: str) -> PrivateKeyTypes:
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
 
-    data = read_input(path, what)
+    data = read_input(path, what, limit=MAX_KEY_FILE_BYTES)
     try:
         if b"-----BEGIN" in data:
             return serialization.load_pem_private_key(data, password=None)

@@ -46,12 +46,13 @@ from .certs import (HW_ID_SIZE, PINNED, SPL_KDS_NAME, Certificate, CertificateEr
 from .errors import ChainInvalid, InputError
 from .inputs import cache_root
 from .outputs import OutputError, write_atomic
+from .limits import MAX_CERTIFICATE_FILE_BYTES
 from .report import Product, ReportV2, SigningKey, mask_chip_key, signing_key, tcb_components
 
 AMD_KDS_URL = "https://kdsintf.amd.com"
 ENV_KDS_URL = "BLINDBOX_KDS_URL"
 #: A VCEK is about 1.4 KiB and the PEM chain about 4.5 KiB; anything much larger is not one.
-MAX_RESPONSE = 64 * 1024
+MAX_RESPONSE = MAX_CERTIFICATE_FILE_BYTES
 DEFAULT_TIMEOUT = 30.0
 _SPL_ORDER = ("fmc", "boot_loader", "tee", "snp", "microcode")
 
@@ -172,12 +173,19 @@ class KdsClient:
              parse: Callable[[bytes, str], Sequence[Certificate]]) -> Fetched:
         path = self.cache_path(url, suffix)
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as f:
+                data = f.read(MAX_RESPONSE + 1)
         except FileNotFoundError:
             data = None
         except OSError as e:
             raise KdsUnavailable(f"cannot read the cached {what} {path}: {e.strerror or e}; check the "
                                  f"permissions of the blindbox cache.", url=url) from None
+        if data is not None and len(data) > MAX_RESPONSE:
+            data = None  # not a certificate: replaced by a fresh download below, or refused offline
+            if self.offline:
+                raise KdsUnavailable(f"the cached {what} {path} (from {url}) is larger than "
+                                     f"{MAX_RESPONSE} bytes, so not a certificate; delete it and run again "
+                                     f"without --offline.", url=url)
         if data is not None:
             try:
                 return Fetched(what, url, path, True, tuple(parse(data, f"{path} (cached from {url})")))

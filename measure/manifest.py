@@ -32,6 +32,7 @@ from typing import Any
 
 from .cpu import CPU_SIGS
 from .errors import InputError, VerificationError
+from .limits import MAX_MANIFEST_SHAPES, MAX_MANIFEST_VCPUS
 from .spec import GuestFeatures, SectionType
 from .vmm import PROFILES
 
@@ -205,6 +206,23 @@ def shape_id(vmm_profile: str, vcpu_type: str, vcpus: int, guest_features: int) 
     return f"{vmm_profile}:{vcpu_type}:{vcpus}:{guest_features:#x}"
 
 
+def check_work_bounds(doc: dict, source: str) -> None:
+    """Refuse a manifest whose re-derivation would take minutes (docs/limits.md)."""
+    entries = doc.get("measurements")
+    if not isinstance(entries, list):
+        return  # the schema check names it
+    if len(entries) > MAX_MANIFEST_SHAPES:
+        raise InputError(f"{source} publishes {len(entries):,} measurements, more than the "
+                         f"{MAX_MANIFEST_SHAPES:,} shapes blindbox re-derives (docs/limits.md); no "
+                         f"blindbox build writes such a manifest.")
+    vcpus = sum(e["vcpus"] for e in entries if isinstance(e, dict) and type(e.get("vcpus")) is int
+                and e["vcpus"] > 0)
+    if vcpus > MAX_MANIFEST_VCPUS:
+        raise InputError(f"{source} publishes shapes with {vcpus:,} vCPUs in all, more than the "
+                         f"{MAX_MANIFEST_VCPUS:,} blindbox re-derives (docs/limits.md); no blindbox "
+                         f"build writes such a manifest.")
+
+
 def check_manifest(doc, source: str = "manifest.json") -> dict:
     """Check a parsed manifest against the schema and itself; return it unchanged."""
     c = _Checker(source)
@@ -212,6 +230,7 @@ def check_manifest(doc, source: str = "manifest.json") -> dict:
             not doc["schema"].startswith(SCHEMA_PREFIX):
         raise InputError(f"{source} has no \"schema\": \"{SCHEMA}\"; it is not a blindbox manifest (give the "
                          f"manifest.json of a bundle built by blindbox build).")
+    check_work_bounds(doc, source)
     _check_duplicate_keys(doc, "", c)
     if doc["schema"] != SCHEMA:
         raise c.fail("schema", f"is {doc['schema']!r}, a schema version this blindbox does not know (it reads "

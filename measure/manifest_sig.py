@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from .errors import InputError, SignatureInvalid
 from .idblock import deterministic_ecdsa
 from .inputs import read_input, read_private_key
+from .limits import MAX_KEY_FILE_BYTES
 
 ECDSA_P384 = "ecdsa-p384-sha384"
 ED25519 = "ed25519"
@@ -109,7 +110,7 @@ def load_private_key(path: str | Path) -> PrivateKey:
 
 
 def load_public_key(path: str | Path) -> PublicKey:
-    data = read_input(path, "public key")
+    data = read_input(path, "public key", limit=MAX_KEY_FILE_BYTES)
     try:
         if b"-----BEGIN" in data:
             key = serialization.load_pem_public_key(data)

@@ -18,6 +18,8 @@ from typing import Any
 
 from . import layout
 from .errors import FirmwareError, LayoutError, UnsupportedFirmware
+from .gctx import gpa_range_problem
+from .limits import MAX_FIRMWARE_BYTES, MAX_METADATA_BYTES
 from .spec import (FOUR_GIB, GUID_NAMES, OVMF_SEV_METADATA_GUID, OVMF_TABLE_FOOTER_GUID, PAGE_SIZE,
                    SEV_ES_RESET_BLOCK_GUID, SEV_HASH_TABLE_RV_GUID, SVSM_INFO_GUID, SectionType)
 
@@ -66,8 +68,13 @@ class Firmware:
             raise FirmwareError(
                 f"{name}: size {size} bytes is not a positive multiple of 4096; the file is truncated "
                 f"or not a firmware image. Use the complete OVMF .fd file.", path=name)
+        if size > MAX_FIRMWARE_BYTES:
+            raise FirmwareError(
+                f"{name}: size {size:,} bytes is larger than any firmware image can be "
+                f"({MAX_FIRMWARE_BYTES:,} bytes, docs/limits.md); give the OVMF .fd file.", path=name)
         if size > end_gpa:
             raise FirmwareError(f"{name}: {size:#x} bytes do not fit below {end_gpa:#x}.", path=name)
+        self.end_gpa = end_gpa
         self.gpa = end_gpa - size
         self.table = self._parse_footer_table()
         self.sections = self._parse_sev_metadata()
@@ -75,7 +82,7 @@ class Firmware:
     @classmethod
     def load(cls, path: str | Path, *, end_gpa: int = FOUR_GIB) -> "Firmware":
         from .inputs import read_input
-        return cls(read_input(path, "firmware"), name=str(path), end_gpa=end_gpa)
+        return cls(read_input(path, "firmware", limit=MAX_FIRMWARE_BYTES), name=str(path), end_gpa=end_gpa)
 
     # -- footer table ------------------------------------------------------------------
     def _parse_footer_table(self) -> dict[uuid.UUID, bytes]:
@@ -152,7 +159,8 @@ class Firmware:
                 f"{self.name}: SEV metadata at offset {start:#x} declares size {header.size:#x} "
                 f"for {header.num_items} section(s) (needs {need:#x}, within the image); "
                 f"the firmware is corrupt.", path=self.name, offset=start)
-        sections = []
+        sections: list[MetadataSection] = []
+        total = 0
         for i in range(header.num_items):
             off = start + hdr_size + i * MetadataSection.SIZE
             try:
@@ -161,13 +169,51 @@ class Firmware:
             except LayoutError as e:
                 raise FirmwareError(f"{e} The firmware is corrupt or newer than this tool.",
                                     path=self.name, offset=off) from None
+            label = f"{self.name}: SEV metadata section {i} ({sec.section_type.name}) at offset {off:#x}"
             if sec.gpa % PAGE_SIZE or sec.size % PAGE_SIZE or sec.size == 0:
                 raise FirmwareError(
-                    f"{self.name}: SEV metadata section {i} ({sec.section_type.name}) at offset "
-                    f"{off:#x} covers {sec.gpa:#x}+{sec.size:#x}, not whole pages; the firmware "
+                    f"{label} covers {sec.gpa:#x}+{sec.size:#x}, not whole pages; the firmware "
                     f"is corrupt.", path=self.name, offset=off)
+            problem = gpa_range_problem(sec.gpa, sec.size, end=FOUR_GIB)
+            if problem is not None:
+                raise FirmwareError(
+                    f"{label}: {problem}, outside the 4 GiB that SEV metadata addresses; no launch "
+                    f"can use it, so the firmware is corrupt.", path=self.name, offset=off)
+            if sec.gpa < self.end_gpa and self.gpa < sec.gpa + sec.size:
+                raise FirmwareError(
+                    f"{label} covers {sec.gpa:#x}+{sec.size:#x}, which overlaps the firmware image "
+                    f"itself at {self.gpa:#x}-{self.end_gpa:#x}; no launch can measure a page twice, "
+                    f"so the firmware is corrupt.", path=self.name, offset=off)
+            total += sec.size
+            if total > MAX_METADATA_BYTES:
+                raise FirmwareError(
+                    f"{label}: the SEV metadata sections up to this one cover {total:,} bytes, more than "
+                    f"the {MAX_METADATA_BYTES:,} any firmware declares (docs/limits.md); the firmware "
+                    f"is corrupt.", path=self.name, offset=off)
+            if sec.section_type == SectionType.SNP_KERNEL_HASHES and \
+                    any(s.section_type == SectionType.SNP_KERNEL_HASHES for s in sections):
+                raise FirmwareError(
+                    f"{label} is a second SNP_KERNEL_HASHES section; edk2 declares one, holding the "
+                    f"hashes table its loader checks, so the firmware is refused.", path=self.name,
+                    offset=off)
             sections.append(sec)
+        self._check_overlaps(sections, start + hdr_size)
         return tuple(sections)
+
+    def _check_overlaps(self, sections: list[MetadataSection], first_off: int) -> None:
+        """Refuse two sections that share a page: SNP_LAUNCH_UPDATE accepts each page once."""
+        order = sorted(range(len(sections)), key=lambda i: sections[i].gpa)
+        for a, b in zip(order, order[1:]):
+            sa, sb = sections[a], sections[b]
+            if sb.gpa < sa.gpa + sa.size:
+                lo, hi = sorted((a, b))
+                off = first_off + hi * MetadataSection.SIZE
+                raise FirmwareError(
+                    f"{self.name}: SEV metadata section {hi} ({sections[hi].section_type.name}) at offset "
+                    f"{off:#x} covers {sections[hi].gpa:#x}+{sections[hi].size:#x}, which overlaps section "
+                    f"{lo} ({sections[lo].section_type.name}) at {sections[lo].gpa:#x}+"
+                    f"{sections[lo].size:#x}; no launch can measure a page twice, so the firmware is "
+                    f"corrupt.", path=self.name, offset=off)
 
     # -- accessors ---------------------------------------------------------------------
     @property

@@ -23,6 +23,7 @@ from .errors import MeasureError, VerificationError
 from .inputs import file_digest, read_input
 from .kernel_hashes import KernelHashes
 from .manifest import SINGLE_ROLES, ManifestInvalid, outputs_by_role, read_manifest
+from .limits import MAX_CMDLINE_FILE_BYTES, MAX_MANIFEST_BYTES
 from .ovmf import Firmware
 from .snp import SnpLaunch, VmShape
 from .vmm import profile
@@ -39,7 +40,7 @@ class Finding:
 
 def _manifest(bundle: Path) -> dict:
     path = bundle / MANIFEST
-    return read_manifest(read_input(path, "manifest"), str(path))
+    return read_manifest(read_input(path, "manifest", limit=MAX_MANIFEST_BYTES), str(path))
 
 
 def _inside(bundle: Path, name: str, field: str, source: str) -> Path:
@@ -230,7 +231,7 @@ def rederive(bundle: str | Path) -> list[Finding]:
     have = {role for role in SINGLE_ROLES if files[role]["file"] in present}
 
     if "cmdline" in have:
-        data = read_input(roles["cmdline"], "cmdline")
+        data = read_input(roles["cmdline"], "cmdline", limit=MAX_CMDLINE_FILE_BYTES)
         published = doc["cmdline"].encode("utf-8")
         findings.append(Finding("cmdline", data == published, "the cmdline file holds the published cmdline"
                                 if data == published else f"the cmdline file holds {data!r}, manifest says "
@@ -240,7 +241,7 @@ def rederive(bundle: str | Path) -> list[Finding]:
 
     hashes = None
     if {"kernel", "initrd", "cmdline"} <= have:
-        hashes = KernelHashes.from_files(roles["kernel"], roles["initrd"], read_input(roles["cmdline"], "cmdline"))
+        hashes = KernelHashes.from_files(roles["kernel"], roles["initrd"], data)
         got = {"kernel": hashes.kernel.hex(), "initrd": hashes.initrd.hex(), "cmdline": hashes.cmdline.hex()}
         wrong = [f"kernel_hashes.{k}" for k, v in got.items() if doc["kernel_hashes"][k] != v]
         findings.append(Finding("kernel_hashes", not wrong, "kernel, initrd and cmdline SHA-256 as published"
@@ -279,7 +280,7 @@ def rederive(bundle: str | Path) -> list[Finding]:
 
 
 def manifest_sha256(bundle: str | Path) -> str:
-    return hashlib.sha256(read_input(Path(bundle) / MANIFEST, "manifest")).hexdigest()
+    return hashlib.sha256(read_input(Path(bundle) / MANIFEST, "manifest", limit=MAX_MANIFEST_BYTES)).hexdigest()
 
 
 __all__ = ["Finding", "bundle_role_files", "load_bundle", "manifest_sha256", "rederive"]

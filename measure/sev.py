@@ -11,7 +11,7 @@ import hashlib
 from .errors import UnsupportedFirmware
 from .kernel_hashes import KernelHashes
 from .ovmf import Firmware
-from .snp import Measurement, VmShape
+from .snp import Measurement, VmShape, check_hashes_table_size
 from .spec import BSP_RESET_EIP
 from .vmsa import reset_vmsa
 
@@ -24,6 +24,7 @@ def _firmware_and_hashes(fw: Firmware, hashes: KernelHashes | None) -> "hashlib.
                 f"a kernel was given but {fw.name} has no SEV hashes table, so the kernel, initrd "
                 f"and command line cannot be measured; use an AmdSev OVMF build (Debian's "
                 f"ovmf-amdsev) or drop --kernel/--initrd/--append.", missing="SEV_HASH_TABLE")
+        check_hashes_table_size(fw, fw.hashes_table())
         h.update(hashes.table())
     return h
 

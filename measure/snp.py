@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 from .errors import InputError, UnsupportedFirmware
 from .gctx import LaunchDigest
-from .kernel_hashes import KernelHashes
-from .ovmf import Firmware
+from .kernel_hashes import HashTable, KernelHashes
+from .ovmf import Firmware, HashesTableLocation
 from .spec import BSP_RESET_EIP, PAGE_SIZE, PageType, SectionType
 from .vmm import VmmProfile, profile_for, VmmType
 from .vmsa import reset_vmsa, svsm_vmsa
@@ -57,6 +57,15 @@ def require_snp_metadata(fw: Firmware) -> None:
             f"OVMF_CODE.fd of Debian's ovmf).", missing="SEV_METADATA")
 
 
+def check_hashes_table_size(fw: Firmware, table: HashesTableLocation) -> None:
+    """QEMU refuses a measured boot whose hashes table area cannot hold its table."""
+    if table.size < HashTable.SIZE:
+        raise UnsupportedFirmware(
+            f"{fw.name}: the SEV hashes table area at {table.gpa:#x} is {table.size:#x} bytes, smaller "
+            f"than the {HashTable.SIZE:#x}-byte table QEMU writes there (QEMU refuses such firmware); "
+            f"use Debian's ovmf-amdsev.", missing="SEV_HASH_TABLE_RV_GUID")
+
+
 def kernel_hashes_area(fw: Firmware, hashes: KernelHashes) -> tuple[int, bytes]:
     """GPA and contents of the SNP_KERNEL_HASHES section for a measured direct boot."""
     sections = [s for s in fw.sections if s.section_type == SectionType.SNP_KERNEL_HASHES]
@@ -73,6 +82,7 @@ def kernel_hashes_area(fw: Firmware, hashes: KernelHashes) -> tuple[int, bytes]:
             f"{fw.name} has an SNP_KERNEL_HASHES section but no SEV hashes table entry in its "
             f"footer table; the firmware is inconsistent. Use Debian's ovmf-amdsev.",
             missing="SEV_HASH_TABLE_RV_GUID")
+    check_hashes_table_size(fw, table)
     if not sec.gpa <= table.gpa < sec.gpa + PAGE_SIZE:
         raise UnsupportedFirmware(
             f"{fw.name}: the SEV hashes table at {table.gpa:#x} is not in the first page of the "

@@ -18,6 +18,8 @@ from measure.certs import collect_certificates, load_certificates
 from measure.errors import InputError
 from measure.idblock import DEFAULT_GUEST_SVN, DEFAULT_POLICY, create_id_block, load_private_key
 from measure.inputs import read_input
+from measure.limits import (MAX_CERTIFICATE_FILE_BYTES, MAX_MANIFEST_BYTES, MAX_REPORT_FILE_BYTES,
+                            MAX_SIGNATURE_FILE_BYTES)
 from measure.kds import Fetched, KdsClient, fetch_missing
 from measure.manifest_sig import (SIGNATURE_SUFFIX, load_private_key as load_signing_key,
                                   load_public_key, public_key_fingerprint, sign_manifest,
@@ -107,7 +109,7 @@ def verify_report_cmd(report, certs, trust_root, product, at, no_signature, meas
         raise InputError("--offline restricts --fetch to the KDS cache; give --fetch too.")
     entries = None
     if manifest is not None:
-        entries = load_manifest(read_input(manifest, "manifest"), source=str(manifest))
+        entries = load_manifest(read_input(manifest, "manifest", limit=MAX_MANIFEST_BYTES), source=str(manifest))
     need = Requirements(
         measurement=measurement,
         manifest=entries, manifest_source=str(manifest) if manifest else "manifest.json", shape=shape,
@@ -121,8 +123,9 @@ def verify_report_cmd(report, certs, trust_root, product, at, no_signature, meas
     )
     certificates, ignored = collect_certificates(certs)
     roots = [c for path in trust_root
-             for c in load_certificates(read_input(path, "trust root"), source=str(path))]
-    report_bytes = read_input(report, "attestation report")
+             for c in load_certificates(read_input(path, "trust root", limit=MAX_CERTIFICATE_FILE_BYTES),
+                                        source=str(path))]
+    report_bytes = read_input(report, "attestation report", limit=MAX_REPORT_FILE_BYTES)
     fetched: tuple[Fetched, ...] = ()
     if fetch:
         parsed = parse_report(report_bytes, what=str(report))
@@ -262,7 +265,7 @@ def sign_manifest_cmd(manifest, key, output, as_json):
     """
     output = output or manifest.with_name(manifest.name + SIGNATURE_SUFFIX)
     refuse_inputs(output, [("manifest", manifest), ("signing key", key)], "--output")
-    data = read_input(manifest, "manifest")
+    data = read_input(manifest, "manifest", limit=MAX_MANIFEST_BYTES)
     result = sign_manifest(data, load_signing_key(key))
     write_atomic(output, result.signature, what="signature file")
     if as_json:
@@ -291,9 +294,9 @@ def verify_manifest_cmd(manifest, key, signature, key_sha256, as_json):
     """
     from measure.errors import SignatureInvalid
 
-    data = read_input(manifest, "manifest")
+    data = read_input(manifest, "manifest", limit=MAX_MANIFEST_BYTES)
     sig_path = signature or manifest.with_name(manifest.name + SIGNATURE_SUFFIX)
-    sig = read_input(sig_path, "signature")
+    sig = read_input(sig_path, "signature", limit=MAX_SIGNATURE_FILE_BYTES)
     public = load_public_key(key)
     fingerprint = public_key_fingerprint(public)
     error = None

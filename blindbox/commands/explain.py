@@ -10,6 +10,7 @@ import click
 from measure.errors import InputError
 from measure.inputs import read_input
 from measure.kernel_hashes import KernelHashes
+from measure.limits import MAX_CMDLINE_FILE_BYTES, MAX_REPORT_FILE_BYTES
 from measure.ovmf import Firmware
 from measure.report import parse_report
 from measure.search import SearchSpace, feature_combinations, find_launches, published_contradictions
@@ -20,8 +21,8 @@ from ..params import HexBytes
 def _bundle_inputs(bundle: Path) -> tuple[Path, Path, Path | None, bytes, list[dict]]:
     from measure.rederive import load_bundle
     doc, roles = load_bundle(bundle)
-    return (roles["firmware"], roles["kernel"], roles.get("initrd"), read_input(roles["cmdline"], "cmdline"),
-            list(doc["measurements"]))
+    cmdline = read_input(roles["cmdline"], "cmdline", limit=MAX_CMDLINE_FILE_BYTES)
+    return roles["firmware"], roles["kernel"], roles.get("initrd"), cmdline, list(doc["measurements"])
 
 
 def _nearest(launch, published: list[dict]) -> tuple[dict, list[str]] | None:
@@ -76,7 +77,8 @@ def explain_report(report, measurement, bundle, ovmf, kernel, initrd, append, ma
     if not 1 <= max_vcpus <= 4096:
         raise InputError(f"--max-vcpus {max_vcpus} is invalid; use 1 to 4096.")
     if report is not None:
-        target = parse_report(read_input(report, "attestation report"), what=str(report)).measurement
+        target = parse_report(read_input(report, "attestation report", limit=MAX_REPORT_FILE_BYTES),
+                              what=str(report)).measurement
     else:
         target = measurement
     published: list[dict] = []

@@ -15,6 +15,7 @@ from measure.cpu import CPU_SIGS, cpu_sig, sig_for_type
 from measure.errors import InputError
 from measure.inputs import read_input
 from measure.outputs import refuse_inputs, write_all_atomic
+from measure.limits import MAX_VARS_FILE_BYTES, MAX_VMSA_FILE_BYTES
 from measure.spec import SevMode
 from measure.vmm import PROFILES, VmmType, profile, profile_for
 from measure.vmsa import SaveArea, diff
@@ -126,7 +127,7 @@ def measure(verbose, mode, vcpus, vcpu_type, vcpu_sig, vcpu_family, vcpu_model, 
     if vars_size is not None and vars_file is not None:
         raise InputError("give --vars-size or --vars-file, not both.")
     if vars_file is not None:
-        vars_size = len(read_input(vars_file, "OVMF variable store"))
+        vars_size = len(read_input(vars_file, "OVMF variable store", limit=MAX_VARS_FILE_BYTES))
     if dump_vmsa and sev_mode is SevMode.SEV:
         raise InputError("--dump-vmsa needs a mode with VMSAs (seves, snp, snp:svsm).")
     if trace and fmt != "json":
@@ -171,8 +172,8 @@ def explain_vmsa(expected, actual, as_json):
     EXPECTED and ACTUAL are 4096-byte VMSA pages, such as the vmsa<N>.bin files that
     --dump-vmsa writes. Exit 0 when identical, 3 when they differ.
     """
-    a = SaveArea.from_bytes(read_input(expected, "VMSA"), what=str(expected))
-    b = SaveArea.from_bytes(read_input(actual, "VMSA"), what=str(actual))
+    a = SaveArea.from_bytes(read_input(expected, "VMSA", limit=MAX_VMSA_FILE_BYTES), what=str(expected))
+    b = SaveArea.from_bytes(read_input(actual, "VMSA", limit=MAX_VMSA_FILE_BYTES), what=str(actual))
     rows = diff(a, b)
     if as_json:
         click.echo(json.dumps([{"field": n, "offset": f"{o:#x}",

@@ -238,6 +238,9 @@ def parse(data: bytes) -> list[Member]:
             raise CpioError(f"malformed newc header at offset {pos}.") from e
         namesize, filesize = f[11], f[6]
         name_start = pos + HEADER_SIZE
+        if namesize < 1 or name_start + namesize > len(data):
+            raise CpioError(f"cpio header at offset {pos} gives name size {namesize}, which is not within the "
+                            f"{len(data) - name_start} bytes left; the archive is truncated or corrupt.")
         name = data[name_start:name_start + namesize - 1].decode("utf-8", "surrogateescape")
         data_start = name_start + namesize + (-(HEADER_SIZE + namesize) % 4)
         body = data[data_start:data_start + filesize]

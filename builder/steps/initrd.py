@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.errors import BuildError
+from builder.limits import MAX_INITRD_FILE_BYTES
+from measure.inputs import read_bounded
 
 from . import cpio
 from .elf import SharedObject, library_closure, read_elf
@@ -72,7 +74,7 @@ def _read(path: Path, what: str) -> bytes:
         path = Path(path)
         if not path.is_file():
             raise InitrdError(f"the {what} {path} is not a regular file; give the path of the file itself.")
-        return path.read_bytes()
+        return read_bounded(path, what, MAX_INITRD_FILE_BYTES)
     except OSError as e:
         raise InitrdError(f"cannot read the {what} {path}: {e.strerror}; check the path.") from e
 

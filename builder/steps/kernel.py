@@ -22,12 +22,12 @@ Facts about the Debian packages this code relies on (checked on bookworm's 6.1):
 from __future__ import annotations
 
 import fnmatch
-import gzip
 import io
 import lzma
 import os
 import shutil
 import subprocess
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +35,9 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from builder.errors import BuildError, ToolMissing
+from builder.limits import MAX_KERNEL_TEXT_BYTES, MAX_MODULE_BYTES
+from measure.errors import InputError
+from measure.inputs import read_bounded
 
 
 class KernelError(BuildError):
@@ -158,7 +161,7 @@ class KernelConfig:
     def load(cls, path: str | Path) -> "KernelConfig":
         path = Path(path)
         try:
-            text = path.read_text("utf-8", "replace")
+            text = read_bounded(path, "kernel config", MAX_KERNEL_TEXT_BYTES).decode("utf-8", "replace")
         except OSError as e:
             raise KernelError(f"cannot read the kernel config {path}: {e.strerror}.") from e
         return cls.parse(text, where=str(path))
@@ -331,31 +334,58 @@ class KernelModule:
         return split[0]
 
 
+def _module_too_large(path: Path) -> ModuleError:
+    return ModuleError(f"the kernel module {path} is larger than {MAX_MODULE_BYTES:,} bytes (compressed or not), "
+                       f"more than any module is (docs/limits.md); fetch the package again.")
+
+
 def read_module(path: Path, compression: str | None) -> bytes:
-    """The uncompressed ELF bytes of a module file."""
+    """The uncompressed ELF bytes of a module file, at most MAX_MODULE_BYTES of them."""
     try:
-        raw = path.read_bytes()
+        raw = read_bounded(path, "kernel module", MAX_MODULE_BYTES)
     except OSError as e:
         raise ModuleError(f"cannot read the kernel module {path}: {e.strerror}.") from e
+    except InputError:
+        raise _module_too_large(path) from None
     try:
         if compression is None:
             return raw
         if compression == "xz":
-            return lzma.decompress(raw)
+            dec = lzma.LZMADecompressor()
+            out = dec.decompress(raw, max_length=MAX_MODULE_BYTES + 1)
+            if len(out) > MAX_MODULE_BYTES:
+                raise _module_too_large(path)
+            if not dec.eof:
+                raise EOFError("compressed data ended before the end-of-stream marker")
+            return out
         if compression == "gz":
-            return gzip.decompress(raw)
-    except (lzma.LZMAError, OSError, EOFError) as e:
+            dec = zlib.decompressobj(wbits=31)
+            out = dec.decompress(raw, MAX_MODULE_BYTES + 1)
+            if len(out) > MAX_MODULE_BYTES:
+                raise _module_too_large(path)
+            if not dec.eof:
+                raise EOFError("compressed data ended before the end-of-stream marker")
+            return out
+    except (lzma.LZMAError, zlib.error, OSError, EOFError) as e:
         raise ModuleError(f"the kernel module {path} is not valid {compression} data: {e}; fetch the package again.") \
             from e
     zstd = shutil.which("zstd")
     if zstd is None:
         raise ToolMissing("zstd", "zstd")
-    proc = subprocess.run([zstd, "-dc", "-q"], input=raw, capture_output=True, check=False,
-                          env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"})
-    if proc.returncode != 0:
+    with subprocess.Popen([zstd, "-dc", "-q", "--", str(path)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE,
+                          env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}) as proc:
+        out = proc.stdout.read(MAX_MODULE_BYTES + 1)
+        if len(out) > MAX_MODULE_BYTES:
+            proc.kill()
+            proc.wait()
+            raise _module_too_large(path)
+        err = proc.stderr.read()
+        rc = proc.wait()
+    if rc != 0:
         raise ModuleError(f"the kernel module {path} is not valid zstd data: "
-                          f"{proc.stderr.decode(errors='replace').strip()}; fetch the package again.")
-    return proc.stdout
+                          f"{err.decode(errors='replace').strip()}; fetch the package again.")
+    return out
 
 
 def _u(data: bytes, offset: int, size: int) -> int:
@@ -444,7 +474,8 @@ class ModuleTree:
                 self._files[name] = (rel, split[1])
         builtin_file = base / "modules.builtin"
         self.builtin: frozenset[str] = frozenset(
-            modname(line.strip()) for line in builtin_file.read_text().splitlines() if line.strip()
+            modname(line.strip()) for line in read_bounded(builtin_file, "modules.builtin", MAX_KERNEL_TEXT_BYTES)
+            .decode("utf-8", "replace").splitlines() if line.strip()
         ) if builtin_file.is_file() else frozenset()
         self._info: dict[str, KernelModule] = {}
         self._all_aliases: list[tuple[str, str]] | None = None

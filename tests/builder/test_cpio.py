@@ -239,3 +239,18 @@ def test_parse_rejects_garbage():
 def test_compressor_identity_names_the_library():
     assert "zlib" in cpio.compressor_identity("gzip")
     assert "CRC32" in cpio.compressor_identity("xz")
+
+
+@pytest.mark.parametrize("namesize,needle", [(0, "name size 0"), (0xFFFFFFFF, "name size 4294967295")])
+def test_parse_checks_the_name_size_against_the_data(namesize, needle):
+    data = bytearray(sample().to_bytes(mtime=EPOCH))
+    data[6 + 8 * 11:6 + 8 * 12] = f"{namesize:08X}".encode()
+    with pytest.raises(CpioError, match=f"cpio header at offset 0 gives {needle}, which is not within the"):
+        cpio.parse(bytes(data))
+
+
+def test_parse_checks_the_file_size_against_the_data():
+    data = bytearray(sample().to_bytes(mtime=EPOCH))
+    data[6 + 8 * 6:6 + 8 * 7] = b"FFFFFFFF"
+    with pytest.raises(CpioError, match="at offset 0 is truncated"):
+        cpio.parse(bytes(data))

@@ -1,0 +1,61 @@
+"""Upper bounds on what the builder reads from recipes, lock files and Debian packages.
+
+Like :mod:`measure.limits` (which bounds the firmware, reports, keys and manifests),
+each value is far above any real input and far below what would let a hostile or
+damaged input exhaust memory, disk or time.  Everything is checked before it is used:
+files by their size (read through :func:`measure.inputs.read_bounded`), size fields in
+archives before anything is allocated or written for them.  docs/limits.md lists the
+same values; keep the two in step.
+"""
+
+from __future__ import annotations
+
+from measure.limits import KIB, MIB
+
+#: A recipe (YAML).  The example recipes are under 4 KiB.
+MAX_RECIPE_BYTES = 1 * MIB
+
+#: A lock file (JSON).  One pin is about 400 bytes; a recipe with a hundred libraries
+#: needs about 50 KiB.
+MAX_LOCK_BYTES = 4 * MIB
+
+#: Nesting of YAML collections in a recipe.  Recipes nest four levels; deeper nesting
+#: would only exhaust the YAML composer's recursion.
+MAX_RECIPE_DEPTH = 32
+
+#: Members of a .deb's ar container: debian-binary, control.tar, data.tar and perhaps
+#: a few signatures (``_gpgorigin``).
+MAX_AR_MEMBERS = 64
+
+#: Members of one .deb's data.tar.  Debian's kernel packages hold about 6,000 files.
+MAX_DEB_MEMBERS = 200_000
+
+#: Bytes unpacked from one .deb's data.tar (the sum of its regular files' sizes).  A
+#: Debian kernel package unpacks to about 450 MiB.
+MAX_DEB_UNPACKED_BYTES = 4096 * MIB
+
+#: One tar extended header (pax or GNU long name): read into memory whole by tarfile.
+MAX_TAR_HEADER_BYTES = 1 * MIB
+
+#: The ``control`` file of a .deb (read whole to learn Package and Version).
+MAX_DEB_CONTROL_BYTES = 1 * MIB
+
+#: One kernel module, decompressed.  The largest Debian 6.x modules are about 10 MiB.
+MAX_MODULE_BYTES = 256 * MIB
+
+#: A kernel's text metadata: its config (about 250 KiB) and modules.builtin (30 KiB).
+MAX_KERNEL_TEXT_BYTES = 16 * MIB
+
+#: The kernel image (bzImage) a build reads whole; Debian's are about 8 MiB.
+MAX_KERNEL_BYTES = 256 * MIB
+
+#: One file put into the initrd (a local file, the init script, a program or library):
+#: the initrd is assembled in memory.  Busybox is about 2 MiB.
+MAX_INITRD_FILE_BYTES = 512 * MIB
+
+#: One decompressed LZMA section of a firmware image (searched for OVMF's initrd token).
+MAX_FIRMWARE_VOLUME_BYTES = 64 * MIB
+
+__all__ = ["KIB", "MIB", "MAX_RECIPE_BYTES", "MAX_LOCK_BYTES", "MAX_RECIPE_DEPTH", "MAX_AR_MEMBERS", "MAX_DEB_MEMBERS",
+           "MAX_DEB_UNPACKED_BYTES", "MAX_TAR_HEADER_BYTES", "MAX_DEB_CONTROL_BYTES", "MAX_MODULE_BYTES",
+           "MAX_KERNEL_BYTES", "MAX_KERNEL_TEXT_BYTES", "MAX_INITRD_FILE_BYTES", "MAX_FIRMWARE_VOLUME_BYTES"]
