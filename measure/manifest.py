@@ -190,7 +190,10 @@ def parse_json(data: bytes, source: str) -> dict:
     """``data`` as a JSON object whose duplicate keys are remembered (checked by :func:`check_manifest`)."""
     try:
         doc = json.loads(data.decode("utf-8"), object_pairs_hook=_pairs, parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+    except RecursionError:
+        raise InputError(f"{source} nests brackets too deeply to be a manifest; give the manifest.json of a "
+                         f"bundle built by blindbox build.") from None
+    except (UnicodeDecodeError, ValueError) as e:
         raise InputError(f"{source} is not UTF-8 JSON ({e}); give the manifest.json of a bundle built by "
                          f"blindbox build.") from None
     return doc

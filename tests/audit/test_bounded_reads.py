@@ -17,6 +17,7 @@ import pytest
 from blindbox.cli import main
 from measure import limits
 from tests.builder.keys import derived_key, write_key
+from tests.audit.manifestdoc import entry, manifest_doc
 from tests.conftest import VECTORS
 from tests.memlimit import assert_refused, run_blindbox
 
@@ -137,18 +138,18 @@ def test_certs_directory_entry_too_large(files, capsys):
              limits.MAX_CERTIFICATE_FILE_BYTES, certs / "zz-huge.pem")
 
 
-def _bundle(tmp_path, cmdline_target):
+def _bundle(tmp_path, cmdline_size):
     bundle = tmp_path / "bundle"
     bundle.mkdir()
-    (bundle / "cmdline").symlink_to(cmdline_target)
-    outputs = [{"file": n, "role": r, "sha256": "00" * 32, "size": 0}
-               for n, r in (("OVMF.fd", "firmware"), ("bzImage", "kernel"), ("cmdline", "cmdline"))]
-    (bundle / "manifest.json").write_text(json.dumps({"outputs": outputs, "measurements": []}))
+    with open(bundle / "cmdline", "wb") as f:  # sparse: a regular file far larger than any command line
+        f.truncate(cmdline_size)
+    doc = manifest_doc([entry(1, "EPYC-v4", 1, "00" * 48)])
+    (bundle / "manifest.json").write_text(json.dumps(doc))
     return bundle
 
 
 def test_rederive_cmdline_stream(tmp_path, capsys):
-    bundle = _bundle(tmp_path, ZERO)
+    bundle = _bundle(tmp_path, 64 << 20)
     _refused(["rederive", bundle], capsys, "cmdline", limits.MAX_CMDLINE_FILE_BYTES, bundle / "cmdline")
 
 
