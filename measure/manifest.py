@@ -24,11 +24,12 @@ compares the rest with the bundle's files.  It needs no builder code.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import re
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, NoReturn
 
 from .cpu import CPU_SIGS
 from .errors import InputError, VerificationError
@@ -60,7 +61,7 @@ class ManifestInvalid(VerificationError):
         self.path = path
 
 
-class _Object(dict):
+class _Object(dict[str, Any]):
     """A JSON object that remembers the keys it had more than once."""
 
     duplicates: tuple[str, ...] = ()
@@ -77,7 +78,7 @@ def _pairs(pairs: list[tuple[str, Any]]) -> _Object:
     return obj
 
 
-def _no_constant(name: str):
+def _no_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not a JSON number")
 
 
@@ -97,7 +98,7 @@ class _Checker:
         return ManifestInvalid(f"{self.source}: {path} {problem}; {todo}.", path=path)
 
     # -- types -------------------------------------------------------------------------
-    def obj(self, value, path: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
+    def obj(self, value: Any, path: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise self.fail(path, f"is {_kind(value)}, not an object")
         for k in value:
@@ -108,26 +109,26 @@ class _Checker:
                 raise self.fail(_join(path, k), "is missing")
         return value
 
-    def str(self, value, path: str, *, nonempty: bool = True) -> str:
+    def str(self, value: Any, path: str, *, nonempty: bool = True) -> str:
         if not isinstance(value, str):
             raise self.fail(path, f"is {_kind(value)}, not a string")
         if nonempty and not value:
             raise self.fail(path, "is empty")
         return value
 
-    def int(self, value, path: str, lo: int = 0, hi: int | None = None) -> int:
+    def int(self, value: Any, path: builtins.str, lo: int = 0, hi: int | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(path, f"is {_kind(value)}, not an integer")
         if value < lo or (hi is not None and value > hi):
             raise self.fail(path, f"is {value}, outside {lo} to {hi if hi is not None else 'any'}")
         return value
 
-    def hex_digest(self, value, path: str, digits: int) -> str:
+    def hex_digest(self, value: Any, path: builtins.str, digits: builtins.int) -> builtins.str:
         if not isinstance(value, str) or not _HEX[digits].fullmatch(value):
             raise self.fail(path, f"is {_short(value)}, not {digits} lower-case hex digits")
         return value
 
-    def hex_int(self, value, path: str, hi: int = (1 << 64) - 1) -> int:
+    def hex_int(self, value: Any, path: builtins.str, hi: builtins.int = (1 << 64) - 1) -> builtins.int:
         if not isinstance(value, str) or not _HEX_INT.fullmatch(value):
             raise self.fail(path, f"is {_short(value)}, not a hex number written as 0x... (lower case, "
                                   f"no leading zeros)")
@@ -136,16 +137,16 @@ class _Checker:
             raise self.fail(path, f"is {value}, larger than {hi:#x}")
         return number
 
-    def list(self, value, path: str, *, nonempty: bool = True) -> list:
+    def list(self, value: Any, path: builtins.str, *, nonempty: bool = True) -> builtins.list[Any]:
         if not isinstance(value, list):
             raise self.fail(path, f"is {_kind(value)}, not a list")
         if nonempty and not value:
             raise self.fail(path, "is an empty list")
         return value
 
-    def bundle_path(self, value, path: str) -> str:
+    def bundle_path(self, value: object, path: builtins.str) -> builtins.str:
         """A file inside the bundle: relative, no '..', no empty or '.' parts, no backslash or NUL."""
-        self.str(value, path)
+        value = self.str(value, path)
         parts = value.split("/")
         if value.startswith("/") or PurePosixPath(value).is_absolute():
             raise self.fail(path, f"is {value!r}, an absolute path; bundle files are named relative to "
@@ -155,26 +156,26 @@ class _Checker:
                                   f"relative path")
         return value
 
-    def plain_name(self, value, path: str) -> str:
-        self.str(value, path)
+    def plain_name(self, value: object, path: builtins.str) -> builtins.str:
+        value = self.str(value, path)
         if not _PLAIN_NAME.fullmatch(value):
             raise self.fail(path, f"is {value!r}, not a plain file name")
         return value
 
 
-def _kind(value) -> str:
+def _kind(value: Any) -> str:
     if value is None:
         return "null"
     return {bool: "a boolean", int: "an integer", float: "a number", str: f"the string {_short(value)}",
             list: "a list", dict: "an object", _Object: "an object"}.get(type(value), "a value")
 
 
-def _short(value) -> str:
+def _short(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _check_duplicate_keys(value, path: str, c: _Checker) -> None:
+def _check_duplicate_keys(value: Any, path: str, c: _Checker) -> None:
     if isinstance(value, _Object) and value.duplicates:
         raise c.fail(_join(path, value.duplicates[0]), "appears twice in one object (a JSON reader may take "
                                                         "either value)")
@@ -186,7 +187,7 @@ def _check_duplicate_keys(value, path: str, c: _Checker) -> None:
             _check_duplicate_keys(v, _join(path, i), c)
 
 
-def parse_json(data: bytes, source: str) -> dict:
+def parse_json(data: bytes, source: str) -> Any:
     """``data`` as a JSON object whose duplicate keys are remembered (checked by :func:`check_manifest`)."""
     try:
         doc = json.loads(data.decode("utf-8"), object_pairs_hook=_pairs, parse_constant=_no_constant)
@@ -199,7 +200,7 @@ def parse_json(data: bytes, source: str) -> dict:
     return doc
 
 
-def read_manifest(data: bytes, source: str = "manifest.json") -> dict:
+def read_manifest(data: bytes, source: str = "manifest.json") -> dict[str, Any]:
     """The checked manifest in ``data`` (a plain JSON document); see the module docstring."""
     return check_manifest(parse_json(data, source), source)
 
@@ -209,7 +210,7 @@ def shape_id(vmm_profile: str, vcpu_type: str, vcpus: int, guest_features: int) 
     return f"{vmm_profile}:{vcpu_type}:{vcpus}:{guest_features:#x}"
 
 
-def check_work_bounds(doc: dict, source: str) -> None:
+def check_work_bounds(doc: dict[str, Any], source: str) -> None:
     """Refuse a manifest whose re-derivation would take minutes (docs/limits.md)."""
     entries = doc.get("measurements")
     if not isinstance(entries, list):
@@ -226,7 +227,7 @@ def check_work_bounds(doc: dict, source: str) -> None:
                          f"build writes such a manifest.")
 
 
-def check_manifest(doc, source: str = "manifest.json") -> dict:
+def check_manifest(doc: Any, source: str = "manifest.json") -> dict[str, Any]:
     """Check a parsed manifest against the schema and itself; return it unchanged."""
     c = _Checker(source)
     if not isinstance(doc, dict) or not isinstance(doc.get("schema"), str) or \
@@ -269,7 +270,7 @@ def check_manifest(doc, source: str = "manifest.json") -> dict:
     return doc
 
 
-def _check_firmware(fw, c: _Checker) -> None:
+def _check_firmware(fw: Any, c: _Checker) -> None:
     c.obj(fw, "firmware", ("file", "ovmf_hash", "sev_es_reset_eip", "sev_hashes_table", "sev_metadata_sections"))
     c.bundle_path(fw["file"], "firmware.file")
     c.hex_digest(fw["ovmf_hash"], "firmware.ovmf_hash", 96)
@@ -291,14 +292,14 @@ def _check_firmware(fw, c: _Checker) -> None:
                                                        "and command line would not be measured")
 
 
-def _check_policy(value, path: str, c: _Checker) -> int:
+def _check_policy(value: Any, path: str, c: _Checker) -> int:
     policy = c.hex_int(value, path)
     if not policy & POLICY_RESERVED_ONE:
         raise c.fail(path, f"is {value}, not a valid SEV-SNP guest policy (bit 17 must be set)")
     return policy
 
 
-def _check_launch(launch, c: _Checker) -> None:
+def _check_launch(launch: Any, c: _Checker) -> None:
     c.obj(launch, "launch", ("memory_mib", "policy", "kernel_release"), optional=("id_block",))
     c.int(launch["memory_mib"], "launch.memory_mib", 1, 1 << 32)
     _check_policy(launch["policy"], "launch.policy", c)
@@ -317,8 +318,8 @@ def _check_launch(launch, c: _Checker) -> None:
             raise c.fail("launch.id_block.author_key", f"is {_kind(idb['author_key'])}, not true or false")
 
 
-def _check_inputs(inputs, c: _Checker) -> None:
-    names = set()
+def _check_inputs(inputs: Any, c: _Checker) -> None:
+    names: set[str] = set()
     for i, rec in enumerate(c.list(inputs, "inputs")):
         where = f"inputs[{i}]"
         c.obj(rec, where, ("name", "kind", "version", "sha256", "size", "origin"))
@@ -335,9 +336,9 @@ def _check_inputs(inputs, c: _Checker) -> None:
         c.str(rec["origin"], f"{where}.origin")
 
 
-def _check_outputs(outputs, c: _Checker) -> dict[str, tuple[int, dict]]:
+def _check_outputs(outputs: Any, c: _Checker) -> dict[str, tuple[int, dict[str, Any]]]:
     """file -> (index, entry)."""
-    by_file: dict[str, tuple[int, dict]] = {}
+    by_file: dict[str, tuple[int, dict[str, Any]]] = {}
     for i, rec in enumerate(c.list(outputs, "outputs")):
         where = f"outputs[{i}]"
         c.obj(rec, where, ("file", "role", "sha256", "size"))
@@ -361,7 +362,7 @@ _ENTRY_KEYS = ("shape", "mode", "vmm_profile", "vcpus", "vcpu_type", "vcpu_sig",
 _ID_KEYS = ("id_block", "id_auth", "id_key_digest", "author_key_digest")
 
 
-def _check_measurements(doc: dict, outputs: dict[str, tuple[int, dict]], c: _Checker) -> None:
+def _check_measurements(doc: dict[str, Any], outputs: dict[str, tuple[int, dict[str, Any]]], c: _Checker) -> None:
     idb = doc["launch"].get("id_block")
     seen: dict[str, int] = {}
     digests: dict[str, int] = {}
@@ -408,7 +409,7 @@ def _check_measurements(doc: dict, outputs: dict[str, tuple[int, dict]], c: _Che
                                                            "(it must be null without an author key)")
 
 
-def _check_same_launch(entries: list, first: int, i: int, c: _Checker) -> None:
+def _check_same_launch(entries: list[Any], first: int, i: int, c: _Checker) -> None:
     """Two shapes may share a digest only when the launches they name are the same (e.g. the vCPU
     types EPYC and EPYC-v4, which have one signature); otherwise one of the digests is not its
     shape's, and a report of one launch would be accepted as the other."""
@@ -421,7 +422,7 @@ def _check_same_launch(entries: list, first: int, i: int, c: _Checker) -> None:
                                                           f"{a[field]}), so they cannot have one digest")
 
 
-def _check_shape_id(sid: str, e: dict, vcpus: int, features: int, where: str, c: _Checker) -> None:
+def _check_shape_id(sid: str, e: dict[str, Any], vcpus: int, features: int, where: str, c: _Checker) -> None:
     """The id names the shape's fields; a reader that goes by the id must get the same launch."""
     parts = sid.split(":")
     if len(parts) != 4:
@@ -433,7 +434,7 @@ def _check_shape_id(sid: str, e: dict, vcpus: int, features: int, where: str, c:
     assert sid == shape_id(e["vmm_profile"], e["vcpu_type"], vcpus, features)
 
 
-def _check_cross(doc: dict, outputs: dict[str, tuple[int, dict]], c: _Checker) -> None:
+def _check_cross(doc: dict[str, Any], outputs: dict[str, tuple[int, dict[str, Any]]], c: _Checker) -> None:
     """What one part of the manifest says about another."""
     by_role = {rec["role"]: (i, rec) for i, rec in outputs.values() if rec["role"] in SINGLE_ROLES}
     fw_file = doc["firmware"]["file"]
@@ -466,7 +467,7 @@ def _check_cross(doc: dict, outputs: dict[str, tuple[int, dict]], c: _Checker) -
         raise c.fail(f"outputs[{i}].role", f"is {rec['role']!r}, but the manifest has no launch.id_block")
 
 
-def outputs_by_role(doc: dict) -> dict[str, dict]:
+def outputs_by_role(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """role -> output entry for the roles a bundle has once (firmware, kernel, initrd, cmdline, launch)."""
     return {rec["role"]: rec for rec in doc["outputs"] if rec["role"] in SINGLE_ROLES}
 
