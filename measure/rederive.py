@@ -18,6 +18,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import MeasureError, VerificationError
 from .inputs import file_digest, read_input
@@ -38,7 +39,7 @@ class Finding:
     detail: str
 
 
-def _manifest(bundle: Path) -> dict:
+def _manifest(bundle: Path) -> dict[str, Any]:
     path = bundle / MANIFEST
     return read_manifest(read_input(path, "manifest", limit=MAX_MANIFEST_BYTES), str(path))
 
@@ -54,7 +55,7 @@ def _inside(bundle: Path, name: str, field: str, source: str) -> Path:
     return path
 
 
-def bundle_role_files(bundle: Path, doc: dict) -> dict[str, Path]:
+def bundle_role_files(bundle: Path, doc: dict[str, Any]) -> dict[str, Path]:
     """role -> path of each file a bundle has once (firmware, kernel, initrd, cmdline, launch)."""
     source = str(bundle / MANIFEST)
     index = {rec["file"]: i for i, rec in enumerate(doc["outputs"])}
@@ -62,16 +63,17 @@ def bundle_role_files(bundle: Path, doc: dict) -> dict[str, Path]:
             for role, rec in outputs_by_role(doc).items()}
 
 
-def load_bundle(bundle: str | Path) -> tuple[dict, dict[str, Path]]:
+def load_bundle(bundle: str | Path) -> tuple[dict[str, Any], dict[str, Path]]:
     """The checked manifest of a bundle directory and its files by role."""
     bundle = Path(bundle)
     doc = _manifest(bundle)
     return doc, bundle_role_files(bundle, doc)
 
 
-def _file_findings(bundle: Path, doc: dict, source: str) -> tuple[list[Finding], set[str]]:
+def _file_findings(bundle: Path, doc: dict[str, Any], source: str) -> tuple[list[Finding], set[str]]:
     """One finding per listed output; the set of files that are present (as published or not)."""
-    findings, present = [], set()
+    findings: list[Finding] = []
+    present: set[str] = set()
     for i, out in enumerate(doc["outputs"]):
         name, sha, size = out["file"], out["sha256"], out["size"]
         path = _inside(bundle, name, f"outputs[{i}].file", source)
@@ -87,13 +89,13 @@ def _file_findings(bundle: Path, doc: dict, source: str) -> tuple[list[Finding],
     return findings, present
 
 
-def _compare(name: str, published, derived, what: str) -> Finding:
+def _compare(name: str, published: object, derived: object, what: str) -> Finding:
     if published == derived:
         return Finding(name, True, f"{what} {derived}")
     return Finding(name, False, f"the bundle's files give {derived}, manifest says {published}")
 
 
-def _firmware_findings(fw: Firmware, launch: SnpLaunch, published: dict) -> list[Finding]:
+def _firmware_findings(fw: Firmware, launch: SnpLaunch, published: dict[str, Any]) -> list[Finding]:
     facts = fw.describe()
     return [
         _compare("firmware.ovmf_hash", published["ovmf_hash"], launch.firmware_digest.hex(),
@@ -121,12 +123,12 @@ _SCRIPT_CMDLINE = re.compile(r"^cmdline=(.*)$", re.M)
 _SCRIPT_SHAPES = re.compile(r"^shapes=\(\n((?:  '[^'\n]*'\n)*)\)$", re.M)
 
 
-def _one(pattern: re.Pattern, text: str) -> str | None:
+def _one(pattern: re.Pattern[str], text: str) -> str | None:
     found = pattern.findall(text)
     return found[0] if len(found) == 1 else None
 
 
-def _launch_script_findings(path: Path, doc: dict) -> list[Finding]:
+def _launch_script_findings(path: Path, doc: dict[str, Any]) -> list[Finding]:
     """What launch-snp.sh hands QEMU: the published policy, memory, command line and shapes."""
     try:
         text = read_input(path, "launch script").decode("utf-8")
@@ -139,11 +141,12 @@ def _launch_script_findings(path: Path, doc: dict) -> list[Finding]:
         f"{m.get('id_block') or '-'} {m.get('id_auth') or '-'} {'on' if m.get('author_key_digest') else 'off'}'\n"
         for m in doc["measurements"])
     cmdline = _one(_SCRIPT_CMDLINE, text)
+    memory = _one(_SCRIPT_MEMORY, text)
     return [
         _compare("launch.policy", launch["policy"], _one(_SCRIPT_POLICY, text),
                  "launch-snp.sh launches with GUEST_POLICY"),
         _compare("launch.memory_mib", launch["memory_mib"],
-                 None if _one(_SCRIPT_MEMORY, text) is None else int(_one(_SCRIPT_MEMORY, text)),
+                 None if memory is None else int(memory),
                  "launch-snp.sh's default guest memory in MiB is"),
         Finding("launch-snp.sh cmdline", cmdline == _sh_quote(doc["cmdline"]),
                 "launch-snp.sh passes the published cmdline" if cmdline == _sh_quote(doc["cmdline"]) else
@@ -163,7 +166,7 @@ def _read_b64(path: Path, what: str) -> bytes | None:
         return None
 
 
-def _id_block_finding(bundle: Path, entry: dict, launch: dict) -> Finding:
+def _id_block_finding(bundle: Path, entry: dict[str, Any], launch: dict[str, Any]) -> Finding:
     """The shape's ID block signs its published digest and launch fields with the published keys."""
     from .idblock import IdAuthInfo, IdBlock, verify_id_auth  # auditor side: needs cryptography
 
@@ -199,7 +202,7 @@ def _id_block_finding(bundle: Path, entry: dict, launch: dict) -> Finding:
                                "family and image IDs, SVN and policy")
 
 
-def _id_bin_findings(bundle: Path, doc: dict, present: set[str]) -> list[Finding]:
+def _id_bin_findings(bundle: Path, doc: dict[str, Any], present: set[str]) -> list[Finding]:
     """Each raw ID block / ID auth file holds the bytes of its base64 twin."""
     findings = []
     listed = {rec["file"]: rec["role"] for rec in doc["outputs"]}
