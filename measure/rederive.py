@@ -118,7 +118,7 @@ def _sh_quote(text: str) -> str:
 
 
 _SCRIPT_POLICY = re.compile(r'^snp="sev-snp-guest,[^"\n]*,policy=(0x[0-9a-f]+)"$', re.M)
-_SCRIPT_MEMORY = re.compile(r"^memory=([0-9]+)$", re.M)
+_SCRIPT_MEMORY = re.compile(r"^memory=([0-9]{1,20})$", re.M)  # a bounded number: int() refuses 4300+ digits
 _SCRIPT_CMDLINE = re.compile(r"^cmdline=(.*)$", re.M)
 _SCRIPT_SHAPES = re.compile(r"^shapes=\(\n((?:  '[^'\n]*'\n)*)\)$", re.M)
 
