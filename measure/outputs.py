@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from .errors import InputError
 
@@ -40,7 +40,7 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
-def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """Whether ``a`` and ``b`` are, or resolve to, the same file (symlinks and hard links too)."""
     if os.path.realpath(a) == os.path.realpath(b):
         return True
@@ -51,7 +51,7 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-def refuse_inputs(output: str | os.PathLike, inputs: Iterable[tuple[str, str | os.PathLike | None]],
+def refuse_inputs(output: str | os.PathLike[str], inputs: Iterable[tuple[str, str | os.PathLike[str] | None]],
                   option: str) -> None:
     """Raise :class:`OutputError` if ``output`` is one of ``inputs`` ((what, path) pairs)."""
     for what, path in inputs:
@@ -96,20 +96,20 @@ def _unlink(path: str) -> None:
         pass
 
 
-def write_atomic(path: str | os.PathLike, data: bytes, *, what: str = "output file",
+def write_atomic(path: str | os.PathLike[str], data: bytes, *, what: str = "output file",
                  mode: int | None = None) -> Path:
     """Replace ``path`` with ``data`` atomically; ``mode`` defaults to 0666 minus the umask."""
     return write_all_atomic([(path, data)], what=what, mode=mode)[0]
 
 
-def write_all_atomic(files: Iterable[tuple[str | os.PathLike, bytes]], *, what: str = "output file",
+def write_all_atomic(files: Iterable[tuple[str | os.PathLike[str], bytes]], *, what: str = "output file",
                      mode: int | None = None) -> list[Path]:
     """Write every ``(path, data)`` or none of them; returns the paths."""
     mode = _umask_mode() if mode is None else mode
-    files = [(Path(p), bytes(d)) for p, d in files]
+    targets = [(Path(p), bytes(d)) for p, d in files]
     temps: list[str] = []
     try:
-        for path, data in files:
+        for path, data in targets:
             temps.append(_prepare(path, data, mode, what))
     except BaseException:
         for tmp in temps:
@@ -117,10 +117,10 @@ def write_all_atomic(files: Iterable[tuple[str | os.PathLike, bytes]], *, what: 
         raise
     done: list[tuple[Path, str | None, bool]] = []   # replaced: (target, link to its old bytes, existed)
     try:
-        for (path, _), tmp in zip(files, temps):
+        for (path, _), tmp in zip(targets, temps, strict=True):
             backup = None
             existed = os.path.lexists(path)
-            if len(files) > 1 and os.path.isfile(path) and not os.path.islink(path):
+            if len(targets) > 1 and os.path.isfile(path) and not os.path.islink(path):
                 backup = tmp + ".old"
                 try:
                     os.link(path, backup)
@@ -150,7 +150,7 @@ def write_all_atomic(files: Iterable[tuple[str | os.PathLike, bytes]], *, what: 
     for _, backup, _ in done:
         if backup is not None:
             _unlink(backup)
-    for parent in {p.parent for p, _ in files}:
+    for parent in {p.parent for p, _ in targets}:
         try:
             fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
         except OSError:
@@ -161,4 +161,4 @@ def write_all_atomic(files: Iterable[tuple[str | os.PathLike, bytes]], *, what: 
             pass
         finally:
             os.close(fd)
-    return [p for p, _ in files]
+    return [p for p, _ in targets]
