@@ -203,7 +203,7 @@ class Firmware:
     def _check_overlaps(self, sections: list[MetadataSection], first_off: int) -> None:
         """Refuse two sections that share a page: SNP_LAUNCH_UPDATE accepts each page once."""
         order = sorted(range(len(sections)), key=lambda i: sections[i].gpa)
-        for a, b in zip(order, order[1:]):
+        for a, b in zip(order, order[1:], strict=False):
             sa, sb = sections[a], sections[b]
             if sb.gpa < sa.gpa + sa.size:
                 lo, hi = sorted((a, b))

@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import time
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .cpu import CPU_SIGS
 from .gctx import LaunchDigest
@@ -138,7 +139,7 @@ class Contradiction:
                 f"rederive` on the bundle)")
 
 
-def published_contradictions(result: SearchResult, measurement: bytes, published: list[dict],
+def published_contradictions(result: SearchResult, measurement: bytes, published: list[dict[str, Any]],
                              space: SearchSpace = SearchSpace()) -> tuple[Contradiction, ...]:
     """Published shapes (manifest ``measurements`` entries) that claim ``measurement`` but whose
     fields name a launch the search did not find producing it.  Entries outside ``space`` are not

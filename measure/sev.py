@@ -19,12 +19,13 @@ from .vmsa import reset_vmsa
 def _firmware_and_hashes(fw: Firmware, hashes: KernelHashes | None) -> "hashlib._Hash":
     h = hashlib.sha256(fw.data)
     if hashes is not None:
-        if fw.hashes_table() is None:
+        table = fw.hashes_table()
+        if table is None:
             raise UnsupportedFirmware(
                 f"a kernel was given but {fw.name} has no SEV hashes table, so the kernel, initrd "
                 f"and command line cannot be measured; use an AmdSev OVMF build (Debian's "
                 f"ovmf-amdsev) or drop --kernel/--initrd/--append.", missing="SEV_HASH_TABLE")
-        check_hashes_table_size(fw, fw.hashes_table())
+        check_hashes_table_size(fw, table)
         h.update(hashes.table())
     return h
 
