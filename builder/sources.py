@@ -382,6 +382,10 @@ def _deb_parts(f, deb: Path) -> tuple[_ArMember, _ArMember]:
     return control, data
 
 
+#: what tarfile raises for a bad header after the first (it reports it as a ReadError); not in its stubs
+_SubsequentHeaderError: type[tarfile.HeaderError] = tarfile.SubsequentHeaderError  # type: ignore[attr-defined]
+
+
 class _BoundedTarInfo(tarfile.TarInfo):
     """TarInfo that refuses, before reading it, an extended header claiming more than
     MAX_TAR_HEADER_BYTES (tarfile reads pax and GNU long-name headers into memory whole)
@@ -391,16 +395,17 @@ class _BoundedTarInfo(tarfile.TarInfo):
     def _proc_member(self, tarfile_):
         if self.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
                          tarfile.GNUTYPE_LONGLINK) and self.size > MAX_TAR_HEADER_BYTES:
-            raise tarfile.SubsequentHeaderError(
+            raise _SubsequentHeaderError(
                 f"an extended header at offset {self.offset} claims {self.size:,} bytes, more than the "
                 f"{MAX_TAR_HEADER_BYTES:,} any package needs")
         if self.type == tarfile.GNUTYPE_SPARSE:
-            raise tarfile.SubsequentHeaderError(f"a GNU sparse member at offset {self.offset}, which no "
-                                                f"Debian package contains")
-        return super()._proc_member(tarfile_)
+            raise _SubsequentHeaderError(f"a GNU sparse member at offset {self.offset}, which no "
+                                         f"Debian package contains")
+        return super()._proc_member(tarfile_)  # type: ignore[misc]  # tarfile's hook, not in its stubs
 
 
-_TAR_MODES = {"": "r|", ".gz": "r|gz", ".xz": "r|xz", ".bz2": "r|bz2"}
+_TAR_MODES: dict[str, Literal["r|", "r|gz", "r|xz", "r|bz2"]] = {
+    "": "r|", ".gz": "r|gz", ".xz": "r|xz", ".bz2": "r|bz2"}
 #: raised while decompressing or parsing tar data (never by our own extraction code)
 _DECOMPRESSION_ERRORS = (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error)
 
