@@ -144,7 +144,8 @@ def _refuse_out_holding_inputs(b: Build) -> None:
     """The bundle directory is replaced as a whole: it must not be, or hold, one of the build's inputs."""
     out = os.path.realpath(b.out)
     inputs = [("recipe", b.recipe.path), ("lock file", b.lock.path or b.recipe.lock_path)]
-    inputs += [(f"local input {s.name!r}", b.recipe.directory / s.file) for s in b.recipe.inputs() if s.kind == "file"]
+    inputs += [(f"local input {s.name!r}", b.recipe.directory / s.file) for s in b.recipe.inputs()
+               if s.kind == "file" and s.file is not None]
     for what, path in inputs:
         real = os.path.realpath(path)
         if os.path.commonpath([out, real]) == out:

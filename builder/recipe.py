@@ -609,6 +609,7 @@ def local_path(recipe: Recipe, spec: InputSpec, key: str | None = None) -> Path:
     on its way, is a symbolic link that resolves outside the recipe's directory: local
     inputs stay inside it, so nothing from elsewhere on the host lands in the guest.
     """
+    assert spec.file is not None  # a local file input
     path = recipe.directory / spec.file
     base = os.path.realpath(recipe.directory)
     real = os.path.realpath(path)
@@ -659,6 +660,7 @@ def _check_depth(text: str, path: Path) -> None:
         if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
             depth += 1
             if depth > MAX_RECIPE_DEPTH:
+                assert event.start_mark is not None  # the parser marks every event
                 line = event.start_mark.line + 1
                 raise RecipeError(f"{path}:{line}: the recipe nests collections more than {MAX_RECIPE_DEPTH} "
                                   f"levels deep; a recipe needs four (docs/limits.md).", path=str(path),

@@ -163,6 +163,7 @@ def lock(recipe, update, only, offline, allow_stale, as_json):
     if rewritten:
         written = write_lock(r.lock_path, res.lock)
     else:                                     # the file already holds exactly these bytes: leave it alone
+        assert previous is not None
         written = previous
     if as_json:
         click.echo(json.dumps({

@@ -359,11 +359,11 @@ def read_module(path: Path, compression: str | None) -> bytes:
                 raise EOFError("compressed data ended before the end-of-stream marker")
             return out
         if compression == "gz":
-            dec = zlib.decompressobj(wbits=31)
-            out = dec.decompress(raw, MAX_MODULE_BYTES + 1)
+            gz = zlib.decompressobj(wbits=31)
+            out = gz.decompress(raw, MAX_MODULE_BYTES + 1)
             if len(out) > MAX_MODULE_BYTES:
                 raise _module_too_large(path)
-            if not dec.eof:
+            if not gz.eof:
                 raise EOFError("compressed data ended before the end-of-stream marker")
             return out
     except (lzma.LZMAError, zlib.error, OSError, EOFError) as e:
@@ -375,6 +375,7 @@ def read_module(path: Path, compression: str | None) -> bytes:
     with subprocess.Popen([zstd, "-dc", "-q", "--", str(path)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE,
                           env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}) as proc:
+        assert proc.stdout is not None and proc.stderr is not None  # both are pipes
         out = proc.stdout.read(MAX_MODULE_BYTES + 1)
         if len(out) > MAX_MODULE_BYTES:
             proc.kill()
