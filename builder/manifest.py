@@ -46,7 +46,7 @@ class InputRecord:
 @dataclass(frozen=True)
 class OutputRecord:
     file: str
-    role: str           # firmware | kernel | initrd | cmdline | launch | id-block | id-auth | id-block-bin | id-auth-bin
+    role: str  # firmware | kernel | initrd | cmdline | launch | id-block | id-auth | id-block-bin | id-auth-bin
     sha256: str
     size: int
 
