@@ -25,7 +25,7 @@ def _cli(argv, capsys):
     return rc, out, err
 
 
-def test_out_that_holds_the_recipe_is_refused(env, monkeypatch, capsys):
+def test_out_that_holds_the_recipe_is_refused(env, monkeypatch, capsys):  # noqa: F811 - the fixture
     run(env)                                               # env.out is now a real bundle ...
     for name in ("t.yaml", "t.lock", "app.conf"):          # ... and the recipe moves into it
         shutil.copy(env.recipe.directory / name, env.out / name)
@@ -42,7 +42,7 @@ def test_out_that_holds_the_recipe_is_refused(env, monkeypatch, capsys):
     assert {p.name: p.read_bytes() for p in env.out.iterdir()} == before
 
 
-def test_out_that_is_an_ancestor_of_a_local_input_is_refused(env):
+def test_out_that_is_an_ancestor_of_a_local_input_is_refused(env):  # noqa: F811 - the fixture
     with pytest.raises(BundleError, match="is or contains the recipe"):
         build(BuildRequest(recipe=env.recipe.path, out=env.recipe.directory.parent, cache_root=env.cache),
               steps=STEPS, archive=env.archive)
@@ -75,7 +75,7 @@ def test_local_file_symlinked_outside_the_recipe_is_refused_at_lock(how, tmp_pat
     assert ei.value.line == 8
 
 
-def test_local_file_symlinked_outside_is_refused_at_build_even_if_locked(env, tmp_path):
+def test_local_file_symlinked_outside_is_refused_at_build_even_if_locked(env, tmp_path):  # noqa: F811 - the fixture
     outside = tmp_path / "hostname"
     outside.write_text("greeting=hello\n")                  # same bytes as the locked app.conf
     conf = env.recipe.directory / "app.conf"
@@ -85,7 +85,7 @@ def test_local_file_symlinked_outside_is_refused_at_build_even_if_locked(env, tm
         run(env, force=True)
 
 
-def test_symlink_that_stays_inside_the_recipe_directory_is_fine(env):
+def test_symlink_that_stays_inside_the_recipe_directory_is_fine(env):  # noqa: F811 - the fixture
     conf = env.recipe.directory / "app.conf"
     (env.recipe.directory / "real.conf").write_bytes(conf.read_bytes())
     conf.unlink()

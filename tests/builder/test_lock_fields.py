@@ -44,7 +44,7 @@ def _entry(doc, name):
     (lambda d: d.update(extra=1), "t.lock: unknown key 'extra'"),
     (lambda d: d.update(recipe=5), "t.lock: 'recipe' must be a string"),
 ])
-def test_every_lock_field_is_checked(recipe, archive, mutate, words):
+def test_every_lock_field_is_checked(recipe, archive, mutate, words):  # noqa: F811 - the fixture
     doc = json.loads(lock_recipe(recipe, archive).lock.to_json())
     parse_lock(json.dumps(doc).encode(), Path("t.lock"))          # the untouched lock is fine
     mutate(doc)
@@ -54,7 +54,7 @@ def test_every_lock_field_is_checked(recipe, archive, mutate, words):
     assert str(ei.value).startswith("t.lock: ")
 
 
-def _lock_cli(recipe_path, archive, monkeypatch, capsys, tmp_path, *args):
+def _lock_cli(recipe_path, archive, monkeypatch, capsys, tmp_path, *args):  # noqa: F811 - given the fixture's value
     from blindbox.cli import main
     monkeypatch.setattr("builder.sources.DebianArchive", lambda **kw: archive)
     monkeypatch.setenv("BLINDBOX_CACHE", str(tmp_path / "cache"))
@@ -64,7 +64,7 @@ def _lock_cli(recipe_path, archive, monkeypatch, capsys, tmp_path, *args):
     return rc, out, err
 
 
-def test_lock_leaves_an_unchanged_file_alone_and_says_when_it_reformats(recipe, archive, monkeypatch, capsys,
+def test_lock_leaves_an_unchanged_file_alone_and_says_when_it_reformats(recipe, archive, monkeypatch, capsys,  # noqa: F811 - the fixture
                                                                         tmp_path):
     rc, out, err = _lock_cli(recipe.path, archive, monkeypatch, capsys, tmp_path)
     assert rc == 0 and "t.lock: written." in out, err
@@ -84,7 +84,7 @@ def test_lock_leaves_an_unchanged_file_alone_and_says_when_it_reformats(recipe, 
     assert recipe.lock_path.read_bytes() != compact and ": unchanged" not in out
 
 
-def test_lock_refuses_a_recipe_that_is_its_own_lock_path(tmp_path, archive, monkeypatch, capsys):
+def test_lock_refuses_a_recipe_that_is_its_own_lock_path(tmp_path, archive, monkeypatch, capsys):  # noqa: F811 - the fixture
     from .test_lock import RECIPE
     d = tmp_path / "r2"
     d.mkdir()
@@ -96,7 +96,7 @@ def test_lock_refuses_a_recipe_that_is_its_own_lock_path(tmp_path, archive, monk
     assert path.read_text() == RECIPE
 
 
-def test_written_lock_is_read_back_identically(recipe, archive):
+def test_written_lock_is_read_back_identically(recipe, archive):  # noqa: F811 - the fixture
     lock = lock_recipe(recipe, archive).lock
     written = write_lock(recipe.lock_path, lock)
     assert parse_lock(recipe.lock_path.read_bytes(), recipe.lock_path).inputs == written.inputs
@@ -118,7 +118,7 @@ def test_build_cross_checks_the_pinned_size_with_the_fetched_bytes(name, tmp_pat
     from builder import pipeline
     from blindbox.cli import main
 
-    archive = hello_archive(tmp_path)
+    archive = hello_archive(tmp_path)  # noqa: F811 - not the fixture: this test builds its own
     d = tmp_path / "recipe"
     d.mkdir()
     (d / "t.yaml").write_text(RECIPE)
