@@ -95,10 +95,10 @@ def test_reader_agrees_with_cryptography(rel):
     ours_copy = load_certificates(copy, source=rel)
     _compare(ours_copy, theirs)
     assert len(ours) == len(ours_copy)
-    for a, b in zip(ours, ours_copy):
+    for a, b in zip(ours, ours_copy, strict=True):
         if a.serial == 0:
             assert b.serial == 1 and len(a.der) == len(b.der) and len(a.tbs) == len(b.tbs)
-            assert sum(x != y for x, y in zip(a.der, b.der)) == 1
+            assert sum(x != y for x, y in zip(a.der, b.der, strict=True)) == 1
         else:
             assert a.der == b.der
         assert (a.signature, a.spki, a.not_before, a.not_after, a.issuer, a.subject, a.extensions,

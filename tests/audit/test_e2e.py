@@ -1,9 +1,10 @@
 """End to end: expected digests from the real library, a report signed by a test chain.
 
 The manifest is a complete one (tests/audit/manifestdoc.py) whose ``measurements`` are
-digests computed by ``measure`` for several VM shapes of one measured direct boot.  The report is made for one of those shapes and signed by a test
-ARK -> ASK -> VCEK chain; ``verify-report --manifest`` must accept it (naming the shape)
-only with the explicit test root, and refuse it when the manifest's digest is changed.
+digests computed by ``measure`` for several VM shapes of one measured direct boot.  The report is
+made for one of those shapes and signed by a test ARK -> ASK -> VCEK chain; ``verify-report
+--manifest`` must accept it (naming the shape) only with the explicit test root, and refuse it
+when the manifest's digest is changed.
 """
 
 from __future__ import annotations
@@ -100,11 +101,11 @@ def test_refused_for_another_shape_or_a_changed_manifest(bundle, capsys, tmp_pat
     rc, out, err = run([*base, "--manifest", tmp / "manifest.json", "--shape", OTHER], capsys)
     assert rc == 3 and "FAIL  measurement.manifest" in out and "matches no digest" in err
     doc = json.loads((tmp / "manifest.json").read_text())
-    for entry in doc["measurements"]:
-        if entry["shape"] == TARGET:
-            digest = bytearray(bytes.fromhex(entry["measurement"]))
+    for m in doc["measurements"]:
+        if m["shape"] == TARGET:
+            digest = bytearray(bytes.fromhex(m["measurement"]))
             digest[-1] ^= 1
-            entry["measurement"] = digest.hex()
+            m["measurement"] = digest.hex()
     (tmp_path / "changed.json").write_text(json.dumps(doc))
     rc, out, err = run([*base, "--manifest", tmp_path / "changed.json"], capsys)
     assert rc == 3 and "matching shapes" not in out and "MEASUREMENT" in err

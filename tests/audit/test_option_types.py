@@ -29,7 +29,8 @@ def cli(argv, capsys):
     (["--vmpl", "-1"], "--vmpl '-1' is not a valid VMPL; give 0 to 3."),
     (["--vmpl", "9"], "--vmpl '9' is not a valid VMPL; give 0 to 3."),
     (["--vmpl", "one"], "--vmpl 'one' is not an integer (use decimal or 0x-prefixed hex)."),
-    (["--min-guest-svn", "-1"], "--min-guest-svn '-1' is not a valid SVN (32 bits); give 0 to 4294967295 (0xffffffff)."),
+    (["--min-guest-svn", "-1"],
+     "--min-guest-svn '-1' is not a valid SVN (32 bits); give 0 to 4294967295 (0xffffffff)."),
     (["--min-guest-svn", "0x100000000"], "--min-guest-svn '0x100000000' is not a valid SVN (32 bits)"),
     (["--policy", "0x1ffffffffffffffff"],
      "--policy '0x1ffffffffffffffff' is not a valid SEV-SNP guest policy: 0x1ffffffffffffffff does not fit in "

@@ -17,7 +17,8 @@ REPORT = VECTORS / "go-sev-guest" / "attestation.bin"
 def _bundle(tmp_path, measurements):
     bundle = tmp_path / "bundle"
     bundle.mkdir()
-    (bundle / "manifest.json").write_text(json.dumps({"schema": "blindbox-manifest/1", "outputs": [], "measurements": measurements}))
+    doc = {"schema": "blindbox-manifest/1", "outputs": [], "measurements": measurements}
+    (bundle / "manifest.json").write_text(json.dumps(doc))
     return bundle
 
 

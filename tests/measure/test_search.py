@@ -112,7 +112,8 @@ def test_bundle_shape_whose_digest_another_launch_produces_is_flagged(tmp_path, 
     launch = SnpLaunch(Firmware.load(AMDSEV))
     digest = {n: launch.measure(VmShape(n, 0x800F12, 0x1, profile("qemu")), hashes).digest for n in (1, 2, 3)}
     honest = tmp_path / "honest"
-    write_bundle(honest, AMDSEV.read_bytes(), [entry(1, "EPYC-v4", 0x1, digest[1]), entry(2, "EPYC-v4", 0x1, digest[2])])
+    write_bundle(honest, AMDSEV.read_bytes(),
+                 [entry(1, "EPYC-v4", 0x1, digest[1]), entry(2, "EPYC-v4", 0x1, digest[2])])
     rc, out, err = run(["--measurement", digest[2].hex(), "--bundle", honest, "--max-vcpus", 4], capsys)
     assert rc == 0 and "CONTRADICTION" not in out and err == ""
     assert "published in the bundle's manifest for qemu:EPYC-v4:2:0x1" in out
