@@ -1,0 +1,92 @@
+"""Fuzz targets for the calculator's parsers: OVMF footer table, SEV metadata, VMSA pages.
+
+Seeds are real firmware tails (tests/fixtures) and synthetic images with every footer
+entry (tests/measure/synth.py); mutations keep most of the structure so that the checks
+deep inside the parser are reached.  Only a BlindboxError may escape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from measure.errors import BlindboxError
+from measure.kernel_hashes import KernelHashes
+from measure.ovmf import Firmware
+from measure.snp import SnpLaunch, VmShape
+from measure.vmsa import SaveArea, diff
+from measure.vmm import PROFILES, profile
+from tests.conftest import VECTORS
+from tests.fuzzing import budget, mutations
+from tests.measure import synth
+
+AMDSEV = (VECTORS / "sev-snp-measure/ovmf_AmdSev_suffix.bin").read_bytes()
+OVMFX64 = (VECTORS / "sev-snp-measure/ovmf_OvmfX64_suffix.bin").read_bytes()
+SYNTH = synth.image(0x10000, sections=synth.AMDSEV_LIKE_SECTIONS, hashes_table=(0x80B000, 0x400))
+SVSM = synth.svsm_image()
+HASHES = KernelHashes(kernel=hashlib.sha256(b"k").digest(), initrd=hashlib.sha256(b"").digest(),
+                      cmdline=hashlib.sha256(b"\0").digest())
+#: measuring is linear in the sections' size; bounding that is a separate check, not this target's
+MEASURE_LIMIT = 1 << 24
+
+_LAST_PAGE = (len(SYNTH) - 0x1000, len(SYNTH))  # the footer table and the SEV metadata
+firmware_bytes = st.one_of(
+    mutations(AMDSEV, resize=False), mutations(OVMFX64, resize=False), mutations(SVSM, resize=False),
+    mutations(SYNTH, resize=False, region=_LAST_PAGE),
+    mutations(SYNTH, region=_LAST_PAGE),  # truncated or shifted: the size check
+    mutations(SYNTH[-0x1000:], resize=False).map(lambda tail: SYNTH[:-0x1000] + tail))
+
+
+def _parse_and_use(data: bytes) -> None:
+    fw = Firmware(data, name="fuzz.fd")
+    fw.describe()
+    for probe in (fw.require_sev_es_reset_eip, fw.svsm_entry_offset):
+        try:
+            probe()
+        except BlindboxError:
+            pass
+    if sum(s.size for s in fw.sections) > MEASURE_LIMIT:
+        return
+    launch = SnpLaunch(fw)
+    for hashes in (None, HASHES):
+        launch.measure(VmShape(2, 0x800F12), hashes)
+
+
+@budget(300, deadline_ms=3000)
+@given(firmware_bytes)
+@example(SYNTH[:-0x1000] + bytes(0x1000))  # no footer at all
+def test_mutated_firmware_parses_or_raises_blindbox_error(data):
+    try:
+        _parse_and_use(data)
+    except BlindboxError:
+        pass
+
+
+@budget(100)
+@given(st.binary(min_size=0, max_size=8192).map(lambda b: b + bytes(-len(b) % 4096)))
+def test_random_pages_as_firmware(data):
+    try:
+        _parse_and_use(data)
+    except BlindboxError:
+        pass
+
+
+def _vmsa_seed() -> bytes:
+    launch = SnpLaunch(Firmware(SYNTH))
+    return launch.vmsa_pages(VmShape(1, 0x800F12, 0x21, profile("qemu")))[1]
+
+
+VMSA = _vmsa_seed()
+
+
+@budget(200)
+@given(mutations(VMSA), st.sampled_from(sorted(PROFILES)))
+def test_mutated_vmsa_pages_parse_or_raise_blindbox_error(data, _profile):
+    try:
+        page = SaveArea.from_bytes(data, what="fuzz vmsa")
+    except BlindboxError:
+        return
+    diff(page, SaveArea.from_bytes(VMSA))
+    assert page.to_bytes() == data
