@@ -2,8 +2,8 @@
 
 For every case of tests/corpus/cases.json: the exit status is the documented one (2 bad
 input, 3 a failed verification or comparison), the message names the problem, stderr is
-one line and never a traceback, and the command leaves no file behind, neither in the
-case's directory nor in the working directory.  Inputs are the checked-in bytes; the
+one line and never a traceback, the command stays within a memory and CPU limit, and it
+leaves no file behind, neither in the case's directory nor in the working directory.  Inputs are the checked-in bytes; the
 generator (tests/corpus/make_corpus.py) documents how they were made.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "tests" / "corpus"
 CASES = json.loads((CORPUS / "cases.json").read_text())
 FIXTURES = ROOT / "tests" / "fixtures" / "vectors"
+#: address space and CPU time of one command: a size field read from the input must never
+#: turn into an allocation or a loop of that size
+MEMORY_LIMIT = 768 << 20
+CPU_SECONDS = 60
+
+
+def _limits() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+    resource.setrlimit(resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS))
 
 
 def _tree(root: Path) -> dict[str, tuple]:
@@ -60,7 +70,7 @@ def test_bad_input(case, tmp_path):
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path / "home"), "LC_ALL": "C.UTF-8",
            "BLINDBOX_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "tests.corpus.run", *argv], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, preexec_fn=_limits)
     where = f"{case['id']}: {case['why']}\nstdout: {proc.stdout[-2000:]}\nstderr: {proc.stderr[-2000:]}"
     assert "Traceback" not in proc.stderr + proc.stdout, where
     assert proc.returncode == case["exit"], where
