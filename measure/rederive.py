@@ -50,6 +50,9 @@ def bundle_role_files(bundle: Path, doc: dict) -> dict[str, Path]:
         except (KeyError, TypeError, AttributeError):
             raise InputError(f"{bundle / 'manifest.json'}: an outputs entry has no file name; the manifest "
                              f"is malformed.") from None
+        if not isinstance(name, str) or not (role is None or isinstance(role, str)):
+            raise InputError(f"{bundle / 'manifest.json'}: an outputs entry has file {name!r} and role {role!r}; "
+                             f"both must be strings. The manifest is malformed.")
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise InputError(f"{bundle / 'manifest.json'} names output {name!r} outside the bundle.")
         if role:
