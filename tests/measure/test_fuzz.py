@@ -90,3 +90,58 @@ def test_mutated_vmsa_pages_parse_or_raise_blindbox_error(data, _profile):
         return
     diff(page, SaveArea.from_bytes(VMSA))
     assert page.to_bytes() == data
+
+
+# -- a bundle's manifest.json, as rederive and explain-report read it -------------------------
+
+import json  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from measure.rederive import load_bundle  # noqa: E402
+
+MANIFEST = {"schema": 1, "name": "fuzz",
+            "outputs": [{"file": "OVMF.fd", "role": "firmware", "sha256": "00" * 32, "size": 1},
+                        {"file": "bzImage", "role": "kernel", "sha256": "00" * 32, "size": 1},
+                        {"file": "initrd", "role": "initrd", "sha256": "00" * 32, "size": 1},
+                        {"file": "cmdline", "role": "cmdline", "sha256": "00" * 32, "size": 1}],
+            "measurements": [{"shape": "qemu:EPYC-v4:1:0x1", "vcpus": 1, "vcpu_sig": "0x800f12",
+                              "guest_features": "0x1", "vmm_profile": "qemu", "measurement": "00" * 48}]}
+json_value = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=10),
+                                    st.sampled_from(["../x", "/etc/passwd", "", ".", "a/../../b", "firmware"])),
+                          lambda kids: st.one_of(st.lists(kids, max_size=3),
+                                                 st.dictionaries(st.text(max_size=6), kids, max_size=3)),
+                          max_leaves=5)
+
+
+@st.composite
+def manifests(draw):
+    doc = json.loads(json.dumps(MANIFEST))
+    for _ in range(draw(st.integers(1, 3))):
+        where = draw(st.sampled_from(["top", "outputs", "output", "measurements", "entry"]))
+        key = draw(st.sampled_from(["outputs", "measurements", "file", "role", "vcpus", "shape", "x"]))
+        new = draw(json_value)
+        if where == "top":
+            doc[key] = new
+        elif where in ("outputs", "measurements") and isinstance(doc.get(where), list):
+            doc[where].append(new)
+        elif where == "output" and isinstance(doc.get("outputs"), list) and doc["outputs"] and \
+                isinstance(doc["outputs"][0], dict):
+            doc["outputs"][0][key] = new
+        elif where == "entry" and isinstance(doc.get("measurements"), list) and doc["measurements"] and \
+                isinstance(doc["measurements"][0], dict):
+            doc["measurements"][0][key] = new
+    return json.dumps(doc).encode()
+
+
+@budget(150)
+@given(st.one_of(manifests(), mutations(json.dumps(MANIFEST).encode())))
+def test_mutated_bundle_manifests_load_or_raise_blindbox_error(data):
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "manifest.json").write_bytes(data)
+        try:
+            doc, roles = load_bundle(tmp)
+        except BlindboxError:
+            return
+        for path in roles.values():  # every role names a file inside the bundle
+            assert Path(tmp) in path.parents
