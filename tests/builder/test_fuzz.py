@@ -129,7 +129,7 @@ def _parse_recipe(data: bytes) -> None:
     assert isinstance(recipe.cmdline_bytes, bytes)
 
 
-@budget(250)
+@budget(400)
 @given(structured(RECIPE).map(_yaml))
 @example(RECIPE_BYTES)
 def test_structurally_mutated_recipes_parse_or_raise_blindbox_error(data):
@@ -287,7 +287,7 @@ def _outside(sandbox: Path, dest: Path) -> list[str]:
     return sorted(str(p) for p in sandbox.rglob("*") if dest not in (p, *p.parents))
 
 
-@budget(200, deadline_ms=5000)
+@budget(300, deadline_ms=5000)
 @given(debs)
 @example(deb([("./loop", tarfile.SYMTYPE, "loop2", 0o777, b""),
               ("./loop2", tarfile.SYMTYPE, "loop", 0o777, b"")], "w"))

@@ -54,7 +54,7 @@ def _parse_and_use(data: bytes) -> None:
         launch.measure(VmShape(2, 0x800F12), hashes)
 
 
-@budget(300, deadline_ms=3000)
+@budget(600, deadline_ms=3000)
 @given(firmware_bytes)
 @example(SYNTH[:-0x1000] + bytes(0x1000))  # no footer at all
 def test_mutated_firmware_parses_or_raises_blindbox_error(data):
