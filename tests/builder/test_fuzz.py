@@ -308,3 +308,30 @@ def test_mutated_debs_extract_inside_their_tree_or_raise_blindbox_error(data):
             pass
         assert _outside(sandbox / "pkg", dest) == [str(path)]
         assert not (sandbox / "escaped").exists()
+
+
+# -- firmware volumes, searched for the OVMF loader's initrd token ----------------------------
+
+import lzma  # noqa: E402
+
+from builder.boot import OVMF_INITRD_PREFIX, ovmf_initrd_placement  # noqa: E402
+
+
+def _lzma_section(payload: bytes) -> bytes:
+    """An EFI GUID-defined section holding ``payload`` LZMA-compressed (edk2's LzmaCompress)."""
+    guid = bytes.fromhex("98584eee14395942 9d6edc7bd79403cf")
+    body = lzma.compress(payload, format=lzma.FORMAT_ALONE)
+    offset = 4 + 16 + 4
+    size = offset + len(body)
+    return size.to_bytes(3, "little") + b"\x02" + guid + offset.to_bytes(2, "little") + b"\x01\x00" + body
+
+
+VOLUME = b"\xff" * 64 + _lzma_section(b"\x00" * 32 + _lzma_section(b"loader " + OVMF_INITRD_PREFIX + b"\0")) + \
+    b"\xff" * 64
+
+
+@budget(150)
+@given(st.one_of(mutations(VOLUME, resize=False), mutations(VOLUME)))
+@example(VOLUME)
+def test_mutated_firmware_volumes_never_crash_the_initrd_token_search(data):
+    assert ovmf_initrd_placement(data) in ("ovmf-prefix", "ovmf-suffix", None)
