@@ -49,7 +49,7 @@ def test_corpus_is_wide_enough():
     assert len(CASES) >= 60
     commands = {c["argv"][0] if c["argv"][0] != "parse-file" else "parse-file " + c["argv"][1] for c in CASES}
     assert {"measure", "explain-vmsa", "explain-report", "rederive", "verify-report", "id-block",
-            "sign-manifest", "verify-manifest", "build", "lock", "parse-file deb", "parse-file bzimage",
+            "sign-manifest", "verify-manifest", "build", "lock", "check-repro", "fetch", "parse-file deb", "parse-file bzimage",
             "parse-file module", "parse-file elf", "parse-file cpio"} <= commands
     for c in CASES:
         assert c["exit"] in (2, 3) and c["why"] and (CORPUS / "cases" / c["id"]).is_dir(), c["id"]

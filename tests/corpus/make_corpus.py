@@ -405,6 +405,12 @@ def recipe_cases() -> None:
          "a recipe path that does not exist")
     case("recipe-is-directory", ["lock", "{case}/dir.yaml", "--offline"], 2, "is a directory",
          "a directory given as the recipe", {"dir.yaml/x": b""})
+    case("check-repro-bad-recipe", ["check-repro", "{case}/r.yaml"], 2, "r.yaml:1: source_date_epoch: missing "
+         "required key", "a recipe without its time stamp, checked for reproducibility", recipe_files("name: x\n"))
+    case("fetch-unknown-suite", ["fetch", "ovmf", "--suite", "forky", "--offline"], 2,
+         "Unknown Debian suite 'forky'", "a suite the fetcher does not serve")
+    case("fetch-bad-version", ["fetch", "ovmf", "--suite", "bookworm", "--version", "1:bad version", "--offline"], 2,
+         "'1:bad version' is not a valid Debian version", "a version string with a space")
     case("lock-not-json", build(), 2, "the lock file is not valid JSON", "a lock file that is not JSON",
          recipe_files(RECIPE, b"{\"lock_version\": 1,"))
     case("lock-wrong-version", build(), 2, "not a blindbox lock file of version 1", "a lock file of version 7",
