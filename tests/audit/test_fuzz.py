@@ -152,3 +152,30 @@ def test_mutated_manifest_measurements_load_or_raise_blindbox_error(data):
         load_manifest(data, source="fuzz.json")
     except BlindboxError:
         pass
+
+
+def _pem_ders(data: bytes) -> list[bytes]:
+    return [c.der for c in load_certificates(data, source="chain")]
+
+
+ASK_DER, ARK_DER = _pem_ders(BUNDLE)
+
+
+@budget(150, deadline_ms=3000)
+@given(st.sampled_from(["vcek", "ask", "ark"]), st.data())
+def test_mutated_chain_certificates_fail_by_name(which, data):
+    seeds = {"vcek": VCEK, "ask": ASK_DER, "ark": ARK_DER}
+    mutated = data.draw(mutations(seeds[which], max_edits=3))
+    ders = {**seeds, which: mutated}
+    try:
+        certs = tuple(parse_certificate(ders[k], source=k) for k in ("vcek", "ask", "ark"))
+        verdict = verify_report(VerifyRequest(report=REPORT, certificates=certs, at=AT,
+                                              requirements=Requirements(allow_debug=True)))
+    except BlindboxError:
+        return
+    if which == "vcek" and certs[0].tbs != parse_certificate(VCEK).tbs:
+        # a VCEK whose signed part changed no longer chains to AMD's pinned ASK (a changed ASK
+        # or ARK is only an extra candidate: the bundled, pinned ones still verify the chain)
+        assert not verdict.ok
+    for check in verdict.failures:
+        assert isinstance(check.error, BlindboxError)
