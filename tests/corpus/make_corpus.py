@@ -426,6 +426,10 @@ def recipe_cases() -> None:
     lock["inputs"][0]["sha256"] = "xyz"
     case("lock-bad-sha256", build(), 2, "sha256", "a pin whose sha256 is not 64 hex digits",
          recipe_files(RECIPE, json.dumps(lock).encode()))
+    lock = json.loads(LOCK)
+    del lock["inputs"][0]["debian"]["name"]
+    case("lock-package-without-name", build(), 2, "entry 'firmware' has a package record without a package name",
+         "a pinned Debian package whose record lost its name", recipe_files(RECIPE, json.dumps(lock).encode()))
     case("lock-missing", build(), 2, "the recipe's inputs are not pinned yet", "a recipe built before it is locked",
          recipe_files(RECIPE, None))
 
