@@ -145,9 +145,16 @@ def test_byte_mutated_recipes_parse_or_raise_blindbox_error(data):
     _parse_recipe(data)
 
 
+def _lock_without_package_name() -> bytes:
+    doc = json.loads(json.dumps(LOCK))
+    del doc["inputs"][0]["debian"]["name"]
+    return json.dumps(doc).encode()
+
+
 @budget(200)
 @given(st.one_of(structured(LOCK).map(lambda d: json.dumps(d).encode()),
                  mutations(json.dumps(LOCK, indent=2).encode())))
+@example(_lock_without_package_name())  # found by the fuzzer: describe() raised KeyError
 def test_mutated_lock_files_parse_or_raise_blindbox_error(data):
     try:
         lock = parse_lock(data, Path("/nonexistent/fuzz.lock"))
