@@ -3,8 +3,9 @@
 For every case of tests/corpus/cases.json: the exit status is the documented one (2 bad
 input, 3 a failed verification or comparison), the message names the problem, stderr is
 one line and never a traceback, the command stays within a memory and CPU limit, and it
-leaves no file behind, neither in the case's directory nor in the working directory.  Inputs are the checked-in bytes; the
-generator (tests/corpus/make_corpus.py) documents how they were made.
+leaves no file behind, neither in the case's directory nor in the working directory.
+Inputs are the checked-in bytes; the generator (tests/corpus/make_corpus.py) documents
+how they were made.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def test_corpus_is_wide_enough():
     assert len(CASES) >= 60
     commands = {c["argv"][0] if c["argv"][0] != "parse-file" else "parse-file " + c["argv"][1] for c in CASES}
     assert {"measure", "explain-vmsa", "explain-report", "rederive", "verify-report", "id-block",
-            "sign-manifest", "verify-manifest", "build", "lock", "check-repro", "fetch", "parse-file deb", "parse-file bzimage",
-            "parse-file module", "parse-file elf", "parse-file cpio"} <= commands
+            "sign-manifest", "verify-manifest", "build", "lock", "check-repro", "fetch", "parse-file deb",
+            "parse-file bzimage", "parse-file module", "parse-file elf", "parse-file cpio"} <= commands
     for c in CASES:
         assert c["exit"] in (2, 3) and c["why"] and (CORPUS / "cases" / c["id"]).is_dir(), c["id"]
         assert c["message"] or c.get("stream") == "stdout", f"{c['id']}: give the expected message"

@@ -27,8 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from measure.spec import (OVMF_SEV_METADATA_GUID, OVMF_TABLE_FOOTER_GUID,  # noqa: E402
-                          SEV_ES_RESET_BLOCK_GUID, SectionType)
+from measure.spec import OVMF_SEV_METADATA_GUID, SEV_ES_RESET_BLOCK_GUID, SectionType  # noqa: E402
 from tests.builder.stepfakes import make_bzimage, make_elf, make_module  # noqa: E402
 from tests.measure import synth  # noqa: E402
 
@@ -368,7 +367,8 @@ def recipe_cases() -> None:
     sub = RECIPE.replace
     case("recipe-wrong-type", build(), 2, "name", "the bundle name given as a list",
          recipe_files(sub("name: hello", "name: [1, 2]")))
-    case("recipe-duplicate-key", build(), 2, "'name' is given twice (first at line 6)", "the same key twice in one mapping",
+    case("recipe-duplicate-key", build(), 2, "'name' is given twice (first at line 6)",
+         "the same key twice in one mapping",
          recipe_files(sub("name: hello", "name: hello\nname: again")))
     case("recipe-unknown-key", build(), 2, "colour", "a key the schema does not have",
          recipe_files(sub("name: hello", "name: hello\ncolour: blue")))
@@ -378,7 +378,8 @@ def recipe_cases() -> None:
          recipe_files(RECIPE + "\n---\nname: other\n"))
     case("recipe-bad-yaml", build(), 2, "not valid YAML", "an unclosed flow sequence",
          recipe_files(sub("vcpus: [1, 2, 4, 8]", "vcpus: [1, 2, 4, 8")))
-    case("recipe-not-mapping", build(), 2, "a recipe is a mapping of keys", "a recipe that is a list", recipe_files("- a\n- b\n"))
+    case("recipe-not-mapping", build(), 2, "a recipe is a mapping of keys", "a recipe that is a list",
+         recipe_files("- a\n- b\n"))
     case("recipe-missing-epoch", build(), 2, "source_date_epoch", "the required time stamp is missing",
          recipe_files(sub("source_date_epoch: 1735689600", "")))
     case("recipe-epoch-negative", build(), 2, "source_date_epoch", "a negative time stamp",
