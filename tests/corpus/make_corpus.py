@@ -496,6 +496,15 @@ def reader_cases() -> None:
     case("deb-corrupt-gzip", p, 2, "is corrupt", "a data.tar.gz whose deflate stream is damaged",
          {"p.deb": deb([], data_name="data.tar.gz",
                        data=patched(gzip.compress(_tar([("./x", R, "", b"a" * 4000)]), mtime=0), 20, bytes(8)))})
+    damaged = gzip.compress(_tar([("./x", R, "", b"a" * 4000)]), mtime=0)
+    fextra = damaged[:3] + b"\x04" + damaged[4:]  # FEXTRA: the deflate data read as an extra field
+    case("deb-gzip-extra-field", p, 2, "its data.tar.gz is corrupt (damaged gzip header)",
+         "a data.tar.gz whose header announces an extra field that is not there",
+         {"p.deb": deb([], data_name="data.tar.gz", data=fextra)})
+    case("deb-control-gzip-extra-field", ["parse-file", "deb-control", "{case}/p.deb"], 2,
+         "its control.tar.gz is corrupt (damaged gzip header)", "the same damage in control.tar.gz",
+         {"p.deb": _ar([("debian-binary", b"2.0\n"), ("control.tar.gz", CONTROL[:3] + b"\x04" + CONTROL[4:]),
+                        ("data.tar", _tar([]))])})
     case("deb-path-traversal", p, 2, "(path traversal)", "a member named ./usr/../../escaped",
          {"p.deb": deb([("./usr/../../escaped", R, "", b"evil")])})
     case("deb-absolute-name", p, 2, "contains the absolute member name '/tmp/escaped'", "an absolute member name",
