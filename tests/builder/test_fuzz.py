@@ -298,6 +298,7 @@ def _outside(sandbox: Path, dest: Path) -> list[str]:
 @given(debs)
 @example(deb([("./loop", tarfile.SYMTYPE, "loop2", 0o777, b""),
               ("./loop2", tarfile.SYMTYPE, "loop", 0o777, b"")], "w"))
+@example(GOOD_DEB[:135] + b"\x04" + GOOD_DEB[136:])  # found by the fuzzer: FEXTRA in control.tar.gz
 def test_mutated_debs_extract_inside_their_tree_or_raise_blindbox_error(data):
     with tempfile.TemporaryDirectory() as tmp:
         sandbox = Path(tmp) / "s"
