@@ -148,6 +148,10 @@ class LockedInput:
             version = need("version", str)
             if not _DEB_VERSION.fullmatch(version):
                 raise bad("version", f"{version!r} is not a Debian version")
+            if not isinstance(deb.get("name"), str) or not deb["name"]:
+                raise RecipeError(f"{where}: entry {entry.name!r} has a package record without a package name; "
+                                  f"the lock file was edited by hand. Run `blindbox lock` again.", path=where,
+                                  key="debian")
             if deb.get("sha256") != sha or deb.get("version") != entry.version:
                 raise RecipeError(f"{where}: entry {entry.name!r} disagrees with its own package record "
                                   f"(version or sha256); the lock file was edited by hand. Run `blindbox "

@@ -416,8 +416,18 @@ def _open_member_tar(f, deb: Path, member: _ArMember) -> Iterator[tarfile.TarFil
     raw = _Slice(f, member.offset, member.size)
     if suffix in _TAR_MODES:
         try:
-            with tarfile.open(fileobj=io.BufferedReader(raw, _CHUNK), mode=_TAR_MODES[suffix],
-                              tarinfo=_BoundedTarInfo) as tf:
+            tf = tarfile.open(fileobj=io.BufferedReader(raw, _CHUNK), mode=_TAR_MODES[suffix],
+                              tarinfo=_BoundedTarInfo)
+        except AttributeError as e:
+            # Python < 3.11.4 (Debian 12 has 3.11.2): a gzip header with an extra field whose
+            # data does not inflate makes tarfile's stream fail before it knows its own error type
+            raise SourceError(f"{deb}: its {member.name} is corrupt (damaged gzip header); delete the .deb "
+                              f"and fetch it again.", source=str(deb)) from e
+        except _DECOMPRESSION_ERRORS as e:
+            raise SourceError(f"{deb}: its {member.name} is corrupt ({e}); delete the .deb and fetch "
+                              f"it again.", source=str(deb)) from e
+        try:
+            with tf:
                 yield tf
         except _DECOMPRESSION_ERRORS as e:
             raise SourceError(f"{deb}: its {member.name} is corrupt ({e}); delete the .deb and fetch "

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from elftools.common.exceptions import ELFError
+from elftools.construct.core import ConstructError
 from elftools.elf.dynamic import DynamicSegment
 from elftools.elf.segments import InterpSegment
 from elftools.elf.elffile import ELFFile
@@ -123,8 +124,12 @@ def read_elf(path: Path, *, what: str) -> ElfInfo:
                            has_runpath)
     except ElfError:
         raise
-    except (ELFError, OSError, ValueError, KeyError) as e:
-        raise ElfError(f"cannot read {what} ({path}) as ELF: {e}; the file is damaged or not a program.") from e
+    except (ELFError, ConstructError, OSError, ValueError, KeyError, IndexError, AssertionError) as e:
+        # pyelftools checks some invariants of the file with assert (e.g. a dynamic
+        # segment without a string table), so a damaged file can raise AssertionError
+        detail = str(e) or "its headers contradict each other"
+        raise ElfError(f"cannot read {what} ({path}) as ELF: {detail}; the file is damaged or not a program.") \
+            from e
 
 
 Roots = Sequence[Path]

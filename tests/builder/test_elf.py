@@ -66,6 +66,18 @@ def test_not_elf_refused(tmp_path):
         elf.library_closure([(script, "/bin/script")], tmp_path)
 
 
+def test_dynamic_segment_without_string_table_refused(tmp_path):
+    # pyelftools asserts that a dynamic segment names its string table; the damaged file is
+    # an ElfError (exit 2), not an AssertionError (a crash, exit 1)
+    good = make_elf(interp=INTERP, needed=["libc.so.6"])
+    at = good.rindex((5).to_bytes(8, "little"))  # the DT_STRTAB tag of the dynamic segment
+    binary = put(tmp_path, "/bin/x", good[:at] + (0x6FFFFEF5).to_bytes(8, "little") + good[at + 8:])
+    with pytest.raises(ElfError, match=r"cannot read binary /bin/x \(.*\) as ELF: its headers contradict each "
+                                       r"other; the file is damaged") as e:
+        elf.library_closure([(binary, "/bin/x")], tmp_path)
+    assert e.value.exit_code == 2
+
+
 def test_missing_library_names_binary_library_and_chain(tmp_path):
     root = libc_root(tmp_path / "root")
     put(root, "/lib/x86_64-linux-gnu/libfoo.so.1", make_elf(needed=["libgone.so.3"]))

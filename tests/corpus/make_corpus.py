@@ -1,0 +1,589 @@
+#!/usr/bin/env python3
+"""Regenerate the bad-input corpus: tests/corpus/cases/<id>/ and tests/corpus/cases.json.
+
+Every case is a small malformed input derived from a fixture or a synthetic builder, the
+command that reads it, and what the user must see: exit status, a message substring and
+why the input is bad.  tests/test_corpus.py runs the checked-in bytes; this script only
+documents where they came from (run it from the repository root, then review the diff).
+
+argv placeholders: ``{case}`` is the case's directory (a scratch copy of it at test time),
+``{fixtures}`` is tests/fixtures/vectors.  A case may also ask for ``symlinks``
+(name -> target, created in the scratch copy, since a symlink loop is easier to make than
+to check in).  Adding a case by hand is a data-only change: a directory and an entry.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import json
+import shutil
+import struct
+import sys
+import tarfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from measure.spec import OVMF_SEV_METADATA_GUID, SEV_ES_RESET_BLOCK_GUID, SectionType  # noqa: E402
+from tests.builder.stepfakes import make_bzimage, make_elf, make_module  # noqa: E402
+from tests.measure import synth  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+CASES_DIR = HERE / "cases"
+VECTORS = ROOT / "tests" / "fixtures" / "vectors"
+
+CASES: list[dict] = []
+
+
+def case(id: str, argv: list[str], exit: int, message: str, why: str, files: dict[str, bytes] | None = None,
+         symlinks: dict[str, str] | None = None, stream: str | None = None) -> None:
+    entry = {"id": id, "argv": argv, "exit": exit, "message": message, "why": why}
+    if stream:
+        entry["stream"] = stream
+    if symlinks:
+        entry["symlinks"] = symlinks
+    CASES.append(entry)
+    d = CASES_DIR / id
+    d.mkdir(parents=True)
+    for name, data in (files or {}).items():
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        (d / name).write_bytes(data)
+    if not files:
+        (d / ".keep").write_bytes(b"")
+
+
+# -- firmware ------------------------------------------------------------------------------
+SNP = [(0x800000, 0x1000, SectionType.SNP_SEC_MEM), (0x801000, 0x1000, SectionType.SNP_SECRETS),
+       (0x802000, 0x1000, SectionType.CPUID), (0x803000, 0x1000, SectionType.SNP_KERNEL_HASHES)]
+FW = synth.image(0x2000, sections=SNP, hashes_table=(0x803000, 0x400))
+FOOTER_END = len(FW) - synth.RESET_AREA          # the footer entry ends here
+META = len(FW) - 0x1000                           # the SEV metadata header
+
+
+def patched(data: bytes, offset: int, new: bytes) -> bytes:
+    return data[:offset] + new + data[offset + len(new):]
+
+
+def measure(fw_name: str = "fw.fd", *extra: str) -> list[str]:
+    return ["measure", "--mode", "snp", "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--ovmf", "{case}/" + fw_name,
+            *extra]
+
+
+def firmware_cases() -> None:
+    case("fw-empty", measure(), 2, "size 0 bytes is not a positive multiple of 4096",
+         "an empty file is not a firmware image", {"fw.fd": b""})
+    case("fw-truncated", measure(), 2, "is not a positive multiple of 4096; the file is truncated",
+         "a firmware image cut in the middle of a page", {"fw.fd": FW[:-100]})
+    case("fw-wrong-magic-is-not-snp", measure(), 2, "has no SEV metadata",
+         "a footer GUID that is not the OVMF table footer: no table, so no SEV metadata",
+         {"fw.fd": patched(FW, FOOTER_END - 16, bytes(16))})
+    case("fw-footer-size-outside", measure(), 2, "declares size 0xffff, outside the image",
+         "the footer table claims more bytes than precede it",
+         {"fw.fd": patched(FW, FOOTER_END - 18, struct.pack("<H", 0xFFFF))})
+    first_entry = FOOTER_END - 18  # the last table entry ends at the footer
+    case("fw-entry-size-too-small", measure(), 2, "has invalid size 0x4; the firmware is corrupt",
+         "a footer table entry shorter than its own header",
+         {"fw.fd": patched(FW, first_entry - 18, struct.pack("<H", 4))})
+    dup = synth.image(0x2000, sections=SNP, hashes_table=(0x803000, 0x400),
+                      extra_entries=synth.entry(SEV_ES_RESET_BLOCK_GUID, struct.pack("<I", 0xFFFFF000)))
+    case("fw-duplicate-guid", measure(), 2, "lists 00f771de-1a7e-4fcb-890e-68c77e2fb44e twice",
+         "two SEV-ES reset blocks in one footer table", {"fw.fd": dup})
+    footer = FW[FOOTER_END - 18:FOOTER_END]
+    size = struct.unpack("<H", footer[:2])[0]
+    case("fw-stray-bytes", measure(), 2, "stray byte(s) at offset",
+         "the table size leaves bytes that do not form an entry",
+         {"fw.fd": patched(FW, FOOTER_END - 18, struct.pack("<H", size + 3))})
+    meta_entry = synth.entry(OVMF_SEV_METADATA_GUID, struct.pack("<I", 0x1000))
+    at = FW.index(meta_entry)
+    case("fw-metadata-offset-outside", measure(), 2, "points outside the image",
+         "the SEV metadata offset lies before the start of the file",
+         {"fw.fd": patched(FW, at, struct.pack("<I", 0x100000))})
+    case("fw-metadata-wrong-magic", measure(), 2, "expected b'ASEV'",
+         "the SEV metadata header does not start with ASEV", {"fw.fd": patched(FW, META, b"XSEV")})
+    case("fw-metadata-version", measure(), 2, "has version 2; only version 1 is known",
+         "an SEV metadata version this tool does not know", {"fw.fd": patched(FW, META + 8, struct.pack("<I", 2))})
+    case("fw-metadata-huge-count", measure(), 2, "for 4294967295 section(s)",
+         "the metadata claims 2^32-1 sections in a 40-byte header",
+         {"fw.fd": patched(FW, META + 12, struct.pack("<I", 0xFFFFFFFF))})
+    case("fw-metadata-size-past-end", measure(), 2, "declares size 0x7fffffff",
+         "the metadata size runs past the end of the image",
+         {"fw.fd": patched(FW, META + 4, struct.pack("<I", 0x7FFFFFFF))})
+    case("fw-section-unknown-type", measure(), 2, "section_type at offset 0x1018 has unknown value 0x9",
+         "a metadata section of a type no firmware defines",
+         {"fw.fd": patched(FW, META + 16 + 8, struct.pack("<I", 9))})
+    case("fw-section-not-page-aligned", measure(), 2, "not whole pages; the firmware is corrupt",
+         "a metadata section that starts inside a page",
+         {"fw.fd": patched(FW, META + 16, struct.pack("<I", 0x800010))})
+    case("fw-section-zero-size", measure(), 2, "covers 0x800000+0x0, not whole pages",
+         "a metadata section of zero bytes", {"fw.fd": patched(FW, META + 20, struct.pack("<I", 0))})
+    short_reset = synth.image(0x2000, sections=SNP, reset_eip=None, hashes_table=(0x803000, 0x400),
+                              extra_entries=synth.entry(SEV_ES_RESET_BLOCK_GUID, b"\x00\x10"))
+    case("fw-reset-block-short", measure(), 2, "has 2 data bytes, too short",
+         "the SEV-ES reset block entry holds 2 bytes instead of an address", {"fw.fd": short_reset})
+    case("fw-no-reset-block", measure(), 2, "has no SEV-ES reset block",
+         "firmware without an AP reset address cannot start SNP vCPUs",
+         {"fw.fd": synth.image(0x2000, sections=SNP, reset_eip=None)})
+    case("fw-no-metadata", measure(), 2, "has no SEV metadata, so QEMU cannot launch it as an SNP guest",
+         "firmware whose footer table has no SEV metadata entry", {"fw.fd": synth.image(0x2000)})
+    no_hashes = synth.image(0x2000, sections=SNP[:3])
+    case("fw-kernel-without-hashes-section", measure("fw.fd", "--kernel", "{case}/bzImage"), 2,
+         "has no SNP_KERNEL_HASHES section",
+         "a measured direct boot needs firmware with a kernel hashes section",
+         {"fw.fd": no_hashes, "bzImage": make_bzimage("6.1.0-test")})
+    case("fw-hashes-table-outside-section", measure("fw.fd", "--kernel", "{case}/bzImage"), 2,
+         "is not in the first page of the SNP_KERNEL_HASHES section",
+         "the hashes table GPA does not lie in the kernel hashes section",
+         {"fw.fd": synth.image(0x2000, sections=SNP, hashes_table=(0x900000, 0x400)),
+          "bzImage": make_bzimage("6.1.0-test")})
+    case("manifest-is-a-directory", ["rederive", "{case}/bundle"], 2, "is a directory; give a file",
+         "manifest.json is a directory", {"bundle/manifest.json/x": b""})
+    case("fw-missing", measure("nothing.fd"), 2, "cannot read the firmware file",
+         "a firmware path that does not exist")
+    case("fw-symlink-loop", measure("loop.fd"), 2, "Too many levels of symbolic links",
+         "a firmware path that is a symlink loop", symlinks={"loop.fd": "loop2.fd", "loop2.fd": "loop.fd"})
+    case("svsm-not-svsm", ["measure", "--mode", "snp:svsm", "--vcpus", "1", "--vcpu-type", "EPYC-v4",
+                           "--ovmf", "{case}/fw.fd", "--svsm", "{case}/fw.fd", "--vars-size", "0x1000"], 2,
+         "has no SVSM_INFO entry in its footer table", "an OVMF image given as the SVSM binary", {"fw.fd": FW})
+    case("vars-file-missing", ["measure", "--mode", "snp:svsm", "--vcpus", "1", "--vcpu-type", "EPYC-v4",
+                               "--ovmf", "{case}/fw.fd", "--svsm", "{case}/fw.fd", "--vars-file",
+                               "{case}/vars.fd"], 2, "cannot read the OVMF variable store file",
+         "the variable store file does not exist", {"fw.fd": FW})
+    case("ovmf-hash-wrong-length", measure("fw.fd", "--snp-ovmf-hash", "abcd"), 2, "must be 96 hex digits",
+         "a precalculated OVMF hash of 2 bytes", {"fw.fd": FW})
+    case("vcpus-zero", ["measure", "--mode", "snp", "--vcpus", "0", "--vcpu-type", "EPYC-v4", "--ovmf", "{case}/fw.fd"],
+         2, "--vcpus 0 is invalid; a guest has 1 to 4096 vCPUs", "a guest without vCPUs", {"fw.fd": FW})
+    case("vmm-profile-unknown", measure("fw.fd", "--vmm-profile", "nope"), 2, "unknown VMM profile 'nope'",
+         "a VMM profile that does not exist", {"fw.fd": FW})
+    case("guest-features-too-wide", measure("fw.fd", "--guest-features", "0x1ffffffffffffffff"), 2,
+         "does not fit in 64 bits", "SEV features wider than the VMSA field", {"fw.fd": FW})
+    case("ovmf-hash-not-hex", measure("fw.fd", "--snp-ovmf-hash", "xyz"), 2, "is not hexadecimal",
+         "a precalculated OVMF hash that is not hex", {"fw.fd": FW})
+
+
+# -- VMSA pages ------------------------------------------------------------------------------
+def vmsa_cases() -> None:
+    from measure.ovmf import Firmware
+    from measure.snp import SnpLaunch, VmShape
+    page = SnpLaunch(Firmware(FW)).vmsa_pages(VmShape(1, 0x800F12))[0]
+    argv = ["explain-vmsa", "{case}/expected.bin", "{case}/actual.bin"]
+    case("vmsa-truncated", argv, 2, "must be exactly 0x1000 bytes, got 0xfff",
+         "a VMSA page one byte short", {"expected.bin": page, "actual.bin": page[:-1]})
+    reserved = patched(page, 0x0FF0, b"\x01")
+    case("vmsa-reserved-nonzero", argv, 2, "reserved byte at offset 0xff0 is 0x01, expected zero",
+         "a nonzero byte where the save area is reserved", {"expected.bin": page, "actual.bin": reserved})
+    case("vmsa-differs", argv, 3, "cs.selector", "two valid VMSA pages that differ: a comparison that fails",
+         {"expected.bin": page, "actual.bin": patched(page, 0x10, b"\x08")}, stream="stdout")
+
+
+# -- attestation reports and certificates ----------------------------------------------------
+REPORT = (VECTORS / "oak/genoa_oc_attestation_report.bin").read_bytes()
+VCEK = (VECTORS / "oak/genoa_oc_vcek.der").read_bytes()
+CHAIN = (VECTORS / "go-sev-guest/ask_ark_genoa.pem").read_bytes()
+
+
+def verify(*extra: str) -> list[str]:
+    return ["verify-report", "{case}/report.bin", "--certs", "{fixtures}/oak/genoa_oc_vcek.der",
+            "--certs", "{fixtures}/go-sev-guest/ask_ark_genoa.pem", "--at", "2025-09-01T00:00:00Z",
+            "--allow-debug", *extra]
+
+
+def report_cases() -> None:
+    case("report-truncated", verify(), 2, "is 1000 bytes, which is neither a binary ATTESTATION_REPORT",
+         "a report cut short", {"report.bin": REPORT[:1000]})
+    case("report-wrong-version", verify(), 2, "has VERSION 9 at offset 0x0",
+         "an unknown report version", {"report.bin": patched(REPORT, 0, struct.pack("<I", 9))})
+    case("report-reserved-nonzero", verify(), 2, "so the report is corrupt or was altered",
+         "a reserved byte of the report is set", {"report.bin": patched(REPORT, 0x210, b"\xff")})
+    case("report-signature-algo", verify(), 2, "has SIGNATURE_ALGO 2 at offset 0x34",
+         "a signature algorithm the specification does not define",
+         {"report.bin": patched(REPORT, 0x34, struct.pack("<I", 2))})
+    case("report-policy-bit17", verify(), 2, "GUEST_POLICY bit 17 (offset 0x8) is zero",
+         "a guest policy no firmware accepts",
+         {"report.bin": patched(REPORT, 0x8, struct.pack("<Q", struct.unpack_from("<Q", REPORT, 8)[0] & ~(1 << 17)))})
+    case("report-hex-garbage", ["explain-report", "{case}/report.txt", "--ovmf", "{case}/report.txt"], 2,
+         "nor its hex text", "hex text with the wrong number of digits", {"report.txt": b"0x" + b"ab" * 100})
+    case("report-altered-measurement", verify(), 3, "signature",
+         "a report whose signed MEASUREMENT was changed: the signature must fail",
+         {"report.bin": patched(REPORT, 0x90, bytes(48))})
+    case("report-measurement-mismatch", verify("--measurement", "00" * 48), 3, "MEASUREMENT",
+         "a genuine report checked against another launch digest", {"report.bin": REPORT})
+    case("certs-pem-garbage", ["verify-report", "{fixtures}/oak/genoa_oc_attestation_report.bin", "--certs",
+                               "{case}/vcek.pem"], 2, "vcek.pem",
+         "a PEM block whose body is not a certificate",
+         {"vcek.pem": b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"})
+    case("certs-der-truncated", ["verify-report", "{fixtures}/oak/genoa_oc_attestation_report.bin", "--certs",
+                                 "{case}/vcek.der"], 2, "vcek.der",
+         "a DER certificate cut in half", {"vcek.der": VCEK[:len(VCEK) // 2]})
+    case("certs-not-certificates", ["verify-report", "{fixtures}/oak/genoa_oc_attestation_report.bin",
+                                    "--certs", "{case}/notes.txt"], 2, "notes.txt",
+         "a text file given as a certificate", {"notes.txt": b"hello\n"})
+    case("trust-root-garbage", verify("--trust-root", "{case}/root.pem"), 2, "root.pem",
+         "a trust root that is not a certificate", {"report.bin": REPORT, "root.pem": b"not a cert\n"})
+    case("verify-manifest-not-json", verify("--manifest", "{case}/manifest.json"), 2, "is not valid JSON",
+         "a manifest that is not JSON", {"report.bin": REPORT, "manifest.json": b"{measurements: [}"})
+    case("verify-manifest-wrong-type", verify("--manifest", "{case}/manifest.json"), 2,
+         "has no \"measurements\" list", "measurements given as a string",
+         {"report.bin": REPORT, "manifest.json": b'{"measurements": "abc"}'})
+    case("verify-manifest-bad-digest", verify("--manifest", "{case}/manifest.json"), 2, "not 96 hex digits",
+         "a published measurement that is not a SHA-384 digest",
+         {"report.bin": REPORT, "manifest.json": json.dumps(
+             {"measurements": [{"shape": "qemu:EPYC-v4:1:0x1", "measurement": "zz" * 48}]}).encode()})
+    case("verify-min-tcb-garbage", verify("--min-tcb", "snp=x"), 2, "--min-tcb item 'snp=x' is not COMPONENT=LEVEL",
+         "a minimum TCB that is not COMPONENT=LEVEL", {"report.bin": REPORT})
+    case("verify-at-garbage", ["verify-report", "{case}/report.bin", "--no-signature", "--at", "yesterday"], 2,
+         "--at 'yesterday' is not an ISO 8601 time", "a verification time that is not a time", {"report.bin": REPORT})
+    case("verify-host-data-length", verify("--host-data", "abcd"), 2, "--host-data 'abcd' is not 32 bytes",
+         "an expected HOST_DATA of the wrong length", {"report.bin": REPORT})
+
+
+# -- bundles and manifests -------------------------------------------------------------------
+def bundle(manifest, **files: bytes) -> dict[str, bytes]:
+    doc = manifest if isinstance(manifest, bytes) else json.dumps(manifest, indent=1).encode()
+    return {"bundle/manifest.json": doc, **{f"bundle/{k}": v for k, v in files.items()}}
+
+
+OUTPUTS = [{"file": "OVMF.fd", "role": "firmware", "sha256": "00" * 32, "size": 1},
+           {"file": "bzImage", "role": "kernel", "sha256": "00" * 32, "size": 1},
+           {"file": "cmdline", "role": "cmdline", "sha256": "00" * 32, "size": 1}]
+BUNDLE_FILES = {"OVMF.fd": FW, "bzImage": make_bzimage("6.1.0-test"), "cmdline": b"console=ttyS0"}
+
+
+def bundle_cases() -> None:
+    rederive = ["rederive", "{case}/bundle"]
+    case("manifest-not-json", rederive, 2, "is not JSON", "a manifest.json that is not JSON",
+         bundle(b"{\"outputs\": ["))
+    case("manifest-not-utf8", rederive, 2, "is not JSON", "a manifest.json in Latin-1",
+         bundle(b"{\"name\": \"caf\xe9\"}"))
+    case("manifest-wrong-types", rederive, 2, "has no \"outputs\" and \"measurements\" lists",
+         "outputs given as a mapping", bundle({"outputs": {}, "measurements": []}))
+    case("manifest-output-not-mapping", rederive, 2, "an outputs entry has no file name",
+         "an outputs entry that is a number", bundle({"outputs": [1], "measurements": []}))
+    case("manifest-file-not-string", rederive, 2, "an outputs entry has file None and role 'firmware'; both must "
+         "be strings", "an output whose file name is null",
+         bundle({"outputs": [{"file": None, "role": "firmware"}], "measurements": []}))
+    case("manifest-role-not-string", ["explain-report", "--measurement", "00" * 48, "--bundle", "{case}/bundle"], 2,
+         "an outputs entry has file 'OVMF.fd' and role [None]; both must be strings",
+         "an output whose role is a list", bundle({"outputs": [{"file": "OVMF.fd", "role": [None]}],
+                                                   "measurements": []}))
+    case("manifest-path-traversal", rederive, 2, "names output '../../etc/passwd' outside the bundle",
+         "an output file name that climbs out of the bundle",
+         bundle({"outputs": [{"file": "../../etc/passwd", "role": "firmware"}], "measurements": []}))
+    case("manifest-absolute-path", rederive, 2, "names output '/etc/passwd' outside the bundle",
+         "an absolute output file name",
+         bundle({"outputs": [{"file": "/etc/passwd", "role": "kernel"}], "measurements": []}))
+    case("manifest-missing-roles", rederive, 2, "lists no output with role firmware, kernel, cmdline",
+         "a manifest without the files a launch digest needs", bundle({"outputs": [], "measurements": []}))
+    case("manifest-shape-malformed", rederive, 2, "a measurements entry is malformed",
+         "a shape whose vcpus is not a number",
+         bundle({"outputs": OUTPUTS, "measurements": [{"shape": "x", "vcpus": "many", "guest_features": "0x1",
+                                                       "vmm_profile": "qemu", "measurement": "00"}]},
+                **BUNDLE_FILES))
+    case("manifest-shape-mode", rederive, 2, "only snp shapes can be re-derived",
+         "a shape of another SEV mode",
+         bundle({"outputs": OUTPUTS, "measurements": [{"shape": "x", "vcpus": 1, "vcpu_sig": "0x800f12",
+                                                       "guest_features": "0x1", "vmm_profile": "qemu",
+                                                       "measurement": "00", "mode": "sev"}]}, **BUNDLE_FILES))
+    case("manifest-symlink-loop", rederive, 2, "Too many levels of symbolic links",
+         "manifest.json is a symlink loop", {"bundle/.keep": b""},
+         symlinks={"bundle/manifest.json": "manifest.json"})
+    case("bundle-firmware-corrupt", rederive, 2, "expected b'ASEV'",
+         "the bundle's firmware has a damaged SEV metadata header",
+         bundle({"outputs": OUTPUTS, "measurements": []},
+                **{**BUNDLE_FILES, "OVMF.fd": patched(FW, META, b"XXXX")}))
+    case("explain-report-no-manifest", ["explain-report", "--measurement", "00" * 48, "--bundle",
+                                        "{case}/bundle"], 2, "cannot read the manifest file",
+         "a bundle directory without manifest.json", {"bundle/.keep": b""})
+    case("explain-measurement-not-hex", ["explain-report", "--measurement", "xyz", "--ovmf", "{case}/fw.fd"], 2,
+         "is not 96 hex digits", "a measurement that is not hex", {"fw.fd": FW})
+
+
+# -- keys, ID blocks, manifest signatures ----------------------------------------------------
+def key_cases() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    id_pem = (VECTORS / "sev-snp-measure/keyfile/id_key_test.pem").read_bytes()
+    p256 = ec.derive_private_key(12345, ec.SECP256R1())
+    p256_pem = p256.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption())
+    p384 = serialization.load_pem_private_key(id_pem, password=None)
+    encrypted = PREVIOUS.get("id-key-encrypted/id.pem") or p384.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"))  # random salt: keep the checked-in file
+    ed = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    ed_pem = ed.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption())
+    digest = "ab" * 48
+    idb = ["id-block", digest, "--id-key", "{case}/id.pem", "--out-dir", "{case}/out"]
+    case("id-key-garbage", idb, 2, "is not a private key in PEM or DER", "a key file holding text",
+         {"id.pem": b"-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n"})
+    case("id-key-truncated-der", idb, 2, "is not a private key in PEM or DER", "a DER key cut in half",
+         {"id.pem": p384.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption())[:60]})
+    case("id-key-wrong-curve", idb, 2, "P-384", "an ECDSA key on P-256", {"id.pem": p256_pem})
+    case("id-key-not-ecdsa", idb, 2, "is not an ECDSA key; SEV-SNP needs P-384", "an Ed25519 key",
+         {"id.pem": ed_pem})
+    case("id-key-encrypted", idb, 2, "is encrypted; decrypt it first", "a password-protected key",
+         {"id.pem": encrypted})
+    case("id-block-measurement-not-hex", ["id-block", "xyz", "--id-key", "{case}/id.pem", "--out-dir",
+                                          "{case}/out"], 2, "MEASUREMENT 'xyz' is not 48 bytes",
+         "a launch digest that is neither hex nor base64", {"id.pem": id_pem})
+    case("id-block-family-id-length", idb + ["--family-id", "0011"], 2, "--family-id", "a FAMILY_ID of 2 bytes",
+         {"id.pem": id_pem})
+    manifest = json.dumps({"schema": 1, "measurements": []}).encode()
+    ed_pub = ed.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    case("verify-manifest-private-key", ["verify-manifest", "{case}/manifest.json", "--key", "{case}/key.pem"], 2,
+         "that is a private key: give its public half", "the signer's private key given as the public key",
+         {"manifest.json": manifest, "manifest.json.sig": b"x", "key.pem": ed_pem})
+    case("verify-manifest-bad-signature", ["verify-manifest", "{case}/manifest.json", "--key", "{case}/key.pem"],
+         3, "do not trust this manifest", "a signature file of the wrong bytes",
+         {"manifest.json": manifest, "manifest.json.sig": base64.b64encode(bytes(64)) + b"\n", "key.pem": ed_pub})
+    case("sign-manifest-key-garbage", ["sign-manifest", "{case}/manifest.json", "--key", "{case}/key.pem"], 2,
+         "is not a private key in PEM or DER", "a signing key file holding text",
+         {"manifest.json": manifest, "key.pem": b"hello\n"})
+
+
+# -- recipes and lock files ------------------------------------------------------------------
+RECIPE = (ROOT / "recipes/hello.yaml").read_text()
+LOCK = (ROOT / "recipes/hello.lock").read_bytes()
+
+
+def recipe_files(text: str, lock: bytes | None = None, **extra: bytes) -> dict[str, bytes]:
+    """A recipe (and a lock file, for the cases that get as far as reading it)."""
+    files = {"r.yaml": text.encode() if isinstance(text, str) else text, **extra}
+    if lock is not None:
+        files["r.lock"] = lock
+    return files
+
+
+def build(*extra: str) -> list[str]:
+    return ["build", "{case}/r.yaml", "--offline", "--out", "{case}/out", *extra]
+
+
+def recipe_cases() -> None:
+    sub = RECIPE.replace
+    case("recipe-wrong-type", build(), 2, "name", "the bundle name given as a list",
+         recipe_files(sub("name: hello", "name: [1, 2]")))
+    case("recipe-duplicate-key", build(), 2, "'name' is given twice (first at line 6)",
+         "the same key twice in one mapping",
+         recipe_files(sub("name: hello", "name: hello\nname: again")))
+    case("recipe-unknown-key", build(), 2, "colour", "a key the schema does not have",
+         recipe_files(sub("name: hello", "name: hello\ncolour: blue")))
+    case("recipe-not-utf8", build(), 2, "the recipe is not UTF-8", "a recipe in Latin-1",
+         recipe_files(sub("name: hello", "name: hello # caf").encode() .replace(b"caf", b"caf\xe9")))
+    case("recipe-two-documents", build(), 2, "exactly one YAML document", "two YAML documents in one file",
+         recipe_files(RECIPE + "\n---\nname: other\n"))
+    case("recipe-bad-yaml", build(), 2, "not valid YAML", "an unclosed flow sequence",
+         recipe_files(sub("vcpus: [1, 2, 4, 8]", "vcpus: [1, 2, 4, 8")))
+    case("recipe-not-mapping", build(), 2, "a recipe is a mapping of keys", "a recipe that is a list",
+         recipe_files("- a\n- b\n"))
+    case("recipe-missing-epoch", build(), 2, "source_date_epoch", "the required time stamp is missing",
+         recipe_files(sub("source_date_epoch: 1735689600", "")))
+    case("recipe-epoch-negative", build(), 2, "source_date_epoch", "a negative time stamp",
+         recipe_files(sub("source_date_epoch: 1735689600", "source_date_epoch: -1")))
+    case("recipe-file-traversal", build(), 2, "..", "a local file outside the recipe directory",
+         recipe_files(sub("  modules: [sev-guest]", "  modules: [sev-guest]\n  files:\n"
+                                                       "    - path: /etc/x\n      file: ../../etc/passwd")))
+    case("recipe-guest-path-not-normal", build(), 2, "/etc/../x", "a guest path with '..'",
+         recipe_files(sub("  modules: [sev-guest]", "  modules: [sev-guest]\n  files:\n"
+                                                       "    - path: /etc/../x\n      content: hi")))
+    case("recipe-cmdline-control-char", build(), 2, "cmdline", "a command line with a newline",
+         recipe_files(sub('cmdline: "console=ttyS0 panic=-1 quiet"', 'cmdline: "console=ttyS0\\npanic=-1"')))
+    case("recipe-huge-vcpus", build(), 2, "vcpus", "a shape with 2^40 vCPUs",
+         recipe_files(sub("vcpus: [1, 2, 4, 8]", "vcpus: [1099511627776]")))
+    case("recipe-unknown-vcpu-type", build(), 2, "EPYC-Nope", "a vCPU type that does not exist",
+         recipe_files(sub("vcpu_types: [EPYC-v4, EPYC-Milan, EPYC-Genoa]", "vcpu_types: [EPYC-Nope]")))
+    bomb = ("[&a [x, x, x, x, x, x, x, x, x], &b [*a, *a, *a, *a, *a, *a, *a, *a, *a], "
+            "&c [*b, *b, *b, *b, *b, *b, *b, *b, *b], &d [*c, *c, *c, *c, *c, *c, *c, *c, *c], "
+            "[*d, *d, *d, *d, *d, *d, *d, *d, *d]]")
+    case("recipe-alias-bomb", build(), 2, "initrd.modules[0]: expected a string, got a list",
+         "YAML aliases that would expand to 9^5 strings", recipe_files(sub("modules: [sev-guest]", f"modules: {bomb}")))
+    case("recipe-symlink-loop", build(), 2, "cannot read the recipe", "the recipe path is a symlink loop",
+         symlinks={"r.yaml": "r.yaml"})
+    case("recipe-missing", ["lock", "{case}/none.yaml", "--offline"], 2, "no such recipe file",
+         "a recipe path that does not exist")
+    case("recipe-is-directory", ["lock", "{case}/dir.yaml", "--offline"], 2, "is a directory",
+         "a directory given as the recipe", {"dir.yaml/x": b""})
+    case("check-repro-bad-recipe", ["check-repro", "{case}/r.yaml"], 2, "r.yaml:1: source_date_epoch: missing "
+         "required key", "a recipe without its time stamp, checked for reproducibility", recipe_files("name: x\n"))
+    case("fetch-unknown-suite", ["fetch", "ovmf", "--suite", "forky", "--offline"], 2,
+         "Unknown Debian suite 'forky'", "a suite the fetcher does not serve")
+    case("fetch-bad-version", ["fetch", "ovmf", "--suite", "bookworm", "--version", "1:bad version", "--offline"], 2,
+         "'1:bad version' is not a valid Debian version", "a version string with a space")
+    case("lock-not-json", build(), 2, "the lock file is not valid JSON", "a lock file that is not JSON",
+         recipe_files(RECIPE, b"{\"lock_version\": 1,"))
+    case("lock-wrong-version", build(), 2, "not a blindbox lock file of version 1", "a lock file of version 7",
+         recipe_files(RECIPE, LOCK.replace(b'"lock_version": 1', b'"lock_version": 7')))
+    case("lock-inputs-wrong-type", build(), 2, "'inputs' must be a list", "inputs given as a string",
+         recipe_files(RECIPE, b'{"lock_version": 1, "inputs": "all"}'))
+    lock = json.loads(LOCK)
+    lock["inputs"].append(lock["inputs"][0])
+    case("lock-duplicate-input", build(), 2, "is pinned twice", "one input pinned twice",
+         recipe_files(RECIPE, json.dumps(lock).encode()))
+    lock = json.loads(LOCK)
+    lock["inputs"][0]["sha256"] = "xyz"
+    case("lock-bad-sha256", build(), 2, "sha256", "a pin whose sha256 is not 64 hex digits",
+         recipe_files(RECIPE, json.dumps(lock).encode()))
+    lock = json.loads(LOCK)
+    del lock["inputs"][0]["debian"]["name"]
+    case("lock-package-without-name", build(), 2, "entry 'firmware' has a package record without a package name",
+         "a pinned Debian package whose record lost its name", recipe_files(RECIPE, json.dumps(lock).encode()))
+    case("lock-missing", build(), 2, "the recipe's inputs are not pinned yet", "a recipe built before it is locked",
+         recipe_files(RECIPE, None))
+
+
+# -- builder readers without a command of their own -------------------------------------------
+def _ar(members) -> bytes:
+    out = bytearray(b"!<arch>\n")
+    for name, data in members:
+        out += f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}`\n".encode()
+        out += data + (b"\n" if len(data) % 2 else b"")
+    return bytes(out)
+
+
+def _tar(entries, mode: str = "w") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode, format=tarfile.GNU_FORMAT) as tf:
+        for name, kind, link, body in entries:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname, info.mode = kind, link, 0o755
+            info.size = len(body)
+            info.mtime = 1735689600
+            info.uname = info.gname = "root"
+            tf.addfile(info, io.BytesIO(body) if body else None)
+    return buf.getvalue()
+
+
+CONTROL = gzip.compress(_tar([("./control", tarfile.REGTYPE, "", b"Package: bad\nVersion: 1\nArchitecture: all\n")]),
+                        mtime=0)
+
+
+def deb(entries, *, data_name: str = "data.tar", data: bytes | None = None, first=("debian-binary", b"2.0\n"),
+        extra=()) -> bytes:
+    return _ar([first, ("control.tar.gz", CONTROL), *extra,
+                (data_name, _tar(entries) if data is None else data)])
+
+
+R, D, S, L = tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE
+
+
+def reader_cases() -> None:
+    p = ["parse-file", "deb", "{case}/p.deb"]
+    good = deb([("./usr", D, "", b""), ("./usr/x", R, "", b"hi\n")])
+    case("deb-not-ar", p, 2, "does not start with an ar archive header", "a zip file named .deb",
+         {"p.deb": b"PK\x03\x04" + bytes(60)})
+    case("deb-truncated", p, 2, "is truncated (member", "a package cut in its data member",
+         {"p.deb": good[:-200]})
+    case("deb-member-header-damaged", p, 2, "damaged ar member header at offset 8",
+         "an ar member header without its terminator", {"p.deb": patched(good, 8 + 58, b"xx")})
+    case("deb-member-size-not-number", p, 2, "unreadable ar member header at offset 8",
+         "an ar member size that is not a number", {"p.deb": patched(good, 8 + 48, b"12ab      ")})
+    case("deb-member-huge-size", p, 2, "claims 9999999999 bytes", "an ar member claiming 10 GB",
+         {"p.deb": patched(good, 8 + 48, b"9999999999")})
+    case("deb-first-member", p, 2, "its first member is not debian-binary", "control first, then the rest",
+         {"p.deb": deb([], first=("control.tar.gz", CONTROL))})
+    case("deb-format-version", p, 2, "has package format b'3.0', not 2.x", "a package format this tool cannot read",
+         {"p.deb": deb([], first=("debian-binary", b"3.0\n"))})
+    case("deb-unexpected-member", p, 2, "contains an unexpected member 'evil'", "an extra ar member",
+         {"p.deb": deb([], extra=[("evil", b"x")])})
+    case("deb-no-data", p, 2, "lacks its data.tar member", "a package with no data member",
+         {"p.deb": _ar([("debian-binary", b"2.0\n"), ("control.tar.gz", CONTROL)])})
+    case("deb-unknown-compression", p, 2, "uses an unsupported compression ('.lzma')", "data.tar.lzma",
+         {"p.deb": deb([], data_name="data.tar.lzma", data=b"\x5d\x00\x00")})
+    case("deb-corrupt-gzip", p, 2, "is corrupt", "a data.tar.gz whose deflate stream is damaged",
+         {"p.deb": deb([], data_name="data.tar.gz",
+                       data=patched(gzip.compress(_tar([("./x", R, "", b"a" * 4000)]), mtime=0), 20, bytes(8)))})
+    damaged = gzip.compress(_tar([("./x", R, "", b"a" * 4000)]), mtime=0)
+    fextra = damaged[:3] + b"\x04" + damaged[4:]  # FEXTRA: the deflate data read as an extra field
+    case("deb-gzip-extra-field", p, 2, "its data.tar.gz is corrupt (damaged gzip header)",
+         "a data.tar.gz whose header announces an extra field that is not there",
+         {"p.deb": deb([], data_name="data.tar.gz", data=fextra)})
+    case("deb-control-gzip-extra-field", ["parse-file", "deb-control", "{case}/p.deb"], 2,
+         "its control.tar.gz is corrupt (damaged gzip header)", "the same damage in control.tar.gz",
+         {"p.deb": _ar([("debian-binary", b"2.0\n"), ("control.tar.gz", CONTROL[:3] + b"\x04" + CONTROL[4:]),
+                        ("data.tar", _tar([]))])})
+    case("deb-path-traversal", p, 2, "(path traversal)", "a member named ./usr/../../escaped",
+         {"p.deb": deb([("./usr/../../escaped", R, "", b"evil")])})
+    case("deb-absolute-name", p, 2, "contains the absolute member name '/tmp/escaped'", "an absolute member name",
+         {"p.deb": deb([("/tmp/escaped", R, "", b"evil")])})
+    case("deb-device-node", p, 2, "contains the device node './dev/sda'", "a block device in a package",
+         {"p.deb": deb([("./dev/sda", tarfile.BLKTYPE, "", b"")])})
+    case("deb-fifo", p, 2, "contains the FIFO './run/f'", "a FIFO in a package",
+         {"p.deb": deb([("./run/f", tarfile.FIFOTYPE, "", b"")])})
+    case("deb-symlink-out", p, 2, "points outside the package tree", "a symlink to ../../../..",
+         {"p.deb": deb([("./etc/x", S, "../../../../escaped", b"")])})
+    case("deb-hardlink-out", p, 2, "with '..'", "a hard link to ../escaped",
+         {"p.deb": deb([("./x", L, "../escaped", b"")])})
+    case("deb-symlink-chain-out", p, 2, "resolves outside the package tree",
+         "two symlinks that each stay inside but leave the tree when followed together",
+         {"p.deb": deb([("./a", D, "", b""), ("./a/b", D, "", b""), ("./a/b/up", S, "../..", b""),
+                        ("./t", S, "a/b/up/..", b"")])})
+    case("deb-write-through-symlink", p, 2, "refusing to write through it", "a file written under a symlink",
+         {"p.deb": deb([("./lnk", S, "usr", b""), ("./usr", D, "", b""), ("./lnk/escaped", R, "", b"evil")])})
+    case("deb-control-missing", ["parse-file", "deb-control", "{case}/p.deb"], 2, "has no control file",
+         "a control.tar without ./control",
+         {"p.deb": _ar([("debian-binary", b"2.0\n"),
+                        ("control.tar.gz", gzip.compress(_tar([("./md5sums", R, "", b"x")]), mtime=0)),
+                        ("data.tar", _tar([]))])})
+    bz = make_bzimage("6.1.0-test")
+    case("bzimage-wrong-magic", ["parse-file", "bzimage", "{case}/vmlinuz"], 2, "is not a bzImage (no 'HdrS'",
+         "a kernel image without the boot header magic", {"vmlinuz": patched(bz, 0x202, b"HdrX")})
+    case("bzimage-truncated", ["parse-file", "bzimage", "{case}/vmlinuz"], 2, "is not a bzImage",
+         "a kernel image shorter than its setup header", {"vmlinuz": bz[:0x200]})
+    case("bzimage-no-version", ["parse-file", "bzimage", "{case}/vmlinuz"], 2, "has no kernel version string",
+         "the version pointer aims at zeros", {"vmlinuz": patched(bz, 0x20E, struct.pack("<H", 0xE00))})
+    mod = make_module("sev-guest", depends=["tsm"])
+    case("module-not-elf", ["parse-file", "module", "{case}/sev-guest.ko"], 2, "is not an ELF file",
+         "a kernel module that is text", {"sev-guest.ko": b"not a module\n"})
+    case("module-section-table-outside", ["parse-file", "module", "{case}/sev-guest.ko"], 2,
+         "is a damaged ELF file (section header table out of range)", "section headers past the end of the file",
+         {"sev-guest.ko": patched(mod, 0x28, struct.pack("<Q", 0xFFFFFFFF))})
+    elf = make_elf(interp="/lib64/ld-linux-x86-64.so.2", needed=["libc.so.6"])
+    at = elf.rindex(struct.pack("<q", 5))
+    case("elf-not-elf", ["parse-file", "elf", "{case}/prog"], 2, "is not an ELF file",
+         "a shell script given as a program", {"prog": b"#!/bin/sh\necho hi\n"})
+    case("elf-no-string-table", ["parse-file", "elf", "{case}/prog"], 2, "its headers contradict each other",
+         "a dynamic segment without DT_STRTAB", {"prog": patched(elf, at, struct.pack("<q", 0x6FFFFEF5))})
+    case("elf-truncated", ["parse-file", "elf", "{case}/prog"], 2, "as ELF:", "an ELF file cut after its header",
+         {"prog": elf[:70]})
+    from builder.steps import cpio
+    a = cpio.Archive()
+    a.add_file("/init", b"#!/bin/sh\n", 0o755)
+    arch = a.to_bytes(mtime=0)
+    case("cpio-truncated", ["parse-file", "cpio", "{case}/initrd"], 2, "is truncated", "an archive cut in a member",
+         {"initrd": arch[:130]})
+    case("cpio-wrong-magic", ["parse-file", "cpio", "{case}/initrd"], 2, "no newc header magic at offset 0",
+         "an old-style (odc) cpio header", {"initrd": b"070707" + arch[6:]})
+    case("cpio-bad-hex", ["parse-file", "cpio", "{case}/initrd"], 2, "malformed newc header at offset 0",
+         "a header field that is not hexadecimal", {"initrd": patched(arch, 6, b"zzzzzzzz")})
+
+
+#: inputs that cannot be made again byte for byte (an encrypted key has a random salt)
+PREVIOUS: dict[str, bytes] = {}
+
+
+def main() -> None:
+    for name in ("id-key-encrypted/id.pem",):
+        if (CASES_DIR / name).is_file():
+            PREVIOUS[name] = (CASES_DIR / name).read_bytes()
+    shutil.rmtree(CASES_DIR, ignore_errors=True)
+    CASES_DIR.mkdir()
+    firmware_cases()
+    vmsa_cases()
+    report_cases()
+    bundle_cases()
+    key_cases()
+    recipe_cases()
+    reader_cases()
+    ids = [c["id"] for c in CASES]
+    assert len(ids) == len(set(ids)), "case ids must be unique"
+    # one case per line: adding or editing a case is a one-line change
+    (HERE / "cases.json").write_text("[\n" + ",\n".join(json.dumps(c) for c in CASES) + "\n]\n")
+    print(f"{len(CASES)} cases in {CASES_DIR.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
