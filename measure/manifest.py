@@ -5,18 +5,23 @@ Every consumer of a published manifest (``blindbox rederive``, ``verify-report
 through :func:`read_manifest` or :func:`check_manifest`; the builder's writer checks its own
 output with :func:`check_manifest` too, so writer and reader cannot drift apart.
 
-Two kinds of failure, with two exit statuses:
+Three kinds of failure, with the exit statuses every command uses:
 
 * the file is not a blindbox manifest at all (not JSON, not an object, no ``schema``
   naming ``blindbox-manifest/N``): :class:`~measure.errors.InputError`, exit 2 — the
   wrong file was given;
-* it says it is one but breaks the schema (unknown version, a missing, unknown, duplicate
-  or mistyped key, a malformed digest, a path leaving the bundle, a duplicate entry) or
-  contradicts itself (a shape id against the shape's fields, a vCPU type against its
-  signature, the kernel hashes against the listed outputs, ...): :class:`ManifestInvalid`,
-  a :class:`~measure.errors.VerificationError`, exit 3, naming the field by its JSON path
-  (``measurements[1].vcpus``).  The manifest is the thing being verified, so a wrong value
-  in it is a failed verification, whatever kind of wrong it is.
+* a value is malformed for its field's type (a string where an integer goes, a digest that
+  is not N lower-case hex digits, a hex number that is not ``0x...``):
+  :class:`ManifestMalformed`, an :class:`~measure.errors.InputError`, exit 2 — the same
+  value given as a command-line option is refused with exit 2 too;
+* it is well formed but states something that does not verify: an unknown schema version,
+  a missing, unknown or duplicate key or entry, an out-of-range value, a path leaving the
+  bundle, a contradiction with itself (a shape id against the shape's fields, a vCPU type
+  against its signature, the kernel hashes against the listed outputs, ...) or, in
+  :mod:`measure.rederive`, with its bundle: :class:`ManifestInvalid`, a
+  :class:`~measure.errors.VerificationError`, exit 3.
+
+Both name the field by its JSON path (``measurements[1].vcpus``).
 
 This module checks what the manifest can check about itself; :mod:`measure.rederive`
 compares the rest with the bundle's files.  It needs no builder code.
@@ -61,6 +66,14 @@ class ManifestInvalid(VerificationError):
         self.path = path
 
 
+class ManifestMalformed(InputError):
+    """A manifest value is not of its field's type or syntax; ``path`` names the field."""
+
+    def __init__(self, message: str, *, path: str | None = None):
+        super().__init__(message)
+        self.path = path
+
+
 class _Object(dict[str, Any]):
     """A JSON object that remembers the keys it had more than once."""
 
@@ -97,10 +110,15 @@ class _Checker:
                         "(get the bundle's own manifest, or rebuild the bundle)")
         return ManifestInvalid(f"{self.source}: {path} {problem}; {todo}.", path=path)
 
+    def malformed(self, path: str, problem: str) -> ManifestMalformed:
+        return ManifestMalformed(f"{self.source}: {path} {problem}; the manifest is malformed, so it was not "
+                                 f"written by blindbox build (get the bundle's own manifest, or rebuild the "
+                                 f"bundle).", path=path)
+
     # -- types -------------------------------------------------------------------------
     def obj(self, value: Any, path: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, Any]:
         if not isinstance(value, dict):
-            raise self.fail(path, f"is {_kind(value)}, not an object")
+            raise self.malformed(path, f"is {_kind(value)}, not an object")
         for k in value:
             if k not in keys and k not in optional:
                 raise self.fail(_join(path, k), f"is not a key of this schema ({SCHEMA})")
@@ -111,26 +129,26 @@ class _Checker:
 
     def str(self, value: Any, path: str, *, nonempty: bool = True) -> str:
         if not isinstance(value, str):
-            raise self.fail(path, f"is {_kind(value)}, not a string")
+            raise self.malformed(path, f"is {_kind(value)}, not a string")
         if nonempty and not value:
             raise self.fail(path, "is empty")
         return value
 
     def int(self, value: Any, path: builtins.str, lo: int = 0, hi: int | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(path, f"is {_kind(value)}, not an integer")
+            raise self.malformed(path, f"is {_kind(value)}, not an integer")
         if value < lo or (hi is not None and value > hi):
             raise self.fail(path, f"is {value}, outside {lo} to {hi if hi is not None else 'any'}")
         return value
 
     def hex_digest(self, value: Any, path: builtins.str, digits: builtins.int) -> builtins.str:
         if not isinstance(value, str) or not _HEX[digits].fullmatch(value):
-            raise self.fail(path, f"is {_short(value)}, not {digits} lower-case hex digits")
+            raise self.malformed(path, f"is {_short(value)}, not {digits} lower-case hex digits")
         return value
 
     def hex_int(self, value: Any, path: builtins.str, hi: builtins.int = (1 << 64) - 1) -> builtins.int:
         if not isinstance(value, str) or not _HEX_INT.fullmatch(value):
-            raise self.fail(path, f"is {_short(value)}, not a hex number written as 0x... (lower case, "
+            raise self.malformed(path, f"is {_short(value)}, not a hex number written as 0x... (lower case, "
                                   f"no leading zeros)")
         number = int(value, 16)
         if number > hi:
@@ -139,7 +157,7 @@ class _Checker:
 
     def list(self, value: Any, path: builtins.str, *, nonempty: bool = True) -> builtins.list[Any]:
         if not isinstance(value, list):
-            raise self.fail(path, f"is {_kind(value)}, not a list")
+            raise self.malformed(path, f"is {_kind(value)}, not a list")
         if nonempty and not value:
             raise self.fail(path, "is an empty list")
         return value

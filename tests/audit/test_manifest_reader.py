@@ -7,7 +7,7 @@ import json
 import pytest
 
 from measure.errors import InputError
-from measure.manifest import ManifestInvalid, read_manifest
+from measure.manifest import ManifestMalformed, ManifestInvalid, read_manifest
 from tests.audit.manifestdoc import entry, manifest_doc
 
 
@@ -15,11 +15,13 @@ def doc(*entries) -> dict:
     return manifest_doc(list(entries) or [entry(1, "EPYC-v4", 0x1, "11" * 48)])
 
 
-def refused(d: dict | bytes) -> ManifestInvalid:
+def refused(d: dict | bytes) -> ManifestInvalid | ManifestMalformed:
+    """The error, with the exit status of its kind: 2 for a value of the wrong type or syntax, else 3."""
     data = d if isinstance(d, bytes) else json.dumps(d).encode()
-    with pytest.raises(ManifestInvalid) as info:
+    with pytest.raises((ManifestInvalid, ManifestMalformed)) as info:
         read_manifest(data, "m.json")
-    assert info.value.exit_code == 3 and str(info.value).startswith(f"m.json: {info.value.path} ")
+    assert info.value.exit_code == (2 if isinstance(info.value, ManifestMalformed) else 3)
+    assert str(info.value).startswith(f"m.json: {info.value.path} ")
     return info.value
 
 
@@ -73,6 +75,26 @@ def test_each_broken_field_is_named(change, path, words):
     change(d)
     err = refused(d)
     assert err.path == path and words in str(err)
+
+
+@pytest.mark.parametrize("change, path, kind", [
+    (lambda d: d.update(source_date_epoch=True), "source_date_epoch", ManifestMalformed),
+    (lambda d: d["inputs"][0].update(size="2"), "inputs[0].size", ManifestMalformed),
+    (lambda d: d["firmware"].update(ovmf_hash="ab" * 32), "firmware.ovmf_hash", ManifestMalformed),
+    (lambda d: d["firmware"].update(ovmf_hash="zz" * 48), "firmware.ovmf_hash", ManifestMalformed),
+    (lambda d: d["launch"].update(policy=196608), "launch.policy", ManifestMalformed),
+    (lambda d: d.update(outputs={}), "outputs", ManifestMalformed),
+    (lambda d: d["inputs"][0].update(size=-1), "inputs[0].size", ManifestInvalid),
+    (lambda d: d.update(schema="blindbox-manifest/9"), "schema", ManifestInvalid),
+    (lambda d: d.pop("firmware"), "firmware", ManifestInvalid),
+    (lambda d: d.update(measurements=[]), "measurements", ManifestInvalid),
+])
+def test_a_malformed_value_exits_2_and_a_false_statement_exits_3(change, path, kind):
+    """Like a malformed option: wrong type or syntax is bad input (2); a well-formed lie fails verification (3)."""
+    d = doc()
+    change(d)
+    err = refused(d)
+    assert type(err) is kind and err.path == path
 
 
 def test_json_that_two_readers_could_read_differently_is_refused():

@@ -14,7 +14,7 @@ from measure.errors import (ChainInvalid, InputError, LayoutError, MeasurementMi
 from measure.report import (SIGNED_SIZE, EcdsaSignature, Product, SigningKey, parse_report)
 from measure.verify import (PASS, SKIP, UNAUTHENTICATED, ManifestEntry, Verdict, Requirements, VerifyRequest,
                             kds_url, load_manifest, parse_min_tcb, verify_report)
-from measure.manifest import ManifestInvalid
+from measure.manifest import ManifestInvalid, ManifestMalformed
 from tests.audit.manifestdoc import entry, manifest_doc
 from tests.audit.testchain import CHIP_ID, make_chain, make_report, sign_report
 from tests.conftest import VECTORS
@@ -202,15 +202,17 @@ def test_manifest_reader():
         with pytest.raises(InputError, match=match) as info:
             load_manifest(doc, source="m.json")
         assert info.value.exit_code == 2
-    for change, path in [(lambda d: d["measurements"][0].update(measurement="00"), "measurements[0].measurement"),
-                         (lambda d: d["measurements"][0].update(measurement=5), "measurements[0].measurement"),
-                         (lambda d: d["measurements"][0].pop("shape"), "measurements[0].shape"),
-                         (lambda d: d.update(measurements=[]), "measurements")]:
+    for change, path, kind in [
+            (lambda d: d["measurements"][0].update(measurement="00"), "measurements[0].measurement", ManifestMalformed),
+            (lambda d: d["measurements"][0].update(measurement=5), "measurements[0].measurement", ManifestMalformed),
+            (lambda d: d["measurements"][0].pop("shape"), "measurements[0].shape", ManifestInvalid),
+            (lambda d: d.update(measurements=[]), "measurements", ManifestInvalid)]:
         doc = manifest_doc([entry(1, "EPYC-v4", 0x1, "ab" * 48)])
         change(doc)
-        with pytest.raises(ManifestInvalid) as info:
+        with pytest.raises(kind) as info:
             load_manifest(json.dumps(doc).encode(), source="m.json")
-        assert info.value.path == path and info.value.exit_code == 3 and f"m.json: {path} " in str(info.value)
+        assert info.value.path == path and f"m.json: {path} " in str(info.value)
+        assert info.value.exit_code == (2 if kind is ManifestMalformed else 3)
 
 
 @pytest.fixture(scope="module")
