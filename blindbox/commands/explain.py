@@ -140,8 +140,8 @@ def rederive_cmd(bundle, as_json):
     firmware facts and OVMF hash, the cmdline, the kernel hashes, the launch digest of
     every published shape, the ID blocks and key digests, and what launch-snp.sh
     launches, with the measure library alone. Exit 0 when all agree, 3 when anything
-    differs or the manifest is refused (naming the field), 2 when BUNDLE has no readable
-    blindbox manifest.
+    differs or the manifest states something false (naming the field), 2 when BUNDLE has
+    no readable blindbox manifest or it holds a malformed value (naming the field).
     """
     from measure.rederive import manifest_sha256, rederive
 
