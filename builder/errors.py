@@ -1,6 +1,6 @@
 """Errors raised while building a guest bundle.
 
-All of them are :class:`measure.errors.BuildError` subclasses, so the CLI maps them to
+All of them are :class:`BuildError` subclasses (of :class:`measure.errors.BlindboxError`), so the CLI maps them to
 exit status 2.  Each carries one complete sentence: what went wrong, where, and what to
 do about it.  The structured attributes (path, line, expected digest, ...) are there for
 callers that want to present or test them; ``str(error)`` is always the full sentence.
@@ -8,12 +8,16 @@ callers that want to present or test them; ``str(error)`` is always the full sen
 
 from __future__ import annotations
 
-from measure.errors import BuildError
+from measure.errors import BlindboxError
 
 __all__ = [
     "BuildError", "InputDigestMismatch", "NotReproducible", "OfflineMiss", "RecipeError",
     "SourceError", "SourceGone", "StaleSuite", "ToolMissing",
 ]
+
+
+class BuildError(BlindboxError):
+    """A guest bundle cannot be built."""
 
 
 class RecipeError(BuildError):

@@ -25,7 +25,7 @@ from builder.errors import BuildError, InputDigestMismatch, RecipeError, SourceE
 from builder.limits import MAX_LOCK_BYTES
 from builder.recipe import SUITES, InputSpec, Recipe, check_id_keys, local_path
 from measure.inputs import read_bounded
-from measure.outputs import write_atomic
+from blindbox.files import write_atomic
 
 #: lock entries of the id_block keys: they sign ID blocks and are not part of the launch digest
 ID_KEY_INPUTS = frozenset({"id_key", "author_key"})

@@ -11,7 +11,7 @@ with an ``id_block`` adds, after those, ``id_block`` and ``id_auth`` (the bundle
 files for QEMU) and ``id_key_digest`` / ``author_key_digest`` (96 hex digits, or null
 without an author key): the values the report's ID_KEY_DIGEST / AUTHOR_KEY_DIGEST carry.
 
-The schema is checked by the auditor's reader, :mod:`measure.manifest`, both when a
+The schema is checked by the auditor's reader, :mod:`blindbox.audit.manifest`, both when a
 manifest is read back and when one is written (:meth:`Manifest.checked_json`).
 """
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from builder.errors import BuildError
 from measure.errors import BlindboxError, InternalError
-from measure.manifest import SCHEMA, check_manifest, parse_json
+from blindbox.audit.manifest import SCHEMA, check_manifest, parse_json
 
 
 class ManifestError(BuildError):
@@ -141,7 +141,7 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, doc: dict, where: str = "manifest.json") -> "Manifest":
-        """The manifest in ``doc``, checked by the auditor's reader (measure.manifest), the only one."""
+        """The manifest in ``doc``, checked by the auditor's reader (blindbox.audit.manifest), the only one."""
         try:
             check_manifest(doc, where)
         except BlindboxError as e:

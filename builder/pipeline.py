@@ -46,9 +46,10 @@ from builder.recipe import FileEntry, Recipe, check_id_keys, load_id_key, load_r
 from measure import __version__
 from measure.cpu import CPU_SIGS
 from measure.errors import MeasureError, UnsupportedFirmware
-from measure.idblock import key_digest, make_id_auth
+from blindbox.audit.idblock import key_digest, make_id_auth
 from measure.inputs import read_bounded, read_input
-from measure.limits import MAX_FIRMWARE_BYTES, MAX_MANIFEST_BYTES
+from measure.limits import MAX_FIRMWARE_BYTES
+from blindbox.audit.limits import MAX_MANIFEST_BYTES
 from measure.kernel_hashes import KernelHashes, cmdline_bytes
 from measure.ovmf import Firmware
 from measure.snp import SnpLaunch, VmShape

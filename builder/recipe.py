@@ -630,7 +630,7 @@ def load_id_key(recipe: Recipe, spec: InputSpec, path: str | Path | None = None)
     unencrypted private key, or not on P-384.
     """
     from measure.errors import InputError
-    from measure.idblock import load_private_key
+    from blindbox.audit.idblock import load_private_key
 
     what = _ID_KEY_NAMES[spec.name]
     key = f"id_block.{spec.name}"

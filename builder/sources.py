@@ -69,8 +69,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from measure.inputs import cache_root  # the one definition of where blindbox caches things
-from measure.outputs import write_atomic
+from blindbox.files import cache_root  # the one definition of where blindbox caches things
+from blindbox.files import write_atomic
 
 from .errors import (InputDigestMismatch, OfflineMiss, SourceError, SourceGone, StaleSuite,
                      ToolMissing)

@@ -1,9 +1,13 @@
 """The project's exception hierarchy.
 
 Every error a user can cause is a subclass of :class:`BlindboxError` and carries one
-complete sentence: what is wrong, where, and what to do.  The CLI maps the three
+complete sentence: what is wrong, where, and what to do.  The CLI maps the
 families to exit codes (bad input -> 2, verification failed -> 3); anything that is
 not a ``BlindboxError`` is a bug and exits 1.
+
+This module holds the base classes every part shares and the calculator's own errors;
+the auditor's (:mod:`blindbox.audit.errors`) and the builder's (:mod:`builder.errors`)
+subclass them.  It depends on nothing.
 """
 
 from __future__ import annotations
@@ -42,38 +46,6 @@ class UnsupportedFirmware(MeasureError):
 
 class InputError(MeasureError):
     """A parameter or input file is unusable (missing file, bad value, bad combination)."""
-
-
-class BuildError(BlindboxError):
-    """A guest bundle cannot be built."""
-
-
-class VerificationError(BlindboxError):
-    """A report, signature or comparison did not verify."""
-
-    exit_code = 3
-
-
-class SignatureInvalid(VerificationError):
-    """A signature does not verify with the key it names (report, manifest, ID block)."""
-
-
-class ChainInvalid(VerificationError):
-    """A certificate chain does not lead to a trusted root, or its leaf is not this chip's key."""
-
-
-class MeasurementMismatch(VerificationError):
-    """The launch digest in a report is not the expected one."""
-
-    def __init__(self, message: str, *, expected: bytes | list[bytes] | None = None,
-                 actual: bytes | None = None):
-        super().__init__(message)
-        self.expected = expected
-        self.actual = actual
-
-
-class PolicyViolation(VerificationError):
-    """A report field violates what the relying party requires (policy, TCB, host data, ...)."""
 
 
 class InternalError(Exception):

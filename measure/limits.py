@@ -1,4 +1,4 @@
-"""Upper bounds on every input the calculator and the auditor read.
+"""Upper bounds on every input the calculator reads (the auditor's: blindbox.audit.limits).
 
 Each limit is far above what any real input needs and far below what would let a
 hostile input exhaust memory or time.  A file larger than its limit is refused before
@@ -25,35 +25,8 @@ MAX_METADATA_BYTES = 64 * MIB
 #: The file given as an OVMF variable store (only its size is used).
 MAX_VARS_FILE_BYTES = MAX_FIRMWARE_BYTES
 
-#: An attestation report file: 1184 bytes binary, or its 2368 hex digits with any
-#: whitespace (one byte per line is 3552 bytes plus line ends).
-MAX_REPORT_FILE_BYTES = 8 * KIB
-
 #: A VMSA page as written by ``--dump-vmsa``: exactly one 4 KiB page.
 MAX_VMSA_FILE_BYTES = 4 * KIB
-
-#: One certificate file (DER or PEM, possibly a chain such as KDS's ASK+ARK bundle of
-#: about 4.5 KiB).  Also the bound for every entry of a ``--certs`` directory, for a
-#: ``--trust-root`` file and for a cached KDS response.
-MAX_CERTIFICATE_FILE_BYTES = 64 * KIB
-
-#: A private or public key file (PEM or DER).  A P-384 key in PEM is about 300 bytes.
-MAX_KEY_FILE_BYTES = 64 * KIB
-
-#: A detached manifest signature: DER ECDSA P-384 is at most 104 bytes, Ed25519 64.
-MAX_SIGNATURE_FILE_BYTES = 1 * KIB
-
-#: ``manifest.json``.  A bundle with the maximum number of shapes below needs about
-#: 2 MiB.
-MAX_MANIFEST_BYTES = 16 * MIB
-
-#: Measurement entries (shapes) in one manifest.  Recipes publish a dozen; 4096 shapes
-#: of a few vCPUs re-derive in about a second.
-MAX_MANIFEST_SHAPES = 4096
-
-#: The sum of the vCPU counts of a manifest's shapes: each vCPU is one VMSA page to fold
-#: in (about 10 us).  262,144 is e.g. 1,024 shapes of 256 vCPUs, about 3 s.
-MAX_MANIFEST_VCPUS = 262_144
 
 #: The ``cmdline`` file of a bundle.  Linux on x86 takes at most 2048 bytes
 #: (COMMAND_LINE_SIZE); QEMU passes longer strings, so allow some room.

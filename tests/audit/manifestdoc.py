@@ -1,6 +1,6 @@
 """A complete manifest.json document for tests that have digests but no bundle.
 
-Its parts agree with each other as measure.manifest requires (kernel hashes and the
+Its parts agree with each other as blindbox.audit.manifest requires (kernel hashes and the
 listed outputs, the cmdline and its hash, shape ids and their fields); the file digests
 are placeholders, so only `blindbox rederive` on a real bundle could tell it apart.
 """
@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from measure.cpu import CPU_SIGS
-from measure.manifest import SCHEMA, shape_id
+from blindbox.audit.manifest import SCHEMA, shape_id
 
 CMDLINE = "console=ttyS0"
 

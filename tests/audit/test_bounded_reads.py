@@ -15,6 +15,7 @@ import time
 import pytest
 
 from blindbox.cli import main
+from blindbox.audit import limits as audit_limits
 from measure import limits
 from tests.builder.keys import derived_key, write_key
 from tests.audit.manifestdoc import entry, manifest_doc
@@ -46,29 +47,29 @@ def _big(tmp_path, size: int):
 # name -> (argv given the files and the hostile path, the "what" and limit the message names)
 CASES = {
     "report": (lambda f, p: ["verify-report", p, "--no-signature"], "attestation report",
-               limits.MAX_REPORT_FILE_BYTES),
+               audit_limits.MAX_REPORT_FILE_BYTES),
     "explain-report": (lambda f, p: ["explain-report", p, "--ovmf", AMDSEV], "attestation report",
-                       limits.MAX_REPORT_FILE_BYTES),
+                       audit_limits.MAX_REPORT_FILE_BYTES),
     "certs-file": (lambda f, p: ["verify-report", REPORT, "--certs", p], "certificate",
-                   limits.MAX_CERTIFICATE_FILE_BYTES),
+                   audit_limits.MAX_CERTIFICATE_FILE_BYTES),
     "trust-root": (lambda f, p: ["verify-report", REPORT, "--trust-root", p], "trust root",
-                   limits.MAX_CERTIFICATE_FILE_BYTES),
+                   audit_limits.MAX_CERTIFICATE_FILE_BYTES),
     "verify-report-manifest": (lambda f, p: ["verify-report", REPORT, "--no-signature", "--manifest", p],
-                               "manifest", limits.MAX_MANIFEST_BYTES),
+                               "manifest", audit_limits.MAX_MANIFEST_BYTES),
     "vmsa": (lambda f, p: ["explain-vmsa", p, p], "VMSA", limits.MAX_VMSA_FILE_BYTES),
-    "id-key": (lambda f, p: ["id-block", MEASUREMENT, "--id-key", p], "ID key", limits.MAX_KEY_FILE_BYTES),
+    "id-key": (lambda f, p: ["id-block", MEASUREMENT, "--id-key", p], "ID key", audit_limits.MAX_KEY_FILE_BYTES),
     "author-key": (lambda f, p: ["id-block", MEASUREMENT, "--id-key", f["key"], "--author-key", p],
-                   "author key", limits.MAX_KEY_FILE_BYTES),
+                   "author key", audit_limits.MAX_KEY_FILE_BYTES),
     "sign-manifest": (lambda f, p: ["sign-manifest", p, "--key", f["key"], "--output", f["tmp"] / "sig"],
-                      "manifest", limits.MAX_MANIFEST_BYTES),
+                      "manifest", audit_limits.MAX_MANIFEST_BYTES),
     "signing-key": (lambda f, p: ["sign-manifest", f["manifest"], "--key", p], "signing key",
-                    limits.MAX_KEY_FILE_BYTES),
+                    audit_limits.MAX_KEY_FILE_BYTES),
     "verify-manifest": (lambda f, p: ["verify-manifest", p, "--key", f["key"], "--signature", f["manifest"]],
-                        "manifest", limits.MAX_MANIFEST_BYTES),
+                        "manifest", audit_limits.MAX_MANIFEST_BYTES),
     "signature": (lambda f, p: ["verify-manifest", f["manifest"], "--key", f["key"], "--signature", p],
-                  "signature", limits.MAX_SIGNATURE_FILE_BYTES),
+                  "signature", audit_limits.MAX_SIGNATURE_FILE_BYTES),
     "public-key": (lambda f, p: ["verify-manifest", f["manifest"], "--key", p, "--signature", f["manifest"]],
-                   "public key", limits.MAX_KEY_FILE_BYTES),
+                   "public key", audit_limits.MAX_KEY_FILE_BYTES),
     "vars-file": (lambda f, p: ["measure", "--mode", "snp:svsm", "--vcpus", "1", "--vcpu-type", "EPYC-v4",
                                 "--ovmf", AMDSEV, "--svsm", AMDSEV, "--vars-file", p],
                   "OVMF variable store", limits.MAX_VARS_FILE_BYTES),
@@ -123,7 +124,7 @@ def test_a_pipe_within_the_limit_is_read(tmp_path):
     os.close(w)
     try:
         assert read_input(f"/proc/self/fd/{r}", "attestation report",
-                          limit=limits.MAX_REPORT_FILE_BYTES) == REPORT.read_bytes()
+                          limit=audit_limits.MAX_REPORT_FILE_BYTES) == REPORT.read_bytes()
     finally:
         os.close(r)
 
@@ -132,10 +133,10 @@ def test_certs_directory_entry_too_large(files, capsys):
     certs = files["tmp"] / "certs"
     certs.mkdir()
     (certs / "vcek.der").write_bytes((VECTORS / "go-sev-guest" / "vcek.testcer").read_bytes())
-    big = _big(files["tmp"], limits.MAX_CERTIFICATE_FILE_BYTES)
+    big = _big(files["tmp"], audit_limits.MAX_CERTIFICATE_FILE_BYTES)
     os.rename(big, certs / "zz-huge.pem")
     _refused(["verify-report", REPORT, "--certs", certs], capsys, "certificate",
-             limits.MAX_CERTIFICATE_FILE_BYTES, certs / "zz-huge.pem")
+             audit_limits.MAX_CERTIFICATE_FILE_BYTES, certs / "zz-huge.pem")
 
 
 def _bundle(tmp_path, cmdline_size):
@@ -157,7 +158,7 @@ def test_rederive_manifest_stream(tmp_path, capsys):
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     (bundle / "manifest.json").symlink_to(ZERO)
-    _refused(["rederive", bundle], capsys, "manifest", limits.MAX_MANIFEST_BYTES, bundle / "manifest.json")
+    _refused(["rederive", bundle], capsys, "manifest", audit_limits.MAX_MANIFEST_BYTES, bundle / "manifest.json")
 
 
 @pytest.mark.parametrize("option", ["--kernel", "--initrd"])

@@ -12,11 +12,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from measure import certs
-from measure.certs import (PINNED, CertificateError, amd_chains, amd_key_info, build_chain,
-                           collect_certificates, issuer_product, load_certificates, parse_certificate)
-from measure.errors import ChainInvalid
-from measure.report import Product, SigningKey
+from blindbox.audit import certs
+from blindbox.audit.certs import (PINNED, CertificateError, amd_chains, amd_key_info, build_chain,
+                                  collect_certificates, issuer_product, load_certificates, parse_certificate)
+from blindbox.audit.errors import ChainInvalid
+from blindbox.audit.report import Product, SigningKey
 from tests.conftest import VECTORS
 
 LEAVES = {

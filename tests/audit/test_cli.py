@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from blindbox.cli import main
-from measure.idblock import IdAuthInfo, verify_id_auth
+from blindbox.audit.idblock import IdAuthInfo, verify_id_auth
 from tests.audit.test_verify import REAL
 from tests.conftest import VECTORS
 

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from blindbox.cli import main
 from measure import Firmware, KernelHashes, SnpLaunch, VmShape
 from measure.cpu import sig_for_type
-from measure.idblock import make_id_auth, key_digest, load_private_key
-from measure.report import Product
+from blindbox.audit.idblock import make_id_auth, key_digest, load_private_key
+from blindbox.audit.report import Product
 from measure.vmm import VmmType, profile_for
 from tests.audit.manifestdoc import entry, manifest_doc as complete_manifest
 from tests.audit.testchain import make_chain, make_report

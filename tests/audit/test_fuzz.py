@@ -7,10 +7,10 @@ import datetime as dt
 from hypothesis import given
 from hypothesis import strategies as st
 
-from measure.certs import CertificateError, amd_key_info, load_certificates, parse_certificate
+from blindbox.audit.certs import CertificateError, amd_key_info, load_certificates, parse_certificate
 from measure.errors import BlindboxError
-from measure.report import parse_report
-from measure.verify import Requirements, VerifyRequest, verify_report
+from blindbox.audit.report import parse_report
+from blindbox.audit.verify import Requirements, VerifyRequest, verify_report
 from tests.conftest import VECTORS
 from tests.fuzzing import budget
 
@@ -86,10 +86,10 @@ import json  # noqa: E402
 import os  # noqa: E402
 import tempfile  # noqa: E402
 
-from measure.idblock import load_private_key as load_id_key  # noqa: E402
-from measure.idblock import make_id_auth, verify_id_auth  # noqa: E402
-from measure.manifest_sig import load_public_key  # noqa: E402
-from measure.verify import load_manifest  # noqa: E402
+from blindbox.audit.idblock import load_private_key as load_id_key  # noqa: E402
+from blindbox.audit.idblock import make_id_auth, verify_id_auth  # noqa: E402
+from blindbox.audit.manifest_sig import load_public_key  # noqa: E402
+from blindbox.audit.verify import load_manifest  # noqa: E402
 from tests.fuzzing import mutations  # noqa: E402
 
 KEYS = VECTORS / "sev-snp-measure/keyfile"

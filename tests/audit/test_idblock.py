@@ -8,11 +8,11 @@ import json
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from measure.errors import InputError, LayoutError, SignatureInvalid
-from measure.idblock import (DEFAULT_POLICY, EcdsaPublicKey, IdAuthInfo, IdBlock, assemble_id_auth,
-                             create_id_block, key_digest, load_private_key, make_id_auth, sign,
-                             verify_id_auth)
-from measure.report import EcdsaSignature
+from measure.errors import InputError, LayoutError
+from blindbox.audit.errors import SignatureInvalid
+from blindbox.audit.idblock import (DEFAULT_POLICY, EcdsaPublicKey, IdAuthInfo, IdBlock, assemble_id_auth,
+                                    create_id_block, key_digest, load_private_key, make_id_auth, sign, verify_id_auth)
+from blindbox.audit.report import EcdsaSignature
 from tests.conftest import VECTORS
 
 VIRTEE = VECTORS / "virtee-sev"

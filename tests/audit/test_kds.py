@@ -16,15 +16,15 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from blindbox.cli import main
-from measure.kds import KdsClient, KdsUnavailable, cert_chain_url, vcek_url
-from measure.report import Product, parse_report
+from blindbox.audit.kds import KdsClient, KdsUnavailable, cert_chain_url, vcek_url
+from blindbox.audit.report import Product, parse_report
 from tests.audit.test_verify import REAL
 from tests.audit.testchain import CHIP_ID, make_chain, make_report
 from tests.conftest import VECTORS
 
 DER = serialization.Encoding.DER
 PEM = serialization.Encoding.PEM
-AMD_ROOTS = Path(__file__).resolve().parents[2] / "measure" / "amd_roots"
+AMD_ROOTS = Path(__file__).resolve().parents[2] / "blindbox" / "audit" / "amd_roots"
 CLOSED = "http://127.0.0.1:9"  # the discard port: nothing listens, connecting fails at once
 
 

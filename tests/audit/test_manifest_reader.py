@@ -1,4 +1,4 @@
-"""measure.manifest: the one reader of manifest.json, field by field (no bundle needed)."""
+"""blindbox.audit.manifest: the one reader of manifest.json, field by field (no bundle needed)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from measure.errors import InputError
-from measure.manifest import ManifestMalformed, ManifestInvalid, read_manifest
+from blindbox.audit.manifest import ManifestMalformed, ManifestInvalid, read_manifest
 from tests.audit.manifestdoc import entry, manifest_doc
 
 

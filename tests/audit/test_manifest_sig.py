@@ -8,9 +8,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from measure.errors import InputError, SignatureInvalid
-from measure.manifest_sig import (ECDSA_P384, ED25519, algorithm_of, load_private_key, load_public_key,
-                                  public_key_fingerprint, public_key_pem, sign_manifest, verify_manifest)
+from measure.errors import InputError
+from blindbox.audit.errors import SignatureInvalid
+from blindbox.audit.manifest_sig import (ECDSA_P384, ED25519, algorithm_of, load_private_key, load_public_key,
+                                         public_key_fingerprint, public_key_pem, sign_manifest, verify_manifest)
 from tests.tools import require
 
 MANIFEST = b'{\n  "measurements": [\n    {"shape": "q35-4cpu", "measurement": "' + b"ab" * 48 + b'"}\n  ]\n}\n'

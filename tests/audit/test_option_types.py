@@ -7,7 +7,7 @@ import pytest
 from blindbox.cli import main
 from builder.errors import RecipeError
 from measure.errors import InputError
-from measure.idblock import id_block
+from blindbox.audit.idblock import id_block
 from measure.spec import guest_policy_problem
 from tests.conftest import VECTORS
 

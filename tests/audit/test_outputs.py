@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from blindbox.cli import main
-from measure.outputs import OutputError, refuse_inputs, same_file, write_all_atomic, write_atomic
+from blindbox.files import OutputError, refuse_inputs, same_file, write_all_atomic, write_atomic
 from tests.conftest import VECTORS
 
 SSM_KEYS = VECTORS / "sev-snp-measure" / "keyfile"

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from blindbox.cli import main
-from measure.limits import MAX_MANIFEST_SHAPES, MAX_MANIFEST_VCPUS
+from blindbox.audit.limits import MAX_MANIFEST_SHAPES, MAX_MANIFEST_VCPUS
 from tests.conftest import VECTORS
 
 REPORT = VECTORS / "go-sev-guest" / "attestation.bin"

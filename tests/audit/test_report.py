@@ -7,10 +7,9 @@ import dataclasses
 import pytest
 
 from measure.errors import InputError, LayoutError
-from measure.report import (REPORT_SIZE, SIGNED_SIZE, EcdsaSignature, Product, ReportV2, ReportV3,
-                            ReportV5, SigningKey, TcbVersionMilan, TcbVersionTurin, cpuid_product,
-                            describe, encode_tcb, parse_report, signed_region, signing_key,
-                            tcb_components)
+from blindbox.audit.report import (REPORT_SIZE, SIGNED_SIZE, EcdsaSignature, Product, ReportV2, ReportV3, ReportV5,
+                                   SigningKey, TcbVersionMilan, TcbVersionTurin, cpuid_product, describe, encode_tcb,
+                                   parse_report, signed_region, signing_key, tcb_components)
 from tests.conftest import VECTORS
 
 REPORTS = {

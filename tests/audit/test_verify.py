@@ -8,13 +8,13 @@ import json
 
 import pytest
 
-from measure.certs import load_certificates
-from measure.errors import (ChainInvalid, InputError, LayoutError, MeasurementMismatch,
-                            PolicyViolation, SignatureInvalid)
-from measure.report import (SIGNED_SIZE, EcdsaSignature, Product, SigningKey, parse_report)
-from measure.verify import (PASS, SKIP, UNAUTHENTICATED, ManifestEntry, Verdict, Requirements, VerifyRequest,
-                            kds_url, load_manifest, parse_min_tcb, verify_report)
-from measure.manifest import ManifestInvalid, ManifestMalformed
+from blindbox.audit.certs import load_certificates
+from blindbox.audit.errors import ChainInvalid, MeasurementMismatch, PolicyViolation, SignatureInvalid
+from measure.errors import InputError, LayoutError
+from blindbox.audit.report import SIGNED_SIZE, EcdsaSignature, Product, SigningKey, parse_report
+from blindbox.audit.verify import (PASS, SKIP, UNAUTHENTICATED, ManifestEntry, Verdict, Requirements, VerifyRequest,
+                                   kds_url, load_manifest, parse_min_tcb, verify_report)
+from blindbox.audit.manifest import ManifestInvalid, ManifestMalformed
 from tests.audit.manifestdoc import entry, manifest_doc
 from tests.audit.testchain import CHIP_ID, make_chain, make_report, sign_report
 from tests.conftest import VECTORS
@@ -190,7 +190,7 @@ def test_measurement_and_manifest_checks():
 
 
 def test_manifest_reader():
-    """verify-report reads a manifest through the one reader (measure.manifest): anything that
+    """verify-report reads a manifest through the one reader (blindbox.audit.manifest): anything that
     is not a blindbox manifest is bad input (exit 2), a blindbox manifest that breaks the
     schema is a failed verification (exit 3) naming the field."""
     good = manifest_doc([entry(1, "EPYC-v4", 0x1, "ab" * 48)])

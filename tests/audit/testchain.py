@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
-from measure.certs import OID_HW_ID, OID_PRODUCT_NAME, OID_SPL, OID_STRUCT_VERSION
-from measure.report import EcdsaSignature, Product, ReportV5, encode_tcb, signed_region
+from blindbox.audit.certs import OID_HW_ID, OID_PRODUCT_NAME, OID_SPL, OID_STRUCT_VERSION
+from blindbox.audit.report import EcdsaSignature, Product, ReportV5, encode_tcb, signed_region
 
 PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 NOT_BEFORE = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
@@ -121,6 +121,6 @@ def sign_report(report, key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _chain_tcb(chain: TestChain) -> dict:
-    from measure.certs import amd_key_info, parse_certificate
+    from blindbox.audit.certs import amd_key_info, parse_certificate
     info = amd_key_info(parse_certificate(chain.vcek.public_bytes(serialization.Encoding.DER)))
     return info.spl

@@ -21,7 +21,7 @@ from builder.lock import lock_recipe, write_lock
 from builder.manifest import Manifest, ManifestError
 from builder.pipeline import BuildRequest, build
 from builder.recipe import check_id_keys, load_recipe
-from measure.idblock import IdAuthInfo, IdBlock, key_digest, verify_id_auth
+from blindbox.audit.idblock import IdAuthInfo, IdBlock, key_digest, verify_id_auth
 
 from .fakes import FakeArchive
 from .keys import derived_key, write_key, write_test_keys

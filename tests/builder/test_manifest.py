@@ -79,8 +79,8 @@ def test_damaged_manifest_is_refused(mutate, words):
 
 
 def test_verify_report_reads_the_measurements():
-    """The contract with `blindbox verify-report --manifest` (measure.verify.load_manifest)."""
-    from measure.verify import load_manifest
+    """The contract with `blindbox verify-report --manifest` (blindbox.audit.verify.load_manifest)."""
+    from blindbox.audit.verify import load_manifest
 
     entries = load_manifest(sample().to_json())
     assert [(e.shape, e.measurement.hex()) for e in entries] == [("qemu:EPYC-v4:4:0x1", "8" * 96)]

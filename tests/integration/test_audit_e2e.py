@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives import serialization
 
 from blindbox.cli import main
 from builder.manifest import Manifest, MeasurementRecord
-from measure.idblock import IdBlock, key_digest, verify_id_auth
-from measure.report import Product
+from blindbox.audit.idblock import IdBlock, key_digest, verify_id_auth
+from blindbox.audit.report import Product
 from tests.audit.testchain import make_chain, make_report
 from tests.builder.keys import derived_key, write_key
 

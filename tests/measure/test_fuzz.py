@@ -98,7 +98,7 @@ import json  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from measure.rederive import load_bundle  # noqa: E402
+from blindbox.audit.rederive import load_bundle  # noqa: E402
 
 MANIFEST = {"schema": 1, "name": "fuzz",
             "outputs": [{"file": "OVMF.fd", "role": "firmware", "sha256": "00" * 32, "size": 1},

@@ -9,7 +9,7 @@ import pytest
 from blindbox.cli import main
 from measure.kernel_hashes import KernelHashes
 from measure.ovmf import Firmware
-from measure.search import SearchSpace, feature_combinations, find_launches
+from blindbox.audit.search import SearchSpace, feature_combinations, find_launches
 from measure.vmm import profile
 from tests.conftest import VECTORS
 from tests.measure import oracle
@@ -69,7 +69,7 @@ def run(argv, capsys):
 
 
 def test_cli_with_report_file(tmp_path, capsys):
-    from measure.report import Product
+    from blindbox.audit.report import Product
     from tests.audit.testchain import make_chain, make_report
     target = oracle.oracle_digest("snp", ovmf=AMDSEV, vcpus=5, vcpu_sig=0xA10F10, guest_features=0x21)
     report = tmp_path / "report.bin"

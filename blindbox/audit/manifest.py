@@ -18,12 +18,12 @@ Three kinds of failure, with the exit statuses every command uses:
   a missing, unknown or duplicate key or entry, an out-of-range value, a path leaving the
   bundle, a contradiction with itself (a shape id against the shape's fields, a vCPU type
   against its signature, the kernel hashes against the listed outputs, ...) or, in
-  :mod:`measure.rederive`, with its bundle: :class:`ManifestInvalid`, a
-  :class:`~measure.errors.VerificationError`, exit 3.
+  :mod:`blindbox.audit.rederive`, with its bundle: :class:`ManifestInvalid`, a
+  :class:`~blindbox.audit.errors.VerificationError`, exit 3.
 
 Both name the field by its JSON path (``measurements[1].vcpus``).
 
-This module checks what the manifest can check about itself; :mod:`measure.rederive`
+This module checks what the manifest can check about itself; :mod:`blindbox.audit.rederive`
 compares the rest with the bundle's files.  It needs no builder code.
 """
 
@@ -36,11 +36,12 @@ import re
 from pathlib import PurePosixPath
 from typing import Any, NoReturn
 
-from .cpu import CPU_SIGS
-from .errors import InputError, VerificationError
+from measure.cpu import CPU_SIGS
+from measure.errors import InputError
+from .errors import VerificationError
 from .limits import MAX_MANIFEST_SHAPES, MAX_MANIFEST_VCPUS
-from .spec import GuestFeatures, SectionType
-from .vmm import PROFILES
+from measure.spec import GuestFeatures, SectionType
+from measure.vmm import PROFILES
 
 SCHEMA = "blindbox-manifest/1"
 SCHEMA_PREFIX = "blindbox-manifest/"

@@ -13,12 +13,12 @@ AMD's key distribution service (KDS) serves, per AMD's "Versioned Chip Endorseme
 * A VLEK is issued to one cloud provider and is not served by the KDS at all.
 
 Nothing here is needed for verification: the ASK, ASVK and ARK of every product are
-bundled and pinned (:mod:`measure.certs`), so only the VCEK is fetched, and the
+bundled and pinned (:mod:`blindbox.audit.certs`), so only the VCEK is fetched, and the
 cert_chain only when the VCEK names an issuer that is neither bundled nor given.  A
 fetched chain is accepted only when every certificate in it has a pinned fingerprint.
 
 Fetched certificates are cached under ``<blindbox cache>/kds/`` (the cache root of
-:func:`measure.inputs.cache_root`), one file per URL named by the URL's SHA-256, written
+:func:`blindbox.files.cache_root`), one file per URL named by the URL's SHA-256, written
 atomically; a cached certificate is used without network.  The KDS rate-limits its
 clients: a request is made at most once per certificate and never retried here; HTTP 429
 is reported with the server's Retry-After.  The base URL is ``$BLINDBOX_KDS_URL`` when set
@@ -26,7 +26,7 @@ is reported with the server's Retry-After.  The base URL is ``$BLINDBOX_KDS_URL`
 
 The library never prints or exits; every failure is a :class:`KdsUnavailable` (exit
 status 2: the certificate cannot be obtained) or, for a served chain that is not AMD's,
-a :class:`~measure.errors.ChainInvalid` (exit status 3).
+a :class:`~blindbox.audit.errors.ChainInvalid` (exit status 3).
 """
 
 from __future__ import annotations
@@ -41,11 +41,12 @@ from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .certs import (HW_ID_SIZE, PINNED, SPL_KDS_NAME, Certificate, CertificateError, amd_chains,
-                    load_certificates, parse_certificate)
-from .errors import ChainInvalid, InputError
-from .inputs import cache_root
-from .outputs import OutputError, write_atomic
+from .certs import (HW_ID_SIZE, PINNED, SPL_KDS_NAME, Certificate, CertificateError, amd_chains, load_certificates,
+                    parse_certificate)
+from .errors import ChainInvalid
+from measure.errors import InputError
+from blindbox.files import cache_root
+from blindbox.files import OutputError, write_atomic
 from .limits import MAX_CERTIFICATE_FILE_BYTES
 from .report import Product, ReportV2, SigningKey, mask_chip_key, signing_key, tcb_components
 

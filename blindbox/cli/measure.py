@@ -14,13 +14,13 @@ from measure.api import MeasureRequest, MeasureResult, launch_digest
 from measure.cpu import CPU_SIGS, cpu_sig, sig_for_type
 from measure.errors import InputError
 from measure.inputs import read_input
-from measure.outputs import refuse_inputs, write_all_atomic
+from blindbox.files import refuse_inputs, write_all_atomic
 from measure.limits import MAX_VARS_FILE_BYTES, MAX_VMSA_FILE_BYTES
 from measure.spec import SevMode
 from measure.vmm import PROFILES, VmmType, profile, profile_for
 from measure.vmsa import SaveArea, diff
 
-from ..params import AutoInt
+from .params import AutoInt
 
 MODES = ["sev", "seves", "snp", "snp:ovmf-hash", "snp:svsm"]
 

@@ -10,7 +10,7 @@ cryptographic work stays with ``cryptography``: public keys are loaded from thei
 SubjectPublicKeyInfo bytes, and RSASSA-PSS / ECDSA verification are its primitives.
 
 Trust: AMD's ARK (root), ASK (VCEK intermediate) and ASVK (VLEK intermediate) for Milan,
-Genoa and Turin are bundled in ``measure/amd_roots`` and trusted only when their SHA-256
+Genoa and Turin are bundled in ``blindbox/audit/amd_roots`` and trusted only when their SHA-256
 fingerprint equals the value pinned below.  Any other root must be passed explicitly.
 
 VCEK/VLEK extensions (AMD "VCEK Certificate and KDS Interface Specification"), under
@@ -37,8 +37,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
-from .errors import ChainInvalid, InputError
-from .inputs import read_input
+from .errors import ChainInvalid
+from measure.errors import InputError
+from measure.inputs import read_input
 from .limits import MAX_CERTIFICATE_FILE_BYTES
 from .report import Product, SigningKey
 
@@ -599,7 +600,7 @@ class AmdChain:
 def amd_chains() -> dict[Product, AmdChain]:
     """The bundled ARK/ASK/ASVK per product, checked against the pinned fingerprints."""
     out = {}
-    pkg = resources.files("measure.amd_roots")
+    pkg = resources.files("blindbox.audit.amd_roots")
     for product, pins in PINNED.items():
         certs = {}
         for role, pin in pins.items():

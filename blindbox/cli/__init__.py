@@ -2,14 +2,13 @@
 
 Exit status everywhere: 0 success, 1 internal error (a bug), 2 bad input or an
 unsupported combination, 3 a verification or comparison failed.  Subcommands live in
-``blindbox.commands.*`` and are imported only when used.
+``blindbox.cli.*`` and are imported only when used.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-import sys
 import traceback
 
 import click
@@ -19,18 +18,18 @@ from measure.errors import BlindboxError
 
 #: command name -> "module:attribute"
 COMMANDS = {
-    "measure": "blindbox.commands.measure:measure",
-    "explain-vmsa": "blindbox.commands.measure:explain_vmsa",
-    "explain-report": "blindbox.commands.explain:explain_report",
-    "rederive": "blindbox.commands.explain:rederive_cmd",
-    "fetch": "blindbox.commands.fetch:fetch",
-    "build": "blindbox.commands.build:build",
-    "lock": "blindbox.commands.build:lock",
-    "check-repro": "blindbox.commands.build:check_repro",
-    "verify-report": "blindbox.commands.audit:verify_report_cmd",
-    "id-block": "blindbox.commands.audit:id_block_cmd",
-    "sign-manifest": "blindbox.commands.audit:sign_manifest_cmd",
-    "verify-manifest": "blindbox.commands.audit:verify_manifest_cmd",
+    "measure": "blindbox.cli.measure:measure",
+    "explain-vmsa": "blindbox.cli.measure:explain_vmsa",
+    "explain-report": "blindbox.cli.explain:explain_report",
+    "rederive": "blindbox.cli.explain:rederive_cmd",
+    "fetch": "blindbox.cli.fetch:fetch",
+    "build": "blindbox.cli.build:build",
+    "lock": "blindbox.cli.build:lock",
+    "check-repro": "blindbox.cli.build:check_repro",
+    "verify-report": "blindbox.cli.audit:verify_report_cmd",
+    "id-block": "blindbox.cli.audit:id_block_cmd",
+    "sign-manifest": "blindbox.cli.audit:sign_manifest_cmd",
+    "verify-manifest": "blindbox.cli.audit:verify_manifest_cmd",
 }
 
 
@@ -82,6 +81,3 @@ def main(argv=None) -> int:
                    f"(BLINDBOX_DEBUG=1 shows the traceback).", err=True)
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

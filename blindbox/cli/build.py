@@ -142,7 +142,7 @@ def lock(recipe, update, only, offline, allow_stale, as_json):
     from builder.recipe import load_recipe
     from builder.sources import ContentCache, DebianArchive, fetch_url
     from measure.errors import InputError
-    from measure.outputs import same_file
+    from blindbox.files import same_file
 
     if only and not update:
         raise click.UsageError("--input selects what --update re-pins; add --update.")

@@ -14,23 +14,21 @@ from pathlib import Path
 import click
 
 from measure import __version__
-from measure.certs import collect_certificates, load_certificates
+from blindbox.audit.certs import collect_certificates, load_certificates
 from measure.errors import InputError
-from measure.idblock import DEFAULT_GUEST_SVN, DEFAULT_POLICY, create_id_block, load_private_key
+from blindbox.audit.idblock import DEFAULT_GUEST_SVN, DEFAULT_POLICY, create_id_block, load_private_key
 from measure.inputs import read_input
-from measure.limits import (MAX_CERTIFICATE_FILE_BYTES, MAX_MANIFEST_BYTES, MAX_REPORT_FILE_BYTES,
-                            MAX_SIGNATURE_FILE_BYTES)
-from measure.kds import Fetched, KdsClient, fetch_missing
-from measure.manifest_sig import (SIGNATURE_SUFFIX, load_private_key as load_signing_key,
-                                  load_public_key, public_key_fingerprint, sign_manifest,
-                                  verify_manifest)
-from measure.outputs import refuse_inputs, write_all_atomic, write_atomic
-from measure.report import (Product, SigningKey, cpuid_product, parse_report,
-                            signing_key as report_signing_key)
-from measure.verify import (FAIL, PASS, SKIP, UNAUTHENTICATED, Requirements, VerifyRequest, load_manifest,
-                            parse_min_tcb, verify_report)
+from blindbox.audit.limits import (MAX_CERTIFICATE_FILE_BYTES, MAX_MANIFEST_BYTES, MAX_REPORT_FILE_BYTES,
+                                   MAX_SIGNATURE_FILE_BYTES)
+from blindbox.audit.kds import Fetched, KdsClient, fetch_missing
+from blindbox.audit.manifest_sig import (SIGNATURE_SUFFIX, load_private_key as load_signing_key, load_public_key,
+                                         public_key_fingerprint, sign_manifest, verify_manifest)
+from blindbox.files import refuse_inputs, write_all_atomic, write_atomic
+from blindbox.audit.report import Product, SigningKey, cpuid_product, parse_report, signing_key as report_signing_key
+from blindbox.audit.verify import (FAIL, PASS, SKIP, UNAUTHENTICATED, Requirements, VerifyRequest, load_manifest,
+                                   parse_min_tcb, verify_report)
 
-from ..params import GuestPolicy, HexBytes, Svn, Vmpl
+from .params import GuestPolicy, HexBytes, Svn, Vmpl
 
 _CTX = {"help_option_names": ["-h", "--help"]}
 
@@ -292,7 +290,7 @@ def verify_manifest_cmd(manifest, key, signature, key_sha256, as_json):
     Exit 0 when it verifies, 3 when any byte of the manifest or signature changed or the
     key differs, 2 when a file is unreadable.
     """
-    from measure.errors import SignatureInvalid
+    from blindbox.audit.errors import SignatureInvalid
 
     data = read_input(manifest, "manifest", limit=MAX_MANIFEST_BYTES)
     sig_path = signature or manifest.with_name(manifest.name + SIGNATURE_SUFFIX)

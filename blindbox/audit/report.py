@@ -23,8 +23,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import utils as asym_utils
 
-from . import layout
-from .errors import InputError, LayoutError
+from measure import layout
+from measure.errors import InputError, LayoutError
 
 REPORT_SIZE = 0x4A0
 SIGNED_SIZE = 0x2A0

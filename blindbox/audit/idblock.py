@@ -26,11 +26,12 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from . import layout
-from .errors import InputError, SignatureInvalid
-from .inputs import read_private_key
+from measure import layout
+from measure.errors import InputError
+from .errors import SignatureInvalid
+from .keys import read_private_key
 from .report import EcdsaSignature
-from .spec import guest_policy_problem
+from measure.spec import guest_policy_problem
 
 ALGO_ECDSA_P384_SHA384 = 1
 CURVE_P384 = 2

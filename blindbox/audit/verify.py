@@ -3,7 +3,7 @@
 :func:`verify_report` runs every check a :class:`VerifyRequest` asks for and returns a
 :class:`Verdict` listing each one by name with its outcome; it raises only for input
 it cannot read (a :class:`~measure.errors.BlindboxError` with exit status 2).  A failed
-check carries the named :class:`~measure.errors.VerificationError` that explains it
+check carries the named :class:`~blindbox.audit.errors.VerificationError` that explains it
 (:class:`SignatureInvalid`, :class:`ChainInvalid`, :class:`MeasurementMismatch`,
 :class:`PolicyViolation`).
 
@@ -25,14 +25,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .certs import (HW_ID_SIZE, Certificate, Chain, amd_key_info, build_chain,
-                    issuer_product)
-from .errors import (ChainInvalid, InputError, LayoutError, MeasurementMismatch, PolicyViolation,
-                     SignatureInvalid, VerificationError)
+from .certs import HW_ID_SIZE, Certificate, Chain, amd_key_info, build_chain, issuer_product
+from .errors import ChainInvalid, MeasurementMismatch, PolicyViolation, SignatureInvalid, VerificationError
+from measure.errors import InputError, LayoutError
 from .kds import vcek_url
 from .manifest import read_manifest
-from .report import (POLICY_BITS, Product, ReportV2, SigningKey, TCB_LAYOUT, cpuid_product, describe,
-                     mask_chip_key, parse_report, signed_region, signing_key, tcb_components)
+from .report import (POLICY_BITS, Product, ReportV2, SigningKey, TCB_LAYOUT, cpuid_product, describe, mask_chip_key,
+                     parse_report, signed_region, signing_key, tcb_components)
 
 MEASUREMENT_SIZE = 48
 
@@ -54,7 +53,7 @@ def load_manifest(data: bytes, *, source: str = "manifest.json") -> tuple[Manife
 
     A file that is not a blindbox manifest is :class:`InputError` (exit 2); one that breaks
     the schema or contradicts itself (a shape id against the shape's fields, ...) is
-    :class:`~measure.manifest.ManifestInvalid` (exit 3), naming the field.
+    :class:`~blindbox.audit.manifest.ManifestInvalid` (exit 3), naming the field.
     """
     doc = read_manifest(data, source)
     return tuple(ManifestEntry(e["shape"], bytes.fromhex(e["measurement"]), dict(e)) for e in doc["measurements"])

@@ -1,7 +1,7 @@
 """Re-derive every value a bundle's manifest publishes, from the bundle's own files.
 
 An auditor's first check of a published bundle: does the manifest follow its schema and
-agree with itself (:mod:`measure.manifest`, the one reader), do the files hash to what it
+agree with itself (:mod:`blindbox.audit.manifest`, the one reader), do the files hash to what it
 says, and does every published value that the files determine follow from them — the
 firmware facts and OVMF hash, the command line, the kernel hashes, the launch digest of
 each shape, the ID blocks and their key digests, and what ``launch-snp.sh`` launches?
@@ -20,14 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import MeasureError, VerificationError
-from .inputs import file_digest, read_input
-from .kernel_hashes import KernelHashes
+from measure.errors import MeasureError
+from .errors import VerificationError
+from measure.inputs import file_digest, read_input
+from measure.kernel_hashes import KernelHashes
 from .manifest import SINGLE_ROLES, ManifestInvalid, outputs_by_role, read_manifest
-from .limits import MAX_CMDLINE_FILE_BYTES, MAX_MANIFEST_BYTES
-from .ovmf import Firmware
-from .snp import SnpLaunch, VmShape
-from .vmm import profile
+from measure.limits import MAX_CMDLINE_FILE_BYTES
+from .limits import MAX_MANIFEST_BYTES
+from measure.ovmf import Firmware
+from measure.snp import SnpLaunch, VmShape
+from measure.vmm import profile
 
 MANIFEST = "manifest.json"
 

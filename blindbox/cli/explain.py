@@ -10,16 +10,17 @@ import click
 from measure.errors import InputError
 from measure.inputs import read_input
 from measure.kernel_hashes import KernelHashes
-from measure.limits import MAX_CMDLINE_FILE_BYTES, MAX_REPORT_FILE_BYTES
+from measure.limits import MAX_CMDLINE_FILE_BYTES
+from blindbox.audit.limits import MAX_REPORT_FILE_BYTES
 from measure.ovmf import Firmware
-from measure.report import parse_report
-from measure.search import SearchSpace, feature_combinations, find_launches, published_contradictions
+from blindbox.audit.report import parse_report
+from blindbox.audit.search import SearchSpace, feature_combinations, find_launches, published_contradictions
 
-from ..params import HexBytes
+from .params import HexBytes
 
 
 def _bundle_inputs(bundle: Path) -> tuple[Path, Path, Path | None, bytes, list[dict]]:
-    from measure.rederive import load_bundle
+    from blindbox.audit.rederive import load_bundle
     doc, roles = load_bundle(bundle)
     cmdline = read_input(roles["cmdline"], "cmdline", limit=MAX_CMDLINE_FILE_BYTES)
     return roles["firmware"], roles["kernel"], roles.get("initrd"), cmdline, list(doc["measurements"])
@@ -143,7 +144,7 @@ def rederive_cmd(bundle, as_json):
     differs or the manifest states something false (naming the field), 2 when BUNDLE has
     no readable blindbox manifest or it holds a malformed value (naming the field).
     """
-    from measure.rederive import manifest_sha256, rederive
+    from blindbox.audit.rederive import manifest_sha256, rederive
 
     findings = rederive(bundle)
     if as_json:

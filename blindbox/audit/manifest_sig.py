@@ -23,9 +23,11 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from .errors import InputError, SignatureInvalid
+from measure.errors import InputError
+from .errors import SignatureInvalid
 from .idblock import deterministic_ecdsa
-from .inputs import read_input, read_private_key
+from measure.inputs import read_input
+from .keys import read_private_key
 from .limits import MAX_KEY_FILE_BYTES
 
 ECDSA_P384 = "ecdsa-p384-sha384"

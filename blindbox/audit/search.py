@@ -16,14 +16,14 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .cpu import CPU_SIGS
-from .gctx import LaunchDigest
-from .kernel_hashes import KernelHashes
-from .ovmf import Firmware
-from .snp import SnpLaunch
-from .spec import BSP_RESET_EIP, VMSA_GPA, GuestFeatures, PageType, SectionType
-from .vmm import PROFILES, VmmProfile
-from .vmsa import reset_vmsa
+from measure.cpu import CPU_SIGS
+from measure.gctx import LaunchDigest
+from measure.kernel_hashes import KernelHashes
+from measure.ovmf import Firmware
+from measure.snp import SnpLaunch
+from measure.spec import BSP_RESET_EIP, VMSA_GPA, GuestFeatures, PageType, SectionType
+from measure.vmm import PROFILES, VmmProfile
+from measure.vmsa import reset_vmsa
 
 #: SEV_FEATURES bits a host commonly sets on top of SNP_ACTIVE; the default search tries
 #: every combination of them.

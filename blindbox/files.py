@@ -21,8 +21,19 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import InputError
+from measure.errors import InputError
 
+
+
+def cache_root() -> Path:
+    """The blindbox cache: ``$BLINDBOX_CACHE``, else ``$XDG_CACHE_HOME/blindbox``, else ``~/.cache/blindbox``."""
+    env = os.environ.get("BLINDBOX_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "blindbox"
+    return Path.home() / ".cache" / "blindbox"
 
 class OutputError(InputError):
     """An output cannot be written where it was asked to go (or would overwrite an input)."""
