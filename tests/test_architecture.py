@@ -1,0 +1,265 @@
+"""The dependency rules between the parts (docs/architecture.md), checked both ways.
+
+Statically: every import statement of every module, including imports inside functions,
+``TYPE_CHECKING`` blocks and relative imports (resolved against the module's package), and
+``importlib.import_module``/``__import__`` calls.  At run time: the modules a fresh
+interpreter holds after computing one SNP digest through the calculator's public API.
+Each check is also run on a synthetic breach, so a checker that sees nothing fails.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("measure", "builder", "blindbox")
+FIRMWARE = ROOT / "tests" / "fixtures" / "vectors" / "sev-snp-measure" / "ovmf_AmdSev_suffix.bin"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What the modules of one part may import: ``allow`` (an allow-list, when not None) minus ``deny``.
+
+    Entries are module names; an entry covers the module and its submodules.  ``"stdlib"``
+    stands for the standard library.
+    """
+
+    part: str
+    why: str
+    allow: tuple[str, ...] | None = None
+    deny: tuple[str, ...] = ()
+
+
+#: the part a module belongs to is the longest prefix listed here
+RULES = {
+    "measure": Rule("the calculator `measure`", "stays standard-library-only", allow=("stdlib", "measure")),
+    "blindbox.audit": Rule(
+        "the auditor `blindbox.audit`", "uses the calculator, never the builder or the command line",
+        allow=("stdlib", "measure", "blindbox.files", "blindbox.audit", "cryptography")),
+    "blindbox.files": Rule("`blindbox.files`", "is shared by every part",
+                           allow=("stdlib", "measure.errors")),
+    "blindbox": Rule("the `blindbox` namespace package", "is imported with each of its parts",
+                     allow=("stdlib",)),
+    "builder": Rule("the builder `builder`", "never depends on the command line",
+                    deny=("blindbox.cli", "click")),
+    "blindbox.cli": Rule("the command line `blindbox.cli`", "may import every part"),
+}
+
+
+def covers(entry: str, module: str) -> bool:
+    if entry == "stdlib":
+        return module.split(".")[0] in sys.stdlib_module_names
+    return module == entry or module.startswith(entry + ".")
+
+
+def part_of(module: str) -> str | None:
+    best = None
+    for name in RULES:
+        if covers(name, module) and (best is None or len(name) > len(best)):
+            best = name
+    return best
+
+
+def module_name(path: Path, root: Path) -> tuple[str, str]:
+    """(module, package) of a source file under ``root``."""
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+        return ".".join(parts), ".".join(parts)
+    return ".".join(parts), ".".join(parts[:-1])
+
+
+def imported_modules(source: str, filename: str, module: str, package: str,
+                     is_module=lambda name: False) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every import in ``source``, wherever it sits.
+
+    ``from A import b`` names ``A.b`` when ``is_module("A.b")``, else ``A``.  A relative
+    import that leaves the top-level package is returned as ``<beyond top level>``.
+    """
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source, filename)):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                up = package.split(".") if package else []
+                if node.level - 1 >= len(up):
+                    found.append((node.lineno, "<beyond top level>"))
+                    continue
+                base = ".".join(up[:len(up) - (node.level - 1)] + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                found.append((node.lineno, sub if alias.name != "*" and is_module(sub) else base))
+        elif isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+            if name in ("import_module", "__import__"):
+                arg = node.args[0] if node.args else None
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and not arg.value.startswith("."):
+                    found.append((node.lineno, arg.value))
+                else:
+                    found.append((node.lineno, "<dynamic import>"))
+    return found
+
+
+def violations(root: Path) -> list[str]:
+    """Every import under ``root`` that its part's rule forbids, as ``file:line: sentence``."""
+    def is_module(name: str) -> bool:
+        rel = root.joinpath(*name.split("."))
+        return rel.with_suffix(".py").is_file() or (rel / "__init__.py").is_file()
+
+    out = []
+    for top in PACKAGES:
+        for path in sorted((root / top).rglob("*.py")):
+            module, package = module_name(path, root)
+            part = part_of(module)
+            assert part is not None, module
+            rule = RULES[part]
+            if part == "blindbox.cli":
+                continue
+            for line, target in imported_modules(path.read_text(encoding="utf-8"), str(path), module, package,
+                                                 is_module):
+                if target.startswith("<"):
+                    bad = True
+                else:
+                    bad = ((rule.allow is not None and not any(covers(a, target) for a in rule.allow))
+                           or any(covers(d, target) for d in rule.deny))
+                if bad:
+                    out.append(f"{path.relative_to(root).as_posix()}:{line}: imports {target}, but "
+                               f"{rule.part} {rule.why} (docs/architecture.md)")
+    return out
+
+
+def test_every_module_belongs_to_a_part():
+    for top in PACKAGES:
+        for path in (ROOT / top).rglob("*.py"):
+            assert part_of(module_name(path, ROOT)[0]) is not None, path
+
+
+def test_imports_follow_the_dependency_rules():
+    found = violations(ROOT)
+    assert not found, "\n".join(found)
+
+
+def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    for top in PACKAGES:
+        (tmp_path / top).mkdir(exist_ok=True)
+    return tmp_path
+
+
+def test_checker_names_each_breach_with_file_and_line(tmp_path):
+    root = _tree(tmp_path, {
+        "measure/__init__.py": "from .snp import x\n",
+        "measure/snp.py": """\
+            import hashlib
+            from . import gctx
+
+
+            def late():
+                import yaml
+                from ..builder import pipeline
+                return yaml, pipeline
+            """,
+        "measure/gctx.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from cryptography import x509\n",
+        "measure/dyn.py": "import importlib\nimportlib.import_module(name)\n",
+        "builder/__init__.py": "",
+        "builder/pipeline.py": "import yaml\nimport elftools\nfrom blindbox.cli import params\n",
+        "blindbox/__init__.py": "",
+        "blindbox/files.py": "from measure.errors import InputError\nfrom measure import snp\n",
+        "blindbox/audit/__init__.py": "",
+        "blindbox/audit/verify.py": """\
+            from cryptography import x509
+            from measure import launch_digest
+            from blindbox import files
+            from ..files import write_atomic
+            from . import report
+            import click
+            from builder.manifest import Manifest
+            """,
+        "blindbox/audit/report.py": "def f():\n    from ...blindbox.cli import main\n",
+        "blindbox/cli/__init__.py": "import click\nimport yaml\nfrom builder import pipeline\n",
+    })
+    found = sorted(v.split(", but")[0] for v in violations(root))
+    assert found == sorted([
+        "measure/snp.py:6: imports yaml",
+        "measure/snp.py:7: imports <beyond top level>",
+        "measure/gctx.py:3: imports cryptography",
+        "measure/dyn.py:2: imports <dynamic import>",
+        "builder/pipeline.py:3: imports blindbox.cli",
+        "blindbox/files.py:2: imports measure.snp",
+        "blindbox/audit/verify.py:6: imports click",
+        "blindbox/audit/verify.py:7: imports builder.manifest",
+        "blindbox/audit/report.py:2: imports <beyond top level>",
+    ])
+    assert any(v.startswith("measure/snp.py:6: imports yaml, but the calculator `measure` stays standard-library")
+               for v in violations(root))
+
+
+def test_relative_imports_resolve_against_the_package():
+    src = "from . import a\nfrom .. import b\nfrom ..c import d\nfrom .e import f\n"
+    as_module = imported_modules(src, "x", "blindbox.audit.verify", "blindbox.audit", lambda n: True)
+    assert [m for _, m in as_module] == ["blindbox.audit.a", "blindbox.b", "blindbox.c.d", "blindbox.audit.e.f"]
+    in_init = imported_modules("from . import a\nfrom .b import c\n", "x", "blindbox.audit", "blindbox.audit")
+    assert [m for _, m in in_init] == ["blindbox.audit", "blindbox.audit.b"]
+
+
+# -- at run time ---------------------------------------------------------------------------
+
+FOREIGN = ("cryptography", "yaml", "click", "elftools", "builder", "blindbox")
+
+DIGEST = """
+import json, sys
+from pathlib import Path
+from measure import KernelHashes, MeasureRequest, SevMode, SnpLaunch, VmShape, launch_digest, profile
+from measure import Firmware
+
+firmware, kernel, initrd = (Path(p) for p in sys.argv[1:4])
+request = MeasureRequest(mode=SevMode.SEV_SNP, ovmf=firmware, vcpus=2, vcpu_sig=0xA00F11,
+                         kernel=kernel, initrd=initrd, append="console=ttyS0")
+digest = launch_digest(request).digest.hex()
+hashes = KernelHashes.from_files(kernel, initrd, "console=ttyS0")
+shape = VmShape(2, vcpu_sig=0xA00F11, guest_features=0x1, profile=profile("qemu"))
+again = SnpLaunch(Firmware.load(firmware)).measure(shape, hashes).digest.hex()
+print(json.dumps({"digest": digest, "again": again, "modules": sorted(sys.modules)}))
+"""
+
+
+def foreign_modules_after(code: str, tmp_path: Path) -> tuple[str, list[str]]:
+    """Run ``code`` in a fresh interpreter; (its digest, the loaded modules of FOREIGN packages)."""
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"\x4d\x5a kernel " * 4096)
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"070701 initrd " * 1024)
+    proc = subprocess.run([sys.executable, "-c", code, str(FIRMWARE), str(kernel), str(initrd)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["digest"] == result["again"]
+    foreign = [m for m in result["modules"] if any(covers(f, m) for f in FOREIGN)]
+    return result["digest"], foreign
+
+
+def test_one_digest_loads_only_the_calculator_and_the_standard_library(tmp_path):
+    digest, foreign = foreign_modules_after(DIGEST, tmp_path)
+    assert len(digest) == 96 and digest != "0" * 96
+    assert foreign == []
+
+
+def test_runtime_check_sees_a_foreign_module(tmp_path):
+    # the same run with an auditor and a third-party module loaded on the way must be caught
+    breach = DIGEST.replace("from measure import Firmware", "import click\nimport blindbox.audit.errors\n"
+                            "from measure import Firmware")
+    _, foreign = foreign_modules_after(breach, tmp_path)
+    assert "click" in foreign and "blindbox.audit.errors" in foreign and "blindbox" in foreign
