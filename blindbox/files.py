@@ -12,6 +12,10 @@ Every command that writes a file goes through this module:
   that still fails puts back what was replaced before it.
 
 Failures name the file that could not be written.
+
+Shared by every part, so it imports only the standard library and :mod:`measure.errors`:
+never the calculator's other modules, the auditor, the builder, the command line or a
+third-party package.
 """
 
 from __future__ import annotations

@@ -28,6 +28,9 @@ The command line the guest sees is not the one that is measured:
 
 :func:`expected_proc_cmdline` states the relation exactly; the integration test checks
 it against real boots.
+
+Part of the builder: it may import the calculator, the auditor, :mod:`blindbox.files`,
+``yaml`` and ``elftools``, never :mod:`blindbox.cli` or ``click`` (docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ removed by the next build of the same bundle.
 
 Only a directory that is a blindbox bundle (or empty) is ever replaced, so a mistyped
 ``--out`` cannot delete someone's data.
+
+Part of the builder: it may import the calculator, the auditor, :mod:`blindbox.files`,
+``yaml`` and ``elftools``, never :mod:`blindbox.cli` or ``click`` (docs/architecture.md).
 """
 
 from __future__ import annotations

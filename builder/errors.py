@@ -4,6 +4,9 @@ All of them are :class:`BuildError` subclasses (of :class:`measure.errors.Blindb
 exit status 2.  Each carries one complete sentence: what went wrong, where, and what to
 do about it.  The structured attributes (path, line, expected digest, ...) are there for
 callers that want to present or test them; ``str(error)`` is always the full sentence.
+
+Part of the builder: it may import the calculator, the auditor, :mod:`blindbox.files`,
+``yaml`` and ``elftools``, never :mod:`blindbox.cli` or ``click`` (docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ KVM_SEV_INIT2 (QEMU >= 9.1) the VMSA's SEV features are SNPActive (0x1) unless
 ``debug-swap=on`` adds DebugSwap (0x20).  ``id-block`` (the 96-byte ID_BLOCK) and ``id-auth``
 (the 4096-byte ID_AUTH_INFO) are base64 strings for SNP_LAUNCH_FINISH; QEMU needs both or
 neither, and ``author-key-enabled`` says whether ID_AUTH_INFO holds an author key.
+
+Part of the builder: it may import the calculator, the auditor, :mod:`blindbox.files`,
+``yaml`` and ``elftools``, never :mod:`blindbox.cli` or ``click`` (docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ damaged input exhaust memory, disk or time.  Everything is checked before it is 
 files by their size (read through :func:`measure.inputs.read_bounded`), size fields in
 archives before anything is allocated or written for them.  docs/limits.md lists the
 same values; keep the two in step.
+
+Part of the builder: it may import the calculator, the auditor, :mod:`blindbox.files`,
+``yaml`` and ``elftools``, never :mod:`blindbox.cli` or ``click`` (docs/architecture.md).
 """
 
 from __future__ import annotations

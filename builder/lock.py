@@ -9,6 +9,9 @@ Locking never changes a pin it does not have to: an input keeps its pin unless t
 now declares it differently, the pin is new, or ``update`` asks for it (all inputs, or the
 named ones).  Every changed pin is reported, because it changes the guest and therefore
 its launch measurement.
+
+Part of the builder: it may import the calculator, the auditor, :mod:`blindbox.files`,
+``yaml`` and ``elftools``, never :mod:`blindbox.cli` or ``click`` (docs/architecture.md).
 """
 
 from __future__ import annotations

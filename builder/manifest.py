@@ -13,6 +13,9 @@ without an author key): the values the report's ID_KEY_DIGEST / AUTHOR_KEY_DIGES
 
 The schema is checked by the auditor's reader, :mod:`blindbox.audit.manifest`, both when a
 manifest is read back and when one is written (:meth:`Manifest.checked_json`).
+
+Part of the builder: it may import the calculator, the auditor, :mod:`blindbox.files`,
+``yaml`` and ``elftools``, never :mod:`blindbox.cli` or ``click`` (docs/architecture.md).
 """
 
 from __future__ import annotations

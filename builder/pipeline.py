@@ -20,6 +20,9 @@ write    the bundle, atomically (builder.bundle)
 Each step is a function of the :class:`Build` state; none prints.  The later ``rootfs``
 and ``verity`` steps will slot in between ``initrd`` and ``cmdline`` (the verity root
 hash joins the command line before it is measured).
+
+Part of the builder: it may import the calculator, the auditor, :mod:`blindbox.files`,
+``yaml`` and ``elftools``, never :mod:`blindbox.cli` or ``click`` (docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ docs/recipes.md; keep the two in step.
 Inputs (firmware, kernel, busybox, files, binaries) are *declared* here and *pinned* by the
 lock file (builder/lock.py); a declaration is kept as canonical data (:meth:`InputSpec.wants`)
 so the lock can tell when the recipe asks for something other than what it pinned.
+
+Part of the builder: it may import the calculator, the auditor, :mod:`blindbox.files`,
+``yaml`` and ``elftools``, never :mod:`blindbox.cli` or ``click`` (docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ A locale only varies anything if it is generated on this machine (``scripts/setu
 generates tr_TR.UTF-8): build B's locale is the first candidate that a child Python
 process can actually select with ``setlocale``.  When none can, B runs under C.UTF-8 and
 the variation list says the locale was not varied, and why.
+
+Part of the builder: it may import the calculator, the auditor, :mod:`blindbox.files`,
+``yaml`` and ``elftools``, never :mod:`blindbox.cli` or ``click`` (docs/architecture.md).
 """
 
 from __future__ import annotations

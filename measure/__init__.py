@@ -6,6 +6,11 @@ Public API::
 
 The distribution is ``blindbox-guest``; this top-level package name is generic and
 other PyPI projects use it too (see README, "Package names").
+
+The calculator imports only the standard library and itself, never ``cryptography``,
+``yaml``, ``click``, ``elftools``, :mod:`builder` or anything under :mod:`blindbox`, so an
+auditor can read it and run it anywhere, and measuring loads nothing else
+(docs/architecture.md; tests/test_architecture.py checks it).
 """
 
 from .api import MeasureRequest, MeasureResult, launch_digest, ovmf_hash

@@ -1,4 +1,9 @@
-"""One request in, one result out: the library entry point behind ``blindbox measure``."""
+"""One request in, one result out: the library entry point behind ``blindbox measure``.
+
+Part of the calculator: it may import only the standard library and :mod:`measure`, never
+``cryptography``, ``yaml``, ``click``, ``elftools``, :mod:`builder` or :mod:`blindbox`
+(docs/architecture.md).
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,10 @@
 
 Encoding: AMD CPUID specification #25481, "Family, Model, Stepping Identifiers".
 Names are QEMU's built-in x86 CPU models (``-cpu``), the same set sev-snp-measure knows.
+
+Part of the calculator: it may import only the standard library and :mod:`measure`, never
+``cryptography``, ``yaml``, ``click``, ``elftools``, :mod:`builder` or :mod:`blindbox`
+(docs/architecture.md).
 """
 
 from __future__ import annotations

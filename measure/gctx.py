@@ -6,6 +6,10 @@ SHA-384 of the page contents (zero for page types without measured contents), th
 page type and its guest physical address.  :class:`LaunchDigest` replays that chain.
 It is a plain value: :meth:`LaunchDigest.copy` forks it, so the firmware part of a
 launch is hashed once and extended for many VM shapes.
+
+Part of the calculator: it may import only the standard library and :mod:`measure`, never
+``cryptography``, ``yaml``, ``click``, ``elftools``, :mod:`builder` or :mod:`blindbox`
+(docs/architecture.md).
 """
 
 from __future__ import annotations

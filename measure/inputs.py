@@ -1,4 +1,9 @@
-"""Reading input files with errors a user can act on, and hashing them in a stream."""
+"""Reading input files with errors a user can act on, and hashing them in a stream.
+
+Part of the calculator: it may import only the standard library and :mod:`measure`, never
+``cryptography``, ``yaml``, ``click``, ``elftools``, :mod:`builder` or :mod:`blindbox`
+(docs/architecture.md).
+"""
 
 from __future__ import annotations
 

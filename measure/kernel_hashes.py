@@ -5,6 +5,10 @@ the AmdSev OVMF refuses to boot a kernel, initrd or command line whose hash diff
 The table is byte-identical to QEMU's ``PaddedSevHashTable`` (target/i386/sev.c):
 a GUID-tagged header followed by three GUID-tagged SHA-256 entries in the order
 cmdline, initrd, kernel, zero-padded to a multiple of 16 bytes.
+
+Part of the calculator: it may import only the standard library and :mod:`measure`, never
+``cryptography``, ``yaml``, ``click``, ``elftools``, :mod:`builder` or :mod:`blindbox`
+(docs/architecture.md).
 """
 
 from __future__ import annotations

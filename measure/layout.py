@@ -17,6 +17,10 @@ The class gains ``SIZE``, ``from_bytes()``, ``to_bytes()`` and ``offset_of()``; 
 from :class:`Struct`, which declares them for type checkers.
 Unknown field names are impossible by construction: the dataclass constructor rejects
 them (a misspelled ``ctypes`` keyword silently sets nothing).
+
+Part of the calculator: it may import only the standard library and :mod:`measure`, never
+``cryptography``, ``yaml``, ``click``, ``elftools``, :mod:`builder` or :mod:`blindbox`
+(docs/architecture.md).
 """
 
 from __future__ import annotations

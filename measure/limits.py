@@ -6,6 +6,10 @@ it is read whole (:func:`measure.inputs.read_input` reads at most the limit plus
 byte); a size field that claims more than its limit, or more than the data present, is
 refused before anything is allocated for it.  docs/limits.md lists the same values with
 the reasoning; keep the two in step.
+
+Part of the calculator: it may import only the standard library and :mod:`measure`, never
+``cryptography``, ``yaml``, ``click``, ``elftools``, :mod:`builder` or :mod:`blindbox`
+(docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ counts the whole entry.  Entries of interest: the SEV-ES reset block (AP reset
 address), the SEV hashes table location, and the offset of the SEV metadata, whose
 sections (secure memory, secrets, CPUID, SVSM CAA, kernel hashes) drive the SNP
 launch.  Every inconsistency is refused with the offset where it was found.
+
+Part of the calculator: it may import only the standard library and :mod:`measure`, never
+``cryptography``, ``yaml``, ``click``, ``elftools``, :mod:`builder` or :mod:`blindbox`
+(docs/architecture.md).
 """
 
 from __future__ import annotations

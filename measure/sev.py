@@ -2,6 +2,10 @@
 
 SEV measures the firmware image followed, for a measured direct boot, by QEMU's SEV
 hashes table; SEV-ES appends the VMSA page of every vCPU (SEV features 0).
+
+Part of the calculator: it may import only the standard library and :mod:`measure`, never
+``cryptography``, ``yaml``, ``click``, ``elftools``, :mod:`builder` or :mod:`blindbox`
+(docs/architecture.md).
 """
 
 from __future__ import annotations

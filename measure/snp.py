@@ -9,6 +9,10 @@
 
 :class:`SnpLaunch` keeps each stage's state, so one firmware measured for many VM
 shapes is hashed once, and the digest for N vCPUs extends the one for N-1.
+
+Part of the calculator: it may import only the standard library and :mod:`measure`, never
+``cryptography``, ``yaml``, ``click``, ``elftools``, :mod:`builder` or :mod:`blindbox`
+(docs/architecture.md).
 """
 
 from __future__ import annotations

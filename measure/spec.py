@@ -3,6 +3,10 @@
 Sources of the facts: AMD SEV-SNP Firmware ABI specification (PAGE_INFO and page
 types), edk2 ``OvmfPkg/ResetVector`` (footer GUID table and SEV metadata), QEMU
 ``target/i386/sev.c`` (the kernel hashes table and its GUIDs).
+
+Part of the calculator: it may import only the standard library and :mod:`measure`, never
+``cryptography``, ``yaml``, ``click``, ``elftools``, :mod:`builder` or :mod:`blindbox`
+(docs/architecture.md).
 """
 
 from __future__ import annotations

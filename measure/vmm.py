@@ -5,6 +5,10 @@ host kernels began syncing the x87/SSE state into the VMSA), so a launch digest 
 always computed for a named *profile*.  ``--vmm-type`` picks the current profile of a
 VMM; ``--vmm-profile`` selects any profile, older ones included.  JSON output names
 the profile that produced each digest.
+
+Part of the calculator: it may import only the standard library and :mod:`measure`, never
+``cryptography``, ``yaml``, ``click``, ``elftools``, :mod:`builder` or :mod:`blindbox`
+(docs/architecture.md).
 """
 
 from __future__ import annotations

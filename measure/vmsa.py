@@ -5,6 +5,10 @@ Layout: AMD64 APM vol. 2, table B-4, as ``struct sev_es_save_area`` in Linux
 page can be parsed back and two pages compared field by field (``blindbox
 explain-vmsa``); undeclared bytes are reserved and must be zero.  The initial register
 values depend on the VMM; they come from a :class:`~measure.vmm.VmmProfile`.
+
+Part of the calculator: it may import only the standard library and :mod:`measure`, never
+``cryptography``, ``yaml``, ``click``, ``elftools``, :mod:`builder` or :mod:`blindbox`
+(docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ VCEK/VLEK extensions (AMD "VCEK Certificate and KDS Interface Specification"), u
 1.3.6.1.4.1.3704.1: .1 structVersion, .2 productName, .3.1 blSPL, .3.2 teeSPL,
 .3.3 snpSPL, .3.4-.3.7 reserved SPLs, .3.8 ucodeSPL, .3.9 fmcSPL (Turin), .4 hwID (the
 chip ID: 64 bytes on Milan and Genoa, 8 on Turin; raw bytes, not DER), .5 cspID (VLEK).
+
+Part of the auditor: it may import :mod:`measure`, :mod:`blindbox.files`, ``cryptography``
+and the standard library, never :mod:`builder`, :mod:`blindbox.cli`, ``click`` or ``yaml``
+(docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -14,6 +14,10 @@ ID_AUTH_INFO, ECDSA public key and signature formats):
 Signatures this module makes are deterministic (RFC 6979, through cryptography's
 ``ECDSA(..., deterministic_signing=True)``, which needs cryptography >= 44 built with
 OpenSSL >= 3.2), so a rebuilt bundle carries a byte-identical ID_AUTH_INFO.
+
+Part of the auditor: it may import :mod:`measure`, :mod:`blindbox.files`, ``cryptography``
+and the standard library, never :mod:`builder`, :mod:`blindbox.cli`, ``click`` or ``yaml``
+(docs/architecture.md).
 """
 
 from __future__ import annotations

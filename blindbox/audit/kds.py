@@ -27,6 +27,10 @@ is reported with the server's Retry-After.  The base URL is ``$BLINDBOX_KDS_URL`
 The library never prints or exits; every failure is a :class:`KdsUnavailable` (exit
 status 2: the certificate cannot be obtained) or, for a served chain that is not AMD's,
 a :class:`~blindbox.audit.errors.ChainInvalid` (exit status 3).
+
+Part of the auditor: it may import :mod:`measure`, :mod:`blindbox.files`, ``cryptography``
+and the standard library, never :mod:`builder`, :mod:`blindbox.cli`, ``click`` or ``yaml``
+(docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Reading the auditor's private keys (ID block keys, manifest signing keys) with errors a user can act on.
 
 Depends on :mod:`measure.inputs` for the bounded read, and on ``cryptography``.
+
+It never imports :mod:`builder`, :mod:`blindbox.cli`, ``click`` or ``yaml``.
 """
 
 from __future__ import annotations

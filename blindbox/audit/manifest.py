@@ -25,6 +25,10 @@ Both name the field by its JSON path (``measurements[1].vcpus``).
 
 This module checks what the manifest can check about itself; :mod:`blindbox.audit.rederive`
 compares the rest with the bundle's files.  It needs no builder code.
+
+Part of the auditor: it may import :mod:`measure`, :mod:`blindbox.files`, ``cryptography``
+and the standard library, never :mod:`builder`, :mod:`blindbox.cli`, ``click`` or ``yaml``
+(docs/architecture.md).
 """
 
 from __future__ import annotations

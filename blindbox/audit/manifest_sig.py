@@ -11,6 +11,10 @@ commands, and a test runs them):
 
 The signature covers the file byte for byte: no canonicalisation, no parsing.  Public
 keys are PEM SubjectPublicKeyInfo; their fingerprint is SHA-256 over the DER form.
+
+Part of the auditor: it may import :mod:`measure`, :mod:`blindbox.files`, ``cryptography``
+and the standard library, never :mod:`builder`, :mod:`blindbox.cli`, ``click`` or ``yaml``
+(docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ firmware facts and OVMF hash, the command line, the kernel hashes, the launch di
 each shape, the ID blocks and their key digests, and what ``launch-snp.sh`` launches?
 It needs no builder code.  Values the files cannot determine (input origins, the recipe
 and lock digests, ...) are listed in docs/auditing.md.
+
+Part of the auditor: it may import :mod:`measure`, :mod:`blindbox.files`, ``cryptography``
+and the standard library, never :mod:`builder`, :mod:`blindbox.cli`, ``click`` or ``yaml``
+(docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@ GUEST_POLICY, and the ECDSA P-384 signature format of its appendix):
 
 Parsing is strict: a wrong length, an unknown version or signature algorithm, and a
 nonzero reserved byte or bit raise :class:`~measure.errors.LayoutError`.
+
+Part of the auditor: it may import :mod:`measure`, :mod:`blindbox.files`, ``cryptography``
+and the standard library, never :mod:`builder`, :mod:`blindbox.cli`, ``click`` or ``yaml``
+(docs/architecture.md).
 """
 
 from __future__ import annotations

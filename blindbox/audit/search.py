@@ -6,6 +6,10 @@ every VM shape in a search space (VMM profile, vCPU type, SEV features, vCPU cou
 whether QEMU measured the kernel hashes) and returns the ones that produce it.  The
 firmware is hashed once, the metadata once per profile, and each vCPU count extends the
 previous one, so ~10^5 launches take about a second.
+
+Part of the auditor: it may import :mod:`measure`, :mod:`blindbox.files`, ``cryptography``
+and the standard library, never :mod:`builder`, :mod:`blindbox.cli`, ``click`` or ``yaml``
+(docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ VLEK -> ASVK -> ARK to a trusted root), ``signature`` (ECDSA P-384 / SHA-384 ove
 [0x000, 0x2A0)), ``chip_id`` (VCEK hwID against CHIP_ID) and ``reported_tcb`` (the
 certificate's SPL extensions against REPORTED_TCB).  ``policy.debug`` is always checked:
 a debuggable guest is refused unless explicitly allowed.  Everything else is on request.
+
+Part of the auditor: it may import :mod:`measure`, :mod:`blindbox.files`, ``cryptography``
+and the standard library, never :mod:`builder`, :mod:`blindbox.cli`, ``click`` or ``yaml``
+(docs/architecture.md).
 """
 
 from __future__ import annotations

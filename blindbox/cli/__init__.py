@@ -3,6 +3,10 @@
 Exit status everywhere: 0 success, 1 internal error (a bug), 2 bad input or an
 unsupported combination, 3 a verification or comparison failed.  Subcommands live in
 ``blindbox.cli.*`` and are imported only when used.
+
+The command line may import every part (:mod:`measure`, :mod:`blindbox.audit`,
+:mod:`builder`, :mod:`blindbox.files`) and is the only layer that prints or exits; no part
+imports it (docs/architecture.md).
 """
 
 from __future__ import annotations

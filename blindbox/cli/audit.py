@@ -2,6 +2,9 @@
 
 Exit status: 0 every requested check passed, 3 a signature, chain or check failed, 2 the
 input is unreadable or malformed, 1 an internal error.
+
+Part of the command line, which may import every part; no other part imports it
+(docs/architecture.md).
 """
 
 from __future__ import annotations

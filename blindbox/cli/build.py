@@ -1,4 +1,8 @@
-"""``blindbox build``, ``blindbox lock`` and ``blindbox check-repro``: recipes -> bundles."""
+"""``blindbox build``, ``blindbox lock`` and ``blindbox check-repro``: recipes -> bundles.
+
+Part of the command line, which may import every part; no other part imports it
+(docs/architecture.md).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""``blindbox explain-report``: why does a report's MEASUREMENT not match the published one?"""
+"""``blindbox explain-report``: why does a report's MEASUREMENT not match the published one?
+
+Part of the command line, which may import every part; no other part imports it
+(docs/architecture.md).
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,9 @@
 Auditors use it to re-derive a published digest from the same inputs: the package is
 resolved through blindbox's private apt configuration, verified by sha256, unpacked in
 Python and kept in the content cache; the command prints the path.
+
+Part of the command line, which may import every part; no other part imports it
+(docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""``blindbox measure``: a drop-in for ``sev-snp-measure`` with JSON output and VMM profiles."""
+"""``blindbox measure``: a drop-in for ``sev-snp-measure`` with JSON output and VMM profiles.
+
+Part of the command line, which may import every part; no other part imports it
+(docs/architecture.md).
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,9 @@
 A malformed value is a usage error (exit status 2) with the same sentence whichever
 command it is given to: integers in any base, SVNs, VMPLs, guest policies, and digests
 or identifiers of a fixed size in hex (or base64 where a command allows it).
+
+Part of the command line, which may import every part; no other part imports it
+(docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -8,4 +8,7 @@ value (bytes or a frozen dataclass); none reads a recipe, prints or exits:
 - :mod:`.elf`     shared-library closure of dynamically linked ELF binaries
 - :mod:`.init`    the default ``/init`` script and the marker lines it prints
 - :mod:`.initrd`  the initrd: busybox, init, modules, files and binaries with their libraries
+
+Part of the builder: it may import the calculator, the auditor, :mod:`blindbox.files`,
+``yaml`` and ``elftools``, never :mod:`blindbox.cli` or ``click`` (docs/architecture.md).
 """

@@ -27,6 +27,9 @@ decoder supports no other integrity check).  Both are written with fixed paramet
 and without names or times; the deflate or LZMA2 stream itself comes from the zlib or
 liblzma the Python interpreter links, so :func:`compressor_identity` names it for the
 manifest.
+
+Part of the builder: it may import the calculator, the auditor, :mod:`blindbox.files`,
+``yaml`` and ``elftools``, never :mod:`blindbox.cli` or ``click`` (docs/architecture.md).
 """
 
 from __future__ import annotations

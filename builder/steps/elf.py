@@ -23,6 +23,9 @@ relative to the root, and never leave it.  Debian's packages moved from ``/lib``
 come from ``base-files``/``usrmerge`` rather than from the package that holds the library,
 so when ``/bin``, ``/sbin``, ``/lib`` or ``/lib64`` is absent from the root its ``/usr``
 twin is used.
+
+Part of the builder: it may import the calculator, the auditor, :mod:`blindbox.files`,
+``yaml`` and ``elftools``, never :mod:`blindbox.cli` or ``click`` (docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -31,6 +31,9 @@ package).  It shows that the guest is the measured one, not merely alive:
 
 Kernel messages are lowered to emergencies only (``/proc/sys/kernel/printk``) after the
 mounts so that they cannot split marker lines on the serial console.
+
+Part of the builder: it may import the calculator, the auditor, :mod:`blindbox.files`,
+``yaml`` and ``elftools``, never :mod:`blindbox.cli` or ``click`` (docs/architecture.md).
 """
 
 from __future__ import annotations

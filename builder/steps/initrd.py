@@ -18,6 +18,9 @@ files and binaries             given   at their destinations; libraries 0644 and
                                        dynamic loader opens (a second path to the same
                                        file becomes a symlink to the first)
 =============================  ======  =================================================
+
+Part of the builder: it may import the calculator, the auditor, :mod:`blindbox.files`,
+``yaml`` and ``elftools``, never :mod:`blindbox.cli` or ``click`` (docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ Facts about the Debian packages this code relies on (checked on bookworm's 6.1):
   ``CONFIG_MODULE_DECOMPRESS`` (seen in a boot here: it decompresses in user space
   after ``finit_module`` fails), but that depends on busybox's build options; the
   initrd is compressed as a whole anyway.
+
+Part of the builder: it may import the calculator, the auditor, :mod:`blindbox.files`,
+``yaml`` and ``elftools``, never :mod:`blindbox.cli` or ``click`` (docs/architecture.md).
 """
 
 from __future__ import annotations
