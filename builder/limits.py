@@ -1,6 +1,7 @@
 """Upper bounds on what the builder reads from recipes, lock files and Debian packages.
 
-Like :mod:`measure.limits` (which bounds the firmware, reports, keys and manifests),
+Like :mod:`measure.limits` (the firmware, VMSA and cmdline) and :mod:`blindbox.audit.limits`
+(reports, certificates, keys and manifests),
 each value is far above any real input and far below what would let a hostile or
 damaged input exhaust memory, disk or time.  Everything is checked before it is used:
 files by their size (read through :func:`measure.inputs.read_bounded`), size fields in
