@@ -246,6 +246,25 @@ def test_module_name_mismatch_and_non_elf(tmp_path):
         k.module_closure(t, REL, ["x"])
 
 
+def test_modinfo_section_headers_read_as_pyelftools_reads_them():
+    import io
+
+    from elftools.elf.elffile import ELFFile
+
+    from .stepfakes import make_module
+    data = make_module("sev-guest", depends=["tsm"], aliases=["platform:sev-guest"])
+    section = ELFFile(io.BytesIO(data)).get_section_by_name(".modinfo")
+    assert k._modinfo_section(data) == section.data() != b""
+    assert (k.Elf64Header.offset_of("e_shoff"), k.Elf64Header.offset_of("e_shstrndx"),
+            k.Elf64SectionHeader.offset_of("sh_offset"), k.Elf64SectionHeader.offset_of("sh_size")) == \
+        (0x28, 0x3E, 0x18, 0x20)
+    assert k.modinfo(data, where="module sev-guest.ko")["alias"] == ["platform:sev-guest"]
+    for cut in (0x30, len(data) - 1):
+        with pytest.raises(ModuleError, match=r"^module x.ko is a damaged ELF file \(section header table out of "
+                                              r"range\); fetch the kernel package again\.$"):
+            k.modinfo(data[:cut], where="module x.ko")
+
+
 def test_closure_output_does_not_depend_on_request_order(tree):
     a = k.module_closure(tree, REL, ["dm-verity", "virtio_blk", "fs-erofs"])
     b = k.module_closure(tree, REL, ["fs-erofs", "virtio_blk", "dm-verity"])
