@@ -50,6 +50,7 @@ from pathlib import Path
 from builder.errors import BuildError, ToolMissing
 from builder.limits import MAX_FIRMWARE_VOLUME_BYTES
 from builder.steps import init as markers
+from measure import layout
 from measure.inputs import read_bounded
 from measure.limits import MAX_FIRMWARE_BYTES
 
@@ -83,23 +84,34 @@ class CmdlineError(BuildError):
     """A command line cannot be passed to the guest as measured."""
 
 
+@layout.struct(size=0x18, spec="UEFI PI spec vol. 3, EFI_GUID_DEFINED_SECTION")
+@dataclass(frozen=True)
+class GuidDefinedSection(layout.Struct):
+    size: int = layout.u24(0x00)  # EFI_COMMON_SECTION_HEADER: the whole section, this header included
+    type: int = layout.u8(0x03)
+    guid: bytes = layout.raw(0x04, 16)  # SectionDefinitionGuid: how the data is encoded
+    data_offset: int = layout.u16(0x14)  # from the start of the section
+    attributes: int = layout.u16(0x16)
+
+
 def _firmware_volumes(data: bytes):
     """The firmware bytes, then every LZMA-compressed section of it, decompressed."""
     yield data
     pos = 0
     while (i := data.find(_LZMA_SECTION_GUID, pos)) >= 0:
         pos = i + 1
-        header = i - 4  # EFI_COMMON_SECTION_HEADER: 24-bit size, 8-bit type, then the GUID
-        if header < 0 or data[header + 3] != _EFI_SECTION_GUID_DEFINED:
+        header = i - GuidDefinedSection.offset_of("guid")
+        if header < 0 or header + GuidDefinedSection.SIZE > len(data):
             continue
-        size = int.from_bytes(data[header:header + 3], "little")
-        offset = int.from_bytes(data[i + 16:i + 18], "little")
-        if size < offset or header + size > len(data):
+        section = GuidDefinedSection.from_bytes(data[header:header + GuidDefinedSection.SIZE], base=header)
+        if section.type != _EFI_SECTION_GUID_DEFINED:
+            continue
+        if section.size < section.data_offset or header + section.size > len(data):
             continue
         try:
             # at most MAX_FIRMWARE_VOLUME_BYTES: a section's size field cannot make us allocate more
             inner = lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(
-                data[header + offset:header + size], max_length=MAX_FIRMWARE_VOLUME_BYTES)
+                data[header + section.data_offset:header + section.size], max_length=MAX_FIRMWARE_VOLUME_BYTES)
         except lzma.LZMAError:
             continue
         yield from _firmware_volumes(inner)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from measure.errors import BlindboxError
 
 __all__ = [
-    "BuildError", "InputDigestMismatch", "NotReproducible", "OfflineMiss", "RecipeError",
+    "BuildError", "InputDigestMismatch", "OfflineMiss", "RecipeError",
     "SourceError", "SourceGone", "StaleSuite", "ToolMissing",
 ]
 
@@ -81,11 +81,3 @@ class ToolMissing(BuildError):
         self.tool = tool
         self.package = package
 
-
-class NotReproducible(BuildError):
-    """Two builds of the same recipe and lock file produced different bytes."""
-
-    def __init__(self, message: str, *, path: str | None = None, offset: int | None = None):
-        super().__init__(message)
-        self.path = path
-        self.offset = offset

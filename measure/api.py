@@ -16,7 +16,7 @@ from .errors import InputError
 from .kernel_hashes import KernelHashes
 from .ovmf import Firmware
 from .sev import sev_es_launch, sev_launch
-from .snp import Measurement, SnpLaunch, VmShape, firmware_pages_digest, svsm_launch
+from .snp import Measurement, SnpLaunch, VmShape, firmware_pages, svsm_launch
 from .spec import LD_SIZE, PAGE_SIZE, SevMode
 from .vmm import VmmProfile, profile_for, VmmType
 
@@ -102,7 +102,7 @@ def launch_digest(req: MeasureRequest) -> MeasureResult:
         shape.check()
 
     if req.ovmf_hash_only:
-        return MeasureResult(req, firmware_pages_digest(fw), None, fw, _inputs(req, fw, None))
+        return MeasureResult(req, firmware_pages(fw).digest, None, fw, _inputs(req, fw, None))
     svsm = None
     if req.mode is SevMode.SEV_SNP:
         assert shape is not None
@@ -122,4 +122,4 @@ def launch_digest(req: MeasureRequest) -> MeasureResult:
 
 def ovmf_hash(path: str | Path) -> bytes:
     """sev-snp-measure's ``snp:ovmf-hash``: the digest after the firmware pages alone."""
-    return firmware_pages_digest(Firmware.load(path))
+    return firmware_pages(Firmware.load(path)).digest

@@ -79,6 +79,11 @@ def u16(offset: int, *, enum: type[enum.IntEnum] | None = None, default: Any = N
     return _int_field(offset, 2, enum, default)
 
 
+def u24(offset: int, *, enum: type[enum.IntEnum] | None = None, default: Any = None) -> Any:
+    """Three bytes, as UEFI's EFI_COMMON_SECTION_HEADER stores a section size."""
+    return _int_field(offset, 3, enum, default)
+
+
 def u32(offset: int, *, enum: type[enum.IntEnum] | None = None, default: Any = None) -> Any:
     return _int_field(offset, 4, enum, default)
 
@@ -122,9 +127,9 @@ def struct(*, size: int, spec: str) -> Callable[[type[S]], type[S]]:
             if offset > pos:
                 fmt.append(f"{offset - pos}s")
                 items.append((None, pos, offset - pos))
-            if spec_.kind == "int":
+            if spec_.kind == "int" and spec_.size in _INT_CODES:
                 fmt.append(_INT_CODES[spec_.size])
-            else:
+            else:  # raw, nested, and integers struct has no code for (u24): bytes, converted below
                 fmt.append(f"{spec_.size}s")
             items.append((name, spec_))
             pos = offset + spec_.size
@@ -151,6 +156,8 @@ def struct(*, size: int, spec: str) -> Callable[[type[S]], type[S]]:
                         raise LayoutError(
                             f"{cls.__name__}.{name} = {value:#x} does not fit in {spec_.size} byte(s) "
                             f"at offset {spec_.offset:#x}; use a value below {1 << (8 * spec_.size):#x}.")
+                    if spec_.size not in _INT_CODES:
+                        value = value.to_bytes(spec_.size, "little")
                 elif spec_.kind == "nested":
                     value = value.to_bytes()
                 else:
@@ -178,6 +185,8 @@ def struct(*, size: int, spec: str) -> Callable[[type[S]], type[S]]:
                             f"{value[first]:#04x}, expected zero.")
                     continue
                 name, spec_ = item
+                if spec_.kind == "int" and spec_.size not in _INT_CODES:
+                    value = int.from_bytes(value, "little")
                 if spec_.kind == "int" and spec_.enum is not None:
                     try:
                         value = spec_.enum(value)

@@ -126,6 +126,17 @@ def measure_metadata(ld: LaunchDigest, fw: Firmware, profile: VmmProfile,
                 ld.update_cpuid_page(sec.gpa)
 
 
+def firmware_pages(fw: Firmware, *, trace: bool = False) -> LaunchDigest:
+    """Stage 1: the firmware image as NORMAL pages.
+
+    Its digest is sev-snp-measure's ``snp:ovmf-hash``; any firmware has one, SEV
+    metadata or not.
+    """
+    ld = LaunchDigest(trace=trace)
+    ld.update_normal_pages(fw.gpa, fw.data)
+    return ld
+
+
 @dataclass(frozen=True)
 class Measurement:
     digest: bytes
@@ -141,9 +152,7 @@ class SnpLaunch:
         require_snp_metadata(fw)
         self.fw = fw
         self.ap_eip = fw.require_sev_es_reset_eip()
-        self._firmware = LaunchDigest(trace=trace) if ovmf_hash is None else LaunchDigest(ovmf_hash, trace=trace)
-        if ovmf_hash is None:
-            self._firmware.update_normal_pages(fw.gpa, fw.data)
+        self._firmware = firmware_pages(fw, trace=trace) if ovmf_hash is None else LaunchDigest(ovmf_hash, trace=trace)
         self._metadata: dict[tuple[VmmProfile, KernelHashes | None], LaunchDigest] = {}
 
     @property
@@ -189,13 +198,6 @@ class SnpLaunch:
         return out
 
 
-def firmware_pages_digest(fw: Firmware) -> bytes:
-    """Digest after stage 1 alone (sev-snp-measure's ``snp:ovmf-hash``)."""
-    ld = LaunchDigest()
-    ld.update_normal_pages(fw.gpa, fw.data)
-    return ld.digest
-
-
 def svsm_launch(ovmf: Firmware, svsm: Firmware, vcpus: int, vcpu_sig: int | None,
                 profile: VmmProfile, trace: bool = False) -> Measurement:
     """SNP launch of a COCONUT-SVSM image placed below OVMF and its variable store."""
@@ -205,8 +207,7 @@ def svsm_launch(ovmf: Firmware, svsm: Firmware, vcpus: int, vcpu_sig: int | None
     shape.check()
     require_snp_metadata(svsm)
     eip = svsm.gpa + svsm.svsm_entry_offset()
-    ld = LaunchDigest(trace=trace)
-    ld.update_normal_pages(ovmf.gpa, ovmf.data)
+    ld = firmware_pages(ovmf, trace=trace)
     ld.update_normal_pages(svsm.gpa, svsm.data)
     measure_metadata(ld, svsm, profile, None)
     page = svsm_vmsa(profile, eip, vcpu_sig).to_bytes()

@@ -39,6 +39,7 @@ from elftools.elf.elffile import ELFFile
 
 from builder.errors import BuildError, ToolMissing
 from builder.limits import MAX_KERNEL_TEXT_BYTES, MAX_MODULE_BYTES
+from measure import layout
 from measure.errors import InputError
 from measure.inputs import read_bounded
 
@@ -107,17 +108,48 @@ def find_kernel(tree: str | Path) -> KernelImage:
     return KernelImage(tree, release, bzimage, config, modules_dir)
 
 
+@layout.struct(size=0x210, spec="Linux Documentation/arch/x86/boot.rst, the real-mode kernel header "
+                                "(offsets from the start of the bzImage, as there)")
+@dataclass(frozen=True)
+class BzImageHeader(layout.Struct):
+    """The bzImage's first 0x210 bytes: the boot sector, then the setup header fields of protocol 2.00."""
+
+    boot_sector: bytes = layout.raw(0x000, 0x1F1)  # legacy boot sector code, not read
+    setup_sects: int = layout.u8(0x1F1)
+    root_flags: int = layout.u16(0x1F2)
+    syssize: int = layout.u32(0x1F4)
+    ram_size: int = layout.u16(0x1F8)
+    vid_mode: int = layout.u16(0x1FA)
+    root_dev: int = layout.u16(0x1FC)
+    boot_flag: int = layout.u16(0x1FE)
+    jump: int = layout.u16(0x200)
+    header: bytes = layout.raw(0x202, 4)  # the magic b"HdrS"
+    version: int = layout.u16(0x206)  # boot protocol version
+    realmode_swtch: int = layout.u32(0x208)
+    start_sys_seg: int = layout.u16(0x20C)
+    kernel_version: int = layout.u16(0x20E)  # where the version string is, "less 0x200"
+
+
+BZIMAGE_MAGIC = b"HdrS"
+#: boot.rst: ``kernel_version`` holds the version string's offset in the file less 0x200.
+KERNEL_VERSION_BIAS = 0x200
+#: How much of the image's start is read; the version string must lie in it.
+_SETUP_READ = 0x8000
+
+
 def bzimage_version(path: str | Path) -> str:
     """The version string in a bzImage's setup header (Linux boot protocol >= 2.00)."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
-            head = fh.read(0x8000)
+            head = fh.read(_SETUP_READ)
     except OSError as e:
         raise KernelError(f"cannot read the kernel image {path}: {e.strerror}.") from e
-    if len(head) < 0x210 or head[0x202:0x206] != b"HdrS":
-        raise KernelError(f"{path} is not a bzImage (no 'HdrS' boot header at 0x202); give the vmlinuz file.")
-    offset = int.from_bytes(head[0x20E:0x210], "little") + 0x200
+    hdr = BzImageHeader.from_bytes(head[:BzImageHeader.SIZE]) if len(head) >= BzImageHeader.SIZE else None
+    if hdr is None or hdr.header != BZIMAGE_MAGIC:
+        raise KernelError(f"{path} is not a bzImage (no 'HdrS' boot header at "
+                          f"{BzImageHeader.offset_of('header'):#x}); give the vmlinuz file.")
+    offset = hdr.kernel_version + KERNEL_VERSION_BIAS
     raw = head[offset:offset + 256].split(b"\0", 1)[0]
     if not raw:
         raise KernelError(f"{path} has no kernel version string in its boot header.")
@@ -392,32 +424,66 @@ def read_module(path: Path, compression: str | None) -> bytes:
     return out
 
 
-def _u(data: bytes, offset: int, size: int) -> int:
-    return int.from_bytes(data[offset:offset + size], "little")
+@layout.struct(size=0x40, spec="System V ABI (gABI) ch. 4, Elf64_Ehdr")
+@dataclass(frozen=True)
+class Elf64Header(layout.Struct):
+    e_ident: bytes = layout.raw(0x00, 16)
+    e_type: int = layout.u16(0x10)
+    e_machine: int = layout.u16(0x12)
+    e_version: int = layout.u32(0x14)
+    e_entry: int = layout.u64(0x18)
+    e_phoff: int = layout.u64(0x20)
+    e_shoff: int = layout.u64(0x28)
+    e_flags: int = layout.u32(0x30)
+    e_ehsize: int = layout.u16(0x34)
+    e_phentsize: int = layout.u16(0x36)
+    e_phnum: int = layout.u16(0x38)
+    e_shentsize: int = layout.u16(0x3A)
+    e_shnum: int = layout.u16(0x3C)
+    e_shstrndx: int = layout.u16(0x3E)
+
+
+@layout.struct(size=0x40, spec="System V ABI (gABI) ch. 4, Elf64_Shdr")
+@dataclass(frozen=True)
+class Elf64SectionHeader(layout.Struct):
+    sh_name: int = layout.u32(0x00)  # offset of the name in the section-name string table
+    sh_type: int = layout.u32(0x04)
+    sh_flags: int = layout.u64(0x08)
+    sh_addr: int = layout.u64(0x10)
+    sh_offset: int = layout.u64(0x18)
+    sh_size: int = layout.u64(0x20)
+    sh_link: int = layout.u32(0x28)
+    sh_info: int = layout.u32(0x2C)
+    sh_addralign: int = layout.u64(0x30)
+    sh_entsize: int = layout.u64(0x38)
 
 
 def _modinfo_section(data: bytes) -> bytes | None:
     """The ``.modinfo`` bytes of a little-endian ELF64 file, read from the section headers.
 
-    Reading ~4000 modules for their aliases takes about a second this way; a full ELF
-    parser takes several.  Other ELF flavours go through pyelftools.
+    Reading ~4000 modules for their aliases takes about half a second this way; pyelftools
+    takes several (it builds every section and its structures), so only other ELF flavours
+    go through it.
     """
-    shoff, shentsize, shnum, shstrndx = _u(data, 0x28, 8), _u(data, 0x3A, 2), _u(data, 0x3C, 2), _u(data, 0x3E, 2)
-    if shentsize < 0x40 or shstrndx >= shnum or shoff + shnum * shentsize > len(data):
+    if len(data) < Elf64Header.SIZE:
+        raise ValueError("section header table out of range")
+    ehdr = Elf64Header.from_bytes(data[:Elf64Header.SIZE])
+    shoff, shentsize, shnum = ehdr.e_shoff, ehdr.e_shentsize, ehdr.e_shnum
+    if shentsize < Elf64SectionHeader.SIZE or ehdr.e_shstrndx >= shnum or shoff + shnum * shentsize > len(data):
         raise ValueError("section header table out of range")
 
-    def header(i: int) -> tuple[int, int, int]:
+    def header(i: int) -> Elf64SectionHeader:
         h = shoff + i * shentsize
-        return _u(data, h, 4), _u(data, h + 0x18, 8), _u(data, h + 0x20, 8)  # name, offset, size
+        return Elf64SectionHeader.from_bytes(data[h:h + Elf64SectionHeader.SIZE], base=h)
 
-    _, str_off, str_size = header(shstrndx)
-    names = data[str_off:str_off + str_size]
+    strtab = header(ehdr.e_shstrndx)
+    names = data[strtab.sh_offset:strtab.sh_offset + strtab.sh_size]
     for i in range(shnum):
-        name, offset, size = header(i)
-        if names[name:name + 9] == b".modinfo\0":
-            if offset + size > len(data):
+        sec = header(i)
+        if names[sec.sh_name:sec.sh_name + 9] == b".modinfo\0":
+            if sec.sh_offset + sec.sh_size > len(data):
                 raise ValueError(".modinfo out of range")
-            return data[offset:offset + size]
+            return data[sec.sh_offset:sec.sh_offset + sec.sh_size]
     return None
 
 

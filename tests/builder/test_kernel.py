@@ -77,6 +77,26 @@ def test_find_kernel_needs_config_modules_and_matching_image(tmp_path):
         k.find_kernel(t)
 
 
+
+def test_bzimage_header_fields_sit_where_the_boot_protocol_puts_them(tmp_path):
+    hdr = k.BzImageHeader
+    assert (hdr.offset_of("setup_sects"), hdr.offset_of("header"), hdr.offset_of("version"),
+            hdr.offset_of("kernel_version"), hdr.SIZE) == (0x1F1, 0x202, 0x206, 0x20E, 0x210)
+    image = bytearray(make_bzimage("6.1.0-test-amd64 #1"))
+    image[0x20E:0x210] = (0x800 - 0x200).to_bytes(2, "little")  # the pointer is the file offset less 0x200
+    image[0x800:0x80D] = b"6.1.0-moved\0\0"
+    path = tmp_path / "vmlinuz"
+    path.write_bytes(bytes(image))
+    assert k.bzimage_version(path) == "6.1.0-moved"
+    path.write_bytes(bytes(image[:0x20F]))  # cut inside the setup header
+    with pytest.raises(KernelError, match=r"vmlinuz is not a bzImage \(no 'HdrS' boot header at 0x202\); give the "
+                                          r"vmlinuz file\.$"):
+        k.bzimage_version(path)
+    image[0x800] = 0
+    path.write_bytes(bytes(image))
+    with pytest.raises(KernelError, match="has no kernel version string in its boot header"):
+        k.bzimage_version(path)
+
 # -- config and preflight ------------------------------------------------------------------
 def test_config_parse():
     cfg = KernelConfig.parse(CONFIG)
@@ -224,6 +244,25 @@ def test_module_name_mismatch_and_non_elf(tmp_path):
     (t / "lib/modules" / REL / "kernel/x.ko").write_bytes(b"not elf")
     with pytest.raises(ModuleError, match="not an ELF file"):
         k.module_closure(t, REL, ["x"])
+
+
+def test_modinfo_section_headers_read_as_pyelftools_reads_them():
+    import io
+
+    from elftools.elf.elffile import ELFFile
+
+    from .stepfakes import make_module
+    data = make_module("sev-guest", depends=["tsm"], aliases=["platform:sev-guest"])
+    section = ELFFile(io.BytesIO(data)).get_section_by_name(".modinfo")
+    assert k._modinfo_section(data) == section.data() != b""
+    assert (k.Elf64Header.offset_of("e_shoff"), k.Elf64Header.offset_of("e_shstrndx"),
+            k.Elf64SectionHeader.offset_of("sh_offset"), k.Elf64SectionHeader.offset_of("sh_size")) == \
+        (0x28, 0x3E, 0x18, 0x20)
+    assert k.modinfo(data, where="module sev-guest.ko")["alias"] == ["platform:sev-guest"]
+    for cut in (0x30, len(data) - 1):
+        with pytest.raises(ModuleError, match=r"^module x.ko is a damaged ELF file \(section header table out of "
+                                              r"range\); fetch the kernel package again\.$"):
+            k.modinfo(data[:cut], where="module x.ko")
 
 
 def test_closure_output_does_not_depend_on_request_order(tree):

@@ -88,3 +88,20 @@ def test_layout_values_and_lengths_are_checked():
         Segment.from_bytes(bytes(15))
     with pytest.raises(TypeError):
         Segment(selectr=1)  # a misspelled field name is an error, not silently ignored
+
+
+def test_layout_u24_round_trips_and_checks_its_range():
+    @layout.struct(size=8, spec="test")
+    @dataclass(frozen=True)
+    class Three(layout.Struct):
+        size: int = layout.u24(0)
+        kind: int = layout.u8(3)
+        tail: int = layout.u32(4)
+
+    data = bytes.fromhex("563412" "02" "78563412")
+    three = Three.from_bytes(data)
+    assert (three.size, three.kind, three.tail) == (0x123456, 2, 0x12345678)
+    assert three.to_bytes() == data
+    assert Three(size=0xFFFFFF).to_bytes()[:3] == b"\xff\xff\xff"
+    with pytest.raises(LayoutError, match=r"Three.size = 0x1000000 does not fit in 3 byte\(s\) at offset 0x0"):
+        Three(size=0x1000000).to_bytes()
