@@ -26,8 +26,9 @@ import pytest
 
 from builder.errors import (InputDigestMismatch, OfflineMiss, SourceError, SourceGone, StaleSuite,
                             ToolMissing)
-from builder.sources import (ContentCache, DebianArchive, DebianPackage, _depends_names, cache_root,
-                             extract_deb, fetch_url, local_file, read_deb_control, sha256_file)
+from builder.sources import (ContentCache, DebianArchive, DebianPackage, cache_root, extract_deb, fetch_url,
+                             local_file, read_deb_control, sha256_file)
+from builder.sources.debian import _depends_names
 from tests import realinputs
 
 REPO = Path(__file__).resolve().parents[2]
