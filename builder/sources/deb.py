@@ -29,6 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from measure import layout
+from measure.errors import LayoutError
+
 from ..errors import SourceError, ToolMissing
 from ..limits import (MAX_AR_MEMBERS, MAX_DEB_CONTROL_BYTES, MAX_DEB_MEMBERS, MAX_DEB_UNPACKED_BYTES,
                       MAX_TAR_HEADER_BYTES)
@@ -62,33 +65,53 @@ class _ArMember:
     size: int
 
 
+AR_MAGIC = b"!<arch>\n"
+AR_FMAG = b"`\n"
+
+
+@layout.struct(size=60, spec="ar(5) member header, as written by dpkg-deb (deb(5))")
+@dataclass(frozen=True)
+class ArMemberHeader(layout.Struct):
+    name: str = layout.text(0, 16)     #: "/"-terminated in GNU ar, space-padded
+    mtime: bytes = layout.raw(16, 12)  #: decimal; not read (dpkg does not read it either)
+    uid: bytes = layout.raw(28, 6)     #: decimal; not read
+    gid: bytes = layout.raw(34, 6)     #: decimal; not read
+    mode: bytes = layout.raw(40, 8)    #: octal; not read
+    size: str = layout.text(48, 10)    #: decimal byte count of the member's data
+    fmag: bytes = layout.raw(58, 2)    #: always AR_FMAG
+
+
 def _ar_members(f, deb: Path) -> list[_ArMember]:
     total = os.fstat(f.fileno()).st_size
-    if os.pread(f.fileno(), 8, 0) != b"!<arch>\n":
+    if os.pread(f.fileno(), len(AR_MAGIC), 0) != AR_MAGIC:
         raise SourceError(f"{deb} is not a Debian package (it does not start with an ar archive "
                           f"header); delete it and fetch it again.", source=str(deb))
-    members, pos = [], 8
+    members, pos = [], len(AR_MAGIC)
+    fmag_at = ArMemberHeader.offset_of("fmag")
     while pos < total:
-        hdr = os.pread(f.fileno(), 60, pos)
-        if len(hdr) < 60 or hdr[58:60] != b"`\n":
+        raw = os.pread(f.fileno(), ArMemberHeader.SIZE, pos)
+        # the terminator first, as before decoding anything: a header without it is damaged
+        if len(raw) < ArMemberHeader.SIZE or raw[fmag_at:fmag_at + len(AR_FMAG)] != AR_FMAG:
             raise SourceError(f"{deb} has a damaged ar member header at offset {pos}; delete it and "
                               f"fetch it again.", source=str(deb))
         try:
-            name = hdr[0:16].decode("ascii").rstrip(" ")
-            size = int(hdr[48:58].decode("ascii").strip())
-        except (UnicodeDecodeError, ValueError):
+            hdr = ArMemberHeader.from_bytes(raw)
+            size = int(hdr.size)
+        except (LayoutError, ValueError):
             raise SourceError(f"{deb} has an unreadable ar member header at offset {pos}; delete it "
                               f"and fetch it again.", source=str(deb)) from None
+        name = hdr.name
         if name.endswith("/"):
             name = name[:-1]
-        if size < 0 or pos + 60 + size > total:
+        data_at = pos + ArMemberHeader.SIZE
+        if size < 0 or data_at + size > total:
             raise SourceError(f"{deb} is truncated (member {name!r} at offset {pos} claims {size} "
                               f"bytes); delete it and fetch it again.", source=str(deb))
-        members.append(_ArMember(name, pos + 60, size))
+        members.append(_ArMember(name, data_at, size))
         if len(members) > MAX_AR_MEMBERS:
             raise SourceError(f"{deb} has more than {MAX_AR_MEMBERS} ar members (a Debian package has three, "
                               f"plus signatures); it is not a Debian package.", source=str(deb))
-        pos += 60 + size + (size & 1)
+        pos = data_at + size + (size & 1)
     return members
 
 
