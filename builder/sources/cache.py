@@ -5,9 +5,10 @@ and are renamed into place under an inter-process ``flock`` (the atomic commit),
 re-hashed whenever they are handed out, and a damaged entry is moved to
 ``<root>/quarantine``.  Unpacked trees are committed the same way under ``<root>/unpacked``.
 
-This module knows nothing about what is stored: it must not depend on the other modules of
-:mod:`builder.sources` (no .deb parsing, no network, no apt), nor on the command line
-(``blindbox.cli``).  Nothing here prints or exits.
+Files are hashed by :func:`measure.inputs.file_digest`, the one file streamer of the
+project.  This module knows nothing about what is stored: it must not depend on the other
+modules of :mod:`builder.sources` (no .deb parsing, no network, no apt), nor on the command
+line (``blindbox.cli``).  Nothing here prints or exits.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from blindbox.files import cache_root  # the one definition of where blindbox caches things
+from measure.inputs import file_digest
 
 from ..errors import InputDigestMismatch, SourceError
 
@@ -34,13 +36,11 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 # --------------------------------------------------------------------------- hashing
 
-def sha256_file(path: os.PathLike | str) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+def sha256_file(path: os.PathLike | str, what: str = "input") -> str:
+    """Hex sha256 of a file's bytes, streamed by :func:`measure.inputs.file_digest` (the one
+    file streamer); a file that cannot be read is an :class:`~measure.errors.InputError`
+    naming it as the ``what`` file."""
+    return file_digest(os.fspath(path), what).hex()
 
 
 def _check_sha256(value: str, what: str) -> str:
@@ -137,13 +137,13 @@ class ContentCache:
             return None
         if not verify:
             return entry
-        if sha256_file(entry) == entry.name:
+        if sha256_file(entry, "cached") == entry.name:
             return entry
         with self.lock(f"entry-{entry.name}"):
-            try:
-                actual = sha256_file(entry)  # again: a writer may have just replaced it
-            except FileNotFoundError:
+            # again: a writer may have just replaced it, or a reader quarantined it (both hold this lock)
+            if not entry.is_file():
                 return None
+            actual = sha256_file(entry, "cached")
             if actual == entry.name:
                 return entry
             moved = self._quarantine(entry)
@@ -209,7 +209,7 @@ class ContentCache:
         os.chmod(tmp, 0o444)
         with self.lock(f"entry-{sha256}"):
             if entry.is_file():
-                if sha256_file(entry) == sha256:
+                if sha256_file(entry, "cached") == sha256:
                     return entry
                 self._quarantine(entry)
             os.replace(tmp, entry)
