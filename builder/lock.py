@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from builder.errors import BuildError, InputDigestMismatch, RecipeError, SourceError
 from builder.limits import MAX_LOCK_BYTES
 from builder.recipe import SUITES, InputSpec, Recipe, check_id_keys, local_path
-from measure.inputs import read_bounded
+from measure.inputs import file_digest, read_bounded
 from blindbox.files import write_atomic
 
 #: lock entries of the id_block keys: they sign ID blocks and are not part of the launch digest
@@ -379,11 +379,6 @@ def _resolve_kernel(archive, spec: InputSpec):
     return pkg, None
 
 
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def resolve_input(spec: InputSpec, recipe: Recipe, archive, fetch_url) -> LockedInput:
     """Pin one declared input as the archive / file system / network serves it now."""
     wants = spec.wants()
@@ -398,7 +393,7 @@ def resolve_input(spec: InputSpec, recipe: Recipe, archive, fetch_url) -> Locked
         if not path.is_file():
             raise SourceError(f"input {spec.name!r}: {path} does not exist (the recipe names it relative to "
                               f"{recipe.directory}).", source=str(path))
-        actual = file_sha256(path)
+        actual = file_digest(path, "input").hex()
         if spec.sha256 and actual != spec.sha256:
             raise InputDigestMismatch(
                 f"input {spec.name!r}: {path} has sha256 {actual}, but {recipe.path} declares {spec.sha256}; "

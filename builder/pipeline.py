@@ -43,7 +43,7 @@ from builder.bundle import MANIFEST, BundleError, write_bundle
 from builder.errors import BuildError, InputDigestMismatch, OfflineMiss, SourceError, SourceGone
 from builder.launch import LaunchFiles, LaunchShape, render as render_launch
 from builder.limits import MAX_INITRD_FILE_BYTES, MAX_KERNEL_BYTES
-from builder.lock import Lock, LockedInput, LockMismatch, check_lock, file_sha256, read_lock
+from builder.lock import Lock, LockedInput, LockMismatch, check_lock, read_lock
 from builder.manifest import InputRecord, Manifest, ManifestError, MeasurementRecord, OutputRecord
 from builder.recipe import FileEntry, Recipe, check_id_keys, load_id_key, load_recipe, local_path
 from measure import __version__
@@ -167,7 +167,7 @@ def _local_inputs_unchanged(b: Build) -> bool:
     for entry in b.lock.inputs:
         if entry.kind == "file":
             p = _local_file(b, entry)
-            if not p.is_file() or file_sha256(p) != entry.sha256:
+            if not p.is_file() or sources.sha256_file(p) != entry.sha256:
                 return False
     return True
 
@@ -190,7 +190,7 @@ def step_current(b: Build) -> None:
         return
     for name, rec in expected.items():
         p = b.out / name
-        if p.stat().st_size != rec.size or file_sha256(p) != rec.sha256:
+        if p.stat().st_size != rec.size or sources.sha256_file(p, "bundle") != rec.sha256:
             return
     if not _local_inputs_unchanged(b):
         return

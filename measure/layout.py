@@ -40,7 +40,7 @@ _INT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
 class _Spec:
     offset: int
     size: int
-    kind: str  # "int", "raw", "nested"
+    kind: str  # "int", "raw", "text", "nested"
     enum: type[enum.IntEnum] | None = None
     nested: type[Struct] | None = None
 
@@ -96,6 +96,15 @@ def raw(offset: int, size: int, *, default: bytes | None = None) -> Any:
     """A fixed-size byte string (digests, GUIDs, opaque arrays); zero-filled by default."""
     return dataclasses.field(default=bytes(size) if default is None else default,
                              metadata={"layout": _Spec(offset, size, "raw")})
+
+
+def text(offset: int, size: int, *, default: str = "") -> Any:
+    """A fixed-width ASCII string, right-padded with spaces (the fields of an ar header).
+
+    Parsing drops the trailing spaces and refuses a byte outside ASCII; writing pads with
+    spaces and refuses a value that is not ASCII or does not fit.
+    """
+    return dataclasses.field(default=default, metadata={"layout": _Spec(offset, size, "text")})
 
 
 def nested(offset: int, cls: type[Struct]) -> Any:
@@ -160,6 +169,16 @@ def struct(*, size: int, spec: str) -> Callable[[type[S]], type[S]]:
                         value = value.to_bytes(spec_.size, "little")
                 elif spec_.kind == "nested":
                     value = value.to_bytes()
+                elif spec_.kind == "text":
+                    try:
+                        encoded = str(value).encode("ascii")
+                    except UnicodeEncodeError:
+                        raise LayoutError(f"{cls.__name__}.{name} = {value!r} at offset {spec_.offset:#x} "
+                                          f"is not ASCII; use ASCII characters only.") from None
+                    if len(encoded) > spec_.size:
+                        raise LayoutError(f"{cls.__name__}.{name} = {value!r} does not fit in {spec_.size} "
+                                          f"character(s) at offset {spec_.offset:#x}; shorten it.")
+                    value = encoded.ljust(spec_.size, b" ")
                 else:
                     value = bytes(value)
                     if len(value) != spec_.size:
@@ -195,6 +214,13 @@ def struct(*, size: int, spec: str) -> Callable[[type[S]], type[S]]:
                             f"{label}.{name} at offset {base + spec_.offset:#x} has unknown value "
                             f"{value:#x}; known: {', '.join(f'{m.name}={int(m.value):#x}' for m in spec_.enum)}."
                         ) from None
+                elif spec_.kind == "text":
+                    try:
+                        value = value.decode("ascii").rstrip(" ")
+                    except UnicodeDecodeError as e:
+                        raise LayoutError(
+                            f"{label}.{name}: byte at offset {base + spec_.offset + e.start:#x} is "
+                            f"{value[e.start]:#04x}, not ASCII text.") from None
                 elif spec_.kind == "nested":
                     value = spec_.nested.from_bytes(value, base=base + spec_.offset,
                                                     what=f"{label}.{name}")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from builder import sources
+from builder.sources import deb as deb_reader
 from builder.errors import SourceError
 from builder.limits import MAX_DEB_CONTROL_BYTES, MAX_TAR_HEADER_BYTES
 from builder.sources import extract_deb, read_deb_control
@@ -78,7 +78,7 @@ def test_gnu_sparse_member_is_refused(tmp_path):
 
 
 def test_member_count_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "MAX_DEB_MEMBERS", 5)
+    monkeypatch.setattr(deb_reader, "MAX_DEB_MEMBERS", 5)
     ok = _hand_deb(tmp_path / "ok.deb", [(_ti(f"./f{i}"), b"x") for i in range(5)])
     extract_deb(ok, tmp_path / "ok")
     deb = _hand_deb(tmp_path / "many.deb", [(_ti(f"./f{i}"), b"x") for i in range(6)])
@@ -88,7 +88,7 @@ def test_member_count_limit(tmp_path, monkeypatch):
 
 
 def test_unpacked_size_limit_is_checked_before_writing(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "MAX_DEB_UNPACKED_BYTES", 1000)
+    monkeypatch.setattr(deb_reader, "MAX_DEB_UNPACKED_BYTES", 1000)
     deb = _hand_deb(tmp_path / "big.deb", [(_ti("./a"), bytes(600)), (_ti("./b"), bytes(600))])
     with pytest.raises(SourceError, match=r"member './b' \(600 bytes\) takes what the package unpacks beyond "
                                           r"1,000 bytes"):

@@ -26,8 +26,11 @@ import pytest
 
 from builder.errors import (InputDigestMismatch, OfflineMiss, SourceError, SourceGone, StaleSuite,
                             ToolMissing)
-from builder.sources import (ContentCache, DebianArchive, DebianPackage, _depends_names, cache_root,
-                             extract_deb, fetch_url, local_file, read_deb_control, sha256_file)
+from builder.sources import (ContentCache, DebianArchive, DebianPackage, cache_root, extract_deb, fetch_url,
+                             local_file, read_deb_control, sha256_file)
+from builder.sources.debian import _depends_names
+from measure.errors import InputError
+from measure.inputs import file_digest
 from tests import realinputs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -415,6 +418,17 @@ def test_local_file(tmp_path):
         local_file(f, hashlib.sha256(b"other").hexdigest())
     with pytest.raises(SourceError, match="does not exist"):
         local_file(tmp_path / "missing", None)
+
+
+def test_sha256_file_is_the_calculators_streamer(tmp_path):
+    f = tmp_path / "big.img"
+    f.write_bytes(bytes(range(256)) * 9000)  # more than one 1 MiB chunk
+    assert sha256_file(f) == file_digest(f, "input").hex() == hashlib.sha256(f.read_bytes()).hexdigest()
+    with pytest.raises(InputError, match=r"cannot read the input file '.*missing': No such file or directory; "
+                                         r"check the path\."):
+        sha256_file(tmp_path / "missing")
+    with pytest.raises(InputError, match=r"the cached path '.*' is a directory; give a file\."):
+        sha256_file(tmp_path, "cached")
 
 
 # =========================================================================== Debian, for real

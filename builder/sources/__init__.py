@@ -1,0 +1,28 @@
+"""Inputs of a build: Debian packages, sha256-pinned URLs and local files.
+
+Everything fetched lands in a content-addressed cache (:class:`ContentCache`,
+``<root>/sha256/<hex>``) and is verified against its sha256 on the way in and on every
+later use, so a build can run offline once its inputs have been fetched, and two builds
+on different machines see the same bytes or fail.  One module per concern:
+
+* :mod:`.cache`  -- sha256 of files and the content-addressed cache (locks, atomic commit);
+* :mod:`.deb`    -- the ar container, member tars and control stanzas of a .deb file;
+* :mod:`.remote` -- sha256-pinned URLs and local files;
+* :mod:`.debian` -- the private apt configuration that resolves and downloads packages.
+
+The arrows point one way: ``debian -> deb, cache`` and ``remote -> cache``; ``deb`` and
+``cache`` import no other module of this package.  The builder never imports the command
+line (``blindbox.cli``).  This file only re-exports the public names.
+"""
+
+from __future__ import annotations
+
+from .cache import ContentCache, cache_root, sha256_file
+from .deb import extract_deb, read_deb_control
+from .debian import SUITES, DebianArchive, DebianPackage, SuiteSources
+from .remote import fetch_url, local_file
+
+__all__ = [
+    "ContentCache", "DebianArchive", "DebianPackage", "SUITES", "SuiteSources", "cache_root", "extract_deb",
+    "fetch_url", "local_file", "read_deb_control", "sha256_file",
+]

@@ -1,0 +1,42 @@
+"""The layout helper's fixed-width ASCII text fields (``layout.text``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from measure import layout
+from measure.errors import LayoutError
+
+
+@layout.struct(size=12, spec="test: a name and a decimal number, as in an ar header")
+@dataclass(frozen=True)
+class Label(layout.Struct):
+    name: str = layout.text(0, 8)
+    count: str = layout.text(8, 4)
+
+
+def test_text_is_space_padded_on_writing_and_stripped_on_parsing():
+    data = Label(name="ab", count="42").to_bytes()
+    assert data == b"ab      42  "
+    assert Label.from_bytes(data) == Label(name="ab", count="42")
+    assert Label().to_bytes() == b" " * 12
+
+
+def test_text_keeps_leading_spaces_and_other_padding():
+    assert Label.from_bytes(b"  x/\x00   ` \n ") == Label(name="  x/\x00", count="` \n")
+
+
+def test_text_refuses_bytes_outside_ascii_naming_the_offset():
+    with pytest.raises(LayoutError, match=r"Label.count: byte at offset 0x9 is 0xff, not ASCII text"):
+        Label.from_bytes(b"name    1\xff  ")
+    with pytest.raises(LayoutError, match=r"hdr.name: byte at offset 0x12 is 0xe9, not ASCII text"):
+        Label.from_bytes(b"ab\xe9     1   ", base=0x10, what="hdr")
+
+
+def test_text_refuses_values_that_do_not_fit_or_are_not_ascii():
+    with pytest.raises(LayoutError, match=r"Label.count = '12345' does not fit in 4 character\(s\) at offset 0x8"):
+        Label(count="12345").to_bytes()
+    with pytest.raises(LayoutError, match=r"Label.name = 'é' at offset 0x0 is not ASCII"):
+        Label(name="é").to_bytes()
