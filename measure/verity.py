@@ -445,18 +445,23 @@ def verify_files(data_path: Path | str, hash_path: Path | str, params: VerityPar
     """Check a data file and its hash device against ``expected_root``, top down as the kernel does.
 
     Each hash block is checked against its (already trusted) parent, so the first mismatch
-    names the block that really is wrong: a hash block, or else a data block.
+    names the block that really is wrong: a hash block, or else a data block.  The number of
+    data blocks is ``data_blocks``, else the whole data file (the superblock's count when the
+    hash area is appended to the data file).
     """
     data_path, hash_path = Path(data_path), Path(hash_path)
-    same = hash_path.exists() and os.path.samefile(data_path, hash_path)
-    if data_blocks is None and same:
-        data_blocks = params.hash_offset // params.data_block_size
-    data_blocks = _data_blocks(data_path, params, data_blocks)
     if len(expected_root) != params.digest_size:
         raise InputError(f"the expected verity root hash is {len(expected_root)} bytes; {params.algorithm} "
                          f"gives {params.digest_size}.")
-    if params.superblock:
-        sb = read_superblock(hash_path, params.hash_offset)
+    sb = read_superblock(hash_path, params.hash_offset) if params.superblock else None
+    if data_blocks is None and hash_path.exists() and os.path.samefile(data_path, hash_path):
+        if sb is not None:
+            data_blocks = sb.data_blocks
+        else:
+            raise InputError(f"{data_path} holds both the data and a hash area without a superblock; "
+                             f"give the number of data blocks.")
+    data_blocks = _data_blocks(data_path, params, data_blocks)
+    if sb is not None:
         bad = _superblock_mismatch(sb, params, data_blocks, params.hash_offset)
         if bad:
             return Verdict(expected_root, data_blocks, bad)
