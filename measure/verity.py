@@ -328,7 +328,8 @@ def format_files(data_path: Path | str, hash_path: Path | str, params: VerityPar
 
     ``hash_path`` may be the data file itself: the tree is then appended at
     ``params.hash_offset``, which must not be before the end of the data.  A separate hash file
-    is written whole or not at all; its bytes before the hash offset are kept if it exists.
+    is written whole or not at all (a temporary file, fsync'ed, then renamed); its bytes before
+    the hash offset are kept if it exists.
     ``data_blocks`` (like ``--data-blocks``) hashes only the start of the data file.
     """
     data_path, hash_path = Path(data_path), Path(hash_path)
@@ -340,7 +341,9 @@ def format_files(data_path: Path | str, hash_path: Path | str, params: VerityPar
                              f"({data_blocks * params.data_block_size} bytes); put the hash area after it.")
         with open(data_path, "r+b") as f:
             try:
-                return _write_tree(f, f, params, data_blocks, data_path)
+                tree = _write_tree(f, f, params, data_blocks, data_path)
+                os.fsync(f.fileno())
+                return tree
             except BaseException:
                 f.truncate(data_blocks * params.data_block_size)
                 raise
@@ -353,6 +356,7 @@ def format_files(data_path: Path | str, hash_path: Path | str, params: VerityPar
                     shutil.copyfileobj(_Limited(old, params.hash_offset), out)
             out.truncate(params.hash_offset)
             tree = _write_tree(data, out, params, data_blocks, data_path)
+            os.fsync(out.fileno())
         os.replace(tmp, hash_path)
     except BaseException:
         tmp.unlink(missing_ok=True)
