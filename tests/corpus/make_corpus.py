@@ -582,7 +582,7 @@ def main() -> None:
     assert len(ids) == len(set(ids)), "case ids must be unique"
     # one case per line: adding or editing a case is a one-line change
     (HERE / "cases.json").write_text("[\n" + ",\n".join(json.dumps(c) for c in CASES) + "\n]\n")
-    print(f"{len(CASES)} cases in {CASES_DIR.relative_to(ROOT)}")
+    sys.stdout.write(f"{len(CASES)} cases in {CASES_DIR.relative_to(ROOT)}\n")
 
 
 if __name__ == "__main__":
