@@ -16,18 +16,27 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import io
 import json
 import shutil
 import struct
 import sys
 import tarfile
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from measure.spec import OVMF_SEV_METADATA_GUID, SEV_ES_RESET_BLOCK_GUID, SectionType  # noqa: E402
+from builder.launch import LaunchFiles, LaunchShape, render  # noqa: E402
+from measure.kernel_hashes import KernelHashes  # noqa: E402
+from measure.ovmf import Firmware  # noqa: E402
+from measure.snp import SnpLaunch, VmShape  # noqa: E402
+from measure.vmm import profile  # noqa: E402
+from tests.audit.manifestdoc import entry, manifest_doc, write_bundle  # noqa: E402
 from tests.builder.stepfakes import make_bzimage, make_elf, make_module  # noqa: E402
 from tests.measure import synth  # noqa: E402
 
@@ -222,15 +231,16 @@ def report_cases() -> None:
          "a text file given as a certificate", {"notes.txt": b"hello\n"})
     case("trust-root-garbage", verify("--trust-root", "{case}/root.pem"), 2, "root.pem",
          "a trust root that is not a certificate", {"report.bin": REPORT, "root.pem": b"not a cert\n"})
-    case("verify-manifest-not-json", verify("--manifest", "{case}/manifest.json"), 2, "is not valid JSON",
+    case("verify-manifest-not-json", verify("--manifest", "{case}/manifest.json"), 2,
+         "is not UTF-8 JSON (Expecting property name",
          "a manifest that is not JSON", {"report.bin": REPORT, "manifest.json": b"{measurements: [}"})
     case("verify-manifest-wrong-type", verify("--manifest", "{case}/manifest.json"), 2,
-         "has no \"measurements\" list", "measurements given as a string",
-         {"report.bin": REPORT, "manifest.json": b'{"measurements": "abc"}'})
-    case("verify-manifest-bad-digest", verify("--manifest", "{case}/manifest.json"), 2, "not 96 hex digits",
-         "a published measurement that is not a SHA-384 digest",
+         'measurements is the string "abc", not a list', "measurements given as a string",
+         {"report.bin": REPORT, "manifest.json": json.dumps({**manifest_doc([]), "measurements": "abc"}).encode()})
+    case("verify-manifest-bad-digest", verify("--manifest", "{case}/manifest.json"), 2,
+         "measurements[0].measurement is \"zzzz", "a published measurement that is not a SHA-384 digest",
          {"report.bin": REPORT, "manifest.json": json.dumps(
-             {"measurements": [{"shape": "qemu:EPYC-v4:1:0x1", "measurement": "zz" * 48}]}).encode()})
+             manifest_doc([entry(1, "EPYC-v4", 0x1, "zz" * 48)])).encode()})
     case("verify-min-tcb-garbage", verify("--min-tcb", "snp=x"), 2, "--min-tcb item 'snp=x' is not COMPONENT=LEVEL",
          "a minimum TCB that is not COMPONENT=LEVEL", {"report.bin": REPORT})
     case("verify-at-garbage", ["verify-report", "{case}/report.bin", "--no-signature", "--at", "yesterday"], 2,
@@ -245,59 +255,84 @@ def bundle(manifest, **files: bytes) -> dict[str, bytes]:
     return {"bundle/manifest.json": doc, **{f"bundle/{k}": v for k, v in files.items()}}
 
 
-OUTPUTS = [{"file": "OVMF.fd", "role": "firmware", "sha256": "00" * 32, "size": 1},
-           {"file": "bzImage", "role": "kernel", "sha256": "00" * 32, "size": 1},
-           {"file": "cmdline", "role": "cmdline", "sha256": "00" * 32, "size": 1}]
-BUNDLE_FILES = {"OVMF.fd": FW, "bzImage": make_bzimage("6.1.0-test"), "cmdline": b"console=ttyS0"}
+def good_bundle(change: Callable[[dict], object] | None = None, *, firmware: bytes = FW,
+                shapes: tuple[tuple[int, str], ...] = ((1, "EPYC-v4"),)) -> dict[str, bytes]:
+    """A small bundle that `blindbox rederive` passes (every published value re-derives), with
+    ``change`` then applied to its manifest; the files are left as they are."""
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        doc = write_bundle(d, firmware, [entry(n, t, 0x1, "00" * 48) for n, t in shapes])
+        try:
+            fw = Firmware.load(d / "OVMF.amdsev.fd")
+            launch = SnpLaunch(fw)
+        except Exception:  # noqa: BLE001 - a corrupt firmware keeps the placeholder facts
+            launch = None
+        if launch is not None:
+            facts = fw.describe()
+            doc["firmware"].update(ovmf_hash=launch.firmware_digest.hex(), sev_es_reset_eip=facts["sev_es_reset_eip"],
+                                   sev_hashes_table=facts["sev_hashes_table"],
+                                   sev_metadata_sections=facts["sev_metadata_sections"])
+            hashes = KernelHashes.from_files(d / "bzImage", d / "initrd", doc["cmdline"].encode())
+            for m in doc["measurements"]:
+                shape = VmShape(m["vcpus"], int(m["vcpu_sig"], 16), 0x1, profile("qemu"))
+                m["measurement"] = launch.measure(shape, hashes).digest.hex()
+        files = {n: (d / n).read_bytes() for n in ("OVMF.amdsev.fd", "bzImage", "initrd", "cmdline")}
+        sha = {n: hashlib.sha256(v).hexdigest() for n, v in files.items()}
+        files["launch-snp.sh"] = render(
+            name=doc["name"], tool="blindbox-guest 0.1.0", files=LaunchFiles("OVMF.amdsev.fd", "bzImage", "initrd"),
+            sha256=sha, cmdline=doc["cmdline"].encode(), memory_mib=doc["launch"]["memory_mib"],
+            policy=int(doc["launch"]["policy"], 16),
+            shapes=[LaunchShape(m["shape"], m["vcpus"], m["vcpu_type"], 0x1, m["measurement"])
+                    for m in doc["measurements"]])
+        out = next(o for o in doc["outputs"] if o["role"] == "launch")
+        out["sha256"] = hashlib.sha256(files["launch-snp.sh"]).hexdigest()
+        out["size"] = len(files["launch-snp.sh"])
+    if change is not None:
+        change(doc)
+    return bundle(doc, **files)
 
 
 def bundle_cases() -> None:
     rederive = ["rederive", "{case}/bundle"]
-    case("manifest-not-json", rederive, 2, "is not JSON", "a manifest.json that is not JSON",
+    case("manifest-not-json", rederive, 2, "is not UTF-8 JSON (Expecting value", "a manifest.json that is not JSON",
          bundle(b"{\"outputs\": ["))
-    case("manifest-not-utf8", rederive, 2, "is not JSON", "a manifest.json in Latin-1",
-         bundle(b"{\"name\": \"caf\xe9\"}"))
-    case("manifest-wrong-types", rederive, 2, "has no \"outputs\" and \"measurements\" lists",
-         "outputs given as a mapping", bundle({"outputs": {}, "measurements": []}))
-    case("manifest-output-not-mapping", rederive, 2, "an outputs entry has no file name",
-         "an outputs entry that is a number", bundle({"outputs": [1], "measurements": []}))
-    case("manifest-file-not-string", rederive, 2, "an outputs entry has file None and role 'firmware'; both must "
-         "be strings", "an output whose file name is null",
-         bundle({"outputs": [{"file": None, "role": "firmware"}], "measurements": []}))
+    case("manifest-not-utf8", rederive, 2, "is not UTF-8 JSON ('utf-8' codec can't decode byte 0xe9",
+         "a manifest.json in Latin-1", bundle(b"{\"name\": \"caf\xe9\"}"))
+    # from here on a schema-complete manifest of a bundle that re-derives, with one field changed
+    case("manifest-wrong-types", rederive, 2, "outputs is an object, not a list; the manifest is malformed",
+         "outputs given as a mapping", good_bundle(lambda d: d.update(outputs={})))
+    case("manifest-output-not-mapping", rederive, 2, "outputs[0] is an integer, not an object",
+         "an outputs entry that is a number", good_bundle(lambda d: d["outputs"].__setitem__(0, 1)))
+    case("manifest-file-not-string", rederive, 2, "outputs[0].file is null, not a string",
+         "an output whose file name is null", good_bundle(lambda d: d["outputs"][0].update(file=None)))
     case("manifest-role-not-string", ["explain-report", "--measurement", "00" * 48, "--bundle", "{case}/bundle"], 2,
-         "an outputs entry has file 'OVMF.fd' and role [None]; both must be strings",
-         "an output whose role is a list", bundle({"outputs": [{"file": "OVMF.fd", "role": [None]}],
-                                                   "measurements": []}))
-    case("manifest-path-traversal", rederive, 2, "names output '../../etc/passwd' outside the bundle",
+         "outputs[0].role is a list, not a string", "an output whose role is a list",
+         good_bundle(lambda d: d["outputs"][0].update(role=[None])))
+    case("manifest-path-traversal", rederive, 3, "outputs[0].file is '../../etc/passwd', which leaves the bundle",
          "an output file name that climbs out of the bundle",
-         bundle({"outputs": [{"file": "../../etc/passwd", "role": "firmware"}], "measurements": []}))
-    case("manifest-absolute-path", rederive, 2, "names output '/etc/passwd' outside the bundle",
-         "an absolute output file name",
-         bundle({"outputs": [{"file": "/etc/passwd", "role": "kernel"}], "measurements": []}))
-    case("manifest-missing-roles", rederive, 2, "lists no output with role firmware, kernel, cmdline",
-         "a manifest without the files a launch digest needs", bundle({"outputs": [], "measurements": []}))
-    case("manifest-shape-malformed", rederive, 2, "a measurements entry is malformed",
-         "a shape whose vcpus is not a number",
-         bundle({"outputs": OUTPUTS, "measurements": [{"shape": "x", "vcpus": "many", "guest_features": "0x1",
-                                                       "vmm_profile": "qemu", "measurement": "00"}]},
-                **BUNDLE_FILES))
-    case("manifest-shape-mode", rederive, 2, "only snp shapes can be re-derived",
-         "a shape of another SEV mode",
-         bundle({"outputs": OUTPUTS, "measurements": [{"shape": "x", "vcpus": 1, "vcpu_sig": "0x800f12",
-                                                       "guest_features": "0x1", "vmm_profile": "qemu",
-                                                       "measurement": "00", "mode": "sev"}]}, **BUNDLE_FILES))
+         good_bundle(lambda d: d["outputs"][0].update(file="../../etc/passwd")))
+    case("manifest-absolute-path", rederive, 3, "outputs[1].file is '/etc/passwd', an absolute path",
+         "an absolute output file name", good_bundle(lambda d: d["outputs"][1].update(file="/etc/passwd")))
+    case("manifest-missing-roles", rederive, 3, "outputs lists 0 files with role 'firmware', not exactly one",
+         "a manifest without the files a launch digest needs (firmware, kernel, cmdline)",
+         good_bundle(lambda d: d.update(outputs=[o for o in d["outputs"]
+                                                 if o["role"] not in ("firmware", "kernel", "cmdline")])))
+    case("manifest-shape-malformed", rederive, 2, 'measurements[0].vcpus is the string "many", not an integer',
+         "a shape whose vcpus is not a number", good_bundle(lambda d: d["measurements"][0].update(vcpus="many")))
+    case("manifest-shape-mode", rederive, 3, 'measurements[0].mode is "sev"; a bundle publishes SEV-SNP digests only',
+         "a shape of another SEV mode", good_bundle(lambda d: d["measurements"][0].update(mode="sev")))
     case("manifest-symlink-loop", rederive, 2, "Too many levels of symbolic links",
          "manifest.json is a symlink loop", {"bundle/.keep": b""},
          symlinks={"bundle/manifest.json": "manifest.json"})
-    case("bundle-firmware-corrupt", rederive, 2, "expected b'ASEV'",
-         "the bundle's firmware has a damaged SEV metadata header",
-         bundle({"outputs": OUTPUTS, "measurements": []},
-                **{**BUNDLE_FILES, "OVMF.fd": patched(FW, META, b"XXXX")}))
+    case("bundle-firmware-corrupt", rederive, 3, "has signature b'XXXX', expected b'ASEV'",
+         "the bundle's firmware has a damaged SEV metadata header (its digest as published)",
+         good_bundle(firmware=patched(FW, META, b"XXXX")), stream="stdout")
     case("explain-report-no-manifest", ["explain-report", "--measurement", "00" * 48, "--bundle",
                                         "{case}/bundle"], 2, "cannot read the manifest file",
          "a bundle directory without manifest.json", {"bundle/.keep": b""})
     case("explain-measurement-not-hex", ["explain-report", "--measurement", "xyz", "--ovmf", "{case}/fw.fd"], 2,
-         "is not 96 hex digits", "a measurement that is not hex", {"fw.fd": FW})
+         "--measurement 'xyz' is not 48 bytes; give 96 hex digits", "a measurement that is not hex",
+         {"fw.fd": FW})
 
 
 # -- keys, ID blocks, manifest signatures ----------------------------------------------------
