@@ -173,6 +173,28 @@ def firmware_cases() -> None:
 
 
 # -- VMSA pages ------------------------------------------------------------------------------
+    case("fw-sections-overlap", measure(), 2, "which overlaps section 0 (SNP_SEC_MEM) at 0x800000+0x2000",
+         "two SEV metadata sections that share a page (SNP_LAUNCH_UPDATE takes a page once)",
+         {"fw.fd": synth.image(0x2000, sections=[(0x800000, 0x2000, SectionType.SNP_SEC_MEM), *SNP[1:]],
+                               hashes_table=(0x803000, 0x400))})
+    case("fw-section-wraps-4gib", measure(), 2, "region 0xfffff000+0x2000 ends at 0x100001000, beyond 0x100000000",
+         "a section whose GPA range runs past 4 GiB",
+         {"fw.fd": synth.image(0x2000, sections=[*SNP, (0xFFFFF000, 0x2000, SectionType.SNP_SEC_MEM)],
+                               hashes_table=(0x803000, 0x400))})
+    case("fw-section-overlaps-firmware", measure(), 2, "which overlaps the firmware image itself at "
+         "0xffffe000-0x100000000", "a section that covers the firmware's own pages",
+         {"fw.fd": synth.image(0x2000, sections=[*SNP, (0xFFFFE000, 0x1000, SectionType.SNP_SEC_MEM)],
+                               hashes_table=(0x803000, 0x400))})
+    case("fw-sec-mem-huge", measure(), 2, "covers 0x0+0xfffff000, which overlaps the firmware image",
+         "a 0xFFFFF000-byte SNP_SEC_MEM section (nearly 4 GiB of pages to measure)",
+         {"fw.fd": synth.image(0x2000, sections=[(0x0, 0xFFFFF000, SectionType.SNP_SEC_MEM), *SNP[1:]],
+                               hashes_table=(0x803000, 0x400))})
+    case("fw-sections-total-huge", measure(), 2, "more than the 67,108,864 any firmware declares",
+         "a 2 GiB SNP_SEC_MEM section below the firmware: more pages than any firmware declares",
+         {"fw.fd": synth.image(0x2000, sections=[(0x0, 0x80000000, SectionType.SNP_SEC_MEM), *SNP[1:]],
+                               hashes_table=(0x803000, 0x400))})
+
+
 def vmsa_cases() -> None:
     from measure.ovmf import Firmware
     from measure.snp import SnpLaunch, VmShape
@@ -333,6 +355,115 @@ def bundle_cases() -> None:
     case("explain-measurement-not-hex", ["explain-report", "--measurement", "xyz", "--ovmf", "{case}/fw.fd"], 2,
          "--measurement 'xyz' is not 48 bytes; give 96 hex digits", "a measurement that is not hex",
          {"fw.fd": FW})
+
+
+# -- a hostile user's inputs: each value a manifest or option states is checked ------------------
+def manifest_edit_cases() -> None:
+    rederive = ["rederive", "{case}/bundle"]
+
+    def shape(**fields: object) -> Callable[[dict], object]:
+        return lambda d: d["measurements"][0].update(fields)
+
+    edits = [
+        ("manifest-ovmf-hash-zeros", lambda d: d["firmware"].update(ovmf_hash="0" * 96), 3,
+         "FAIL  firmware.ovmf_hash", "an OVMF hash of 96 zeros, re-derived from the firmware", "stdout"),
+        ("manifest-reset-eip-changed", lambda d: d["firmware"].update(sev_es_reset_eip="0xffffe000"), 3,
+         "FAIL  firmware.sev_es_reset_eip", "a published reset address the firmware does not have", "stdout"),
+        ("manifest-hashes-table-moved", lambda d: d["firmware"]["sev_hashes_table"].update(gpa="0x803400"), 3,
+         "FAIL  firmware.sev_hashes_table", "a published hashes table address the firmware does not have", "stdout"),
+        ("manifest-policy-changed", lambda d: d["launch"].update(policy="0x70000"), 3,
+         "FAIL  launch.policy", "a published policy the launch script does not use", "stdout"),
+        ("manifest-sections-empty", lambda d: d["firmware"].update(sev_metadata_sections=[]), 3,
+         "firmware.sev_metadata_sections is an empty list", "the firmware's SEV metadata sections emptied", None),
+        ("manifest-cmdline-differs", lambda d: d.update(cmdline="console=ttyS0 init=/bin/sh"), 3,
+         "cmdline is \"console=ttyS0 init=/bin/sh\", but outputs[3] (cmdline) lists a file with other contents",
+         "a published cmdline that is not the bundle's cmdline file", None),
+        ("manifest-schema-unknown", lambda d: d.update(schema="blindbox-manifest/9"), 3,
+         "schema is 'blindbox-manifest/9', a schema version this blindbox does not know",
+         "a schema version this blindbox does not read", None),
+        ("manifest-vcpu-type-unknown", shape(vcpu_type="Pentium", shape="qemu:Pentium:1:0x1"), 3,
+         'measurements[0].vcpu_type is "Pentium", not a vCPU type this blindbox knows',
+         "a vCPU type no VMM profile has", None),
+        ("manifest-firmware-deleted", lambda d: d.pop("firmware"), 3, "firmware is missing",
+         "the firmware section deleted", None),
+        ("manifest-firmware-file-traversal", lambda d: d["firmware"].update(file="../../../../etc/passwd"), 3,
+         "firmware.file is '../../../../etc/passwd', which leaves the bundle directory",
+         "a firmware file that climbs out of the bundle", None),
+        ("manifest-no-measurements", lambda d: d.update(measurements=[]), 3, "measurements is an empty list",
+         "a manifest that publishes no launch digest", None),
+        ("manifest-duplicate-shape", lambda d: d["measurements"].append(dict(d["measurements"][0])), 3,
+         "measurements[1].shape is 'qemu:EPYC-v4:1:0x1', already published by measurements[0]",
+         "one shape published twice", None),
+        ("manifest-shape-id-contradicts-vcpus", shape(shape="qemu:EPYC-v4:2:0x1"), 3,
+         "measurements[0].vcpus is 1, but the shape id 'qemu:EPYC-v4:2:0x1' says 2",
+         "a shape id naming 2 vCPUs on a 1-vCPU entry (a report of one launch accepted as the other)", None),
+        ("manifest-digest-64-hex", shape(measurement="ab" * 32), 2,
+         "measurements[0].measurement is \"abab", "a SHA-256-sized launch digest", None),
+        ("manifest-digest-98-hex", shape(measurement="ab" * 49), 2,
+         "measurements[0].measurement is \"abab", "a launch digest one byte too long", None),
+        ("manifest-digest-not-hex", shape(measurement="zz" * 48), 2,
+         "measurements[0].measurement is \"zzzz", "a launch digest of non-hex digits", None),
+        ("manifest-digest-integer", shape(measurement=12345), 2,
+         "measurements[0].measurement is 12345, not 96 lower-case hex digits", "a launch digest given as a number",
+         None),
+    ]
+    for cid, change, code, message, why, stream in edits:
+        case(cid, rederive, code, message, why, good_bundle(change), stream=stream)
+    dup = good_bundle()
+    dup["bundle/manifest.json"] = dup["bundle/manifest.json"].replace(b'"vcpus": 1', b'"vcpus": 2, "vcpus": 1')
+    case("manifest-duplicate-key", rederive, 3, "measurements[0].vcpus appears twice in one object",
+         "a key given twice, which two JSON readers may read differently", dup)
+    case("verify-manifest-shape-id-contradicts-vcpus",
+         verify("--manifest", "{case}/bundle/manifest.json", "--shape", "qemu:EPYC-v4:2:0x1"), 3,
+         "measurements[0].vcpus is 1, but the shape id 'qemu:EPYC-v4:2:0x1' says 2",
+         "verify-report trusting a shape id that contradicts its entry",
+         {**good_bundle(shape(shape="qemu:EPYC-v4:2:0x1")), "report.bin": REPORT})
+    case("explain-report-shape-id-contradicts-vcpus",
+         ["explain-report", "--measurement", "00" * 48, "--bundle", "{case}/bundle"], 3,
+         "measurements[0].vcpus is 1, but the shape id 'qemu:EPYC-v4:2:0x1' says 2",
+         "explain-report reading a manifest whose shape id contradicts its entry",
+         good_bundle(shape(shape="qemu:EPYC-v4:2:0x1")))
+    case("manifest-dev-zero", ["verify-report", "{case}/report.bin", "--no-signature", "--manifest", "/dev/zero"],
+         2, "the manifest file '/dev/zero' is larger than 16,777,216 bytes",
+         "an endless stream given as the manifest", {"report.bin": REPORT})
+    case("rederive-manifest-dev-zero", rederive, 2, "manifest.json' is larger than 16,777,216 bytes",
+         "a bundle whose manifest.json is /dev/zero",
+         {"bundle/.keep": b""}, symlinks={"bundle/manifest.json": "/dev/zero"})
+
+
+def option_cases() -> None:
+    for cid, extra, message, why in [
+        ("verify-vmpl-negative", ("--vmpl", "-1"), "--vmpl '-1' is not a valid VMPL; give 0 to 3", "a VMPL below 0"),
+        ("verify-vmpl-too-high", ("--vmpl", "9"), "--vmpl '9' is not a valid VMPL; give 0 to 3",
+         "a VMPL above 3"),
+        ("verify-policy-too-wide", ("--policy", "0x1ffffffffffffffff"), "0x1ffffffffffffffff does not fit in 64 bits",
+         "a guest policy of 65 bits"),
+        ("verify-min-guest-svn-negative", ("--min-guest-svn", "-1"), "--min-guest-svn '-1' is not a valid SVN",
+         "a negative minimum guest SVN"),
+    ]:
+        case(cid, verify(*extra), 2, message, why, {"report.bin": REPORT})
+    case("report-dev-zero", ["verify-report", "/dev/zero", "--no-signature"], 2,
+         "the attestation report file '/dev/zero' is larger than 8,192 bytes",
+         "an endless stream given as the report")
+    case("vmsa-dev-zero", ["explain-vmsa", "/dev/zero", "/dev/zero"], 2,
+         "the VMSA file '/dev/zero' is larger than 4,096 bytes",
+         "an endless stream given as a VMSA page")
+    case("id-key-dev-zero", ["id-block", "ab" * 48, "--id-key", "/dev/zero", "--out-dir", "{case}/out"], 2,
+         "the ID key file '/dev/zero' is larger than 65,536 bytes", "an endless stream given as the ID key")
+    id_pem = (VECTORS / "sev-snp-measure/keyfile/id_key_test.pem").read_bytes()
+    case("id-block-policy-reserved-bit", ["id-block", "ab" * 48, "--id-key", "{case}/id.pem", "--policy",
+                                          hex(0x30000 | 1 << 51), "--out-dir", "{case}/out"], 2,
+         "0x8000000030000 sets reserved bit 51", "a guest policy with reserved bit 51 set", {"id.pem": id_pem})
+    case("certs-dir-garbage", ["verify-report", "{fixtures}/oak/genoa_oc_attestation_report.bin", "--certs",
+                               "{case}/certs", "--at", "2025-09-01T00:00:00Z", "--allow-debug"], 2,
+         "garbage.pem is not a valid DER X.509 certificate",
+         "a file named as a certificate in a --certs directory that is none (not skipped)",
+         {"certs/vcek.der": VCEK, "certs/ark.pem": (VECTORS / "go-sev-guest/ask_ark_genoa.pem").read_bytes(),
+          "certs/garbage.pem": b"hello\n"})
+    case("certs-dir-dev-zero", ["verify-report", "{fixtures}/oak/genoa_oc_attestation_report.bin", "--certs",
+                                "{case}/certs", "--at", "2025-09-01T00:00:00Z", "--allow-debug"], 2,
+         "zero.pem' in the --certs directory is not a regular file", "a --certs directory entry that is /dev/zero",
+         {"certs/vcek.der": VCEK}, symlinks={"certs/zero.pem": "/dev/zero"})
 
 
 # -- keys, ID blocks, manifest signatures ----------------------------------------------------
@@ -610,6 +741,8 @@ def main() -> None:
     vmsa_cases()
     report_cases()
     bundle_cases()
+    manifest_edit_cases()
+    option_cases()
     key_cases()
     recipe_cases()
     reader_cases()
