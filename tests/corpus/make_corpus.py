@@ -507,6 +507,19 @@ def key_cases() -> None:
     case("verify-manifest-bad-signature", ["verify-manifest", "{case}/manifest.json", "--key", "{case}/key.pem"],
          3, "do not trust this manifest", "a signature file of the wrong bytes",
          {"manifest.json": manifest, "manifest.json.sig": base64.b64encode(bytes(64)) + b"\n", "key.pem": ed_pub})
+    sign = ["sign-manifest", "{case}/manifest.json", "--key", "{case}/key.pem", "--output"]
+    case("sign-manifest-output-is-manifest", [*sign, "{case}/manifest.json"], 2, "manifest.json' is the manifest '",
+         "a signature written over the manifest it signs", {"manifest.json": manifest, "key.pem": ed_pem})
+    case("sign-manifest-output-is-key", [*sign, "{case}/key.pem"], 2, "key.pem' is the signing key '",
+         "a signature written over the private key", {"manifest.json": manifest, "key.pem": ed_pem})
+    case("sign-manifest-output-links-to-manifest", [*sign, "{case}/sig"], 2, "sig' is the manifest '",
+         "an output symlink that resolves to the manifest", {"manifest.json": manifest, "key.pem": ed_pem},
+         symlinks={"sig": "manifest.json"})
+    case("verify-manifest-key-sha256-garbage", ["verify-manifest", "{case}/manifest.json", "--key", "{case}/key.pem",
+                                                "--key-sha256", "xyz"], 2,
+         "--key-sha256 'xyz' is not 32 bytes; give 64 hex digits",
+         "a key fingerprint that is not hex", {"manifest.json": manifest, "manifest.json.sig": b"x",
+                                               "key.pem": ed_pub})
     case("sign-manifest-key-garbage", ["sign-manifest", "{case}/manifest.json", "--key", "{case}/key.pem"], 2,
          "is not a private key in PEM or DER", "a signing key file holding text",
          {"manifest.json": manifest, "key.pem": b"hello\n"})
@@ -597,6 +610,28 @@ def recipe_cases() -> None:
     del lock["inputs"][0]["debian"]["name"]
     case("lock-package-without-name", build(), 2, "entry 'firmware' has a package record without a package name",
          "a pinned Debian package whose record lost its name", recipe_files(RECIPE, json.dumps(lock).encode()))
+    for cid, value, message, why in (
+            ("lock-size-negative", -1, "entry 'firmware': 'size' is -1, not a size in bytes", "a pinned size of -1"),
+            ("lock-size-boolean", True, "entry 'firmware' has no valid 'size'", "a pinned size that is a boolean")):
+        lock = json.loads(LOCK)
+        lock["inputs"][0]["size"] = value
+        case(cid, build(), 2, message, why, recipe_files(RECIPE, json.dumps(lock).encode()))
+    case("lock-deeply-nested", build(), 2, "the lock file nests brackets too deeply to be a lock file",
+         "a lock file of 5,000 nested brackets", recipe_files(RECIPE, b"[" * 5000 + b"]" * 5000))
+    case("lock-is-directory", build(), 2, "r.lock: the lock file is a directory; remove it",
+         "a directory where the lock file goes", recipe_files(RECIPE, None, **{"r.lock/x": b""}))
+    case("recipe-deeply-nested", build(), 2, "r.yaml:1: the recipe nests collections more than 32 levels deep",
+         "a recipe of 5,000 nested brackets", recipe_files("name: " + "[" * 5000 + "]" * 5000 + "\n"))
+    case("recipe-not-utf8-line-26", build(), 2, "r.yaml:26: the recipe is not UTF-8: byte 0xe9 at column 47",
+         "a Latin-1 byte in a comment on line 26 of the recipe",
+         recipe_files(sub('cmdline: "console=ttyS0 panic=-1 quiet"',
+                          'cmdline: "console=ttyS0 panic=-1 quiet"  # caf').encode().replace(b"# caf", b"# caf\xe9")))
+    case("recipe-file-symlink-to-host", ["lock", "{case}/r.yaml", "--offline"], 2,
+         "'link.txt' is a symbolic link (or lies under one) that resolves to /etc/hostname, outside",
+         "an initrd.files local file that is a symlink to a host file (it must stay in the recipe directory)",
+         recipe_files(sub("  modules: [sev-guest]", "  modules: [sev-guest]\n  files:\n"
+                                                       "    - path: /etc/x\n      file: link.txt"), LOCK),
+         symlinks={"link.txt": "/etc/hostname"})
     case("lock-missing", build(), 2, "the recipe's inputs are not pinned yet", "a recipe built before it is locked",
          recipe_files(RECIPE, None))
 
