@@ -423,6 +423,12 @@ def manifest_edit_cases() -> None:
          "measurements[0].vcpus is 1, but the shape id 'qemu:EPYC-v4:2:0x1' says 2",
          "explain-report reading a manifest whose shape id contradicts its entry",
          good_bundle(shape(shape="qemu:EPYC-v4:2:0x1")))
+    case("manifest-too-many-shapes", rederive, 2, "publishes 4,097 measurements, more than the 4,096 shapes",
+         "more published shapes than re-derivation is bounded to (docs/limits.md)",
+         good_bundle(lambda d: d.update(measurements=[{}] * 4097)))
+    case("manifest-too-many-vcpus", rederive, 2, "publishes shapes with 266,240 vCPUs in all, more than the 262,144",
+         "shapes whose vCPUs together would take minutes to re-derive (docs/limits.md)",
+         good_bundle(lambda d: d.update(measurements=[{"vcpus": 4096}] * 65)))
     case("manifest-dev-zero", ["verify-report", "{case}/report.bin", "--no-signature", "--manifest", "/dev/zero"],
          2, "the manifest file '/dev/zero' is larger than 16,777,216 bytes",
          "an endless stream given as the manifest", {"report.bin": REPORT})
@@ -460,6 +466,13 @@ def option_cases() -> None:
          "a file named as a certificate in a --certs directory that is none (not skipped)",
          {"certs/vcek.der": VCEK, "certs/ark.pem": (VECTORS / "go-sev-guest/ask_ark_genoa.pem").read_bytes(),
           "certs/garbage.pem": b"hello\n"})
+    case("certs-dev-zero", ["verify-report", "{fixtures}/oak/genoa_oc_attestation_report.bin", "--certs",
+                            "/dev/zero"], 2, "the certificate file '/dev/zero' is larger than 65,536 bytes",
+         "an endless stream given as a certificate file")
+    case("id-block-out-file-is-directory", ["id-block", "ab" * 48, "--id-key", "{case}/id.pem", "--out-dir",
+                                            "{case}/out"], 2, "id_auth.bin': it is a directory",
+         "one of the two outputs cannot be written: neither may be left behind", {"id.pem": id_pem,
+                                                                                  "out/id_auth.bin/.keep": b""})
     case("certs-dir-dev-zero", ["verify-report", "{fixtures}/oak/genoa_oc_attestation_report.bin", "--certs",
                                 "{case}/certs", "--at", "2025-09-01T00:00:00Z", "--allow-debug"], 2,
          "zero.pem' in the --certs directory is not a regular file", "a --certs directory entry that is /dev/zero",
@@ -632,6 +645,8 @@ def recipe_cases() -> None:
          recipe_files(sub("  modules: [sev-guest]", "  modules: [sev-guest]\n  files:\n"
                                                        "    - path: /etc/x\n      file: link.txt"), LOCK),
          symlinks={"link.txt": "/etc/hostname"})
+    case("check-repro-no-lock", ["check-repro", "{case}/r.yaml"], 2, "r.lock does not exist: the recipe's inputs "
+         "are not pinned yet", "a reproducibility check of a recipe that has no lock file", recipe_files(RECIPE))
     case("lock-missing", build(), 2, "the recipe's inputs are not pinned yet", "a recipe built before it is locked",
          recipe_files(RECIPE, None))
 
