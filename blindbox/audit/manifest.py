@@ -160,6 +160,13 @@ class _Checker:
             raise self.fail(path, f"is {value}, larger than {hi:#x}")
         return number
 
+    def choice(self, value: Any, path: builtins.str, choices: Any, what: builtins.str) -> builtins.str:
+        """A string naming one of ``choices``: another type is malformed, another name is false."""
+        name = self.str(value, path)
+        if name not in choices:
+            raise self.fail(path, f"is {_short(name)}, not {what} ({', '.join(choices)})")
+        return name
+
     def list(self, value: Any, path: builtins.str, *, nonempty: bool = True) -> builtins.list[Any]:
         if not isinstance(value, list):
             raise self.malformed(path, f"is {_kind(value)}, not a list")
@@ -305,9 +312,7 @@ def _check_firmware(fw: Any, c: _Checker) -> None:
     for i, s in enumerate(sections):
         where = f"firmware.sev_metadata_sections[{i}]"
         c.obj(s, where, ("type", "gpa", "size"))
-        if s["type"] not in SectionType.__members__:
-            raise c.fail(f"{where}.type", f"is {_short(s['type'])}, not a SEV metadata section type "
-                                          f"({', '.join(SectionType.__members__)})")
+        c.choice(s["type"], f"{where}.type", SectionType.__members__, "a SEV metadata section type")
         c.hex_int(s["gpa"], f"{where}.gpa", 0xFFFFFFFF)
         c.int(s["size"], f"{where}.size", 0, 0xFFFFFFFF)
     if not any(s["type"] == SectionType.SNP_KERNEL_HASHES.name for s in sections):
@@ -338,7 +343,7 @@ def _check_launch(launch: Any, c: _Checker) -> None:
             raise c.fail("launch.id_block.policy", f"is {idb['policy']}, but launch.policy is {launch['policy']}; "
                                                    f"the firmware refuses a launch whose ID block policy differs")
         if not isinstance(idb["author_key"], bool):
-            raise c.fail("launch.id_block.author_key", f"is {_kind(idb['author_key'])}, not true or false")
+            raise c.malformed("launch.id_block.author_key", f"is {_kind(idb['author_key'])}, not true or false")
 
 
 def _check_inputs(inputs: Any, c: _Checker) -> None:
@@ -350,8 +355,7 @@ def _check_inputs(inputs: Any, c: _Checker) -> None:
         if name in names:
             raise c.fail(f"{where}.name", f"is {name!r}, listed twice")
         names.add(name)
-        if rec["kind"] not in INPUT_KINDS:
-            raise c.fail(f"{where}.kind", f"is {_short(rec['kind'])}, not one of {', '.join(INPUT_KINDS)}")
+        c.choice(rec["kind"], f"{where}.kind", INPUT_KINDS, "an input kind")
         if rec["version"] is not None:
             c.str(rec["version"], f"{where}.version")
         c.hex_digest(rec["sha256"], f"{where}.sha256", 64)
@@ -370,8 +374,7 @@ def _check_outputs(outputs: Any, c: _Checker) -> dict[str, tuple[int, dict[str, 
             raise c.fail(f"{where}.file", f"is {name!r}, listed twice" if name in by_file else
                          "is the manifest itself, which cannot list its own digest")
         by_file[name] = (i, rec)
-        if rec["role"] not in ROLES:
-            raise c.fail(f"{where}.role", f"is {_short(rec['role'])}, not one of {', '.join(ROLES)}")
+        c.choice(rec["role"], f"{where}.role", ROLES, "a bundle file role")
         c.hex_digest(rec["sha256"], f"{where}.sha256", 64)
         c.int(rec["size"], f"{where}.size", 0, None)
     for role in SINGLE_ROLES:
@@ -396,16 +399,12 @@ def _check_measurements(doc: dict[str, Any], outputs: dict[str, tuple[int, dict[
         if sid in seen:
             raise c.fail(f"{where}.shape", f"is {sid!r}, already published by measurements[{seen[sid]}]")
         seen[sid] = i
-        if e["mode"] != "snp":
+        if c.str(e["mode"], f"{where}.mode") != "snp":
             raise c.fail(f"{where}.mode", f"is {_short(e['mode'])}; a bundle publishes SEV-SNP digests only "
                                           f"(\"snp\")")
-        if e["vmm_profile"] not in PROFILES:
-            raise c.fail(f"{where}.vmm_profile", f"is {_short(e['vmm_profile'])}, not a VMM profile this "
-                                                 f"blindbox knows ({', '.join(PROFILES)})")
+        c.choice(e["vmm_profile"], f"{where}.vmm_profile", PROFILES, "a VMM profile this blindbox knows")
         vcpus = c.int(e["vcpus"], f"{where}.vcpus", 1, MAX_VCPUS)
-        if e["vcpu_type"] not in CPU_SIGS:
-            raise c.fail(f"{where}.vcpu_type", f"is {_short(e['vcpu_type'])}, not a vCPU type this blindbox "
-                                               f"knows ({', '.join(CPU_SIGS)})")
+        c.choice(e["vcpu_type"], f"{where}.vcpu_type", CPU_SIGS, "a vCPU type this blindbox knows")
         sig = c.hex_int(e["vcpu_sig"], f"{where}.vcpu_sig", 0xFFFFFFFF)
         if sig != CPU_SIGS[e["vcpu_type"]]:
             raise c.fail(f"{where}.vcpu_sig", f"is {e['vcpu_sig']}, but vCPU type {e['vcpu_type']} has signature "

@@ -127,3 +127,36 @@ def test_id_block_fields_follow_launch_id_block():
     d["measurements"][0]["author_key_digest"] = None
     d["launch"]["id_block"]["policy"] = "0x70000"
     assert refused(d).path == "launch.id_block.policy"
+
+
+@pytest.mark.parametrize("change, path", [
+    (lambda d: d["outputs"][0].update(role=[None]), "outputs[0].role"),
+    (lambda d: d["inputs"][0].update(kind={}), "inputs[0].kind"),
+    (lambda d: d["measurements"][0].update(mode=1), "measurements[0].mode"),
+    (lambda d: d["measurements"][0].update(vmm_profile=["qemu"]), "measurements[0].vmm_profile"),
+    (lambda d: d["measurements"][0].update(vcpu_type={"EPYC-v4": 1}), "measurements[0].vcpu_type"),
+    (lambda d: d["firmware"]["sev_metadata_sections"][0].update(type=[]), "firmware.sev_metadata_sections[0].type"),
+])
+def test_a_name_field_of_another_type_is_malformed_not_a_crash(change, path):
+    """A list or object where a name from a fixed set goes is bad input (exit 2), never an internal error."""
+    d = doc()
+    change(d)
+    err = refused(d)
+    assert type(err) is ManifestMalformed and err.path == path and ", not a string;" in str(err)
+
+
+def test_an_unknown_name_is_a_false_statement():
+    d = doc()
+    d["measurements"][0].update(vcpu_type="Pentium", shape="qemu:Pentium:1:0x1")
+    err = refused(d)
+    assert type(err) is ManifestInvalid and err.path == "measurements[0].vcpu_type"
+    assert 'is "Pentium", not a vCPU type this blindbox knows (EPYC' in str(err)
+
+
+def test_author_key_of_another_type_is_malformed():
+    d = doc()
+    d["launch"]["id_block"] = {"family_id": "00" * 16, "image_id": "00" * 16, "guest_svn": 0,
+                               "policy": "0x30000", "author_key": "yes"}
+    err = refused(d)
+    assert type(err) is ManifestMalformed and err.path == "launch.id_block.author_key"
+    assert 'is the string "yes", not true or false' in str(err)

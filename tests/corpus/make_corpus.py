@@ -16,18 +16,27 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import io
 import json
 import shutil
 import struct
 import sys
 import tarfile
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from measure.spec import OVMF_SEV_METADATA_GUID, SEV_ES_RESET_BLOCK_GUID, SectionType  # noqa: E402
+from builder.launch import LaunchFiles, LaunchShape, render  # noqa: E402
+from measure.kernel_hashes import KernelHashes  # noqa: E402
+from measure.ovmf import Firmware  # noqa: E402
+from measure.snp import SnpLaunch, VmShape  # noqa: E402
+from measure.vmm import profile  # noqa: E402
+from tests.audit.manifestdoc import entry, manifest_doc, write_bundle  # noqa: E402
 from tests.builder.stepfakes import make_bzimage, make_elf, make_module  # noqa: E402
 from tests.measure import synth  # noqa: E402
 
@@ -164,6 +173,28 @@ def firmware_cases() -> None:
 
 
 # -- VMSA pages ------------------------------------------------------------------------------
+    case("fw-sections-overlap", measure(), 2, "which overlaps section 0 (SNP_SEC_MEM) at 0x800000+0x2000",
+         "two SEV metadata sections that share a page (SNP_LAUNCH_UPDATE takes a page once)",
+         {"fw.fd": synth.image(0x2000, sections=[(0x800000, 0x2000, SectionType.SNP_SEC_MEM), *SNP[1:]],
+                               hashes_table=(0x803000, 0x400))})
+    case("fw-section-wraps-4gib", measure(), 2, "region 0xfffff000+0x2000 ends at 0x100001000, beyond 0x100000000",
+         "a section whose GPA range runs past 4 GiB",
+         {"fw.fd": synth.image(0x2000, sections=[*SNP, (0xFFFFF000, 0x2000, SectionType.SNP_SEC_MEM)],
+                               hashes_table=(0x803000, 0x400))})
+    case("fw-section-overlaps-firmware", measure(), 2, "which overlaps the firmware image itself at "
+         "0xffffe000-0x100000000", "a section that covers the firmware's own pages",
+         {"fw.fd": synth.image(0x2000, sections=[*SNP, (0xFFFFE000, 0x1000, SectionType.SNP_SEC_MEM)],
+                               hashes_table=(0x803000, 0x400))})
+    case("fw-sec-mem-huge", measure(), 2, "covers 0x0+0xfffff000, which overlaps the firmware image",
+         "a 0xFFFFF000-byte SNP_SEC_MEM section (nearly 4 GiB of pages to measure)",
+         {"fw.fd": synth.image(0x2000, sections=[(0x0, 0xFFFFF000, SectionType.SNP_SEC_MEM), *SNP[1:]],
+                               hashes_table=(0x803000, 0x400))})
+    case("fw-sections-total-huge", measure(), 2, "more than the 67,108,864 any firmware declares",
+         "a 2 GiB SNP_SEC_MEM section below the firmware: more pages than any firmware declares",
+         {"fw.fd": synth.image(0x2000, sections=[(0x0, 0x80000000, SectionType.SNP_SEC_MEM), *SNP[1:]],
+                               hashes_table=(0x803000, 0x400))})
+
+
 def vmsa_cases() -> None:
     from measure.ovmf import Firmware
     from measure.snp import SnpLaunch, VmShape
@@ -222,15 +253,16 @@ def report_cases() -> None:
          "a text file given as a certificate", {"notes.txt": b"hello\n"})
     case("trust-root-garbage", verify("--trust-root", "{case}/root.pem"), 2, "root.pem",
          "a trust root that is not a certificate", {"report.bin": REPORT, "root.pem": b"not a cert\n"})
-    case("verify-manifest-not-json", verify("--manifest", "{case}/manifest.json"), 2, "is not valid JSON",
+    case("verify-manifest-not-json", verify("--manifest", "{case}/manifest.json"), 2,
+         "is not UTF-8 JSON (Expecting property name",
          "a manifest that is not JSON", {"report.bin": REPORT, "manifest.json": b"{measurements: [}"})
     case("verify-manifest-wrong-type", verify("--manifest", "{case}/manifest.json"), 2,
-         "has no \"measurements\" list", "measurements given as a string",
-         {"report.bin": REPORT, "manifest.json": b'{"measurements": "abc"}'})
-    case("verify-manifest-bad-digest", verify("--manifest", "{case}/manifest.json"), 2, "not 96 hex digits",
-         "a published measurement that is not a SHA-384 digest",
+         'measurements is the string "abc", not a list', "measurements given as a string",
+         {"report.bin": REPORT, "manifest.json": json.dumps({**manifest_doc([]), "measurements": "abc"}).encode()})
+    case("verify-manifest-bad-digest", verify("--manifest", "{case}/manifest.json"), 2,
+         "measurements[0].measurement is \"zzzz", "a published measurement that is not a SHA-384 digest",
          {"report.bin": REPORT, "manifest.json": json.dumps(
-             {"measurements": [{"shape": "qemu:EPYC-v4:1:0x1", "measurement": "zz" * 48}]}).encode()})
+             manifest_doc([entry(1, "EPYC-v4", 0x1, "zz" * 48)])).encode()})
     case("verify-min-tcb-garbage", verify("--min-tcb", "snp=x"), 2, "--min-tcb item 'snp=x' is not COMPONENT=LEVEL",
          "a minimum TCB that is not COMPONENT=LEVEL", {"report.bin": REPORT})
     case("verify-at-garbage", ["verify-report", "{case}/report.bin", "--no-signature", "--at", "yesterday"], 2,
@@ -245,59 +277,206 @@ def bundle(manifest, **files: bytes) -> dict[str, bytes]:
     return {"bundle/manifest.json": doc, **{f"bundle/{k}": v for k, v in files.items()}}
 
 
-OUTPUTS = [{"file": "OVMF.fd", "role": "firmware", "sha256": "00" * 32, "size": 1},
-           {"file": "bzImage", "role": "kernel", "sha256": "00" * 32, "size": 1},
-           {"file": "cmdline", "role": "cmdline", "sha256": "00" * 32, "size": 1}]
-BUNDLE_FILES = {"OVMF.fd": FW, "bzImage": make_bzimage("6.1.0-test"), "cmdline": b"console=ttyS0"}
+def good_bundle(change: Callable[[dict], object] | None = None, *, firmware: bytes = FW,
+                shapes: tuple[tuple[int, str], ...] = ((1, "EPYC-v4"),)) -> dict[str, bytes]:
+    """A small bundle that `blindbox rederive` passes (every published value re-derives), with
+    ``change`` then applied to its manifest; the files are left as they are."""
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        doc = write_bundle(d, firmware, [entry(n, t, 0x1, "00" * 48) for n, t in shapes])
+        try:
+            fw = Firmware.load(d / "OVMF.amdsev.fd")
+            launch = SnpLaunch(fw)
+        except Exception:  # noqa: BLE001 - a corrupt firmware keeps the placeholder facts
+            launch = None
+        if launch is not None:
+            facts = fw.describe()
+            doc["firmware"].update(ovmf_hash=launch.firmware_digest.hex(), sev_es_reset_eip=facts["sev_es_reset_eip"],
+                                   sev_hashes_table=facts["sev_hashes_table"],
+                                   sev_metadata_sections=facts["sev_metadata_sections"])
+            hashes = KernelHashes.from_files(d / "bzImage", d / "initrd", doc["cmdline"].encode())
+            for m in doc["measurements"]:
+                shape = VmShape(m["vcpus"], int(m["vcpu_sig"], 16), 0x1, profile("qemu"))
+                m["measurement"] = launch.measure(shape, hashes).digest.hex()
+        files = {n: (d / n).read_bytes() for n in ("OVMF.amdsev.fd", "bzImage", "initrd", "cmdline")}
+        sha = {n: hashlib.sha256(v).hexdigest() for n, v in files.items()}
+        files["launch-snp.sh"] = render(
+            name=doc["name"], tool="blindbox-guest 0.1.0", files=LaunchFiles("OVMF.amdsev.fd", "bzImage", "initrd"),
+            sha256=sha, cmdline=doc["cmdline"].encode(), memory_mib=doc["launch"]["memory_mib"],
+            policy=int(doc["launch"]["policy"], 16),
+            shapes=[LaunchShape(m["shape"], m["vcpus"], m["vcpu_type"], 0x1, m["measurement"])
+                    for m in doc["measurements"]])
+        out = next(o for o in doc["outputs"] if o["role"] == "launch")
+        out["sha256"] = hashlib.sha256(files["launch-snp.sh"]).hexdigest()
+        out["size"] = len(files["launch-snp.sh"])
+    if change is not None:
+        change(doc)
+    return bundle(doc, **files)
 
 
 def bundle_cases() -> None:
     rederive = ["rederive", "{case}/bundle"]
-    case("manifest-not-json", rederive, 2, "is not JSON", "a manifest.json that is not JSON",
+    case("manifest-not-json", rederive, 2, "is not UTF-8 JSON (Expecting value", "a manifest.json that is not JSON",
          bundle(b"{\"outputs\": ["))
-    case("manifest-not-utf8", rederive, 2, "is not JSON", "a manifest.json in Latin-1",
-         bundle(b"{\"name\": \"caf\xe9\"}"))
-    case("manifest-wrong-types", rederive, 2, "has no \"outputs\" and \"measurements\" lists",
-         "outputs given as a mapping", bundle({"outputs": {}, "measurements": []}))
-    case("manifest-output-not-mapping", rederive, 2, "an outputs entry has no file name",
-         "an outputs entry that is a number", bundle({"outputs": [1], "measurements": []}))
-    case("manifest-file-not-string", rederive, 2, "an outputs entry has file None and role 'firmware'; both must "
-         "be strings", "an output whose file name is null",
-         bundle({"outputs": [{"file": None, "role": "firmware"}], "measurements": []}))
+    case("manifest-not-utf8", rederive, 2, "is not UTF-8 JSON ('utf-8' codec can't decode byte 0xe9",
+         "a manifest.json in Latin-1", bundle(b"{\"name\": \"caf\xe9\"}"))
+    # from here on a schema-complete manifest of a bundle that re-derives, with one field changed
+    case("manifest-wrong-types", rederive, 2, "outputs is an object, not a list; the manifest is malformed",
+         "outputs given as a mapping", good_bundle(lambda d: d.update(outputs={})))
+    case("manifest-output-not-mapping", rederive, 2, "outputs[0] is an integer, not an object",
+         "an outputs entry that is a number", good_bundle(lambda d: d["outputs"].__setitem__(0, 1)))
+    case("manifest-file-not-string", rederive, 2, "outputs[0].file is null, not a string",
+         "an output whose file name is null", good_bundle(lambda d: d["outputs"][0].update(file=None)))
     case("manifest-role-not-string", ["explain-report", "--measurement", "00" * 48, "--bundle", "{case}/bundle"], 2,
-         "an outputs entry has file 'OVMF.fd' and role [None]; both must be strings",
-         "an output whose role is a list", bundle({"outputs": [{"file": "OVMF.fd", "role": [None]}],
-                                                   "measurements": []}))
-    case("manifest-path-traversal", rederive, 2, "names output '../../etc/passwd' outside the bundle",
+         "outputs[0].role is a list, not a string", "an output whose role is a list",
+         good_bundle(lambda d: d["outputs"][0].update(role=[None])))
+    case("manifest-path-traversal", rederive, 3, "outputs[0].file is '../../etc/passwd', which leaves the bundle",
          "an output file name that climbs out of the bundle",
-         bundle({"outputs": [{"file": "../../etc/passwd", "role": "firmware"}], "measurements": []}))
-    case("manifest-absolute-path", rederive, 2, "names output '/etc/passwd' outside the bundle",
-         "an absolute output file name",
-         bundle({"outputs": [{"file": "/etc/passwd", "role": "kernel"}], "measurements": []}))
-    case("manifest-missing-roles", rederive, 2, "lists no output with role firmware, kernel, cmdline",
-         "a manifest without the files a launch digest needs", bundle({"outputs": [], "measurements": []}))
-    case("manifest-shape-malformed", rederive, 2, "a measurements entry is malformed",
-         "a shape whose vcpus is not a number",
-         bundle({"outputs": OUTPUTS, "measurements": [{"shape": "x", "vcpus": "many", "guest_features": "0x1",
-                                                       "vmm_profile": "qemu", "measurement": "00"}]},
-                **BUNDLE_FILES))
-    case("manifest-shape-mode", rederive, 2, "only snp shapes can be re-derived",
-         "a shape of another SEV mode",
-         bundle({"outputs": OUTPUTS, "measurements": [{"shape": "x", "vcpus": 1, "vcpu_sig": "0x800f12",
-                                                       "guest_features": "0x1", "vmm_profile": "qemu",
-                                                       "measurement": "00", "mode": "sev"}]}, **BUNDLE_FILES))
+         good_bundle(lambda d: d["outputs"][0].update(file="../../etc/passwd")))
+    case("manifest-absolute-path", rederive, 3, "outputs[1].file is '/etc/passwd', an absolute path",
+         "an absolute output file name", good_bundle(lambda d: d["outputs"][1].update(file="/etc/passwd")))
+    case("manifest-missing-roles", rederive, 3, "outputs lists 0 files with role 'firmware', not exactly one",
+         "a manifest without the files a launch digest needs (firmware, kernel, cmdline)",
+         good_bundle(lambda d: d.update(outputs=[o for o in d["outputs"]
+                                                 if o["role"] not in ("firmware", "kernel", "cmdline")])))
+    case("manifest-shape-malformed", rederive, 2, 'measurements[0].vcpus is the string "many", not an integer',
+         "a shape whose vcpus is not a number", good_bundle(lambda d: d["measurements"][0].update(vcpus="many")))
+    case("manifest-shape-mode", rederive, 3, 'measurements[0].mode is "sev"; a bundle publishes SEV-SNP digests only',
+         "a shape of another SEV mode", good_bundle(lambda d: d["measurements"][0].update(mode="sev")))
     case("manifest-symlink-loop", rederive, 2, "Too many levels of symbolic links",
          "manifest.json is a symlink loop", {"bundle/.keep": b""},
          symlinks={"bundle/manifest.json": "manifest.json"})
-    case("bundle-firmware-corrupt", rederive, 2, "expected b'ASEV'",
-         "the bundle's firmware has a damaged SEV metadata header",
-         bundle({"outputs": OUTPUTS, "measurements": []},
-                **{**BUNDLE_FILES, "OVMF.fd": patched(FW, META, b"XXXX")}))
+    case("bundle-firmware-corrupt", rederive, 3, "has signature b'XXXX', expected b'ASEV'",
+         "the bundle's firmware has a damaged SEV metadata header (its digest as published)",
+         good_bundle(firmware=patched(FW, META, b"XXXX")), stream="stdout")
     case("explain-report-no-manifest", ["explain-report", "--measurement", "00" * 48, "--bundle",
                                         "{case}/bundle"], 2, "cannot read the manifest file",
          "a bundle directory without manifest.json", {"bundle/.keep": b""})
     case("explain-measurement-not-hex", ["explain-report", "--measurement", "xyz", "--ovmf", "{case}/fw.fd"], 2,
-         "is not 96 hex digits", "a measurement that is not hex", {"fw.fd": FW})
+         "--measurement 'xyz' is not 48 bytes; give 96 hex digits", "a measurement that is not hex",
+         {"fw.fd": FW})
+
+
+# -- a hostile user's inputs: each value a manifest or option states is checked ------------------
+def manifest_edit_cases() -> None:
+    rederive = ["rederive", "{case}/bundle"]
+
+    def shape(**fields: object) -> Callable[[dict], object]:
+        return lambda d: d["measurements"][0].update(fields)
+
+    edits = [
+        ("manifest-ovmf-hash-zeros", lambda d: d["firmware"].update(ovmf_hash="0" * 96), 3,
+         "FAIL  firmware.ovmf_hash", "an OVMF hash of 96 zeros, re-derived from the firmware", "stdout"),
+        ("manifest-reset-eip-changed", lambda d: d["firmware"].update(sev_es_reset_eip="0xffffe000"), 3,
+         "FAIL  firmware.sev_es_reset_eip", "a published reset address the firmware does not have", "stdout"),
+        ("manifest-hashes-table-moved", lambda d: d["firmware"]["sev_hashes_table"].update(gpa="0x803400"), 3,
+         "FAIL  firmware.sev_hashes_table", "a published hashes table address the firmware does not have", "stdout"),
+        ("manifest-policy-changed", lambda d: d["launch"].update(policy="0x70000"), 3,
+         "FAIL  launch.policy", "a published policy the launch script does not use", "stdout"),
+        ("manifest-sections-empty", lambda d: d["firmware"].update(sev_metadata_sections=[]), 3,
+         "firmware.sev_metadata_sections is an empty list", "the firmware's SEV metadata sections emptied", None),
+        ("manifest-cmdline-differs", lambda d: d.update(cmdline="console=ttyS0 init=/bin/sh"), 3,
+         "cmdline is \"console=ttyS0 init=/bin/sh\", but outputs[3] (cmdline) lists a file with other contents",
+         "a published cmdline that is not the bundle's cmdline file", None),
+        ("manifest-schema-unknown", lambda d: d.update(schema="blindbox-manifest/9"), 3,
+         "schema is 'blindbox-manifest/9', a schema version this blindbox does not know",
+         "a schema version this blindbox does not read", None),
+        ("manifest-vcpu-type-unknown", shape(vcpu_type="Pentium", shape="qemu:Pentium:1:0x1"), 3,
+         'measurements[0].vcpu_type is "Pentium", not a vCPU type this blindbox knows',
+         "a vCPU type no VMM profile has", None),
+        ("manifest-firmware-deleted", lambda d: d.pop("firmware"), 3, "firmware is missing",
+         "the firmware section deleted", None),
+        ("manifest-firmware-file-traversal", lambda d: d["firmware"].update(file="../../../../etc/passwd"), 3,
+         "firmware.file is '../../../../etc/passwd', which leaves the bundle directory",
+         "a firmware file that climbs out of the bundle", None),
+        ("manifest-no-measurements", lambda d: d.update(measurements=[]), 3, "measurements is an empty list",
+         "a manifest that publishes no launch digest", None),
+        ("manifest-duplicate-shape", lambda d: d["measurements"].append(dict(d["measurements"][0])), 3,
+         "measurements[1].shape is 'qemu:EPYC-v4:1:0x1', already published by measurements[0]",
+         "one shape published twice", None),
+        ("manifest-shape-id-contradicts-vcpus", shape(shape="qemu:EPYC-v4:2:0x1"), 3,
+         "measurements[0].vcpus is 1, but the shape id 'qemu:EPYC-v4:2:0x1' says 2",
+         "a shape id naming 2 vCPUs on a 1-vCPU entry (a report of one launch accepted as the other)", None),
+        ("manifest-digest-64-hex", shape(measurement="ab" * 32), 2,
+         "measurements[0].measurement is \"abab", "a SHA-256-sized launch digest", None),
+        ("manifest-digest-98-hex", shape(measurement="ab" * 49), 2,
+         "measurements[0].measurement is \"abab", "a launch digest one byte too long", None),
+        ("manifest-digest-not-hex", shape(measurement="zz" * 48), 2,
+         "measurements[0].measurement is \"zzzz", "a launch digest of non-hex digits", None),
+        ("manifest-digest-integer", shape(measurement=12345), 2,
+         "measurements[0].measurement is 12345, not 96 lower-case hex digits", "a launch digest given as a number",
+         None),
+    ]
+    for cid, change, code, message, why, stream in edits:
+        case(cid, rederive, code, message, why, good_bundle(change), stream=stream)
+    dup = good_bundle()
+    dup["bundle/manifest.json"] = dup["bundle/manifest.json"].replace(b'"vcpus": 1', b'"vcpus": 2, "vcpus": 1')
+    case("manifest-duplicate-key", rederive, 3, "measurements[0].vcpus appears twice in one object",
+         "a key given twice, which two JSON readers may read differently", dup)
+    case("verify-manifest-shape-id-contradicts-vcpus",
+         verify("--manifest", "{case}/bundle/manifest.json", "--shape", "qemu:EPYC-v4:2:0x1"), 3,
+         "measurements[0].vcpus is 1, but the shape id 'qemu:EPYC-v4:2:0x1' says 2",
+         "verify-report trusting a shape id that contradicts its entry",
+         {**good_bundle(shape(shape="qemu:EPYC-v4:2:0x1")), "report.bin": REPORT})
+    case("explain-report-shape-id-contradicts-vcpus",
+         ["explain-report", "--measurement", "00" * 48, "--bundle", "{case}/bundle"], 3,
+         "measurements[0].vcpus is 1, but the shape id 'qemu:EPYC-v4:2:0x1' says 2",
+         "explain-report reading a manifest whose shape id contradicts its entry",
+         good_bundle(shape(shape="qemu:EPYC-v4:2:0x1")))
+    case("manifest-too-many-shapes", rederive, 2, "publishes 4,097 measurements, more than the 4,096 shapes",
+         "more published shapes than re-derivation is bounded to (docs/limits.md)",
+         good_bundle(lambda d: d.update(measurements=[{}] * 4097)))
+    case("manifest-too-many-vcpus", rederive, 2, "publishes shapes with 266,240 vCPUs in all, more than the 262,144",
+         "shapes whose vCPUs together would take minutes to re-derive (docs/limits.md)",
+         good_bundle(lambda d: d.update(measurements=[{"vcpus": 4096}] * 65)))
+    case("manifest-dev-zero", ["verify-report", "{case}/report.bin", "--no-signature", "--manifest", "/dev/zero"],
+         2, "the manifest file '/dev/zero' is larger than 16,777,216 bytes",
+         "an endless stream given as the manifest", {"report.bin": REPORT})
+    case("rederive-manifest-dev-zero", rederive, 2, "manifest.json' is larger than 16,777,216 bytes",
+         "a bundle whose manifest.json is /dev/zero",
+         {"bundle/.keep": b""}, symlinks={"bundle/manifest.json": "/dev/zero"})
+
+
+def option_cases() -> None:
+    for cid, extra, message, why in [
+        ("verify-vmpl-negative", ("--vmpl", "-1"), "--vmpl '-1' is not a valid VMPL; give 0 to 3", "a VMPL below 0"),
+        ("verify-vmpl-too-high", ("--vmpl", "9"), "--vmpl '9' is not a valid VMPL; give 0 to 3",
+         "a VMPL above 3"),
+        ("verify-policy-too-wide", ("--policy", "0x1ffffffffffffffff"), "0x1ffffffffffffffff does not fit in 64 bits",
+         "a guest policy of 65 bits"),
+        ("verify-min-guest-svn-negative", ("--min-guest-svn", "-1"), "--min-guest-svn '-1' is not a valid SVN",
+         "a negative minimum guest SVN"),
+    ]:
+        case(cid, verify(*extra), 2, message, why, {"report.bin": REPORT})
+    case("report-dev-zero", ["verify-report", "/dev/zero", "--no-signature"], 2,
+         "the attestation report file '/dev/zero' is larger than 8,192 bytes",
+         "an endless stream given as the report")
+    case("vmsa-dev-zero", ["explain-vmsa", "/dev/zero", "/dev/zero"], 2,
+         "the VMSA file '/dev/zero' is larger than 4,096 bytes",
+         "an endless stream given as a VMSA page")
+    case("id-key-dev-zero", ["id-block", "ab" * 48, "--id-key", "/dev/zero", "--out-dir", "{case}/out"], 2,
+         "the ID key file '/dev/zero' is larger than 65,536 bytes", "an endless stream given as the ID key")
+    id_pem = (VECTORS / "sev-snp-measure/keyfile/id_key_test.pem").read_bytes()
+    case("id-block-policy-reserved-bit", ["id-block", "ab" * 48, "--id-key", "{case}/id.pem", "--policy",
+                                          hex(0x30000 | 1 << 51), "--out-dir", "{case}/out"], 2,
+         "0x8000000030000 sets reserved bit 51", "a guest policy with reserved bit 51 set", {"id.pem": id_pem})
+    case("certs-dir-garbage", ["verify-report", "{fixtures}/oak/genoa_oc_attestation_report.bin", "--certs",
+                               "{case}/certs", "--at", "2025-09-01T00:00:00Z", "--allow-debug"], 2,
+         "garbage.pem is not a valid DER X.509 certificate",
+         "a file named as a certificate in a --certs directory that is none (not skipped)",
+         {"certs/vcek.der": VCEK, "certs/ark.pem": (VECTORS / "go-sev-guest/ask_ark_genoa.pem").read_bytes(),
+          "certs/garbage.pem": b"hello\n"})
+    case("certs-dev-zero", ["verify-report", "{fixtures}/oak/genoa_oc_attestation_report.bin", "--certs",
+                            "/dev/zero"], 2, "the certificate file '/dev/zero' is larger than 65,536 bytes",
+         "an endless stream given as a certificate file")
+    case("id-block-out-file-is-directory", ["id-block", "ab" * 48, "--id-key", "{case}/id.pem", "--out-dir",
+                                            "{case}/out"], 2, "id_auth.bin': it is a directory",
+         "one of the two outputs cannot be written: neither may be left behind", {"id.pem": id_pem,
+                                                                                  "out/id_auth.bin/.keep": b""})
+    case("certs-dir-dev-zero", ["verify-report", "{fixtures}/oak/genoa_oc_attestation_report.bin", "--certs",
+                                "{case}/certs", "--at", "2025-09-01T00:00:00Z", "--allow-debug"], 2,
+         "zero.pem' in the --certs directory is not a regular file", "a --certs directory entry that is /dev/zero",
+         {"certs/vcek.der": VCEK}, symlinks={"certs/zero.pem": "/dev/zero"})
 
 
 # -- keys, ID blocks, manifest signatures ----------------------------------------------------
@@ -341,6 +520,19 @@ def key_cases() -> None:
     case("verify-manifest-bad-signature", ["verify-manifest", "{case}/manifest.json", "--key", "{case}/key.pem"],
          3, "do not trust this manifest", "a signature file of the wrong bytes",
          {"manifest.json": manifest, "manifest.json.sig": base64.b64encode(bytes(64)) + b"\n", "key.pem": ed_pub})
+    sign = ["sign-manifest", "{case}/manifest.json", "--key", "{case}/key.pem", "--output"]
+    case("sign-manifest-output-is-manifest", [*sign, "{case}/manifest.json"], 2, "manifest.json' is the manifest '",
+         "a signature written over the manifest it signs", {"manifest.json": manifest, "key.pem": ed_pem})
+    case("sign-manifest-output-is-key", [*sign, "{case}/key.pem"], 2, "key.pem' is the signing key '",
+         "a signature written over the private key", {"manifest.json": manifest, "key.pem": ed_pem})
+    case("sign-manifest-output-links-to-manifest", [*sign, "{case}/sig"], 2, "sig' is the manifest '",
+         "an output symlink that resolves to the manifest", {"manifest.json": manifest, "key.pem": ed_pem},
+         symlinks={"sig": "manifest.json"})
+    case("verify-manifest-key-sha256-garbage", ["verify-manifest", "{case}/manifest.json", "--key", "{case}/key.pem",
+                                                "--key-sha256", "xyz"], 2,
+         "--key-sha256 'xyz' is not 32 bytes; give 64 hex digits",
+         "a key fingerprint that is not hex", {"manifest.json": manifest, "manifest.json.sig": b"x",
+                                               "key.pem": ed_pub})
     case("sign-manifest-key-garbage", ["sign-manifest", "{case}/manifest.json", "--key", "{case}/key.pem"], 2,
          "is not a private key in PEM or DER", "a signing key file holding text",
          {"manifest.json": manifest, "key.pem": b"hello\n"})
@@ -431,6 +623,30 @@ def recipe_cases() -> None:
     del lock["inputs"][0]["debian"]["name"]
     case("lock-package-without-name", build(), 2, "entry 'firmware' has a package record without a package name",
          "a pinned Debian package whose record lost its name", recipe_files(RECIPE, json.dumps(lock).encode()))
+    for cid, value, message, why in (
+            ("lock-size-negative", -1, "entry 'firmware': 'size' is -1, not a size in bytes", "a pinned size of -1"),
+            ("lock-size-boolean", True, "entry 'firmware' has no valid 'size'", "a pinned size that is a boolean")):
+        lock = json.loads(LOCK)
+        lock["inputs"][0]["size"] = value
+        case(cid, build(), 2, message, why, recipe_files(RECIPE, json.dumps(lock).encode()))
+    case("lock-deeply-nested", build(), 2, "the lock file nests brackets too deeply to be a lock file",
+         "a lock file of 5,000 nested brackets", recipe_files(RECIPE, b"[" * 5000 + b"]" * 5000))
+    case("lock-is-directory", build(), 2, "r.lock: the lock file is a directory; remove it",
+         "a directory where the lock file goes", recipe_files(RECIPE, None, **{"r.lock/x": b""}))
+    case("recipe-deeply-nested", build(), 2, "r.yaml:1: the recipe nests collections more than 32 levels deep",
+         "a recipe of 5,000 nested brackets", recipe_files("name: " + "[" * 5000 + "]" * 5000 + "\n"))
+    case("recipe-not-utf8-line-26", build(), 2, "r.yaml:26: the recipe is not UTF-8: byte 0xe9 at column 47",
+         "a Latin-1 byte in a comment on line 26 of the recipe",
+         recipe_files(sub('cmdline: "console=ttyS0 panic=-1 quiet"',
+                          'cmdline: "console=ttyS0 panic=-1 quiet"  # caf').encode().replace(b"# caf", b"# caf\xe9")))
+    case("recipe-file-symlink-to-host", ["lock", "{case}/r.yaml", "--offline"], 2,
+         "'link.txt' is a symbolic link (or lies under one) that resolves to /etc/hostname, outside",
+         "an initrd.files local file that is a symlink to a host file (it must stay in the recipe directory)",
+         recipe_files(sub("  modules: [sev-guest]", "  modules: [sev-guest]\n  files:\n"
+                                                       "    - path: /etc/x\n      file: link.txt"), LOCK),
+         symlinks={"link.txt": "/etc/hostname"})
+    case("check-repro-no-lock", ["check-repro", "{case}/r.yaml"], 2, "r.lock does not exist: the recipe's inputs "
+         "are not pinned yet", "a reproducibility check of a recipe that has no lock file", recipe_files(RECIPE))
     case("lock-missing", build(), 2, "the recipe's inputs are not pinned yet", "a recipe built before it is locked",
          recipe_files(RECIPE, None))
 
@@ -575,6 +791,8 @@ def main() -> None:
     vmsa_cases()
     report_cases()
     bundle_cases()
+    manifest_edit_cases()
+    option_cases()
     key_cases()
     recipe_cases()
     reader_cases()
@@ -582,7 +800,7 @@ def main() -> None:
     assert len(ids) == len(set(ids)), "case ids must be unique"
     # one case per line: adding or editing a case is a one-line change
     (HERE / "cases.json").write_text("[\n" + ",\n".join(json.dumps(c) for c in CASES) + "\n]\n")
-    print(f"{len(CASES)} cases in {CASES_DIR.relative_to(ROOT)}")
+    sys.stdout.write(f"{len(CASES)} cases in {CASES_DIR.relative_to(ROOT)}\n")
 
 
 if __name__ == "__main__":
