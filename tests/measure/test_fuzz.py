@@ -1,4 +1,4 @@
-"""Fuzz targets for the calculator's parsers: OVMF footer table, SEV metadata, VMSA pages.
+"""Fuzz targets for the calculator's parsers: OVMF footer table, SEV metadata, VMSA pages, dm-verity.
 
 Seeds are real firmware tails (tests/fixtures) and synthetic images with every footer
 entry (tests/measure/synth.py); mutations keep most of the structure so that the checks
@@ -145,3 +145,61 @@ def test_mutated_bundle_manifests_load_or_raise_blindbox_error(data):
             return
         for path in roles.values():  # every role names a file inside the bundle
             assert Path(tmp) in path.parents
+
+
+# -- a dm-verity hash device, as the verifier reads it ------------------------------------
+
+import dataclasses  # noqa: E402
+import random  # noqa: E402
+import uuid  # noqa: E402
+
+from measure import verity  # noqa: E402
+
+VERITY_DATA = random.Random(7).randbytes(40 * 512)
+VERITY_PARAMS = verity.VerityParams(data_block_size=512, hash_block_size=512, salt=b"\x5a" * 32,
+                                    uuid=uuid.UUID("0b6f5c1e-8d2a-4c3b-9e7f-1a2b3c4d5e6f"))
+#: the hash area appended to the data file; the verifier takes the data block count from its superblock
+VERITY_APPENDED = dataclasses.replace(VERITY_PARAMS, hash_offset=len(VERITY_DATA))
+
+
+def _verity_seed(appended: bool) -> tuple[bytes, bytes]:
+    """(the hash device, or data file with its hash area appended; the root hash)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data, hash_ = Path(tmp) / "data", Path(tmp) / "hash"
+        data.write_bytes(VERITY_DATA)
+        if appended:
+            tree = verity.format_files(data, data, VERITY_APPENDED, data_blocks=len(VERITY_DATA) // 512)
+            return data.read_bytes(), tree.root_hash
+        tree = verity.format_files(data, hash_, VERITY_PARAMS)
+        return hash_.read_bytes(), tree.root_hash
+
+
+VERITY_HASH, VERITY_ROOT = _verity_seed(appended=False)
+VERITY_IMAGE, _ROOT = _verity_seed(appended=True)
+assert _ROOT == VERITY_ROOT
+_SB = (len(VERITY_DATA), len(VERITY_DATA) + verity.SUPERBLOCK_SIZE)  # the appended superblock
+
+
+@budget(150)
+@given(st.one_of(st.tuples(st.just(False), mutations(VERITY_HASH, resize=False)),
+                 st.tuples(st.just(False), mutations(VERITY_HASH)),
+                 st.tuples(st.just(False), mutations(VERITY_HASH, resize=False, region=(0, verity.SUPERBLOCK_SIZE))),
+                 st.tuples(st.just(True), mutations(VERITY_IMAGE, resize=False, region=_SB)),
+                 st.tuples(st.just(True), mutations(VERITY_IMAGE, region=(_SB[0], len(VERITY_IMAGE))))))
+def test_mutated_verity_hash_devices_verify_or_raise_blindbox_error(case):
+    appended, data = case
+    with tempfile.TemporaryDirectory() as tmp:
+        data_path = Path(tmp) / "data"
+        if appended:  # one file: the data, then the hash area
+            data_path.write_bytes(data)
+            hash_path, params = data_path, VERITY_APPENDED
+        else:
+            data_path.write_bytes(VERITY_DATA)
+            hash_path, params = Path(tmp) / "hash", VERITY_PARAMS
+            hash_path.write_bytes(data)
+        try:
+            verdict = verity.verify_files(data_path, hash_path, params, VERITY_ROOT)
+        except BlindboxError:
+            return
+        if verdict.ok:  # only the formatted tree over the formatted data verifies
+            assert verdict.data_blocks == len(VERITY_DATA) // 512
