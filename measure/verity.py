@@ -18,6 +18,10 @@ project's own notes are in docs/verity.md:
   refuses larger ones; the salt is at most 256 bytes.
 
 Files are streamed: one level at a time, with a bounded buffer, never the whole image.
+
+Part of the calculator: it may import only the standard library and :mod:`measure`, never
+``cryptography``, ``yaml``, ``click``, ``elftools``, :mod:`builder` or :mod:`blindbox`
+(docs/architecture.md).
 """
 
 from __future__ import annotations

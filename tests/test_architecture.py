@@ -4,13 +4,15 @@ Statically: every import statement of every module, including imports inside fun
 ``TYPE_CHECKING`` blocks and relative imports (resolved against the module's package), and
 ``importlib.import_module``/``__import__`` calls.  At run time: the modules a fresh
 interpreter holds after computing one SNP digest through the calculator's public API.
-Each check is also run on a synthetic breach, so a checker that sees nothing fails.
+Every module's docstring says what it must not depend on.  Each check is also run on a
+synthetic breach, so a checker that sees nothing fails.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -263,3 +265,42 @@ def test_runtime_check_sees_a_foreign_module(tmp_path):
                             "from measure import Firmware")
     _, foreign = foreign_modules_after(breach, tmp_path)
     assert "click" in foreign and "blindbox.audit.errors" in foreign and "blindbox" in foreign
+
+
+# -- module docstrings ---------------------------------------------------------------------
+
+#: a docstring states a dependency rule when it speaks of imports or dependencies ...
+_SPEAKS_OF_DEPENDENCIES = re.compile(r"\b(imports?|depends?|needs)\b", re.I)
+#: ... and of what is excluded
+_EXCLUDES = re.compile(r"\b(never|not|no|only|nothing)\b", re.I)
+
+
+def docstring_problems(root: Path) -> list[str]:
+    """Modules without a docstring that says what they are for and what they must not depend on."""
+    out = []
+    for top in PACKAGES:
+        for path in sorted((root / top).rglob("*.py")):
+            doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"), str(path))) or ""
+            rel = path.relative_to(root).as_posix()
+            if not doc.strip():
+                out.append(f"{rel}: no module docstring")
+            elif not (_SPEAKS_OF_DEPENDENCIES.search(doc) and _EXCLUDES.search(doc)):
+                out.append(f"{rel}: the docstring does not say what the module must not depend on")
+    return out
+
+
+def test_every_module_says_what_it_is_for_and_what_it_must_not_depend_on():
+    found = docstring_problems(ROOT)
+    assert not found, "\n".join(found)
+
+
+def test_docstring_check_sees_a_missing_rule(tmp_path):
+    root = _tree(tmp_path, {
+        "measure/a.py": '"""Parses things."""\n',
+        "measure/b.py": "x = 1\n",
+        "measure/c.py": '"""Parses things.\n\nIt imports only the standard library."""\n',
+    })
+    assert docstring_problems(root) == [
+        "measure/a.py: the docstring does not say what the module must not depend on",
+        "measure/b.py: no module docstring",
+    ]
