@@ -51,7 +51,8 @@ def test_corpus_is_wide_enough():
     commands = {c["argv"][0] if c["argv"][0] != "parse-file" else "parse-file " + c["argv"][1] for c in CASES}
     assert {"measure", "explain-vmsa", "explain-report", "rederive", "verify-report", "id-block",
             "sign-manifest", "verify-manifest", "build", "lock", "check-repro", "fetch", "parse-file deb",
-            "parse-file bzimage", "parse-file module", "parse-file elf", "parse-file cpio"} <= commands
+            "parse-file bzimage", "parse-file module", "parse-file elf", "parse-file cpio",
+            "parse-file verity-superblock"} <= commands
     for c in CASES:
         assert c["exit"] in (2, 3) and c["why"] and (CORPUS / "cases" / c["id"]).is_dir(), c["id"]
         assert c["message"] or c.get("stream") == "stdout", f"{c['id']}: give the expected message"

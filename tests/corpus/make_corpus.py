@@ -775,6 +775,21 @@ def reader_cases() -> None:
          "an old-style (odc) cpio header", {"initrd": b"070707" + arch[6:]})
     case("cpio-bad-hex", ["parse-file", "cpio", "{case}/initrd"], 2, "malformed newc header at offset 0",
          "a header field that is not hexadecimal", {"initrd": patched(arch, 6, b"zzzzzzzz")})
+    import uuid
+
+    from measure import verity
+    with tempfile.TemporaryDirectory() as tmp:
+        data, hash_ = Path(tmp) / "data", Path(tmp) / "hash"
+        data.write_bytes(bytes(8 * 4096))
+        verity.format_files(data, hash_, verity.VerityParams(salt=b"\x01" * 32, uuid=uuid.UUID(int=1)))
+        sb = hash_.read_bytes()[:verity.SUPERBLOCK_SIZE]
+    v = ["parse-file", "verity-superblock", "{case}/hash.img"]
+    case("verity-superblock-truncated", v, 2, "must be exactly 0x200 bytes, got 0x64",
+         "a hash device cut inside its superblock", {"hash.img": sb[:100]})
+    case("verity-superblock-wrong-magic", v, 2, "has no verity superblock at byte 0",
+         "a superblock whose signature is not \"verity\"", {"hash.img": patched(sb, 0, b"VERITY")})
+    case("verity-superblock-version-2", v, 2, "has no verity superblock at byte 0",
+         "a superblock of a version veritysetup does not write", {"hash.img": patched(sb, 8, b"\x02")})
 
 
 #: inputs that cannot be made again byte for byte (an encrypted key has a random salt)

@@ -2,8 +2,9 @@
 
 ``parse-file KIND FILE`` feeds FILE to a builder reader that no command reaches with a
 file of the user's choosing (a .deb, a bzImage, a kernel module, an ELF program, a newc
-archive).  Everything else is the real ``blindbox`` entry point, so the corpus sees the
-exit status, message and absence of tracebacks a user would.
+archive), or to the calculator's dm-verity superblock reader, which no command reaches
+yet.  Everything else is the real ``blindbox`` entry point, so the corpus sees the exit
+status, message and absence of tracebacks a user would.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import click
 
 from blindbox import cli
 
-KINDS = ("deb", "deb-control", "bzimage", "module", "elf", "cpio")
+KINDS = ("deb", "deb-control", "bzimage", "module", "elf", "cpio", "verity-superblock")
 
 
 @click.command("parse-file")
@@ -41,6 +42,9 @@ def parse_file(kind: str, path: Path) -> None:
     elif kind == "elf":
         from builder.steps.elf import read_elf
         read_elf(path, what=f"binary /bin/{path.name}")
+    elif kind == "verity-superblock":
+        from measure import verity
+        verity.read_superblock(path)
     else:
         from builder.steps import cpio
         cpio.parse(read_input(path, "initrd"))
