@@ -62,13 +62,6 @@ def gpa_range_problem(gpa: int, size: int, *, end: int | None = None, product: s
     return None
 
 
-def check_gpa_range(gpa: int, size: int, product: str = "milan", *, end: int | None = None) -> None:
-    """Refuse a page range the SNP firmware could not represent for ``product``."""
-    problem = gpa_range_problem(gpa, size, end=end, product=product)
-    if problem is not None:
-        raise InputError(f"{problem}.")
-
-
 class LaunchDigest:
     """Resumable SNP launch digest state (the guest context's LD field)."""
 
