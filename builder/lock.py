@@ -254,10 +254,6 @@ class LockResult:
 # reading and writing
 # --------------------------------------------------------------------------------------
 
-def lock_path_for(recipe: Recipe) -> Path:
-    return recipe.lock_path
-
-
 def read_lock(path: str | Path) -> Lock:
     path = Path(path)
     try:

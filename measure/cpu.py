@@ -27,14 +27,6 @@ def cpu_sig(family: int, model: int, stepping: int) -> int:
     return (family_ext << 20) | ((model >> 4) << 16) | (family_low << 8) | ((model & 0xF) << 4) | stepping
 
 
-def split_sig(sig: int) -> tuple[int, int, int]:
-    """Inverse of :func:`cpu_sig` for display: (family, model, stepping)."""
-    family_low = (sig >> 8) & 0xF
-    family = family_low + ((sig >> 20) & 0xFF) if family_low == 0xF else family_low
-    model = (((sig >> 16) & 0xF) << 4) | ((sig >> 4) & 0xF)
-    return family, model, sig & 0xF
-
-
 _EPYC = cpu_sig(23, 1, 2)
 _ROME = cpu_sig(23, 49, 0)
 _MILAN = cpu_sig(25, 1, 1)

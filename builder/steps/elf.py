@@ -87,14 +87,6 @@ class ElfInfo:
         return self.interp is not None or bool(self.needed)
 
 
-def is_elf(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(4) == b"\x7fELF"
-    except OSError:
-        return False
-
-
 def read_elf(path: Path, *, what: str) -> ElfInfo:
     """PT_INTERP and the dynamic tags of an ELF file (``what`` names it in errors)."""
     try:

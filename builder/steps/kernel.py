@@ -590,10 +590,6 @@ class ModuleTree:
         raise ModuleError(f"kernel {self.release} has no module or alias {request!r}, and it is not built in; check "
                           f"the name (as modprobe takes it, e.g. 'sev-guest') or the kernel package.")
 
-    def is_builtin(self, request: str) -> bool:
-        name = modname(request)
-        return name not in self._files and name in self.builtin
-
 
 @dataclass(frozen=True)
 class ModuleClosure:
