@@ -334,3 +334,16 @@ def test_property_random_shapes_match_veritysetup(tmp_path_factory, blocks, data
         compare(tmp_path, pseudo_random(blocks * data_bs, seed), params)
     finally:
         shutil.rmtree(tmp_path)
+
+
+def test_appended_superblock_claiming_more_blocks_than_the_file_holds(tmp_path):
+    # the count comes from the input: it is checked against the data file before any block is read
+    image = tmp_path / "image"
+    image.write_bytes(pseudo_random(16 * 4096, 16))
+    params = verity.VerityParams(salt=SALT, uuid=UUID, hash_offset=16 * 4096)
+    tree = verity.format_files(image, image, params, data_blocks=16)
+    with open(image, "r+b") as f:
+        f.seek(16 * 4096 + verity.Superblock.offset_of("data_blocks"))
+        f.write((1 << 63).to_bytes(8, "little"))
+    with pytest.raises(InputError, match=f"does not hold {1 << 63} blocks of 4096"):
+        verity.verify_files(image, image, params, tree.root_hash)
