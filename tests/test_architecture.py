@@ -326,3 +326,38 @@ def test_docstring_check_sees_a_missing_rule(tmp_path):
         "measure/a.py: the docstring does not say what the module must not depend on",
         "measure/b.py: no module docstring",
     ]
+
+
+# -- the README's library imports keep working ---------------------------------------------
+
+def readme_library_example() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"^### As a library\n+```python\n(.*?)^```", text, re.M | re.S)
+    assert found, "README.md has no python block under '### As a library'"
+    return found.group(1)
+
+
+def test_readme_library_example_runs_as_written(tmp_path):
+    code = readme_library_example()
+    assert "from measure import" in code
+    (tmp_path / "OVMF.amdsev.fd").write_bytes(FIRMWARE.read_bytes())
+    (tmp_path / "vmlinuz").write_bytes(b"\x4d\x5a kernel " * 4096)
+    (tmp_path / "initrd.img").write_bytes(b"070701 initrd " * 1024)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(ROOT)}, check=False)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.split("\n")
+    assert [line.split()[0] for line in lines[:-1]] == ["1", "2", "4", "8"] and lines[-1] == ""
+    assert all(len(line.split()[1]) == 96 for line in lines[:-1])
+
+
+def test_every_part_raises_the_readme_base_class():
+    # "errors are subclasses of measure.errors.BlindboxError" (README), whichever part raises them
+    from blindbox.audit import errors as audit_errors
+    from builder import errors as builder_errors
+    from measure.errors import BlindboxError, InternalError
+    for module in (audit_errors, builder_errors):
+        classes = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, Exception)
+                   and v.__module__ == module.__name__]
+        assert classes and all(issubclass(c, BlindboxError) for c in classes), module.__name__
+    assert not issubclass(InternalError, BlindboxError)  # a bug exits 1, not as bad input
