@@ -60,6 +60,15 @@ MAX_INITRD_FILE_BYTES = 512 * MIB
 #: One decompressed LZMA section of a firmware image (searched for OVMF's initrd token).
 MAX_FIRMWARE_VOLUME_BYTES = 64 * MIB
 
+#: Inodes (files, directories, symlinks; hard links count once) in one EROFS image.  An
+#: application rootfs holds thousands; a whole distribution image a few hundred thousand.
+MAX_EROFS_INODES = 1_000_000
+
+#: One EROFS image, metadata and data, in bytes.  An application rootfs is tens to
+#: hundreds of MiB; the format itself addresses 16 TiB.
+MAX_EROFS_IMAGE_BYTES = 16 * 1024 * MIB
+
 __all__ = ["KIB", "MIB", "MAX_RECIPE_BYTES", "MAX_LOCK_BYTES", "MAX_RECIPE_DEPTH", "MAX_AR_MEMBERS", "MAX_DEB_MEMBERS",
            "MAX_DEB_UNPACKED_BYTES", "MAX_TAR_HEADER_BYTES", "MAX_DEB_CONTROL_BYTES", "MAX_MODULE_BYTES",
-           "MAX_KERNEL_BYTES", "MAX_KERNEL_TEXT_BYTES", "MAX_INITRD_FILE_BYTES", "MAX_FIRMWARE_VOLUME_BYTES"]
+           "MAX_KERNEL_BYTES", "MAX_KERNEL_TEXT_BYTES", "MAX_INITRD_FILE_BYTES", "MAX_FIRMWARE_VOLUME_BYTES",
+           "MAX_EROFS_INODES", "MAX_EROFS_IMAGE_BYTES"]
