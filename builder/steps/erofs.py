@@ -450,7 +450,7 @@ def _dir_data(node: _Node) -> bytes:
     out = bytearray()
     for i, block in enumerate(node.dirblocks):
         if i:
-            out += bytes(BLOCK_SIZE - len(out) % BLOCK_SIZE)
+            out += bytes(-len(out) % BLOCK_SIZE)
         nameoff = Dirent.SIZE * len(block)
         for name, child in block:
             out += Dirent(nid=child.nid, nameoff=nameoff, file_type=_FILE_TYPE[child.kind]).to_bytes()
