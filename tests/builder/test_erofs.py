@@ -97,6 +97,22 @@ def inode_info(image: Path, path: str) -> dict[str, str]:
     return info
 
 
+def read_dir(data: bytes, nid: int) -> list[tuple[bytes, int]]:
+    """(name, nid) of a compact FLAT_PLAIN directory inode's dirents, block by block."""
+    inode = erofs.CompactInode.from_bytes(data[nid * 32:nid * 32 + 32])
+    assert inode.i_format == 0 and stat.S_ISDIR(inode.i_mode)
+    out: list[tuple[bytes, int]] = []
+    for block in range(-(-inode.i_size // 4096)):
+        base = (inode.raw_blkaddr + block) * 4096
+        end = min(inode.i_size - block * 4096, 4096)
+        chunk = data[base:base + end]
+        count = erofs.Dirent.from_bytes(chunk[:12]).nameoff // 12
+        dirents = [erofs.Dirent.from_bytes(chunk[i * 12:i * 12 + 12]) for i in range(count)]
+        offsets = [d.nameoff for d in dirents] + [end]
+        out += [(chunk[offsets[i]:offsets[i + 1]], d.nid) for i, d in enumerate(dirents)]
+    return out
+
+
 # -- round trips ---------------------------------------------------------------------------
 
 def test_empty_root(tmp_path):
@@ -182,23 +198,33 @@ def test_a_directory_spanning_several_blocks_is_sorted_for_lookup(tmp_path):
     assert inode_info(image, "/big/sub")["Size"] == "27"  # "." and "..": two dirents, three bytes of names
     # Parse the directory ourselves: names sorted bytewise, '.' and '..' among them, and no
     # dirent crossing a block.
-    data = image.read_bytes()
-    nid = int(info["NID"])
-    inode = erofs.CompactInode.from_bytes(data[nid * 32:nid * 32 + 32])
-    seen: list[bytes] = []
-    size = inode.i_size
-    for block in range(-(-size // 4096)):
-        base = (inode.raw_blkaddr + block) * 4096
-        end = min(size - block * 4096, 4096)
-        chunk = data[base:base + end]
-        first = erofs.Dirent.from_bytes(chunk[:12])
-        count = first.nameoff // 12
-        dirents = [erofs.Dirent.from_bytes(chunk[i * 12:i * 12 + 12]) for i in range(count)]
-        offsets = [d.nameoff for d in dirents] + [end]
-        seen += [chunk[offsets[i]:offsets[i + 1]] for i in range(count)]
+    seen = [name for name, _ in read_dir(image.read_bytes(), int(info["NID"]))]
     assert seen == sorted(seen) and b"." in seen and b".." in seen and b"-000-" in seen
     assert seen.index(b"-000-") < seen.index(b".")  # '-' sorts before '.'
     assert len(seen) == len(names) + 3
+
+
+def test_no_inode_straddles_a_block_boundary(tmp_path):
+    """Compact and extended inodes mixed so that the metadata spans blocks 0 to 2."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(150):
+        (src / f"f{i:03d}").write_bytes(b"x" * i)
+        if i % 3:
+            os.chown(src / f"f{i:03d}", 100000 + i, 0)  # a wide uid: the 64-byte inode
+    image = tmp_path / "img"
+    build(src, image)
+    assert_round_trip(src, image, tmp_path)
+    data = image.read_bytes()
+    sizes = {}
+    for name, nid in read_dir(data, 36):
+        if name.startswith(b"f"):
+            extended = data[nid * 32] & 1
+            sizes[nid] = 64 if extended else 32
+            assert extended == (int(name[1:]) % 3 != 0), name
+    assert max(sizes) * 32 > 2 * 4096
+    for nid, size in sizes.items():
+        assert nid * 32 % 4096 + size <= 4096, nid
 
 
 def test_hard_links_share_one_inode(tmp_path):
