@@ -36,7 +36,8 @@ tree, a plain tarball and each layer of an OCI image:
 * **Bounds.**  The number of members and the bytes of regular files unpacked are counted
   across all layers and refused beyond the caller's limits (:mod:`builder.limits`).
 
-:func:`tree_listing` is the canonical serialisation of a tree, and :func:`tree_digest` its
+:func:`extract_tarball` applies a plain tarball as one layer; :func:`tree_listing` is the
+canonical serialisation of a tree, and :func:`tree_digest` its
 SHA-256 (how a plain directory or tarball input is pinned); the format is documented on
 :func:`tree_listing`.
 
@@ -63,10 +64,10 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import SourceError, ToolMissing
-from .limits import MAX_TAR_HEADER_BYTES, MAX_TREE_ENTRIES
+from .limits import MAX_ROOTFS_UNPACKED_BYTES, MAX_TAR_HEADER_BYTES, MAX_TREE_ENTRIES
 
-__all__ = ["BoundedTarInfo", "TreeWriter", "open_tar_stream", "resolve_inside", "tree_digest", "tree_listing",
-           "LISTING_HEADER", "WHITEOUT_PREFIX", "OPAQUE_MARKER"]
+__all__ = ["BoundedTarInfo", "TreeWriter", "extract_tarball", "open_tar_stream", "resolve_inside", "tree_digest",
+           "tree_listing", "LISTING_HEADER", "WHITEOUT_PREFIX", "OPAQUE_MARKER"]
 
 _CHUNK = 1 << 20
 WHITEOUT_PREFIX = ".wh."
@@ -407,6 +408,9 @@ class TreeWriter:
                 mode, mtime = self._dirs[key]
                 os.chmod(d, mode)
                 os.utime(d, (mtime, mtime))
+        if self.epoch is not None:  # directories no member named (the root, implied parents) too
+            for dirpath, _, _ in os.walk(self.dest):
+                os.utime(dirpath, (self.epoch, self.epoch))
         for dirpath, dirnames, filenames in os.walk(self.dest):
             for n in dirnames + filenames:
                 p = os.path.join(dirpath, n)
@@ -453,6 +457,51 @@ def resolve_inside(root: os.PathLike | str, path: str) -> Path | None:
             resolved = []
         todo.extend(target.split("/")[::-1])
     return root.joinpath(*resolved)
+
+
+#: leading bytes of each compression a tarball may use
+_MAGIC: tuple[tuple[bytes, Compression], ...] = (
+    (b"\x1f\x8b", "gz"), (b"\xfd7zXZ\x00", "xz"), (b"BZh", "bz2"), (b"\x28\xb5\x2f\xfd", "zst"))
+
+
+class _File(io.RawIOBase):
+    def __init__(self, f):
+        self._f = f
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        return self._f.readinto(b)
+
+
+def extract_tarball(tarball: os.PathLike | str, dest: os.PathLike | str, *, epoch: int,
+                    max_members: int = MAX_TREE_ENTRIES, max_bytes: int = MAX_ROOTFS_UNPACKED_BYTES) -> None:
+    """Unpack a plain tarball (none, gz, xz, bz2 or zst, told by its first bytes) into ``dest``,
+    which must not exist, as one layer by the module's rule: absolute symlinks kept, every
+    mtime ``epoch``.  On any error ``dest`` is removed."""
+    tarball, dest = Path(tarball), Path(dest)
+    if not tarball.is_file():
+        raise SourceError(f"{tarball} does not exist or is not a file; check the path.", source=str(tarball))
+    if os.path.lexists(dest):
+        raise SourceError(f"Cannot unpack {tarball} into {dest}: it exists; pass a new directory.",
+                          source=str(tarball))
+    dest.mkdir(parents=True)
+    try:
+        with open(tarball, "rb") as f:
+            head = f.read(8)
+            f.seek(0)
+            compression: Compression = next((c for magic, c in _MAGIC if head.startswith(magic)), "")
+            writer = TreeWriter(dest, owner=str(tarball), unit="tarball", keep_absolute_links=True, epoch=epoch,
+                                max_members=max_members, max_bytes=max_bytes,
+                                limit_why="any root filesystem this tool builds")
+            with open_tar_stream(_File(f), compression, owner=str(tarball), member="tar stream",
+                                 remedy="give an uncompressed, gzip, xz, bzip2 or zstd tar archive") as tf:
+                writer.apply(tf)
+        writer.finish()
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
 
 
 # -- canonical listing ------------------------------------------------------------------------
