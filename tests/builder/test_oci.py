@@ -373,3 +373,41 @@ def test_layout_made_by_umoci(tmp_path):
     assert ours["usr/bin/entry"] == ("l", "/usr/bin/app")
     assert ours["etc/new"] == ("f", 0o644, b"new") and "usr/lib/app/gone" not in ours and "etc/conf" not in ours
     assert resolve_inside(tmp_path / "ours", "/usr/bin/entry") == tmp_path / "ours/usr/bin/app"
+
+
+# -- limits (docs/limits.md) ---------------------------------------------------------------------
+
+LIMITS = {
+    "MAX_OCI_JSON_BYTES": (100, "its index (index.json) has {index_size:,} bytes, more than the 100 of any image "
+                                "(docs/limits.md); it is not an image."),
+    # the first descriptor checked is the manifest's, in index.json
+    "MAX_OCI_BLOB_BYTES": (10, "the manifest {manifest} claims {manifest_size:,} bytes, outside 0..10 "
+                               "(docs/limits.md); the image is malformed."),
+    "MAX_OCI_LAYERS": (1, "its manifest has 2 layers, more than the 1 of any image (docs/limits.md); refusing it."),
+    "MAX_OCI_INDEX_ENTRIES": (0, "its index.json lists 1 manifests, more than the 0 of any image (docs/limits.md); "
+                                 "it is not an image."),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LIMITS))
+def test_each_image_limit_is_checked(tmp_path, monkeypatch, name):
+    from builder.sources import oci
+    value, message = LIMITS[name]
+    root = tmp_path / "img"
+    lay, manifest = make_layout(root, [[f("a", "a" * 50)], [f("b", "b")]])
+    monkeypatch.setattr(oci, name, value)
+    with pytest.raises(SourceError) as e:
+        read_oci_image(root)
+    assert str(e.value) == f"{root}: " + message.format(index_size=(root / "index.json").stat().st_size,
+                                                        manifest=manifest["digest"], manifest_size=manifest["size"])
+
+
+def test_archive_member_limit(tmp_path, monkeypatch):
+    from builder.sources import oci
+    make_layout(tmp_path / "img", [[f("a", "a")]])
+    archive = pack_dir(tmp_path / "img", tmp_path / "img.tar")
+    monkeypatch.setattr(oci, "MAX_OCI_ARCHIVE_MEMBERS", 3)
+    with pytest.raises(SourceError) as e:
+        read_oci_image(archive)
+    assert str(e.value) == (f"{archive} holds more than 3 files, more than any image archive (docs/limits.md); it "
+                            f"is not an image archive.")
