@@ -28,7 +28,8 @@ tree, a plain tarball and each layer of an OCI image:
 * **Modes.**  Regular files and symlinks keep their permission bits without setuid, setgid
   and sticky (mode & 0o777): nothing in the application's root gains privileges through a
   file mode.  Directories get their bits plus u+rwx (mode & 0o777 | 0o700), so the build can
-  replace and remove the tree without privileges.
+  replace and remove the tree without privileges; directories no member names (the root,
+  implied parents) are 0755, whatever the umask.
 * **Dropped:** xattrs, ACLs and other pax records, and the members' owners: the writer never
   calls chown; every entry's owner is 0:0 in the listing and in any image made from the tree.
 * **Times.**  Every entry's mtime is ``epoch`` when one is given (a root filesystem passes the
@@ -198,8 +199,9 @@ def _remove(target: Path) -> None:
     if stat.S_ISDIR(st.st_mode):
         for dirpath, dirnames, _ in os.walk(target):  # a lower layer may have left u-w directories
             for d in dirnames:
-                with contextlib.suppress(OSError):
-                    os.chmod(os.path.join(dirpath, d), 0o700, follow_symlinks=False)
+                p = os.path.join(dirpath, d)
+                if not os.path.islink(p):
+                    os.chmod(p, 0o700)
         shutil.rmtree(target)
     else:
         os.unlink(target)
@@ -402,6 +404,10 @@ class TreeWriter:
     def finish(self) -> None:
         """Set directory modes and times, then check that no symlink leaves the root when followed."""
         self._where = self.owner
+        for dirpath, _, _ in os.walk(self.dest):  # directories no member names: the root, implied parents
+            rel = os.path.relpath(dirpath, self.dest)
+            if (tuple(rel.split(os.sep)) if rel != "." else ()) not in self._dirs:
+                os.chmod(dirpath, 0o755)  # whatever the umask
         for key in sorted(self._dirs, key=len, reverse=True):
             d = self.dest.joinpath(*key)
             if os.path.isdir(d) and not os.path.islink(d):

@@ -156,3 +156,13 @@ def test_listing_refuses_special_files_and_too_many_entries(tmp_path):
         tree_listing(t)
     assert str(e.value) == (f"{t}: /fifo is not a directory, regular file or symlink (a device, FIFO or socket); "
                             f"remove it from the tree.")
+
+
+def test_directories_no_member_names_are_0755_whatever_the_umask(tmp_path):
+    old = os.umask(0o077)
+    try:
+        _apply(tmp_path / "t", [f("implied/parent/file", "x")])
+    finally:
+        os.umask(old)
+    assert tree_listing(tmp_path / "t").splitlines()[1:4] == \
+        [b"/ d 0755 0 -", b"/implied d 0755 0 -", b"/implied/parent d 0755 0 -"]
