@@ -269,6 +269,7 @@ class TreeWriter:
                 raise self._error(f": member {name!r} would replace a directory; refusing to unpack this "
                                   f"{self.unit}.")
             _remove(target)
+            self._forget_below(key)
         else:
             os.unlink(target)
 
@@ -410,7 +411,8 @@ class TreeWriter:
                 os.chmod(dirpath, 0o755)  # whatever the umask
         for key in sorted(self._dirs, key=len, reverse=True):
             d = self.dest.joinpath(*key)
-            if os.path.isdir(d) and not os.path.islink(d):
+            # a later layer may have replaced it, or a parent, with a symlink: never follow one
+            if _plain_parents(self.dest, [*key, ""]):
                 mode, mtime = self._dirs[key]
                 os.chmod(d, mode)
                 os.utime(d, (mtime, mtime))

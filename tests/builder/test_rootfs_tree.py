@@ -166,3 +166,16 @@ def test_directories_no_member_names_are_0755_whatever_the_umask(tmp_path):
         os.umask(old)
     assert tree_listing(tmp_path / "t").splitlines()[1:4] == \
         [b"/ d 0755 0 -", b"/implied d 0755 0 -", b"/implied/parent d 0755 0 -"]
+
+
+def test_a_directory_replaced_by_a_link_out_is_never_followed_to_set_modes(tmp_path):
+    outside = tmp_path / "host"
+    (outside / "y").mkdir(parents=True)
+    os.chmod(outside / "y", 0o700)
+    os.utime(outside / "y", (5, 5))
+    _apply(tmp_path / "t", [d("x"), d("x/y", 0o555)], [sym("x", str(outside))])
+    assert snapshot(tmp_path / "t") == {"x": ("l", str(outside))}
+    assert os.stat(outside / "y").st_mode & 0o7777 == 0o700 and os.stat(outside / "y").st_mtime == 5
+    # a lower directory holding a link to a host directory is removed without touching the host
+    _apply(tmp_path / "u", [d("a"), sym("a/b", "/")], [f("a", "file")])
+    assert snapshot(tmp_path / "u") == {"a": ("f", 0o644, b"file")}
