@@ -1,4 +1,4 @@
-"""Upper bounds on what the builder reads from recipes, lock files and Debian packages.
+"""Upper bounds on what the builder reads from recipes, lock files, Debian packages and images.
 
 Like :mod:`measure.limits` (the firmware, VMSA and cmdline) and :mod:`blindbox.audit.limits`
 (reports, certificates, keys and manifests),
@@ -68,7 +68,35 @@ MAX_EROFS_INODES = 1_000_000
 #: hundreds of MiB; the format itself addresses 16 TiB.
 MAX_EROFS_IMAGE_BYTES = 16 * 1024 * MIB
 
+#: Entries of a root filesystem tree: members applied across all layers of an image, and
+#: entries listed by the canonical serialisation.  Debian's python3 closure has ~2,000
+#: files; a full distribution image ~100,000.
+MAX_TREE_ENTRIES = 1_000_000
+
+#: Bytes of regular files unpacked into a root filesystem tree, across all layers.
+MAX_ROOTFS_UNPACKED_BYTES = 16384 * MIB
+
+#: An OCI index, manifest or image config, or a ``docker save`` manifest.json (JSON, read
+#: whole).  Real ones are a few KiB; an index of every platform ~20 KiB.
+MAX_OCI_JSON_BYTES = 4 * MIB
+
+#: One OCI blob (a compressed layer), checked against its descriptor's size before it is read.
+MAX_OCI_BLOB_BYTES = 16384 * MIB
+
+#: Layers of one image (Docker's own limit is 127).
+MAX_OCI_LAYERS = 128
+
+#: Manifests listed by one index, and indexes nested in indexes.
+MAX_OCI_INDEX_ENTRIES = 1024
+MAX_OCI_INDEX_DEPTH = 4
+
+#: Members of an image archive (OCI layout or ``docker save`` tar): its blobs and a few
+#: metadata files.
+MAX_OCI_ARCHIVE_MEMBERS = 10_000
+
 __all__ = ["KIB", "MIB", "MAX_RECIPE_BYTES", "MAX_LOCK_BYTES", "MAX_RECIPE_DEPTH", "MAX_AR_MEMBERS", "MAX_DEB_MEMBERS",
            "MAX_DEB_UNPACKED_BYTES", "MAX_TAR_HEADER_BYTES", "MAX_DEB_CONTROL_BYTES", "MAX_MODULE_BYTES",
            "MAX_KERNEL_BYTES", "MAX_KERNEL_TEXT_BYTES", "MAX_INITRD_FILE_BYTES", "MAX_FIRMWARE_VOLUME_BYTES",
-           "MAX_EROFS_INODES", "MAX_EROFS_IMAGE_BYTES"]
+           "MAX_EROFS_INODES", "MAX_EROFS_IMAGE_BYTES",
+           "MAX_TREE_ENTRIES", "MAX_ROOTFS_UNPACKED_BYTES", "MAX_OCI_JSON_BYTES", "MAX_OCI_BLOB_BYTES",
+           "MAX_OCI_LAYERS", "MAX_OCI_INDEX_ENTRIES", "MAX_OCI_INDEX_DEPTH", "MAX_OCI_ARCHIVE_MEMBERS"]

@@ -8,10 +8,11 @@ on different machines see the same bytes or fail.  One module per concern:
 * :mod:`.cache`  -- sha256 of files and the content-addressed cache (locks, atomic commit);
 * :mod:`.deb`    -- the ar container, member tars and control stanzas of a .deb file;
 * :mod:`.remote` -- sha256-pinned URLs and local files;
-* :mod:`.debian` -- the private apt configuration that resolves and downloads packages.
+* :mod:`.debian` -- the private apt configuration that resolves and downloads packages;
+* :mod:`.oci`    -- container images on disk (OCI layouts and archives, ``docker save``).
 
-The arrows point one way: ``debian -> deb, cache`` and ``remote -> cache``; ``deb`` and
-``cache`` import no other module of this package.  The builder never imports the command
+The arrows point one way: ``debian -> deb, cache`` and ``remote -> cache``; ``deb``,
+``oci`` and ``cache`` import no other module of this package.  The builder never imports the command
 line (``blindbox.cli``).  This file only re-exports the public names.
 """
 
@@ -20,9 +21,10 @@ from __future__ import annotations
 from .cache import ContentCache, cache_root, sha256_file
 from .deb import extract_deb, read_deb_control
 from .debian import SUITES, DebianArchive, DebianPackage, SuiteSources
+from .oci import OciImage, apply_oci_layers, read_oci_image
 from .remote import fetch_url, local_file
 
 __all__ = [
-    "ContentCache", "DebianArchive", "DebianPackage", "SUITES", "SuiteSources", "cache_root", "extract_deb",
-    "fetch_url", "local_file", "read_deb_control", "sha256_file",
+    "ContentCache", "DebianArchive", "DebianPackage", "OciImage", "SUITES", "SuiteSources", "apply_oci_layers",
+    "cache_root", "extract_deb", "fetch_url", "local_file", "read_deb_control", "read_oci_image", "sha256_file",
 ]

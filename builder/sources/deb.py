@@ -1,14 +1,16 @@
 """Reading Debian binary packages: the ar container, its member tars, and control stanzas.
 
-:func:`extract_deb` unpacks a package's data tree safely (no path traversal, no special
-files, no links leading out of the tree, bounded sizes from :mod:`builder.limits`);
+:func:`extract_deb` unpacks a package's data tree by the extraction rule of every root
+filesystem input (:mod:`builder.rootfs_tree`: no path traversal, no special files, no links
+leading out of the tree, bounded sizes from :mod:`builder.limits`);
 :func:`read_deb_control` reads its ``control`` fields; :func:`_parse_stanzas` reads deb822
 paragraphs (also what ``apt-cache show`` prints).  The ar member header is declared once
 with :mod:`measure.layout`.
 
 This module works on a file that is already on disk: it needs nothing from apt, the
-network or the cache (no import of the other :mod:`builder.sources` modules), and never the
-command line (``blindbox.cli``).  Only zstd-compressed members run a tool (``zstd``).
+network or the cache (no import of the other :mod:`builder.sources` modules; the shared
+extraction lives in :mod:`builder.rootfs_tree`), and never the command line
+(``blindbox.cli``).  Only zstd-compressed members run a tool (``zstd``).
 Nothing here prints or exits.
 """
 
@@ -16,27 +18,20 @@ from __future__ import annotations
 
 import contextlib
 import io
-import lzma
 import os
 import shutil
-import stat
-import subprocess
 import tarfile
-import threading
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from measure import layout
 from measure.errors import LayoutError
 
-from ..errors import SourceError, ToolMissing
-from ..limits import (MAX_AR_MEMBERS, MAX_DEB_CONTROL_BYTES, MAX_DEB_MEMBERS, MAX_DEB_UNPACKED_BYTES,
-                      MAX_TAR_HEADER_BYTES)
+from ..errors import SourceError
+from ..limits import MAX_AR_MEMBERS, MAX_DEB_CONTROL_BYTES, MAX_DEB_MEMBERS, MAX_DEB_UNPACKED_BYTES
+from ..rootfs_tree import BoundedTarInfo, Compression, TreeWriter, open_tar_stream
 
-_CHUNK = 1 << 20
 
 
 class _Slice(io.RawIOBase):
@@ -140,281 +135,50 @@ def _deb_parts(f, deb: Path) -> tuple[_ArMember, _ArMember]:
     return control, data
 
 
-#: what tarfile raises for a bad header after the first (it reports it as a ReadError); not in its stubs
-_SubsequentHeaderError: type[tarfile.HeaderError] = tarfile.SubsequentHeaderError  # type: ignore[attr-defined]
+class _BoundedTarInfo(BoundedTarInfo):
+    """The shared bounded TarInfo, in a package's words (dpkg never writes sparse members)."""
+
+    NEEDS = "any package needs"
+    SPARSE = "which no Debian package contains"
 
 
-class _BoundedTarInfo(tarfile.TarInfo):
-    """TarInfo that refuses, before reading it, an extended header claiming more than
-    MAX_TAR_HEADER_BYTES (tarfile reads pax and GNU long-name headers into memory whole)
-    and GNU sparse members (whose extension blocks tarfile collects without bound; dpkg
-    never writes them)."""
-
-    def _proc_member(self, tarfile_):
-        if self.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
-                         tarfile.GNUTYPE_LONGLINK) and self.size > MAX_TAR_HEADER_BYTES:
-            raise _SubsequentHeaderError(
-                f"an extended header at offset {self.offset} claims {self.size:,} bytes, more than the "
-                f"{MAX_TAR_HEADER_BYTES:,} any package needs")
-        if self.type == tarfile.GNUTYPE_SPARSE:
-            raise _SubsequentHeaderError(f"a GNU sparse member at offset {self.offset}, which no "
-                                         f"Debian package contains")
-        return super()._proc_member(tarfile_)  # type: ignore[misc]  # tarfile's hook, not in its stubs
-
-
-_TAR_MODES: dict[str, Literal["r|", "r|gz", "r|xz", "r|bz2"]] = {
-    "": "r|", ".gz": "r|gz", ".xz": "r|xz", ".bz2": "r|bz2"}
-#: raised while decompressing or parsing tar data (never by our own extraction code)
-_DECOMPRESSION_ERRORS = (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error)
+_COMPRESSIONS: dict[str, Compression] = {"": "", ".gz": "gz", ".xz": "xz", ".bz2": "bz2", ".zst": "zst"}
 
 
 @contextlib.contextmanager
 def _open_member_tar(f, deb: Path, member: _ArMember) -> Iterator[tarfile.TarFile]:
     suffix = member.name.split(".tar", 1)[1]
-    raw = _Slice(f, member.offset, member.size)
-    if suffix in _TAR_MODES:
-        try:
-            tf = tarfile.open(fileobj=io.BufferedReader(raw, _CHUNK), mode=_TAR_MODES[suffix],
-                              tarinfo=_BoundedTarInfo)
-        except AttributeError as e:
-            # Python < 3.11.4 (Debian 12 has 3.11.2): a gzip header with an extra field whose
-            # data does not inflate makes tarfile's stream fail before it knows its own error type
-            raise SourceError(f"{deb}: its {member.name} is corrupt (damaged gzip header); delete the .deb "
-                              f"and fetch it again.", source=str(deb)) from e
-        except _DECOMPRESSION_ERRORS as e:
-            raise SourceError(f"{deb}: its {member.name} is corrupt ({e}); delete the .deb and fetch "
-                              f"it again.", source=str(deb)) from e
-        try:
-            with tf:
-                yield tf
-        except _DECOMPRESSION_ERRORS as e:
-            raise SourceError(f"{deb}: its {member.name} is corrupt ({e}); delete the .deb and fetch "
-                              f"it again.", source=str(deb)) from e
-        return
-    if suffix != ".zst":
+    if suffix not in _COMPRESSIONS:
         raise SourceError(f"{deb}: its {member.name} uses an unsupported compression "
                           f"({suffix!r}); only none, gz, xz, bz2 and zst are known.", source=str(deb))
-    exe = shutil.which("zstd")
-    if exe is None:
-        raise ToolMissing("zstd", "zstd",
-                          f"{deb} has a zstd-compressed {member.name} and zstd was not found on PATH; "
-                          f"install the Debian package zstd and run the command again.")
-    proc = subprocess.Popen([exe, "-d", "-c", "-q"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None  # all PIPE
-    stdin = proc.stdin
-
-    def feed() -> None:
-        try:
-            while chunk := raw.read(_CHUNK):
-                stdin.write(chunk)
-        except (BrokenPipeError, ValueError):
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                stdin.close()
-
-    feeder = threading.Thread(target=feed, daemon=True)
-    feeder.start()
-    ok = False
-    try:
-        try:
-            with tarfile.open(fileobj=proc.stdout, mode="r|", tarinfo=_BoundedTarInfo) as tf:
-                yield tf
-            while proc.stdout.read(_CHUNK):  # drain the tar padding
-                pass
-            ok = True
-        except _DECOMPRESSION_ERRORS as e:
-            raise SourceError(f"{deb}: its {member.name} is corrupt ({e}); delete the .deb and fetch "
-                              f"it again.", source=str(deb)) from e
-    finally:
-        if not ok:
-            proc.kill()
-        proc.stdout.close()
-        err = proc.stderr.read().decode(errors="replace").strip()
-        proc.stderr.close()
-        rc = proc.wait()
-        feeder.join()
-        if ok and rc != 0:
-            raise SourceError(f"{deb}: zstd could not decompress {member.name} ({err or rc}); "
-                              f"delete the .deb and fetch it again.", source=str(deb))
+    with open_tar_stream(_Slice(f, member.offset, member.size), _COMPRESSIONS[suffix], owner=str(deb),
+                         member=member.name, remedy="delete the .deb and fetch it again",
+                         tarinfo=_BoundedTarInfo) as tf:
+        yield tf
 
 
-def _member_parts(name: str, deb: Path, *, what: str = "member") -> list[str]:
+def _member_parts(name: str, deb: Path) -> list[str]:
     """The path components of a tar member name, refusing absolute and ``..`` names."""
     if name.startswith("/"):
-        raise SourceError(f"{deb} contains the absolute {what} name {name!r}; refusing to unpack a "
+        raise SourceError(f"{deb} contains the absolute member name {name!r}; refusing to unpack a "
                           f"package that writes outside its tree.", source=str(deb))
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise SourceError(f"{deb} contains the {what} name {name!r} with '..'; refusing to unpack a "
+        raise SourceError(f"{deb} contains the member name {name!r} with '..'; refusing to unpack a "
                           f"package that writes outside its tree (path traversal).", source=str(deb))
     return parts
-
-
-def _check_parents(dest: Path, parts: list[str], deb: Path, name: str) -> Path:
-    """Create the parent directories of ``parts`` inside ``dest`` without following symlinks."""
-    cur = dest
-    for p in parts[:-1]:
-        cur = cur / p
-        try:
-            st = os.lstat(cur)
-        except FileNotFoundError:
-            os.mkdir(cur, 0o755)
-            continue
-        if not stat.S_ISDIR(st.st_mode):
-            raise SourceError(f"{deb}: member {name!r} lies under {cur.relative_to(dest)}, which is "
-                              f"not a directory (a symlink or file); refusing to write through it.",
-                              source=str(deb))
-    return cur / parts[-1]
-
-
-def _plain_parents(dest: Path, parts: list[str]) -> bool:
-    """True if every parent of ``parts`` inside ``dest`` is a real directory (no symlink)."""
-    cur = dest
-    for p in parts[:-1]:
-        cur = cur / p
-        try:
-            if not stat.S_ISDIR(os.lstat(cur).st_mode):
-                return False
-        except FileNotFoundError:
-            return False
-    return True
-
-
-def _clear(target: Path) -> None:
-    """Remove a non-directory at ``target`` (a later tar member replaces an earlier one)."""
-    try:
-        st = os.lstat(target)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        raise IsADirectoryError(str(target))
-    os.unlink(target)
-
-
-def _extract_tar(tf: tarfile.TarFile, dest: Path, deb: Path) -> None:
-    dirs: list[tuple[Path, int, int]] = []
-    count = unpacked = 0
-    for m in tf:
-        count += 1
-        if count > MAX_DEB_MEMBERS:
-            raise SourceError(f"{deb} holds more than {MAX_DEB_MEMBERS:,} files, more than any package an "
-                              f"initrd is built from (docs/limits.md); refusing to unpack it.", source=str(deb))
-        if m.isreg():
-            unpacked += m.size
-            if unpacked > MAX_DEB_UNPACKED_BYTES:
-                raise SourceError(f"{deb}: member {m.name!r} ({m.size:,} bytes) takes what the package unpacks "
-                                  f"beyond {MAX_DEB_UNPACKED_BYTES:,} bytes (docs/limits.md); refusing to "
-                                  f"unpack it.", source=str(deb))
-        parts = _member_parts(m.name, deb)
-        if not parts:  # "./" itself
-            continue
-        if m.ischr() or m.isblk() or m.isfifo():
-            kind = "FIFO" if m.isfifo() else "device node"
-            raise SourceError(f"{deb} contains the {kind} {m.name!r}; refusing to unpack special "
-                              f"files from a package.", source=str(deb))
-        target = _check_parents(dest, parts, deb, m.name)
-        try:
-            if m.isdir():
-                try:
-                    if not stat.S_ISDIR(os.lstat(target).st_mode):
-                        _clear(target)
-                        os.mkdir(target, 0o755)
-                except FileNotFoundError:
-                    os.mkdir(target, 0o755)
-                dirs.append((target, m.mode & 0o777 | 0o700, int(m.mtime)))
-            elif m.isreg():
-                _clear(target)
-                data = tf.extractfile(m)
-                assert data is not None  # a regular member has data
-                with open(target, "xb") as out:
-                    shutil.copyfileobj(data, out, _CHUNK)
-                os.chmod(target, m.mode & 0o777)
-                os.utime(target, (int(m.mtime), int(m.mtime)))
-            elif m.issym():
-                link = _safe_symlink_text(m.linkname, parts, deb, m.name)
-                _clear(target)
-                os.symlink(link, target)
-                os.utime(target, (int(m.mtime), int(m.mtime)), follow_symlinks=False)
-            elif m.islnk():
-                src_parts = _member_parts(m.linkname, deb, what="hard link target")
-                src = dest.joinpath(*src_parts)
-                if not src_parts or not _plain_parents(dest, src_parts) or \
-                        not os.path.lexists(src) or not stat.S_ISREG(os.lstat(src).st_mode):
-                    raise SourceError(f"{deb}: hard link {m.name!r} points at {m.linkname!r}, which is "
-                                      f"not a regular file unpacked before it; refusing it.",
-                                      source=str(deb))
-                _clear(target)
-                os.link(src, target)
-            else:
-                raise SourceError(f"{deb} contains {m.name!r} of an unsupported type "
-                                  f"({m.type!r}); refusing to unpack it.", source=str(deb))
-        except IsADirectoryError:
-            raise SourceError(f"{deb}: member {m.name!r} would replace a directory; refusing to "
-                              f"unpack this package.", source=str(deb)) from None
-        except FileExistsError:
-            raise SourceError(f"{deb}: member {m.name!r} could not be written; the package is "
-                              f"malformed.", source=str(deb)) from None
-    for d, mode, mtime in reversed(dirs):
-        os.chmod(d, mode)
-        os.utime(d, (mtime, mtime))
-
-
-def _safe_symlink_text(linkname: str, parts: list[str], deb: Path, name: str) -> str:
-    """The symlink text to write: relative targets kept, absolute ones made relative.
-
-    An absolute target (``/usr/lib/x``) means "inside the package's root"; it is
-    rewritten to the equivalent relative path so following it on this machine stays in
-    the unpacked tree.  Targets that climb above the tree root are refused.
-    """
-    if not linkname:
-        raise SourceError(f"{deb}: symlink {name!r} has an empty target; refusing it.", source=str(deb))
-    base = parts[:-1]
-    if linkname.startswith("/"):
-        resolved: list[str] = []
-        rel = linkname.lstrip("/")
-    else:
-        resolved = list(base)
-        rel = linkname
-    for p in rel.split("/"):
-        if p in ("", "."):
-            continue
-        if p == "..":
-            if not resolved:
-                raise SourceError(f"{deb}: symlink {name!r} -> {linkname!r} points outside the package "
-                                  f"tree; refusing it.", source=str(deb))
-            resolved.pop()
-        else:
-            resolved.append(p)
-    if not linkname.startswith("/"):
-        return linkname
-    up = [".."] * len(base)
-    return "/".join(up + resolved) or "."
-
-
-def _check_symlinks_inside(dest: Path, deb: Path) -> None:
-    """After unpacking: every symlink, followed on this machine, stays inside ``dest``."""
-    root = os.path.realpath(dest)
-    for dirpath, dirnames, filenames in os.walk(dest):
-        for n in dirnames + filenames:
-            p = os.path.join(dirpath, n)
-            if os.path.islink(p):
-                real = os.path.realpath(p)
-                if real != root and not real.startswith(root + os.sep):
-                    raise SourceError(f"{deb}: symlink /{os.path.relpath(p, dest)} resolves outside the "
-                                      f"package tree (through other symlinks); refusing the package.",
-                                      source=str(deb))
 
 
 def extract_deb(deb: os.PathLike | str, dest: os.PathLike | str) -> None:
     """Unpack the data tree of a .deb into ``dest`` (which must not exist or be empty).
 
     Pure Python for the ar container and tar (none, gz, xz, bz2); zstd through the
-    ``zstd`` command.  Refused: absolute or ``..`` member names, device nodes and
-    FIFOs, writing through symlinks, symlinks or hard links leading out of the tree.
-    Absolute symlink targets are rewritten relative to the tree root.  Files keep their
-    permission bits (without setuid/setgid/sticky) and mtimes; ownership is the caller's.
+    ``zstd`` command.  The data tree is one layer applied by :class:`builder.rootfs_tree.TreeWriter`,
+    the extraction rule of every root filesystem input: refused are absolute or ``..``
+    member names, device nodes and FIFOs, writing through symlinks, symlinks or hard links
+    leading out of the tree.  Absolute symlink targets are rewritten relative to the tree
+    root (the build host reads this tree).  Files keep their permission bits (without
+    setuid/setgid/sticky) and mtimes; ownership is the caller's.
     """
     deb, dest = Path(deb), Path(dest)
     if not deb.is_file():
@@ -427,9 +191,12 @@ def extract_deb(deb: os.PathLike | str, dest: os.PathLike | str) -> None:
     try:
         with open(deb, "rb") as f:
             _, data = _deb_parts(f, deb)
+            writer = TreeWriter(dest, owner=str(deb), unit="package", keep_absolute_links=False, epoch=None,
+                                max_members=MAX_DEB_MEMBERS, max_bytes=MAX_DEB_UNPACKED_BYTES,
+                                limit_why="any package an initrd is built from")
             with _open_member_tar(f, deb, data) as tf:
-                _extract_tar(tf, dest, deb)
-        _check_symlinks_inside(dest, deb)
+                writer.apply(tf)
+        writer.finish()
     except BaseException:
         # leave nothing half-unpacked behind (a refused package may hold hostile links)
         if created:
