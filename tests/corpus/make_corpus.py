@@ -448,6 +448,9 @@ def option_cases() -> None:
          "a negative minimum guest SVN"),
     ]:
         case(cid, verify(*extra), 2, message, why, {"report.bin": REPORT})
+    case("measure-vcpus-not-integer", measure("fw.fd", "--vcpus", "1.5"), 2,
+         "Invalid value for '--vcpus': '1.5' is not a valid integer; see 'blindbox measure --help'.",
+         "a usage error, reported on one line like every other error", {"fw.fd": b""})
     case("report-dev-zero", ["verify-report", "/dev/zero", "--no-signature"], 2,
          "the attestation report file '/dev/zero' is larger than 8,192 bytes",
          "an endless stream given as the report")
@@ -528,6 +531,9 @@ def key_cases() -> None:
     case("sign-manifest-output-links-to-manifest", [*sign, "{case}/sig"], 2, "sig' is the manifest '",
          "an output symlink that resolves to the manifest", {"manifest.json": manifest, "key.pem": ed_pem},
          symlinks={"sig": "manifest.json"})
+    case("sign-manifest-output-symlink-loop", [*sign, "{case}/sig"], 2,
+         "cannot write the signature file '", "an output path that is a symlink loop, replaced today by a file",
+         {"manifest.json": manifest, "key.pem": ed_pem}, symlinks={"sig": "sig"})
     case("verify-manifest-key-sha256-garbage", ["verify-manifest", "{case}/manifest.json", "--key", "{case}/key.pem",
                                                 "--key-sha256", "xyz"], 2,
          "--key-sha256 'xyz' is not 32 bytes; give 64 hex digits",
