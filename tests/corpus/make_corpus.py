@@ -168,6 +168,9 @@ def firmware_cases() -> None:
          "a VMM profile that does not exist", {"fw.fd": FW})
     case("guest-features-too-wide", measure("fw.fd", "--guest-features", "0x1ffffffffffffffff"), 2,
          "does not fit in 64 bits", "SEV features wider than the VMSA field", {"fw.fd": FW})
+    case("guest-features-without-snp-active", measure("fw.fd", "--guest-features", "0x20"), 2,
+         "--guest-features 0x20 lacks SNPActive (bit 0)", "SEV features no SNP guest's VMSA has, measured today",
+         {"fw.fd": FW})
     case("ovmf-hash-not-hex", measure("fw.fd", "--snp-ovmf-hash", "xyz"), 2, "is not hexadecimal",
          "a precalculated OVMF hash that is not hex", {"fw.fd": FW})
 
