@@ -691,8 +691,15 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
         line = mark.line + 1 if mark else 1
         raise RecipeError(f"{path}:{line}: not valid YAML: {e.problem or e.context}.", path=str(path),
                           line=line, key="") from None
+    except yaml.reader.ReaderError as e:
+        # a character YAML does not allow (NUL, most control characters): name where it is
+        line = text.count("\n", 0, e.position) + 1
+        column = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        raise RecipeError(f"{path}:{line}: not valid YAML: character U+{e.character:04X} at column {column} is not "
+                          f"allowed in YAML; remove it.", path=str(path), line=line, key="") from None
     except yaml.YAMLError as e:
-        raise RecipeError(f"{path}:1: not valid YAML: {e}.", path=str(path), line=1, key="") from None
+        detail = " ".join(str(e).split())
+        raise RecipeError(f"{path}:1: not valid YAML: {detail}.", path=str(path), line=1, key="") from None
     if len(docs) != 1 or docs[0] is None:
         raise RecipeError(f"{path}:1: a recipe is exactly one YAML document (a mapping).", path=str(path),
                           line=1, key="")
