@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Iterable
@@ -258,8 +259,20 @@ def lock_path_for(recipe: Recipe) -> Path:
     return recipe.lock_path
 
 
+def _is_fifo_or_socket(path: Path) -> bool:
+    try:
+        return stat.S_IFMT(os.stat(path).st_mode) in (stat.S_IFIFO, stat.S_IFSOCK)
+    except (OSError, ValueError):
+        return False                            # missing or unreadable: the read names it
+
+
 def read_lock(path: str | Path) -> Lock:
     path = Path(path)
+    if _is_fifo_or_socket(path):
+        # opening a FIFO nobody writes to waits for ever; the lock file is always a file
+        raise RecipeError(f"{path}: the lock file is a FIFO or socket, not a file; remove it and run `blindbox "
+                          f"lock {path.with_suffix('.yaml')}` to write the lock file.", path=str(path), line=0,
+                          key="")
     try:
         data = read_bounded(path, "lock", MAX_LOCK_BYTES)
     except FileNotFoundError:

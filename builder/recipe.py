@@ -20,6 +20,7 @@ import builtins
 import hashlib
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -839,6 +840,14 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
 
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
+    try:
+        fifo = stat.S_IFMT(os.stat(path).st_mode) in (stat.S_IFIFO, stat.S_IFSOCK)
+    except (OSError, ValueError):
+        fifo = False                            # missing or unreadable: the read names it
+    if fifo:
+        # opening a FIFO nobody writes to waits for ever, and the lock file is found beside the recipe
+        raise RecipeError(f"{path}: is a FIFO or socket; give the recipe's .yaml file, which has its lock file "
+                          f"beside it.", path=str(path), line=0, key="")
     try:
         data = read_bounded(path, "recipe", MAX_RECIPE_BYTES)
     except FileNotFoundError:
