@@ -577,7 +577,8 @@ def recipe_cases() -> None:
          recipe_files(sub("name: hello", "name: hello # caf").encode() .replace(b"caf", b"caf\xe9")))
     case("recipe-nul-character", build(), 2, "r.yaml:26: not valid YAML: character U+0000 at column 47 is not allowed",
          "a NUL in a comment on line 26 of the recipe, reported today on two lines as line 1",
-         recipe_files(sub('cmdline: "console=ttyS0 panic=-1 quiet"', 'cmdline: "console=ttyS0 panic=-1 quiet"  # caf\0')))
+         recipe_files(sub('cmdline: "console=ttyS0 panic=-1 quiet"',
+                          'cmdline: "console=ttyS0 panic=-1 quiet"  # caf\0')))
     case("recipe-two-documents", build(), 2, "exactly one YAML document", "two YAML documents in one file",
          recipe_files(RECIPE + "\n---\nname: other\n"))
     case("recipe-bad-yaml", build(), 2, "not valid YAML", "an unclosed flow sequence",
