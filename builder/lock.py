@@ -349,6 +349,10 @@ def check_lock(recipe: Recipe, lock: Lock) -> None:
     """Refuse a lock that does not pin exactly what the recipe declares."""
     lock_file = lock.path or recipe.lock_path
     fix = f"run `blindbox lock {recipe.path}` to pin what the recipe now asks for"
+    made_for = os.path.relpath(recipe.path, recipe.lock_path.parent)
+    if lock.recipe != made_for:
+        raise LockMismatch(f"{lock_file} says it pins the recipe {lock.recipe!r}, not {made_for!r} beside it; "
+                           f"restore it from version control or {fix}.")
     for spec in recipe.inputs():
         entry = lock.get(spec.name)
         if entry is None:
