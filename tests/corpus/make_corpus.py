@@ -633,6 +633,11 @@ def recipe_cases() -> None:
     case("lock-bad-sha256", build(), 2, "sha256", "a pin whose sha256 is not 64 hex digits",
          recipe_files(RECIPE, json.dumps(lock).encode()))
     lock = json.loads(LOCK)
+    lock["recipe"] = "../../etc/passwd"
+    case("lock-names-another-recipe", build(), 2, "says it pins the recipe '../../etc/passwd', not 'r.yaml' beside it",
+         "a lock file written for another recipe, used today as if it were this one's",
+         recipe_files(RECIPE, json.dumps(lock).encode()))
+    lock = json.loads(LOCK)
     del lock["inputs"][0]["debian"]["name"]
     case("lock-package-without-name", build(), 2, "entry 'firmware' has a package record without a package name",
          "a pinned Debian package whose record lost its name", recipe_files(RECIPE, json.dumps(lock).encode()))
