@@ -449,6 +449,8 @@ def option_cases() -> None:
          "a guest policy of 65 bits"),
         ("verify-min-guest-svn-negative", ("--min-guest-svn", "-1"), "--min-guest-svn '-1' is not a valid SVN",
          "a negative minimum guest SVN"),
+        ("verify-min-tcb-component-twice", ("--min-tcb", "bl=1,bl=2"), "--min-tcb gives 'bl' twice, 1 and 2",
+         "one TCB component with two minimums, of which one was silently used"),
     ]:
         case(cid, verify(*extra), 2, message, why, {"report.bin": REPORT})
     case("measure-vcpus-not-integer", measure("fw.fd", "--vcpus", "1.5"), 2,
