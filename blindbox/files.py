@@ -21,6 +21,7 @@ third-party package.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -86,6 +87,17 @@ def _prepare(path: Path, data: bytes, mode: int, what: str) -> str:
     """A temporary file beside ``path`` holding ``data``, fsync'ed; its name."""
     if os.path.isdir(path):
         raise _cannot(path, what, "it is a directory")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        pass                                    # a new file (or a dangling symlink's name)
+    except OSError as e:                         # a symlink loop, a path through a non-directory
+        raise _cannot(path, what, e) from None
+    else:
+        if not stat.S_ISREG(st.st_mode):
+            # Replacing it would put a regular file where a device, FIFO or socket was
+            # (e.g. /dev/null), which is never what an output path means.
+            raise _cannot(path, what, "it is a device, FIFO or socket, not a regular file")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:

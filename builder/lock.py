@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Iterable
@@ -254,8 +255,20 @@ class LockResult:
 # reading and writing
 # --------------------------------------------------------------------------------------
 
+def _is_fifo_or_socket(path: Path) -> bool:
+    try:
+        return stat.S_IFMT(os.stat(path).st_mode) in (stat.S_IFIFO, stat.S_IFSOCK)
+    except (OSError, ValueError):
+        return False                            # missing or unreadable: the read names it
+
+
 def read_lock(path: str | Path) -> Lock:
     path = Path(path)
+    if _is_fifo_or_socket(path):
+        # opening a FIFO nobody writes to waits for ever; the lock file is always a file
+        raise RecipeError(f"{path}: the lock file is a FIFO or socket, not a file; remove it and run `blindbox "
+                          f"lock {path.with_suffix('.yaml')}` to write the lock file.", path=str(path), line=0,
+                          key="")
     try:
         data = read_bounded(path, "lock", MAX_LOCK_BYTES)
     except FileNotFoundError:
@@ -332,6 +345,10 @@ def check_lock(recipe: Recipe, lock: Lock) -> None:
     """Refuse a lock that does not pin exactly what the recipe declares."""
     lock_file = lock.path or recipe.lock_path
     fix = f"run `blindbox lock {recipe.path}` to pin what the recipe now asks for"
+    made_for = os.path.relpath(recipe.path, recipe.lock_path.parent)
+    if lock.recipe != made_for:
+        raise LockMismatch(f"{lock_file} says it pins the recipe {lock.recipe!r}, not {made_for!r} beside it; "
+                           f"restore it from version control or {fix}.")
     for spec in recipe.inputs():
         entry = lock.get(spec.name)
         if entry is None:

@@ -20,6 +20,7 @@ import builtins
 import hashlib
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -691,8 +692,15 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
         line = mark.line + 1 if mark else 1
         raise RecipeError(f"{path}:{line}: not valid YAML: {e.problem or e.context}.", path=str(path),
                           line=line, key="") from None
+    except yaml.reader.ReaderError as e:
+        # a character YAML does not allow (NUL, most control characters): name where it is
+        line = text.count("\n", 0, e.position) + 1
+        column = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        raise RecipeError(f"{path}:{line}: not valid YAML: character U+{e.character:04X} at column {column} is not "
+                          f"allowed in YAML; remove it.", path=str(path), line=line, key="") from None
     except yaml.YAMLError as e:
-        raise RecipeError(f"{path}:1: not valid YAML: {e}.", path=str(path), line=1, key="") from None
+        detail = " ".join(str(e).split())
+        raise RecipeError(f"{path}:1: not valid YAML: {detail}.", path=str(path), line=1, key="") from None
     if len(docs) != 1 or docs[0] is None:
         raise RecipeError(f"{path}:1: a recipe is exactly one YAML document (a mapping).", path=str(path),
                           line=1, key="")
@@ -832,6 +840,14 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
 
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
+    try:
+        fifo = stat.S_IFMT(os.stat(path).st_mode) in (stat.S_IFIFO, stat.S_IFSOCK)
+    except (OSError, ValueError):
+        fifo = False                            # missing or unreadable: the read names it
+    if fifo:
+        # opening a FIFO nobody writes to waits for ever, and the lock file is found beside the recipe
+        raise RecipeError(f"{path}: is a FIFO or socket; give the recipe's .yaml file, which has its lock file "
+                          f"beside it.", path=str(path), line=0, key="")
     try:
         data = read_bounded(path, "recipe", MAX_RECIPE_BYTES)
     except FileNotFoundError:

@@ -24,7 +24,7 @@ from .errors import InputError, UnsupportedFirmware
 from .gctx import LaunchDigest
 from .kernel_hashes import HashTable, KernelHashes
 from .ovmf import Firmware, HashesTableLocation
-from .spec import BSP_RESET_EIP, PAGE_SIZE, PageType, SectionType
+from .spec import BSP_RESET_EIP, PAGE_SIZE, GuestFeatures, PageType, SectionType
 from .vmm import VmmProfile, profile_for, VmmType
 from .vmsa import reset_vmsa, svsm_vmsa
 
@@ -184,6 +184,11 @@ class SnpLaunch:
         for n in counts:
             shape_n = VmShape(n, shape.vcpu_sig, shape.guest_features, shape.profile)
             shape_n.check()
+        if not shape.guest_features & GuestFeatures.SNP_ACTIVE:
+            # The VMSA of every SNP guest has SNPActive set; without it no launch has this digest.
+            raise InputError(f"--guest-features {shape.guest_features:#x} lacks SNPActive (bit 0), which every "
+                             f"SEV-SNP guest's VMSA has; give a value with bit 0 set, such as "
+                             f"{shape.guest_features | GuestFeatures.SNP_ACTIVE:#x}.")
         ld = self.after_metadata(shape.profile, hashes)
         bsp, ap = self.vmsa_pages(shape)
         out = {}

@@ -20,11 +20,12 @@ import binascii
 import hashlib
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from measure.errors import MeasureError
+from measure.errors import InputError, MeasureError
 from .errors import VerificationError
 from measure.inputs import file_digest, read_input
 from measure.kernel_hashes import KernelHashes
@@ -47,6 +48,14 @@ class Finding:
 
 def _manifest(bundle: Path) -> dict[str, Any]:
     path = bundle / MANIFEST
+    try:
+        kind = stat.S_IFMT(os.stat(path).st_mode)
+    except OSError:
+        kind = 0                                # missing or unreadable: read_input names it
+    if kind in (stat.S_IFIFO, stat.S_IFSOCK):
+        # reading a FIFO nobody writes to waits for ever; a bundle holds its manifest as a file
+        raise InputError(f"the manifest {str(path)!r} is a FIFO or socket, not a file; a bundle's "
+                         f"manifest.json is a regular file, so rebuild or re-download the bundle.")
     return read_manifest(read_input(path, "manifest", limit=MAX_MANIFEST_BYTES), str(path))
 
 

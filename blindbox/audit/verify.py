@@ -560,6 +560,9 @@ def parse_min_tcb(spec: str) -> dict[str, int]:
         if not sep or comp is None or not 0 <= level <= 255:
             raise InputError(f"--min-tcb item {item!r} is not COMPONENT=LEVEL with COMPONENT one of "
                              f"bl, tee, snp, ucode, fmc and LEVEL 0-255; e.g. --min-tcb bl=3,snp=8.")
+        if comp in out and out[comp] != level:
+            raise InputError(f"--min-tcb gives {name.strip()!r} twice, {out[comp]} and {level}; give each component "
+                             f"once.")
         out[comp] = level
     if not out:
         raise InputError("--min-tcb is empty; give e.g. --min-tcb bl=3,tee=0,snp=8,ucode=115.")

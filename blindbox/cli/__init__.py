@@ -64,7 +64,11 @@ def main(argv=None) -> int:
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.ClickException as e:
-        e.show()
+        # One line, like every other error: click's own message, then where to read more.
+        message = " ".join(e.format_message().split()).rstrip(".")
+        ctx = getattr(e, "ctx", None)
+        where = ctx.command_path if ctx is not None else "blindbox"
+        click.echo(f"blindbox: error: {message}; see '{where} --help'.", err=True)
         return 2
     except click.exceptions.Abort:
         click.echo("blindbox: aborted.", err=True)

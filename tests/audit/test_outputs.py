@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -137,3 +138,38 @@ def test_write_atomic_replaces_a_symlink_not_its_target(tmp_path):
     write_atomic(link, b"new", mode=0o600)
     assert target.read_bytes() == b"keep" and link.read_bytes() == b"new" and not link.is_symlink()
     assert link.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket", "symlink-loop"])
+def test_an_output_that_is_a_fifo_device_or_link_loop_is_refused_and_left_alone(kind, signing, tmp_path, capsys):
+    manifest, key = signing
+    output = tmp_path / "sig"
+    if kind == "fifo":
+        os.mkfifo(output)
+        reason = "it is a device, FIFO or socket, not a regular file"
+    elif kind == "socket":               # stands in for a device such as /dev/null, which root could replace
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(output))
+        sock.close()
+        reason = "it is a device, FIFO or socket, not a regular file"
+    else:
+        output.symlink_to(output)
+        reason = "Too many levels of symbolic links"
+    before = os.lstat(output)
+    rc, out, err = cli(["sign-manifest", manifest, "--key", key, "--output", output], capsys)
+    assert rc == 2 and f"cannot write the signature file '{output}': {reason}; check the path" in err, err
+    after = os.lstat(output)
+    assert (after.st_ino, after.st_mode, after.st_rdev) == (before.st_ino, before.st_mode, before.st_rdev)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key.pem", "manifest.json", "sig"]
+
+
+def test_id_block_out_dir_refuses_a_fifo_in_place_of_an_output(tmp_path, capsys):
+    key = tmp_path / "id.pem"
+    key.write_bytes(ec.generate_private_key(ec.SECP384R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    os.mkfifo(out_dir / "id_auth.bin")
+    rc, out, err = cli(["id-block", "ab" * 48, "--id-key", key, "--out-dir", out_dir], capsys)
+    assert rc == 2 and f"'{out_dir / 'id_auth.bin'}': it is a device, FIFO or socket" in err, err
+    assert sorted(p.name for p in out_dir.iterdir()) == ["id_auth.bin"]   # and no id_block.bin

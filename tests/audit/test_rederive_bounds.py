@@ -54,3 +54,18 @@ def test_at_the_limits_the_manifest_is_read_on(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert rc == 3 and out == "", err
     assert "manifest.json: name is missing" in err, err
+
+
+@pytest.mark.parametrize("argv", [["rederive"], ["explain-report", "--measurement", "ab" * 48, "--bundle"]])
+def test_a_manifest_that_is_a_fifo_is_refused_rather_than_waited_on(argv, tmp_path):
+    import os
+    import subprocess
+    import sys
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    os.mkfifo(bundle / "manifest.json")          # nobody writes to it: reading would wait for ever
+    p = subprocess.run([sys.executable, "-m", "blindbox.cli", *argv, str(bundle)], capture_output=True,
+                       text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr == (f"blindbox: error: the manifest '{bundle / 'manifest.json'}' is a FIFO or socket, not a "
+                        f"file; a bundle's manifest.json is a regular file, so rebuild or re-download the bundle.\n")

@@ -309,6 +309,10 @@ def test_the_right_vcek_is_picked_among_several():
 def test_min_tcb_spec():
     assert parse_min_tcb("bl=3, tee=0,snp=8,ucode=115") == dict(boot_loader=3, tee=0, snp=8, microcode=115)
     assert parse_min_tcb("fmc=1,microcode=0x47") == dict(fmc=1, microcode=0x47)
+    with pytest.raises(InputError, match="--min-tcb gives 'bl' twice, 1 and 2; give each component once."):
+        parse_min_tcb("bl=1,bl=2")
+    with pytest.raises(InputError, match="--min-tcb gives 'ucode' twice, 115 and 114; give each component once."):
+        parse_min_tcb("microcode=115,ucode=114")
     for bad in ("", "x=1", "snp", "snp=-1", "snp=256", "snp=a"):
         with pytest.raises(InputError, match="min-tcb"):
             parse_min_tcb(bad)

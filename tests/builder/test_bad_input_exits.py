@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -136,3 +137,22 @@ def test_deeply_nested_manifest_in_the_out_directory():
     from builder.manifest import Manifest, ManifestError
     with pytest.raises(ManifestError, match="out/manifest.json nests brackets too deeply to be a manifest"):
         Manifest.from_json(b"[" * 100_000 + b"]" * 100_000, "out/manifest.json")
+
+
+HELLO = (Path(__file__).resolve().parents[2] / "recipes" / "hello.yaml").read_text()
+
+
+@pytest.mark.parametrize("command", ["build", "lock", "check-repro"])
+@pytest.mark.parametrize("which", ["lock", "recipe"])
+def test_a_recipe_or_lock_that_is_a_fifo_is_refused_rather_than_waited_on(command, which, tmp_path):
+    recipe, lock = tmp_path / "r.yaml", tmp_path / "r.lock"
+    if which == "lock":
+        recipe.write_text(HELLO)
+        os.mkfifo(lock)                     # nobody writes to it: opening it would wait for ever
+        needle = f"{lock}: the lock file is a FIFO or socket, not a file; remove it and run `blindbox lock {recipe}`"
+    else:
+        os.mkfifo(recipe)
+        needle = f"{recipe}: is a FIFO or socket; give the recipe's .yaml file"
+    argv = [command, recipe] + (["--offline"] if command != "check-repro" else [])
+    assert_refused(run_blindbox(argv, timeout=60), needle)
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["r.lock", "r.yaml"] if which == "lock" else ["r.yaml"])

@@ -135,3 +135,30 @@ def test_build_cross_checks_the_pinned_size_with_the_fetched_bytes(name, tmp_pat
     assert rc == 2 and f"pins input {name!r}" in err, err
     assert f"with size {size + 1}, but its verified bytes are {size} bytes long" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("named", ["other.yaml", "../../etc/passwd"])
+def test_build_refuses_a_lock_that_names_another_recipe(named, tmp_path, monkeypatch, capsys):
+    from tests.builder.test_pipeline import STEPS, hello_archive, RECIPE
+    from builder import pipeline
+    from blindbox.cli import main
+
+    archive = hello_archive(tmp_path)  # noqa: F811 - not the fixture: this test builds its own
+    d = tmp_path / "recipe"
+    d.mkdir()
+    (d / "t.yaml").write_text(RECIPE)
+    (d / "app.conf").write_text("greeting=hello\n")
+    r = load_recipe(d / "t.yaml")
+    write_lock(r.lock_path, lock_recipe(r, archive).lock)
+    doc = json.loads(r.lock_path.read_bytes())
+    assert doc["recipe"] == "t.yaml"
+    doc["recipe"] = named
+    r.lock_path.write_text(json.dumps(doc, indent=2))
+    real_build = pipeline.build
+    monkeypatch.setattr(pipeline, "build", lambda req, **kw: real_build(req, archive=archive, steps=STEPS, **kw))
+    monkeypatch.setenv("BLINDBOX_CACHE", str(tmp_path / "cache"))
+    rc = main(["build", str(r.path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert f"{r.lock_path} says it pins the recipe {named!r}, not 't.yaml' beside it; restore it" in err, err
+    assert not (tmp_path / "out").exists()

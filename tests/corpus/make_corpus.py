@@ -168,6 +168,9 @@ def firmware_cases() -> None:
          "a VMM profile that does not exist", {"fw.fd": FW})
     case("guest-features-too-wide", measure("fw.fd", "--guest-features", "0x1ffffffffffffffff"), 2,
          "does not fit in 64 bits", "SEV features wider than the VMSA field", {"fw.fd": FW})
+    case("guest-features-without-snp-active", measure("fw.fd", "--guest-features", "0x20"), 2,
+         "--guest-features 0x20 lacks SNPActive (bit 0)", "SEV features no SNP guest's VMSA has, measured today",
+         {"fw.fd": FW})
     case("ovmf-hash-not-hex", measure("fw.fd", "--snp-ovmf-hash", "xyz"), 2, "is not hexadecimal",
          "a precalculated OVMF hash that is not hex", {"fw.fd": FW})
 
@@ -446,8 +449,13 @@ def option_cases() -> None:
          "a guest policy of 65 bits"),
         ("verify-min-guest-svn-negative", ("--min-guest-svn", "-1"), "--min-guest-svn '-1' is not a valid SVN",
          "a negative minimum guest SVN"),
+        ("verify-min-tcb-component-twice", ("--min-tcb", "bl=1,bl=2"), "--min-tcb gives 'bl' twice, 1 and 2",
+         "one TCB component with two minimums, of which one was silently used"),
     ]:
         case(cid, verify(*extra), 2, message, why, {"report.bin": REPORT})
+    case("measure-vcpus-not-integer", measure("fw.fd", "--vcpus", "1.5"), 2,
+         "Invalid value for '--vcpus': '1.5' is not a valid integer; see 'blindbox measure --help'.",
+         "a usage error, reported on one line like every other error", {"fw.fd": b""})
     case("report-dev-zero", ["verify-report", "/dev/zero", "--no-signature"], 2,
          "the attestation report file '/dev/zero' is larger than 8,192 bytes",
          "an endless stream given as the report")
@@ -528,6 +536,9 @@ def key_cases() -> None:
     case("sign-manifest-output-links-to-manifest", [*sign, "{case}/sig"], 2, "sig' is the manifest '",
          "an output symlink that resolves to the manifest", {"manifest.json": manifest, "key.pem": ed_pem},
          symlinks={"sig": "manifest.json"})
+    case("sign-manifest-output-symlink-loop", [*sign, "{case}/sig"], 2,
+         "cannot write the signature file '", "an output path that is a symlink loop, replaced today by a file",
+         {"manifest.json": manifest, "key.pem": ed_pem}, symlinks={"sig": "sig"})
     case("verify-manifest-key-sha256-garbage", ["verify-manifest", "{case}/manifest.json", "--key", "{case}/key.pem",
                                                 "--key-sha256", "xyz"], 2,
          "--key-sha256 'xyz' is not 32 bytes; give 64 hex digits",
@@ -566,6 +577,10 @@ def recipe_cases() -> None:
          recipe_files(sub("name: hello", "name: hello\ncolour: blue")))
     case("recipe-not-utf8", build(), 2, "the recipe is not UTF-8", "a recipe in Latin-1",
          recipe_files(sub("name: hello", "name: hello # caf").encode() .replace(b"caf", b"caf\xe9")))
+    case("recipe-nul-character", build(), 2, "r.yaml:26: not valid YAML: character U+0000 at column 47 is not allowed",
+         "a NUL in a comment on line 26 of the recipe, reported today on two lines as line 1",
+         recipe_files(sub('cmdline: "console=ttyS0 panic=-1 quiet"',
+                          'cmdline: "console=ttyS0 panic=-1 quiet"  # caf\0')))
     case("recipe-two-documents", build(), 2, "exactly one YAML document", "two YAML documents in one file",
          recipe_files(RECIPE + "\n---\nname: other\n"))
     case("recipe-bad-yaml", build(), 2, "not valid YAML", "an unclosed flow sequence",
@@ -618,6 +633,11 @@ def recipe_cases() -> None:
     lock = json.loads(LOCK)
     lock["inputs"][0]["sha256"] = "xyz"
     case("lock-bad-sha256", build(), 2, "sha256", "a pin whose sha256 is not 64 hex digits",
+         recipe_files(RECIPE, json.dumps(lock).encode()))
+    lock = json.loads(LOCK)
+    lock["recipe"] = "../../etc/passwd"
+    case("lock-names-another-recipe", build(), 2, "says it pins the recipe '../../etc/passwd', not 'r.yaml' beside it",
+         "a lock file written for another recipe, used today as if it were this one's",
          recipe_files(RECIPE, json.dumps(lock).encode()))
     lock = json.loads(LOCK)
     del lock["inputs"][0]["debian"]["name"]

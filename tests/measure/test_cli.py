@@ -140,3 +140,18 @@ def test_version_option_like_the_oracle(capsys):
     rc, out, _ = ours(["--version"], capsys)
     assert rc == 0 and out.startswith("blindbox measure ") and "0.0.13" in out
     assert oracle.oracle_cli(["--version"])[0] == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["measure", "--mode", "snp", "--vcpus", "1.5", "--ovmf", "x"],
+     "Invalid value for '--vcpus': '1.5' is not a valid integer; see 'blindbox measure --help'."),
+    (["measure", "--mode", "snp", "--vcpus", "1", "--ovmf", "/"],
+     "Invalid value for '--ovmf': File '/' is a directory; see 'blindbox measure --help'."),
+    (["explain-vmsa", "a"], "Missing argument 'ACTUAL'; see 'blindbox explain-vmsa --help'."),
+    (["mesure"], "No such command 'mesure'; see 'blindbox --help'."),
+])
+def test_usage_errors_are_one_line_with_exit_2(argv, message, capsys):
+    from blindbox.cli import main
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    assert rc == 2 and err == f"blindbox: error: {message}\n", err

@@ -130,6 +130,8 @@ TYPE = ["--vcpu-type", "EPYC-v4"]
     (["--vcpu-sig", "zz"], ["not an integer"]),
     (["--vcpu-sig", "0x1ffffffff"], ["32 bits"]),
     (["--guest-features", "0x1ffffffffffffffff"] + TYPE, ["64 bits"]),
+    (["--guest-features", "0x0"] + TYPE, ["--guest-features 0x0 lacks SNPActive (bit 0)", "such as 0x1."]),
+    (["--guest-features", "0x20"] + TYPE, ["--guest-features 0x20 lacks SNPActive (bit 0)", "such as 0x21."]),
     (["--snp-ovmf-hash", "abc"] + TYPE, ["not hexadecimal"]),
     (["--snp-ovmf-hash", "00" * 47] + TYPE, ["96 hex digits", "94"]),  # oracle: accepted, wrong digest
     (["--initrd", "/dev/null"] + TYPE, ["need --kernel"]),
