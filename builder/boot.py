@@ -220,27 +220,39 @@ def parse_markers(console: str) -> dict[str, tuple[str, ...]]:
 
 
 def qemu_command(kernel: Path, initrd: Path, cmdline: bytes, *, firmware: Path | None, memory_mib: int = 512,
-                 qemu: str = QEMU) -> list[str]:
-    """The QEMU argv of a smoke boot (software emulation, serial console on stdout)."""
+                 qemu: str = QEMU, drives: Sequence[Path] = ()) -> list[str]:
+    """The QEMU argv of a smoke boot (software emulation, serial console on stdout).
+
+    ``drives``: raw disk images attached read-only as virtio-blk, in order (the guest sees
+    ``/dev/vda``, ``/dev/vdb``, ...).
+    """
     if b"\0" in cmdline:
         raise CmdlineError("the kernel command line contains a NUL byte, which QEMU cannot pass; remove it.")
+    for drive in drives:
+        if "," in str(drive):
+            raise BootError(f"the disk image path {str(drive)!r} contains a comma, which QEMU's -drive option "
+                            f"cannot take; move or rename it.")
     cmd = [qemu, "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-m", str(memory_mib), "-smp", "1",
            "-nodefaults", "-nographic", "-serial", "stdio", "-monitor", "none", "-no-reboot",
            "-kernel", str(kernel), "-initrd", str(initrd),
            "-append", os.fsdecode(cmdline)]
     if firmware is not None:
         cmd += ["-bios", str(firmware)]
+    for drive in drives:
+        cmd += ["-drive", f"file={drive},if=virtio,format=raw,readonly=on"]
     return cmd
 
 
 def smoke_boot(kernel: str | Path, initrd: str | Path, cmdline: bytes, *, firmware: str | Path | None,
-               timeout: float = DEFAULT_TIMEOUT, memory_mib: int = 512, method: str | None = None) -> BootResult:
+               timeout: float = DEFAULT_TIMEOUT, memory_mib: int = 512, method: str | None = None,
+               drives: Sequence[str | Path] = ()) -> BootResult:
     """Boot under TCG until the guest powers off; parse its marker lines.
 
     ``firmware``: None for QEMU's direct kernel boot, or a generic OVMF image (a single
     ``OVMF.fd`` with code and variables, given to ``-bios``).  ``cmdline``: the ``-append``
     bytes, without the NUL QEMU adds.  ``method``: see :func:`boot_method` (which is
-    used when None).  Raises :class:`BootError` when QEMU is missing or
+    used when None).  ``drives``: raw disk images attached read-only (:func:`qemu_command`).
+    Raises :class:`BootError` when QEMU is missing or
     fails, or the guest never reached its init; :class:`BootTimeout` after ``timeout``
     seconds.  The console log is kept in the result and in every error.
     """
@@ -248,7 +260,9 @@ def smoke_boot(kernel: str | Path, initrd: str | Path, cmdline: bytes, *, firmwa
     if qemu is None:
         raise ToolMissing(QEMU, QEMU_PACKAGE)
     kernel, initrd = Path(kernel), Path(initrd)
-    for what, p in (("kernel", kernel), ("initrd", initrd)) + ((("firmware", Path(firmware)),) if firmware else ()):
+    disks = tuple(Path(d).resolve() for d in drives)
+    for what, p in (("kernel", kernel), ("initrd", initrd)) + ((("firmware", Path(firmware)),) if firmware else ()) \
+            + tuple(("disk image", d) for d in disks):
         if not p.is_file():
             raise BootError(f"the {what} {p} for the smoke boot is not a file; build the bundle first.")
     if method is None:
@@ -257,7 +271,7 @@ def smoke_boot(kernel: str | Path, initrd: str | Path, cmdline: bytes, *, firmwa
         raise BootError(f"boot method {method!r} does not fit firmware {firmware}; use 'direct' without firmware "
                         f"and 'ovmf-prefix' or 'ovmf-suffix' with an OVMF.")
     cmd = qemu_command(kernel, initrd, cmdline, firmware=None if firmware is None else Path(firmware),
-                       memory_mib=memory_mib, qemu=qemu)
+                       memory_mib=memory_mib, qemu=qemu, drives=disks)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "HOME": "/nonexistent"}
     with tempfile.TemporaryDirectory(prefix="blindbox-boot-") as tmp:
         log_path = Path(tmp) / "console.log"

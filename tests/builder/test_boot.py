@@ -108,6 +108,15 @@ def test_qemu_command():
         boot.qemu_command(Path("/k"), Path("/i"), b"a\0", firmware=None)
 
 
+def test_qemu_command_drives_are_read_only_virtio_in_order():
+    cmd = boot.qemu_command(Path("/k"), Path("/i"), b"", firmware=None, drives=[Path("/d/a.img"), Path("/d/b")])
+    assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "-drive"] == [
+        "file=/d/a.img,if=virtio,format=raw,readonly=on", "file=/d/b,if=virtio,format=raw,readonly=on"]
+    assert "-drive" not in boot.qemu_command(Path("/k"), Path("/i"), b"", firmware=None)
+    with pytest.raises(boot.BootError, match="contains a comma, which QEMU's -drive option cannot take"):
+        boot.qemu_command(Path("/k"), Path("/i"), b"", firmware=None, drives=[Path("/d/a,b")])
+
+
 @pytest.fixture
 def files(tmp_path):
     for name in ("bzImage", "initrd"):
@@ -161,6 +170,8 @@ def test_smoke_boot_without_qemu_or_inputs(files, monkeypatch, tmp_path):
     fake_qemu(tmp_path, monkeypatch, "")
     with pytest.raises(BootError, match="the initrd .*/nope for the smoke boot is not a file"):
         boot.smoke_boot(files / "bzImage", files / "nope", b"", firmware=None)
+    with pytest.raises(BootError, match="the disk image .*/disk.img for the smoke boot is not a file"):
+        boot.smoke_boot(files / "bzImage", files / "initrd", b"", firmware=None, drives=[files / "disk.img"])
     with pytest.raises(BootError, match="does not fit firmware"):
         boot.smoke_boot(files / "bzImage", files / "initrd", b"", firmware=None, method="ovmf-prefix")
 
