@@ -3,6 +3,10 @@
 Works on an unpacked ``linux-image-*`` package tree (``boot/vmlinuz-<release>``,
 ``boot/config-<release>``, ``lib/modules/<release>/`` or ``usr/lib/modules/<release>/``).
 
+The bzImage's setup header and its version string are read by :mod:`measure.bzimage`, the
+calculator's reader of the kernel it measures, so that ``blindbox rederive`` re-derives the
+release this step records from the same code.
+
 Facts about the Debian packages this code relies on (checked on bookworm's 6.1):
 
 - The package ships no ``modules.dep`` or ``modules.alias``: ``depmod`` runs in its
@@ -39,7 +43,10 @@ from elftools.elf.elffile import ELFFile
 
 from builder.errors import BuildError, ToolMissing
 from builder.limits import MAX_KERNEL_TEXT_BYTES, MAX_MODULE_BYTES
+from measure import bzimage as _bzimage
 from measure import layout
+from measure.bzimage import BzImageError, kernel_release
+from measure.bzimage import BzImageHeader as BzImageHeader  # re-exported: declared with the calculator
 from measure.errors import InputError
 from measure.inputs import read_bounded
 
@@ -101,59 +108,19 @@ def find_kernel(tree: str | Path) -> KernelImage:
         raise KernelError(f"the kernel package tree {tree} has no lib/modules/{release}; use the linux-image "
                           f"package that matches the kernel, not a -unsigned or headers package.")
     bzimage = boot / f"vmlinuz-{release}"
-    version = bzimage_version(bzimage)
-    if version.split(" ", 1)[0] != release:
-        raise KernelError(f"boot/vmlinuz-{release} in {tree} says it is kernel {version.split(' ', 1)[0]!r}; the "
+    named = kernel_release(bzimage_version(bzimage))
+    if named != release:
+        raise KernelError(f"boot/vmlinuz-{release} in {tree} says it is kernel {named!r}; the "
                           f"package is inconsistent, fetch it again.")
     return KernelImage(tree, release, bzimage, config, modules_dir)
 
 
-@layout.struct(size=0x210, spec="Linux Documentation/arch/x86/boot.rst, the real-mode kernel header "
-                                "(offsets from the start of the bzImage, as there)")
-@dataclass(frozen=True)
-class BzImageHeader(layout.Struct):
-    """The bzImage's first 0x210 bytes: the boot sector, then the setup header fields of protocol 2.00."""
-
-    boot_sector: bytes = layout.raw(0x000, 0x1F1)  # legacy boot sector code, not read
-    setup_sects: int = layout.u8(0x1F1)
-    root_flags: int = layout.u16(0x1F2)
-    syssize: int = layout.u32(0x1F4)
-    ram_size: int = layout.u16(0x1F8)
-    vid_mode: int = layout.u16(0x1FA)
-    root_dev: int = layout.u16(0x1FC)
-    boot_flag: int = layout.u16(0x1FE)
-    jump: int = layout.u16(0x200)
-    header: bytes = layout.raw(0x202, 4)  # the magic b"HdrS"
-    version: int = layout.u16(0x206)  # boot protocol version
-    realmode_swtch: int = layout.u32(0x208)
-    start_sys_seg: int = layout.u16(0x20C)
-    kernel_version: int = layout.u16(0x20E)  # where the version string is, "less 0x200"
-
-
-BZIMAGE_MAGIC = b"HdrS"
-#: boot.rst: ``kernel_version`` holds the version string's offset in the file less 0x200.
-KERNEL_VERSION_BIAS = 0x200
-#: How much of the image's start is read; the version string must lie in it.
-_SETUP_READ = 0x8000
-
-
 def bzimage_version(path: str | Path) -> str:
-    """The version string in a bzImage's setup header (Linux boot protocol >= 2.00)."""
-    path = Path(path)
+    """The version string in a bzImage's setup header (:func:`measure.bzimage.bzimage_version`)."""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(_SETUP_READ)
-    except OSError as e:
-        raise KernelError(f"cannot read the kernel image {path}: {e.strerror}.") from e
-    hdr = BzImageHeader.from_bytes(head[:BzImageHeader.SIZE]) if len(head) >= BzImageHeader.SIZE else None
-    if hdr is None or hdr.header != BZIMAGE_MAGIC:
-        raise KernelError(f"{path} is not a bzImage (no 'HdrS' boot header at "
-                          f"{BzImageHeader.offset_of('header'):#x}); give the vmlinuz file.")
-    offset = hdr.kernel_version + KERNEL_VERSION_BIAS
-    raw = head[offset:offset + 256].split(b"\0", 1)[0]
-    if not raw:
-        raise KernelError(f"{path} has no kernel version string in its boot header.")
-    return raw.decode("ascii", "replace")
+        return _bzimage.bzimage_version(path)
+    except BzImageError as e:
+        raise KernelError(str(e)) from e
 
 
 # -- configuration ------------------------------------------------------------------------
