@@ -3,8 +3,10 @@
 An auditor's first check of a published bundle: does the manifest follow its schema and
 agree with itself (:mod:`blindbox.audit.manifest`, the one reader), do the files hash to what it
 says, and does every published value that the files determine follow from them — the
-firmware facts and OVMF hash, the command line, the kernel hashes, the launch digest of
-each shape, the ID blocks and their key digests, and what ``launch-snp.sh`` launches?
+firmware facts and OVMF hash, the command line, the kernel's release (read from its
+bzImage setup header by :mod:`measure.bzimage`, as the builder reads it), the kernel hashes,
+the launch digest of each shape, the ID blocks and their key digests, and what
+``launch-snp.sh`` launches?
 It needs no builder code.  Values the files cannot determine (input origins, the recipe
 and lock digests, ...) are listed in docs/auditing.md.
 
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from measure.bzimage import bzimage_version, kernel_release
 from measure.errors import InputError, MeasureError
 from .errors import VerificationError
 from measure.inputs import file_digest, read_input
@@ -173,6 +176,15 @@ def _launch_script_findings(path: Path, doc: dict[str, Any]) -> list[Finding]:
     ]
 
 
+def _kernel_release_finding(kernel: Path, published: str) -> Finding:
+    """The release the kernel's setup header names, read as the builder reads it to record it."""
+    try:
+        release = kernel_release(bzimage_version(kernel))
+    except MeasureError as e:
+        return Finding("launch.kernel_release", False, f"cannot be read from the kernel: {e}")
+    return _compare("launch.kernel_release", published, release, "the kernel's setup header names release")
+
+
 def _read_b64(path: Path, what: str) -> bytes | None:
     try:
         text = read_input(path, what).decode("ascii")
@@ -256,6 +268,9 @@ def rederive(bundle: str | Path) -> list[Finding]:
                                                          f"{published!r}"))
     if "launch" in have:
         findings.extend(_launch_script_findings(roles["launch"], doc))
+
+    if "kernel" in have:
+        findings.append(_kernel_release_finding(roles["kernel"], doc["launch"]["kernel_release"]))
 
     hashes = None
     if {"kernel", "initrd", "cmdline"} <= have:

@@ -38,6 +38,9 @@ def test_every_published_digest_follows_from_the_files(bundle, capsys):
     assert rc == 0 and data["ok"]
     shapes = [f for f in data["findings"] if f["name"].startswith("shape ")]
     assert len(shapes) == 12
+    release = next(f for f in data["findings"] if f["name"] == "launch.kernel_release")
+    manifest_release = json.loads((bundle / "manifest.json").read_text())["launch"]["kernel_release"]
+    assert release["ok"] and release["detail"].endswith(f"names release {manifest_release}")
     # and an independent implementation agrees with one of them
     manifest = json.loads((bundle / "manifest.json").read_text())
     entry = manifest["measurements"][7]
@@ -116,7 +119,8 @@ def _both_policies(doc):
     (_set(("firmware", "sev_hashes_table", "gpa"), "0x810d00"), ["firmware.sev_hashes_table"]),
     (_both_policies, ["launch.policy"] + [f"id_block {s}" for s in SHAPES]),
     (_set(("launch", "memory_mib"), 4096), ["launch.memory_mib"]),
-], ids=["ovmf_hash", "sev_es_reset_eip", "hashes_table_gpa", "policy", "memory"])
+    (_set(("launch", "kernel_release"), "6.1.0-99-amd64"), ["launch.kernel_release"]),
+], ids=["ovmf_hash", "sev_es_reset_eip", "hashes_table_gpa", "policy", "memory", "kernel_release"])
 def test_a_published_value_the_files_contradict_fails(bundle, capsys, change, failed):
     _edit(bundle, change)
     rc, out, _ = run([bundle], capsys)
