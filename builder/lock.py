@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Iterable
@@ -28,7 +27,7 @@ from collections.abc import Iterable
 from builder.errors import BuildError, InputDigestMismatch, RecipeError, SourceError
 from builder.limits import MAX_LOCK_BYTES
 from builder.recipe import SUITES, InputSpec, Recipe, check_id_keys, local_path
-from measure.inputs import file_digest, read_bounded
+from measure.inputs import file_digest, is_fifo_or_socket, read_bounded
 from blindbox.files import write_atomic
 
 #: lock entries of the id_block keys: they sign ID blocks and are not part of the launch digest
@@ -255,16 +254,9 @@ class LockResult:
 # reading and writing
 # --------------------------------------------------------------------------------------
 
-def _is_fifo_or_socket(path: Path) -> bool:
-    try:
-        return stat.S_IFMT(os.stat(path).st_mode) in (stat.S_IFIFO, stat.S_IFSOCK)
-    except (OSError, ValueError):
-        return False                            # missing or unreadable: the read names it
-
-
 def read_lock(path: str | Path) -> Lock:
     path = Path(path)
-    if _is_fifo_or_socket(path):
+    if is_fifo_or_socket(path):
         # opening a FIFO nobody writes to waits for ever; the lock file is always a file
         raise RecipeError(f"{path}: the lock file is a FIFO or socket, not a file; remove it and run `blindbox "
                           f"lock {path.with_suffix('.yaml')}` to write the lock file.", path=str(path), line=0,

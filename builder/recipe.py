@@ -20,7 +20,6 @@ import builtins
 import hashlib
 import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -32,7 +31,7 @@ from builder.errors import RecipeError
 from builder.limits import MAX_RECIPE_BYTES, MAX_RECIPE_DEPTH
 from builder.sources import SUITES as FETCHER_SUITES
 from measure.cpu import CPU_SIGS
-from measure.inputs import read_bounded
+from measure.inputs import is_fifo_or_socket, read_bounded
 from measure.spec import guest_policy_problem
 from measure.vmm import PROFILES, VmmType
 
@@ -840,11 +839,7 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
 
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
-    try:
-        fifo = stat.S_IFMT(os.stat(path).st_mode) in (stat.S_IFIFO, stat.S_IFSOCK)
-    except (OSError, ValueError):
-        fifo = False                            # missing or unreadable: the read names it
-    if fifo:
+    if is_fifo_or_socket(path):
         # opening a FIFO nobody writes to waits for ever, and the lock file is found beside the recipe
         raise RecipeError(f"{path}: is a FIFO or socket; give the recipe's .yaml file, which has its lock file "
                           f"beside it.", path=str(path), line=0, key="")

@@ -30,6 +30,15 @@ def too_large(path: str | Path, what: str, limit: int) -> InputError:
                       f"{what} can be (docs/limits.md); give the right file.")
 
 
+def is_fifo_or_socket(path: str | Path) -> bool:
+    """Whether ``path`` is a FIFO or a socket, found without opening it (opening a FIFO that
+    nobody writes to waits for ever).  A missing or unreadable path is not: the read names it."""
+    try:
+        return stat.S_IFMT(os.stat(path).st_mode) in (stat.S_IFIFO, stat.S_IFSOCK)
+    except (OSError, ValueError):
+        return False
+
+
 def read_bounded(path: str | Path, what: str, limit: int) -> bytes:
     """The bytes of ``path``, at most ``limit`` of them; OSError (IsADirectoryError for a
     directory) propagates for callers with their own wording, a larger input is refused.

@@ -22,7 +22,6 @@ import binascii
 import hashlib
 import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from typing import Any
 from measure.bzimage import bzimage_version, kernel_release
 from measure.errors import InputError, MeasureError
 from .errors import VerificationError
-from measure.inputs import file_digest, read_input
+from measure.inputs import file_digest, is_fifo_or_socket, read_input
 from measure.kernel_hashes import KernelHashes
 from .manifest import SINGLE_ROLES, ManifestInvalid, outputs_by_role, read_manifest
 from measure.limits import MAX_CMDLINE_FILE_BYTES
@@ -51,11 +50,7 @@ class Finding:
 
 def _manifest(bundle: Path) -> dict[str, Any]:
     path = bundle / MANIFEST
-    try:
-        kind = stat.S_IFMT(os.stat(path).st_mode)
-    except OSError:
-        kind = 0                                # missing or unreadable: read_input names it
-    if kind in (stat.S_IFIFO, stat.S_IFSOCK):
+    if is_fifo_or_socket(path):
         # reading a FIFO nobody writes to waits for ever; a bundle holds its manifest as a file
         raise InputError(f"the manifest {str(path)!r} is a FIFO or socket, not a file; a bundle's "
                          f"manifest.json is a regular file, so rebuild or re-download the bundle.")
