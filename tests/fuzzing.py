@@ -62,3 +62,14 @@ def apply(seed: bytes, edits) -> bytes:
         elif op == "delete":
             del out[pos:pos + value]
     return bytes(out)
+
+
+def json_paths(node, prefix=()):
+    """Every path (a tuple of keys and indexes) into a JSON document, the root's ``()`` first."""
+    yield prefix
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from json_paths(v, prefix + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from json_paths(v, prefix + (i,))

@@ -17,6 +17,16 @@ from pathlib import Path
 from builder.errors import InputDigestMismatch, OfflineMiss, SourceGone
 
 
+def ar_archive(members: list[tuple[str, bytes]]) -> bytes:
+    """An ar archive (a .deb's container) holding ``members``, written byte by byte so tests can
+    put in it what dpkg-deb never would."""
+    out = bytearray(b"!<arch>\n")
+    for name, data in members:
+        out += f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}`\n".encode()
+        out += data + (b"\n" if len(data) % 2 else b"")
+    return bytes(out)
+
+
 @dataclass(frozen=True)
 class FakePackage:
     name: str

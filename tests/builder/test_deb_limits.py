@@ -21,7 +21,9 @@ from builder.limits import MAX_DEB_CONTROL_BYTES, MAX_TAR_HEADER_BYTES
 from builder.sources import extract_deb, read_deb_control
 from tests.memlimit import run_python
 
-from .test_sources import _ar, _hand_deb, _ti
+from tests.builder.fakes import ar_archive
+
+from .test_sources import _hand_deb, _ti
 
 CONTROL = b"Package: hostile\nVersion: 1\nArchitecture: all\nDescription: x\n"
 
@@ -50,7 +52,7 @@ def _bomb_deb(path: Path, kind: bytes, claimed: int) -> Path:
         out.append(co.compress(zeros))
     out.append(co.compress(bytes(1024)))
     out.append(co.flush())
-    path.write_bytes(_ar([("debian-binary", b"2.0\n"), ("control.tar.gz", _control_tar()),
+    path.write_bytes(ar_archive([("debian-binary", b"2.0\n"), ("control.tar.gz", _control_tar()),
                           ("data.tar.gz", b"".join(out))]))
     return path
 
@@ -99,7 +101,7 @@ def test_unpacked_size_limit_is_checked_before_writing(tmp_path, monkeypatch):
 def test_control_file_larger_than_the_limit(tmp_path):
     deb = tmp_path / "ctl.deb"
     big = CONTROL + b"X-Padding: " + b"x" * MAX_DEB_CONTROL_BYTES + b"\n"
-    deb.write_bytes(_ar([("debian-binary", b"2.0\n"), ("control.tar.gz", _control_tar(big)),
+    deb.write_bytes(ar_archive([("debian-binary", b"2.0\n"), ("control.tar.gz", _control_tar(big)),
                          ("data.tar.gz", _control_tar())]))
     with pytest.raises(SourceError, match=f"its control file claims {len(big):,} bytes, more than the "
                                           f"{MAX_DEB_CONTROL_BYTES:,}"):
@@ -108,6 +110,6 @@ def test_control_file_larger_than_the_limit(tmp_path):
 
 def test_ar_member_count_is_bounded(tmp_path):
     deb = tmp_path / "members.deb"
-    deb.write_bytes(_ar([("debian-binary", b"2.0\n")] + [(f"_sig{i}", b"") for i in range(64)]))
+    deb.write_bytes(ar_archive([("debian-binary", b"2.0\n")] + [(f"_sig{i}", b"") for i in range(64)]))
     with pytest.raises(SourceError, match="members.deb has more than 64 ar members"):
         extract_deb(deb, tmp_path / "out")

@@ -30,7 +30,8 @@ from builder.steps.elf import read_elf
 from builder.steps.kernel import bzimage_version, modinfo
 from measure.errors import BlindboxError
 from tests.builder.stepfakes import make_bzimage, make_elf, make_module
-from tests.fuzzing import INTERESTING, budget, mutations
+from tests.builder.fakes import ar_archive
+from tests.fuzzing import INTERESTING, budget, json_paths, mutations
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,16 +68,6 @@ value = st.recursive(leaf, lambda kids: st.one_of(st.lists(kids, max_size=3),
                      max_leaves=6)
 
 
-def _paths(node, prefix=()):
-    yield prefix
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from _paths(v, prefix + (k,))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield from _paths(v, prefix + (i,))
-
-
 def _edit(doc, path, op, new):
     import copy
     doc = copy.deepcopy(doc)
@@ -99,7 +90,7 @@ def _edit(doc, path, op, new):
 
 def structured(doc):
     """``doc`` with a few values replaced, deleted or added anywhere in the tree."""
-    paths = list(_paths(doc))
+    paths = list(json_paths(doc))
     edit = st.tuples(st.sampled_from(paths), st.sampled_from(["replace", "delete", "add"]), value)
 
     def run(edits):
@@ -241,12 +232,6 @@ def test_mutated_cpio_archives_parse_or_raise_blindbox_error(data):
 
 # -- .deb: ar + tar ------------------------------------------------------------------------
 
-def _ar(members) -> bytes:
-    out = bytearray(b"!<arch>\n")
-    for name, data in members:
-        out += f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}`\n".encode()
-        out += data + (b"\n" if len(data) % 2 else b"")
-    return bytes(out)
 
 
 _NAMES = ["./usr", "./usr/bin", "./usr/bin/x", "usr/lib/y", "./a/../b", "../escaped", "/abs", "./",
@@ -286,7 +271,7 @@ def _compress(data: bytes, compression: str) -> bytes:
 def deb(entries, compression: str) -> bytes:
     control = _compress(_tar([("./control", tarfile.REGTYPE, "", 0o644, CONTROL)], "w"), "w:gz")
     suffix = {"w": "", "w:gz": ".gz", "w:xz": ".xz"}[compression]
-    return _ar([("debian-binary", b"2.0\n"), ("control.tar.gz", control),
+    return ar_archive([("debian-binary", b"2.0\n"), ("control.tar.gz", control),
                 (f"data.tar{suffix}", _compress(_tar(entries, "w"), compression))])
 
 

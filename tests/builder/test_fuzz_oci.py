@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from builder.sources.oci import apply_oci_layers, read_oci_image
 from measure.errors import BlindboxError
 from tests.builder.ocifakes import LAYER_TAR, OCI_CONFIG, OCI_MANIFEST, d, entry, f, make_layout, sym, tar_bytes
-from tests.fuzzing import INTERESTING, budget, mutations
+from tests.fuzzing import INTERESTING, budget, json_paths, mutations
 
 EPOCH = 1735689600
 LOWER = [d("usr"), d("usr/bin"), f("usr/bin/app", "#!/bin/sh\n", 0o755), sym("usr/bin/abs", "/usr/bin/app"),
@@ -36,16 +36,6 @@ leaf = st.one_of(st.none(), st.booleans(), st.sampled_from(INTERESTING), st.inte
 value = st.recursive(leaf, lambda kids: st.one_of(st.lists(kids, max_size=3),
                                                   st.dictionaries(st.text(max_size=8), kids, max_size=3)),
                      max_leaves=6)
-
-
-def _paths(node, prefix=()):
-    yield prefix
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from _paths(v, prefix + (k,))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield from _paths(v, prefix + (i,))
 
 
 def _replace(doc, path, new):
@@ -87,7 +77,7 @@ def test_edited_json_documents_raise_blindbox_error_or_apply_inside(which, data)
             doc = mdoc
         else:
             doc = json.loads(lay.path(mdoc["config"]).read_text())
-        path = data.draw(st.sampled_from(list(_paths(doc))))
+        path = data.draw(st.sampled_from(list(json_paths(doc))))
         doc = _replace(doc, path, data.draw(value))
         if which == "index":
             (root / "index.json").write_text(json.dumps(doc))

@@ -32,6 +32,7 @@ from builder.sources.debian import _depends_names
 from measure.errors import InputError
 from measure.inputs import file_digest
 from tests import realinputs
+from tests.builder.fakes import ar_archive
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ("busybox-static", "bookworm")      # 0.9 MB, amd64
@@ -234,12 +235,6 @@ def test_extract_deb_zstd_without_zstd_refuses_clearly(tmp_path, monkeypatch):
     assert (e.value.tool, e.value.package) == ("zstd", "zstd")
 
 
-def _ar(members: list[tuple[str, bytes]]) -> bytes:
-    out = bytearray(b"!<arch>\n")
-    for name, data in members:
-        out += f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}`\n".encode()
-        out += data + (b"\n" if len(data) % 2 else b"")
-    return bytes(out)
 
 
 def _hand_deb(path: Path, entries: list[tarfile.TarInfo | tuple[tarfile.TarInfo, bytes]]) -> Path:
@@ -256,7 +251,7 @@ def _hand_deb(path: Path, entries: list[tarfile.TarInfo | tuple[tarfile.TarInfo,
             info, body = e if isinstance(e, tuple) else (e, b"")
             info.size = len(body)
             tf.addfile(info, io.BytesIO(body) if body else None)
-    path.write_bytes(_ar([("debian-binary", b"2.0\n"), ("control.tar.gz", control.getvalue()),
+    path.write_bytes(ar_archive([("debian-binary", b"2.0\n"), ("control.tar.gz", control.getvalue()),
                           ("data.tar.xz", data.getvalue())]))
     return path
 

@@ -38,6 +38,7 @@ from measure.snp import SnpLaunch, VmShape  # noqa: E402
 from measure.vmm import profile  # noqa: E402
 from tests.audit.manifestdoc import entry, manifest_doc, write_bundle  # noqa: E402
 from tests.builder.stepfakes import make_bzimage, make_elf, make_module  # noqa: E402
+from tests.builder.fakes import ar_archive  # noqa: E402
 from tests.measure import synth  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -672,12 +673,6 @@ def recipe_cases() -> None:
 
 
 # -- builder readers without a command of their own -------------------------------------------
-def _ar(members) -> bytes:
-    out = bytearray(b"!<arch>\n")
-    for name, data in members:
-        out += f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}`\n".encode()
-        out += data + (b"\n" if len(data) % 2 else b"")
-    return bytes(out)
 
 
 def _tar(entries, mode: str = "w") -> bytes:
@@ -699,7 +694,7 @@ CONTROL = gzip.compress(_tar([("./control", tarfile.REGTYPE, "", b"Package: bad\
 
 def deb(entries, *, data_name: str = "data.tar", data: bytes | None = None, first=("debian-binary", b"2.0\n"),
         extra=()) -> bytes:
-    return _ar([first, ("control.tar.gz", CONTROL), *extra,
+    return ar_archive([first, ("control.tar.gz", CONTROL), *extra,
                 (data_name, _tar(entries) if data is None else data)])
 
 
@@ -726,7 +721,7 @@ def reader_cases() -> None:
     case("deb-unexpected-member", p, 2, "contains an unexpected member 'evil'", "an extra ar member",
          {"p.deb": deb([], extra=[("evil", b"x")])})
     case("deb-no-data", p, 2, "lacks its data.tar member", "a package with no data member",
-         {"p.deb": _ar([("debian-binary", b"2.0\n"), ("control.tar.gz", CONTROL)])})
+         {"p.deb": ar_archive([("debian-binary", b"2.0\n"), ("control.tar.gz", CONTROL)])})
     case("deb-unknown-compression", p, 2, "uses an unsupported compression ('.lzma')", "data.tar.lzma",
          {"p.deb": deb([], data_name="data.tar.lzma", data=b"\x5d\x00\x00")})
     case("deb-corrupt-gzip", p, 2, "is corrupt", "a data.tar.gz whose deflate stream is damaged",
@@ -739,7 +734,7 @@ def reader_cases() -> None:
          {"p.deb": deb([], data_name="data.tar.gz", data=fextra)})
     case("deb-control-gzip-extra-field", ["parse-file", "deb-control", "{case}/p.deb"], 2,
          "its control.tar.gz is corrupt (damaged gzip header)", "the same damage in control.tar.gz",
-         {"p.deb": _ar([("debian-binary", b"2.0\n"), ("control.tar.gz", CONTROL[:3] + b"\x04" + CONTROL[4:]),
+         {"p.deb": ar_archive([("debian-binary", b"2.0\n"), ("control.tar.gz", CONTROL[:3] + b"\x04" + CONTROL[4:]),
                         ("data.tar", _tar([]))])})
     case("deb-path-traversal", p, 2, "(path traversal)", "a member named ./usr/../../escaped",
          {"p.deb": deb([("./usr/../../escaped", R, "", b"evil")])})
@@ -761,7 +756,7 @@ def reader_cases() -> None:
          {"p.deb": deb([("./lnk", S, "usr", b""), ("./usr", D, "", b""), ("./lnk/escaped", R, "", b"evil")])})
     case("deb-control-missing", ["parse-file", "deb-control", "{case}/p.deb"], 2, "has no control file",
          "a control.tar without ./control",
-         {"p.deb": _ar([("debian-binary", b"2.0\n"),
+         {"p.deb": ar_archive([("debian-binary", b"2.0\n"),
                         ("control.tar.gz", gzip.compress(_tar([("./md5sums", R, "", b"x")]), mtime=0)),
                         ("data.tar", _tar([]))])})
     bz = make_bzimage("6.1.0-test")
