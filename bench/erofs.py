@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -27,18 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from builder.steps import erofs  # noqa: E402
+from bench.timing import best_of  # noqa: E402
 
 EPOCH = 1_700_000_000
 UUID = uuid.UUID("3d9a6c1e-7b2f-4e85-a0c4-5f1b8e2d9a37")
-
-
-def best_of(repeat: int, fn):
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, result
 
 
 def make_tree(root: Path, files: int, mib: int) -> None:

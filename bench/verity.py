@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -26,18 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from measure import verity  # noqa: E402
+from bench.timing import best_of  # noqa: E402
 
 SALT = bytes.fromhex("9c1f3a7be0d245866f0c2e9d4b7a1835e6c0f2a9d8b3471560ae2c9f1d7b4e03")
 UUID = uuid.UUID("5f1e8a2c-0d4b-4e6f-9a7c-3b2d1e0f4a5b")
-
-
-def best_of(repeat: int, fn):
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, result
 
 
 def main() -> int:
