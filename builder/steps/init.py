@@ -39,6 +39,7 @@ Part of the builder: it may import the calculator, the auditor, :mod:`blindbox.f
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from builder.errors import BuildError
 
@@ -55,6 +56,31 @@ MARKER_POWEROFF = "BLINDBOX-POWEROFF"
 #: Busybox applets the default init calls (the initrd links each to /bin/busybox).
 INIT_APPLETS = ("sh", "mount", "cat", "sha256sum", "od", "tr", "modprobe", "poweroff", "dmesg", "grep",
                 "sleep", "mkdir")
+
+
+#: The kernel parameter that carries the application root's dm-verity table (in double quotes).
+ROOT_PARAM = "blindbox.root"
+#: The disks of the application root, in the order launch-snp.sh and smoke boots attach them
+#: (read-only virtio-blk): the filesystem image, then its dm-verity hash device.
+ROOT_DATA_DEVICE = "/dev/vda"
+ROOT_HASH_DEVICE = "/dev/vdb"
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """How the init starts the application inside the verified root (all resolved at build time).
+
+    ``argv``: the program (an absolute path inside the root) and its arguments;
+    ``env``: the environment, exactly these variables in this order; ``workdir``: an
+    absolute directory inside the root; ``uid``/``gid``: numeric (names are resolved
+    against the root's /etc/passwd and /etc/group when the image is built).
+    """
+
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    workdir: str = "/"
+    uid: int = 0
+    gid: int = 0
 
 
 class InitError(BuildError):
