@@ -163,3 +163,14 @@ def test_cli_exits_2_on_a_bad_rootfs(tmp_path, tail, words):
     assert p.returncode == 2, p.stderr
     assert f"{bad}{words}" in p.stderr and "Traceback" not in p.stderr
 
+
+
+def test_docs_show_the_rootfs_schema():
+    text = (ROOT / "docs" / "recipes.md").read_text()
+    assert "not supported yet" not in text
+    for key in ("oci:", "directory:", "tarball:", "debian:", "entrypoint:", "on_corruption:", "dmsetup:"):
+        assert key in text.split("## Root filesystem")[0], key
+    section = text.split("## Root filesystem inputs")[1]
+    for words in ("Essential set is not added", "Maintainer scripts are not run", "reproducible", "| `oci` |",
+                  "| `tree` |", "re-compressed"):
+        assert words in section, words
