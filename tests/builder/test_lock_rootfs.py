@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import lzma
@@ -48,7 +49,7 @@ def archive(tmp_path):
 
 def write_recipe(tmp_path: Path, rootfs: str) -> Path:
     d = tmp_path / "r"
-    d.mkdir(exist_ok=True)
+    d.mkdir(parents=True, exist_ok=True)
     (d / "t.yaml").write_text(HEAD + "rootfs:\n" + rootfs)
     return d / "t.yaml"
 
@@ -326,17 +327,43 @@ def test_kind_change_is_drift(tmp_path, archive):
 
 # -- the real archive -----------------------------------------------------------------------------
 
-@pytest.mark.network
-def test_python_closure_from_bookworm(tmp_path):
-    from tests import realinputs
-    archive = realinputs.archive()
-    path = write_recipe(tmp_path, "  debian: {suite: bookworm, packages: [python3.11]}\n")
-    r = load_recipe(path)
+PYTHON_ROOTFS = ("  debian: {suite: bookworm, packages: [python3.11]}\n  entrypoint: [python3.11]\n"
+                 "  cmd: [-c, 'print(6 * 7)']\n")
+
+
+@functools.lru_cache(maxsize=None)
+def python_closure(directory: str):
+    """The recipe with PYTHON_ROOTFS in ``directory`` and its closure in the real bookworm (once per process)."""
     from builder.lock import rootfs_closure
-    pins = {e.name[len("rootfs:"):]: e for e in rootfs_closure(r, archive)}
+    from tests import realinputs
+    path = write_recipe(Path(directory), PYTHON_ROOTFS)
+    r = load_recipe(path)
+    return r, tuple(rootfs_closure(r, realinputs.archive()))
+
+
+@pytest.mark.network
+def test_python_closure_from_bookworm(tmp_path_factory):
+    _, closure = python_closure(str(tmp_path_factory.getbasetemp() / "python-rootfs"))
+    pins = {e.name[len("rootfs:"):]: e for e in closure}
     assert {"python3.11", "python3.11-minimal", "libpython3.11-stdlib", "libpython3.11-minimal", "libc6",
             "libssl3", "zlib1g", "libexpat1", "media-types"} <= set(pins), sorted(pins)
     for name, e in pins.items():
         assert e.kind == "debian" and e.debian["name"] == name and e.debian["suite"] == "bookworm"
         assert e.wants == {"rootfs_packages": ["python3.11"], "suite": "bookworm", "arch": "amd64"}
     assert pins["python3.11"].version == pins["python3.11-minimal"].version
+
+
+def test_cli_lock_and_update_input_rootfs(tmp_path, archive, monkeypatch, capsys):
+    from .test_lock_fields import _lock_cli
+    path = write_recipe(tmp_path, "  tarball: app.tar\n")
+    (path.parent / "app.tar").write_bytes(ocifakes.tar_bytes(_tree_entries()))
+    rc, out, err = _lock_cli(path, archive, monkeypatch, capsys, tmp_path)
+    assert rc == 0, err
+    first = parse_lock(path.with_suffix(".lock").read_bytes(), path.with_suffix(".lock")).get("rootfs")
+    assert first.kind == "tree" and "rootfs: pinned tarball app.tar" in out
+    (path.parent / "app.tar").write_bytes(ocifakes.tar_bytes(_tree_entries()[:2]))
+    rc, out, err = _lock_cli(path, archive, monkeypatch, capsys, tmp_path, "--update", "--input", "rootfs")
+    assert rc == 0, err
+    assert f"rootfs: tarball app.tar -> tarball app.tar (sha256 {first.sha256[:16]}..." in out
+    rc, out, err = _lock_cli(path, archive, monkeypatch, capsys, tmp_path, "--update", "--input", "rootfz")
+    assert rc == 2 and "--input 'rootfz' is not an input of" in err

@@ -316,19 +316,16 @@ def test_debian_packages_in_lock_order(tmp_path, archive):  # noqa: F811
 
 
 @pytest.mark.network
-def test_python_from_bookworm_packages_runs_from_the_tree(tmp_path):
-    from builder.lock import rootfs_closure
-    from tests import realinputs
-    real = realinputs.archive()
-    rd = tmp_path / "r"
-    rd.mkdir()
-    (rd / "t.yaml").write_text(HEAD + "rootfs:\n  debian: {suite: bookworm, packages: [python3.11]}\n"
-                               "  entrypoint: [python3.11]\n  cmd: [-c, 'print(6 * 7)']\n")
-    recipe = load_recipe(rd / "t.yaml")
-    pins = rootfs_closure(recipe, real)
+def test_python_from_bookworm_packages_runs_from_the_tree(tmp_path, tmp_path_factory):
     from builder.lock import Lock
-    lock = Lock(recipe="t.yaml", inputs=tuple(pins))
-    inputs = {e.name: real.download(real.resolve(e.debian["name"], "bookworm", e.version)) for e in pins}
+    from builder.sources import DebianPackage
+    from tests import realinputs
+
+    from .test_lock_rootfs import python_closure
+    recipe, pins = python_closure(str(tmp_path_factory.getbasetemp() / "python-rootfs"))
+    real = realinputs.archive()
+    lock = Lock(recipe="t.yaml", inputs=pins)
+    inputs = {e.name: real.download(DebianPackage.from_dict(e.debian)) for e in pins}
     tree = assemble_rootfs(recipe, lock, inputs, tmp_path / "root")
     root = tree.root
     assert tree.app.argv == ("/usr/bin/python3.11", "-c", "print(6 * 7)")
