@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import re
 import shutil
 import stat
 import tarfile
@@ -44,6 +45,7 @@ from builder.rootfs_tree import BoundedTarInfo, TreeWriter, extract_tarball, res
 from builder.sources.deb import apply_deb
 from builder.sources.oci import OciImage, apply_oci_layers, read_oci_image
 from builder.steps.init import AppConfig
+from measure.inputs import file_digest
 
 __all__ = ["RootfsError", "RootfsSource", "RootfsTree", "assemble_rootfs", "extract_source_tree", "remove_tree",
            "resolve_app", "MAX_ACCOUNT_DB_BYTES"]
@@ -53,6 +55,7 @@ __all__ = ["RootfsError", "RootfsSource", "RootfsTree", "assemble_rootfs", "extr
 MAX_ACCOUNT_DB_BYTES = 4 * 1024 * 1024
 _CHUNK = 1 << 20
 _MAX_ID = (1 << 32) - 2          # (uid_t)-1 means "no change" to the kernel
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class RootfsError(BuildError):
@@ -221,6 +224,12 @@ def _from_debian(recipe: Recipe, lock: Lock, inputs: dict[str, Path], dest: Path
             raise RootfsError(f"the .deb of {entry.name!r} ({entry.describe()}) was not fetched; this is a bug "
                               f"in the caller of assemble_rootfs.")
         name = entry.name.split(":", 1)[1]
+        actual = file_digest(deb, "package").hex()
+        if actual != entry.sha256:
+            raise InputDigestMismatch(
+                f"input {entry.name!r} ({entry.describe()}): {deb} has sha256 {actual}, not the pinned {entry.sha256}; "
+                f"the file is not the package the lock pins, so fetch it again (the cache verifies what it serves).",
+                source=str(deb), expected=entry.sha256, actual=actual, path=str(deb))
         apply_deb(deb, writer, where=f"{deb} ({name} {entry.version})")
         out.append(RootfsSource("debian", name, entry.sha256, entry.size, entry.version))
     writer.finish()
@@ -413,9 +422,16 @@ def resolve_app(recipe: Recipe, image: OciImage | None, root: os.PathLike | str)
         have = "the image has no Entrypoint or Cmd" if image else f"a {spec.source} source has no start settings"
         raise RootfsError(f"{where}: nothing to run: {have}; write rootfs.entrypoint (and rootfs.cmd), e.g. "
                           f"entrypoint: [/usr/bin/python3, /srv/app.py].")
+    bad = next((a for a in argv if "\0" in a), None)
+    if bad is not None:
+        raise RootfsError(f"{where}: the image's Entrypoint or Cmd holds the argument {bad!r} with a NUL byte, "
+                          f"which no program argument can hold; set rootfs.entrypoint and rootfs.cmd.")
     env: list[tuple[str, str]] = []
     for item in image.env if image else ():
-        name, _, value = item.partition("=")
+        name, eq, value = item.partition("=")
+        if not eq or not _ENV_NAME.fullmatch(name) or "\0" in value:
+            raise RootfsError(f"{where}: the image's Env entry {item[:80]!r} is not NAME=value (a name of letters, "
+                              f"digits and '_', a value without NUL); fix the image or its config.")
         env = [(n, v) for n, v in env if n != name] + [(name, value)]
     for name, value in spec.env:
         if any(n == name for n, _ in env):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import os
@@ -186,6 +187,22 @@ def test_start_settings_refusals(tmp_path, archive, overrides, words):  # noqa: 
     assert not (tmp_path / "root").exists()
 
 
+@pytest.mark.parametrize("config, words", [
+    ({"Env": ["NOEQUALS"]}, "the image's Env entry 'NOEQUALS' is not NAME=value"),
+    ({"Env": ["1X=a"]}, "the image's Env entry '1X=a' is not NAME=value"),
+    ({"Cmd": ["a\0b"]}, "the image's Entrypoint or Cmd holds the argument 'a\\x00b' with a NUL byte"),
+    ({"WorkingDir": "srv"}, "the image's WorkingDir 'srv' is not an absolute path; set rootfs.workdir"),
+])
+def test_bad_image_config_is_refused(tmp_path, archive, config, words):  # noqa: F811
+    cfg = dict(ocifakes.DEFAULT_CONFIG, **config)
+    recipe, lock = setup(tmp_path, "  oci: {path: image/}\n", archive,
+                         lambda rd: ocifakes.make_layout(rd / "image", [base_layer()], config=cfg))
+    with pytest.raises(RootfsError) as ei:
+        assemble_rootfs(recipe, lock, {}, tmp_path / "root")
+    assert words in str(ei.value), str(ei.value)
+    assert not (tmp_path / "root").exists()
+
+
 def test_a_symlink_chain_to_the_program_is_followed_inside_the_root(tmp_path, archive):  # noqa: F811
     layer = base_layer([sym("usr/bin/py", "python3"), sym("usr/local", "/usr"), d("bin"),
                         sym("bin/py", "../usr/local/bin/py")])
@@ -284,6 +301,17 @@ def deb(path: Path, name: str, entries) -> Path:
     return path
 
 
+def repin(lock, debs: dict):
+    """``lock`` with its rootfs:* pins made for the .deb files ``debs`` (as the cache would serve them)."""
+    out = []
+    for e in lock.inputs:
+        if e.name in debs:
+            sha = hashlib.sha256(debs[e.name].read_bytes()).hexdigest()
+            e = dataclasses.replace(e, sha256=sha, debian=dict(e.debian, sha256=sha))
+        out.append(e)
+    return dataclasses.replace(lock, inputs=tuple(out))
+
+
 def test_debian_packages_in_lock_order(tmp_path, archive):  # noqa: F811
     recipe, lock = setup(tmp_path, "  debian: {suite: bookworm, packages: [app]}\n  entrypoint: [app]\n"
                                    "  user: \"1000\"\n", archive)
@@ -295,6 +323,7 @@ def test_debian_packages_in_lock_order(tmp_path, archive):  # noqa: F811
         "tzdata": [f("./usr/share/zoneinfo/UTC", "tz")],
     }
     inputs = {f"rootfs:{n}": deb(tmp_path / f"{n}.deb", n, e) for n, e in contents.items()}
+    lock = repin(lock, inputs)
     tree = assemble_rootfs(recipe, lock, inputs, tmp_path / "root")
     root = tree.root
     assert os.readlink(root / "lib64") == "/lib"                       # absolute links kept as written
@@ -308,6 +337,11 @@ def test_debian_packages_in_lock_order(tmp_path, archive):  # noqa: F811
     assert_settled(root)
     # a package that breaks the rule stops the whole tree
     bad = dict(inputs, **{"rootfs:tzdata": deb(tmp_path / "bad.deb", "tzdata", [sym("./x", "../../..")])})
+    with pytest.raises(InputDigestMismatch, match=r"input 'rootfs:tzdata' \(tzdata 2024a-1 from Debian bookworm\): "
+                                                  r".*bad.deb has sha256 [0-9a-f]{64}, not the pinned"):
+        assemble_rootfs(recipe, lock, bad, tmp_path / "root2")
+    assert not (tmp_path / "root2").exists()
+    lock = repin(lock, bad)
     with pytest.raises(SourceError,
                        match=r"bad.deb \(tzdata 2024a-1\): symlink './x' -> '../../..' points outside the package "
                              r"tree;"):
