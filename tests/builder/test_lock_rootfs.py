@@ -367,3 +367,18 @@ def test_cli_lock_and_update_input_rootfs(tmp_path, archive, monkeypatch, capsys
     assert f"rootfs: tarball app.tar -> tarball app.tar (sha256 {first.sha256[:16]}..." in out
     rc, out, err = _lock_cli(path, archive, monkeypatch, capsys, tmp_path, "--update", "--input", "rootfz")
     assert rc == 2 and "--input 'rootfz' is not an input of" in err
+
+
+def test_rootfs_files_are_pinned_like_initrd_files(tmp_path, archive):
+    path = write_recipe(tmp_path, "  directory: app\n  files:\n    - {path: /srv/app.py, file: app.py}\n"
+                                  "    - {path: /srv/motd, content: hi}\n")
+    (path.parent / "app").mkdir()
+    (path.parent / "app.py").write_text("print(1)\n")
+    r, result = relock(path, archive)
+    pin = result.lock.get("rootfs_file:/srv/app.py")
+    assert (pin.kind, pin.path, pin.size, pin.wants) == ("file", "app.py", 9, {"file": "app.py"})
+    assert [n for n in result.lock.names() if n.startswith("rootfs")] == ["rootfs_file:/srv/app.py", "rootfs"]
+    check_lock(r, round_trip(result.lock))
+    path.write_text(path.read_text().replace("file: app.py", "file: app2.py"))
+    with pytest.raises(LockMismatch, match="input 'rootfs_file:/srv/app.py': .* now asks for file=app2.py"):
+        check_lock(load_recipe(path), result.lock)

@@ -371,3 +371,18 @@ def test_python_from_bookworm_packages_runs_from_the_tree(tmp_path, tmp_path_fac
     p = subprocess.run([str(loader), "--library-path", libs, str(root / "usr/bin/python3.11"), "-I", "-c",
                         "print(6 * 7)"], capture_output=True, text=True, env={"PYTHONHOME": str(root / "usr")})
     assert p.returncode == 0 and p.stdout == "42\n", p.stderr
+
+
+def test_directory_with_hard_links_and_a_fifo(tmp_path, archive):  # noqa: F811
+    def prepare(rd):
+        _make_dir(rd)
+        os.link(rd / "app/bin/run", rd / "app/bin/run2")
+    recipe, lock = setup(tmp_path, "  directory: app\n  entrypoint: [/bin/run2]\n", archive, prepare)
+    tree = assemble_rootfs(recipe, lock, {}, tmp_path / "root")
+    assert (tree.root / "bin/run2").read_text() == "#!/bin/sh\n" and tree.app.argv == ("/bin/run2",)
+    os.mkfifo(recipe.directory / "app" / "pipe")
+    with pytest.raises(SourceError, match=r"r/app contains the FIFO 'pipe'; refusing to unpack special files"):
+        lock_recipe(recipe, archive)
+    with pytest.raises(SourceError, match="contains the FIFO 'pipe'"):
+        assemble_rootfs(recipe, lock, {}, tmp_path / "root2")
+    assert not (tmp_path / "root2").exists()
