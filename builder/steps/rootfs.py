@@ -96,6 +96,10 @@ def _where(recipe: Recipe, key: str = "rootfs") -> str:
 # sources
 # --------------------------------------------------------------------------------------
 
+def _raise(e: OSError) -> None:
+    raise e    # a directory os.walk cannot list is an error, not a silently missing subtree
+
+
 def _extract_directory(src: Path, dest: Path, epoch: int) -> None:
     """Copy the directory ``src`` into ``dest`` (which must not exist) by the extraction rule: its
     entries are streamed as one tar layer through :class:`TreeWriter`, so a directory follows
@@ -107,7 +111,7 @@ def _extract_directory(src: Path, dest: Path, epoch: int) -> None:
         with tempfile.TemporaryFile(dir=dest.parent) as tmp:
             count = total = 0
             with tarfile.open(fileobj=tmp, mode="w", format=tarfile.PAX_FORMAT) as tf:
-                for dirpath, dirnames, filenames in os.walk(src):
+                for dirpath, dirnames, filenames in os.walk(src, onerror=_raise):
                     dirnames.sort()
                     for n in sorted(dirnames + filenames):
                         full = os.path.join(dirpath, n)
@@ -139,8 +143,8 @@ def _extract_directory(src: Path, dest: Path, epoch: int) -> None:
             writer.finish()
     except OSError as e:
         remove_tree(dest)
-        raise SourceError(f"{src}: cannot read {e.filename or 'it'} ({e.strerror or e}); check its "
-                          f"permissions.", source=str(src)) from None
+        raise SourceError(f"{src}: cannot copy {e.filename or 'it'} into the root filesystem ({e.strerror or e}); "
+                          f"check its permissions and the free space.", source=str(src)) from None
     except BaseException:
         remove_tree(dest)
         raise

@@ -386,3 +386,20 @@ def test_directory_with_hard_links_and_a_fifo(tmp_path, archive):  # noqa: F811
     with pytest.raises(SourceError, match="contains the FIFO 'pipe'"):
         assemble_rootfs(recipe, lock, {}, tmp_path / "root2")
     assert not (tmp_path / "root2").exists()
+
+
+def test_an_unlistable_subdirectory_is_an_error_not_a_missing_subtree(tmp_path, archive, monkeypatch):  # noqa: F811
+    def prepare(rd):
+        _make_dir(rd)
+        (rd / "app" / "secret").mkdir()
+    recipe, lock = setup(tmp_path, "  directory: app\n", archive, prepare)
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if isinstance(path, str) and path.endswith("secret"):    # an unreadable directory, to a non-root user
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(SourceError, match=r"r/app: cannot copy .*secret into the root filesystem \(Permission"):
+        assemble_rootfs(recipe, lock, {}, tmp_path / "root")
+    assert not (tmp_path / "root").exists()
