@@ -776,8 +776,8 @@ def _rootfs(n: _Node, kernel: InputSpec, seen: dict[str, int]) -> tuple[RootfsSp
         if un.kind == "int":
             raise un.error("quote the user (user: \"1000\" or \"1000:1000\"): YAML reads bare digits as a "
                            "number, and 1000:1000 as a base-60 number.")
-        user = un.str()
-        if not _USER.fullmatch(user):
+        user = un.str(nonempty=False)
+        if user and not _USER.fullmatch(user):
             raise un.error(f"{user!r} is not a user: write a name or uid, optionally with ':' and a group name "
                            f"or gid (\"app\", \"1000\", \"1000:1000\", \"app:app\").")
         kw["user"] = user

@@ -308,7 +308,7 @@ def _overlay_files(recipe: Recipe, spec: RootfsSpec, inputs: dict[str, Path], ro
     return out
 
 
-def _mount_points(root: Path) -> None:
+def _mount_points(root: Path, where: str) -> None:
     for m in ROOTFS_MOUNT_POINTS:
         p = root / m.lstrip("/")
         try:
@@ -319,8 +319,8 @@ def _mount_points(root: Path) -> None:
             continue
         if not stat.S_ISDIR(st.st_mode):
             kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "a file"
-            raise RootfsError(f"the root filesystem has {m} as {kind}, but the init mounts a file system there, so "
-                              f"it must be a directory; remove {m} from the source (it is created empty).")
+            raise RootfsError(f"{where}: the root filesystem has {m} as {kind}, but the init mounts a file system "
+                              f"there, so it must be a directory; remove {m} from the source (it is created empty).")
 
 
 def _settle_times(root: Path, epoch: int) -> None:
@@ -490,7 +490,7 @@ def assemble_rootfs(recipe: Recipe, lock: Lock, inputs: dict[str, Path], dest: P
         else:
             sources = _from_tree(recipe, lock, dest)
         sources += _overlay_files(recipe, spec, inputs, dest)
-        _mount_points(dest)
+        _mount_points(dest, _where(recipe))
         app = resolve_app(recipe, image, dest)
         _settle_times(dest, recipe.source_date_epoch)
         return RootfsTree(root=dest, app=app, sources=tuple(sources), tree_sha256=tree_digest(dest))

@@ -156,7 +156,7 @@ def test_entrypoint_and_cmd_overrides(tmp_path, archive, overrides, argv):  # no
 
 @pytest.mark.parametrize("user, ids", [
     ("app", (1000, 1001)), ("1000", (1000, 1001)), ("4242", (4242, 0)), ("app:staff", (1000, 50)),
-    ("1000:7", (1000, 7)), ("0", (0, 0)), ("4242:app", (4242, 1001)),
+    ("1000:7", (1000, 7)), ("0", (0, 0)), ("4242:app", (4242, 1001)), ("", (0, 0)),
 ])
 def test_user_resolution(tmp_path, archive, user, ids):  # noqa: F811
     recipe, lock = setup(tmp_path, f"  oci: {{path: image/}}\n  user: \"{user}\"\n", archive,
@@ -280,7 +280,7 @@ def test_tree_refusals(tmp_path, archive, layer, files, words):  # noqa: F811
                          lambda rd: (rd / "app.tar").write_bytes(raw))
     with pytest.raises(RootfsError) as ei:
         assemble_rootfs(recipe, lock, {}, tmp_path / "root")
-    assert words in str(ei.value)
+    assert words in str(ei.value) and str(ei.value).startswith(f"{recipe.path}:")
     assert not (tmp_path / "root").exists()
 
 
