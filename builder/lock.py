@@ -44,6 +44,10 @@ _DEB_VERSION = re.compile(r"[0-9A-Za-z.+~:-]+")
 _VIA = re.compile(r"[a-z0-9][a-z0-9.+-]+=[0-9A-Za-z.+~:-]+")
 _POOL_FILE = re.compile(r"pool/[A-Za-z0-9._+~:%/-]+\.deb")
 _ARCHES = ("amd64", "all")
+#: the kinds of lock entry: Debian packages, local files, URLs, and the root filesystem's OCI image and trees
+KINDS = ("debian", "file", "url", "oci", "tree")
+#: the keys of a ``tree`` entry's wants: the recipe's rootfs source kind
+_TREE_SOURCES = ("directory", "tarball")
 
 
 def _check_debian_record(deb: dict, size: int, bad) -> None:
@@ -78,14 +82,14 @@ class LockedInput:
     """One pinned input.  ``debian`` is the package record (DebianPackage.to_dict())."""
 
     name: str
-    kind: str                       # "debian" | "file" | "url"
+    kind: str                       # "debian" | "file" | "url" | "oci" | "tree"
     wants: dict
     sha256: str
     size: int
     origin: str
     version: str | None = None
     debian: dict | None = None
-    path: str | None = None         # file: relative to the recipe's directory
+    path: str | None = None         # file, oci, tree: relative to the recipe's directory
     url: str | None = None
     via: str | None = None          # debian: the metapackage that led to this package
 
@@ -125,11 +129,11 @@ class LockedInput:
         if not _NAME.fullmatch(name):
             raise bad("name", "is not an input name")
         kind = need("kind", str)
-        if kind not in ("debian", "file", "url"):
+        if kind not in KINDS:
             raise RecipeError(f"{where}: entry {d.get('name')!r} has unknown kind {kind!r}.", path=where,
                               key="kind")
-        if kind in ("file", "url"):
-            need({"file": "path", "url": "url"}[kind], str)  # where the build reads the input from
+        if kind != "debian":
+            need("url" if kind == "url" else "path", str)  # where the build reads the input from
         sha = need("sha256", str)
         if not re.fullmatch(r"[0-9a-f]{64}", sha):
             raise RecipeError(f"{where}: entry {d.get('name')!r} has a malformed sha256.", path=where,
@@ -140,7 +144,8 @@ class LockedInput:
         wants = need("wants", dict)
         origin = need("origin", str)
         for key in {"debian": ("path", "url"), "file": ("debian", "url", "via", "version"),
-                    "url": ("debian", "path", "via", "version")}[kind]:
+                    "url": ("debian", "path", "via", "version"), "oci": ("debian", "url", "via", "version"),
+                    "tree": ("debian", "url", "via", "version")}[kind]:
             if d.get(key) is not None:
                 raise bad(key, f"does not belong to a {kind} input")
         entry = cls(name=name, kind=kind, wants=wants, sha256=sha, size=size, origin=origin,
@@ -168,6 +173,22 @@ class LockedInput:
             if path != wants.get("file"):
                 raise bad("path", f"{path!r} is not the file the entry was made for ({wants.get('file')!r})")
             expected_origin = f"file:{path}"
+        elif kind == "oci":
+            path = need("path", str)
+            ref = wants.get("ref")
+            if set(wants) != {"oci", "ref"} or not (ref is None or isinstance(ref, str)):
+                raise bad("wants", "is not what an OCI image entry is made for ({'oci': PATH, 'ref': TAG or null})")
+            if path != wants["oci"]:
+                raise bad("path", f"{path!r} is not the image the entry was made for ({wants['oci']!r})")
+            expected_origin = f"oci:{path}"
+        elif kind == "tree":
+            path = need("path", str)
+            if len(wants) != 1 or next(iter(wants)) not in _TREE_SOURCES:
+                raise bad("wants", "is not what a tree entry is made for ({'directory': PATH} or {'tarball': PATH})")
+            source = next(iter(wants))
+            if path != wants[source]:
+                raise bad("path", f"{path!r} is not the {source} the entry was made for ({wants[source]!r})")
+            expected_origin = f"{source}:{path}"
         else:
             url = need("url", str)
             if url != wants.get("url") or not url.startswith("https://"):
@@ -183,6 +204,10 @@ class LockedInput:
             return f"{self.debian['name']} {self.version} from Debian {self.debian.get('suite')}"
         if self.kind == "file":
             return f"local file {self.path}"
+        if self.kind == "oci":
+            return f"OCI image {self.path}"
+        if self.kind == "tree":
+            return f"{self.origin.split(':', 1)[0]} {self.path}"
         return f"{self.url}"
 
 
@@ -352,7 +377,10 @@ def check_lock(recipe: Recipe, lock: Lock) -> None:
                 f"was made for {_fmt_wants(entry.wants)}; {fix} (this changes the launch measurement).")
     wanted = {s.name for s in recipe.inputs()}
     libs = library_wants(recipe)
+    _check_rootfs_pins(recipe, lock, lock_file, fix)
     for entry in lock.inputs:
+        if is_rootfs_entry(entry.name):
+            continue
         if entry.name.startswith("library:"):
             if not recipe.initrd.binaries or entry.wants.get("libraries_for") != libs["libraries_for"]:
                 raise LockMismatch(f"{lock_file} pins library {entry.name[8:]!r} for binaries the recipe no "
@@ -360,6 +388,50 @@ def check_lock(recipe: Recipe, lock: Lock) -> None:
         elif entry.name not in wanted:
             raise LockMismatch(f"{lock_file} pins input {entry.name!r}, which {recipe.path} does not declare; "
                                f"{fix}.")
+
+
+def is_rootfs_entry(name: str) -> bool:
+    """True for the lock entries of the root filesystem's source: ``rootfs`` and ``rootfs:<package>``."""
+    return name == "rootfs" or name.startswith("rootfs:")
+
+
+def rootfs_kind(recipe: Recipe) -> str | None:
+    """The lock entry kind that pins ``recipe``'s root filesystem source (None without ``rootfs:``)."""
+    if recipe.rootfs is None:
+        return None
+    return {"oci": "oci", "debian": "debian"}.get(recipe.rootfs.source, "tree")
+
+
+def _check_rootfs_pins(recipe: Recipe, lock: Lock, lock_file, fix: str) -> None:
+    spec = recipe.rootfs
+    pins = [e for e in lock.inputs if is_rootfs_entry(e.name)]
+    if spec is None:
+        if pins:
+            raise LockMismatch(f"{lock_file} pins the root filesystem ({pins[0].name!r}), which {recipe.path} no "
+                               f"longer declares; {fix}.")
+        return
+    wants = spec.wants()
+    changed = (f"{recipe.path} now asks for {spec.describe()} but {lock_file} was made for another root "
+               f"filesystem; {fix} (this changes the launch measurement).")
+    if spec.source == "debian":
+        for entry in pins:
+            if entry.name == "rootfs" or entry.kind != "debian" or entry.wants != wants:
+                raise LockMismatch(f"input {entry.name!r}: {changed}")
+        for pkg in spec.packages:
+            if lock.get(f"rootfs:{pkg}") is None:
+                raise LockMismatch(f"input 'rootfs:{pkg}' (Debian package {pkg} of the root filesystem) is declared "
+                                   f"in {recipe.path} but not pinned in {lock_file}; {fix}.")
+        return
+    pin = lock.get("rootfs")
+    if pin is None:
+        raise LockMismatch(f"input 'rootfs' ({spec.describe()}) is declared in {recipe.path} but not pinned in "
+                           f"{lock_file}; {fix}.")
+    if pin.kind != rootfs_kind(recipe) or pin.wants != wants:
+        raise LockMismatch(f"input 'rootfs': {changed}")
+    extra = next((e for e in pins if e.name != "rootfs"), None)
+    if extra is not None:
+        raise LockMismatch(f"{lock_file} pins {extra.name!r}, a Debian package of a root filesystem {recipe.path} "
+                           f"no longer builds from packages; {fix}.")
 
 
 def _fmt_wants(w: dict) -> str:
@@ -426,12 +498,7 @@ def _names(field_text: str) -> list[str]:
 def package_dependencies(archive, pkg) -> list[str]:
     """Pre-Depends and Depends of ``pkg`` (essential packages such as coreutils declare their
     libraries as Pre-Depends, which DebianArchive.depends does not list)."""
-    control = getattr(archive, "control", None)
-    if control is not None:
-        fields = control(pkg)
-    else:
-        from builder.sources import read_deb_control
-        fields = read_deb_control(archive.download(pkg))
+    fields = _control(archive, pkg)
     names = _names(fields.get("Pre-Depends", ""))
     return names + [n for n in _names(fields.get("Depends", "")) if n not in names]
 
@@ -456,6 +523,101 @@ def resolve_libraries(recipe: Recipe, archive) -> list[LockedInput]:
     return [_debian_entry(f"library:{name}", wants, seen[name]) for name in sorted(seen)]
 
 
+def _control(archive, pkg) -> dict[str, str]:
+    control = getattr(archive, "control", None)
+    if control is not None:
+        return control(pkg)
+    from builder.sources import read_deb_control
+    return read_deb_control(archive.download(pkg))
+
+
+def rootfs_closure(recipe: Recipe, archive) -> list[LockedInput]:
+    """Pin the root filesystem's Debian packages and their Pre-Depends/Depends closure (``rootfs:<name>``).
+
+    The first alternative of each dependency is taken, versions are not compared (the suite
+    serves one version of each package); a dependency provided (``Provides``) by a package
+    already in the closure is satisfied by it.  A dependency the suite has no package of
+    (a purely virtual package, or one outside main) is refused, naming the chain that needs it.
+    """
+    from builder.errors import OfflineMiss, StaleSuite
+
+    spec = recipe.rootfs
+    assert spec is not None and spec.source == "debian" and spec.suite is not None
+    wants = spec.wants()
+    seen: dict[str, object] = {}
+    chains: dict[str, tuple[str, ...]] = {}
+    provided: set[str] = set()
+
+    def resolve(name: str, chain: tuple[str, ...]):
+        try:
+            pkg = archive.resolve(name, spec.suite, arch=spec.arch)
+        except (OfflineMiss, StaleSuite, InputDigestMismatch):
+            raise
+        except SourceError as e:
+            if len(chain) == 1:
+                raise SourceError(f"rootfs.debian.packages: {e}", source=e.source) from None
+            raise SourceError(
+                f"rootfs: the package {name}, needed by {' -> '.join(chain)}, cannot be pinned: Debian "
+                f"{spec.suite} ({spec.arch}) has no package of that name in main (it is a virtual package or "
+                f"not in main); add a package that provides it to rootfs.debian.packages.",
+                source=f"debian:{spec.suite}/{name}") from None
+        seen[name], chains[name] = pkg, chain
+        provided.update(_names(_control(archive, pkg).get("Provides", "")))
+        return pkg
+
+    for name in spec.packages:
+        resolve(name, (name,))
+    queue = list(spec.packages)
+    while queue:
+        name = queue.pop(0)
+        fields = _control(archive, seen[name])
+        deps = _names(fields.get("Pre-Depends", ""))
+        deps += [n for n in _names(fields.get("Depends", "")) if n not in deps]
+        for dep in deps:
+            if dep in seen or dep in provided:
+                continue
+            resolve(dep, chains[name] + (dep,))
+            queue.append(dep)
+    return [_debian_entry(f"rootfs:{name}", wants, seen[name]) for name in sorted(seen)]
+
+
+def resolve_rootfs(recipe: Recipe, archive) -> list[LockedInput]:
+    """The lock entries of ``recipe``'s root filesystem source, as the source stands now.
+
+    An OCI image is pinned by its manifest's SHA-256 (a ``docker save`` archive, which has no
+    manifest, by its config's, which names every layer by its diff_id) and its size; a
+    directory or tarball by :func:`builder.rootfs_tree.tree_digest` of the tree it extracts
+    to, its size being the bytes of its regular files; Debian packages by
+    :func:`rootfs_closure`.
+    """
+    import tempfile
+
+    from builder.recipe import rootfs_path
+    from builder.rootfs_tree import tree_listing
+    from builder.sources.oci import read_oci_image
+    from builder.steps.rootfs import extract_source_tree
+
+    spec = recipe.rootfs
+    assert spec is not None
+    if spec.source == "debian":
+        return rootfs_closure(recipe, archive)
+    assert spec.path is not None
+    path = rootfs_path(recipe)
+    if spec.source == "oci":
+        image = read_oci_image(path, ref=spec.ref)
+        digest = image.manifest_digest or image.config.digest
+        size = image.manifest_size if image.manifest_size is not None else image.config.size
+        return [LockedInput(name="rootfs", kind="oci", wants=spec.wants(), sha256=digest.split(":", 1)[1],
+                            size=size, origin=f"oci:{spec.path}", path=spec.path)]
+    with tempfile.TemporaryDirectory(prefix="blindbox-rootfs-") as tmp:
+        tree = Path(tmp) / "tree"
+        extract_source_tree(recipe, tree)
+        listing = tree_listing(tree)
+    size = sum(int(line.split(b" ")[3]) for line in listing.splitlines()[1:] if line.split(b" ")[1] == b"f")
+    return [LockedInput(name="rootfs", kind="tree", wants=spec.wants(), sha256=hashlib.sha256(listing).hexdigest(),
+                        size=size, origin=f"{spec.source}:{spec.path}", path=spec.path)]
+
+
 def lock_recipe(recipe: Recipe, archive, fetch_url=None, *, previous: Lock | None = None, update: bool = False,
                 only: Iterable[str] = ()) -> LockResult:
     """Pin every input of ``recipe``, keeping the pins of ``previous`` that still apply.
@@ -468,15 +630,18 @@ def lock_recipe(recipe: Recipe, archive, fetch_url=None, *, previous: Lock | Non
     only = set(only)
     known = {s.name for s in recipe.inputs()}
     has_libs = bool(recipe.initrd.binaries)
+    has_rootfs = recipe.rootfs is not None
     unknown = sorted(n for n in only if n not in known and not (n == "libraries" and has_libs)
-                     and not (n.startswith("library:") and has_libs))
+                     and not (n.startswith("library:") and has_libs) and not (is_rootfs_entry(n) and has_rootfs))
     if unknown:
+        groups = (["libraries"] if has_libs else []) + (["rootfs"] if has_rootfs else [])
         raise BuildError(f"--input {unknown[0]!r} is not an input of {recipe.path}; its inputs are "
-                         f"{', '.join(sorted(known) + (['libraries'] if has_libs else []))}.")
+                         f"{', '.join(sorted(known) + groups)}.")
 
     def wants_update(name: str) -> bool:
         return update and (not only or name in only
-                           or (name.startswith("library:") and ("libraries" in only or name in only)))
+                           or (name.startswith("library:") and ("libraries" in only or name in only))
+                           or (is_rootfs_entry(name) and "rootfs" in only))
 
     out: list[LockedInput] = []
     changes: list[Change] = []
@@ -505,9 +670,35 @@ def lock_recipe(recipe: Recipe, archive, fetch_url=None, *, previous: Lock | Non
                     changes.append(Change(lib.name, old, lib, reason))
             changes += [Change(n, o, None, "removed") for n, o in sorted(old_by.items())]
             out += new_libs
+    if has_rootfs:
+        out += _lock_rootfs(recipe, archive, previous, wants_update, changes)
     if previous:
         kept = {i.name for i in out}
+        reported = {c.name for c in changes}
         changes += [Change(i.name, i, None, "removed") for i in previous.inputs
-                    if i.name not in kept and not i.name.startswith("library:")]
+                    if i.name not in kept and i.name not in reported and not i.name.startswith("library:")]
     rel = os.path.relpath(recipe.path, recipe.lock_path.parent)
     return LockResult(Lock(recipe=rel, inputs=tuple(out)), changes)
+
+
+def _lock_rootfs(recipe: Recipe, archive, previous: Lock | None, wants_update, changes: list[Change]) \
+        -> list[LockedInput]:
+    """The root filesystem's pins: kept while the recipe declares the same source, else resolved anew."""
+    spec = recipe.rootfs
+    assert spec is not None
+    kind = rootfs_kind(recipe)
+    old = [i for i in previous.inputs if is_rootfs_entry(i.name)] if previous else []
+    names = {i.name for i in old}
+    same = bool(old) and all(i.kind == kind and i.wants == spec.wants() for i in old) and (
+        all(f"rootfs:{p}" in names for p in spec.packages) if spec.source == "debian" else names == {"rootfs"})
+    if same and not any(wants_update(i.name) for i in old):
+        return old
+    new = resolve_rootfs(recipe, archive)
+    old_by = {i.name: i for i in old}
+    reason_old = "update" if same else "recipe changed"
+    for entry in new:
+        prev = old_by.pop(entry.name, None)
+        if prev is None or prev.sha256 != entry.sha256 or prev.wants != entry.wants:
+            changes.append(Change(entry.name, prev, entry, "new input" if prev is None else reason_old))
+    changes += [Change(n, o, None, "removed") for n, o in sorted(old_by.items())]
+    return new

@@ -191,6 +191,61 @@ class IdBlockSpec:
         return (self.id_key,) if self.author_key is None else (self.id_key, self.author_key)
 
 
+#: what the guest does when dm-verity finds a corrupted block of the application's root
+ON_CORRUPTION = ("eio", "restart", "panic")
+#: where the initrd carries the dmsetup tool that creates the verified root's device
+DMSETUP_DEST = "/sbin/dmsetup"
+#: directories the init mounts over (proc, sysfs, devtmpfs, tmpfs): the root provides them empty
+ROOTFS_MOUNT_POINTS = ("/proc", "/sys", "/dev", "/tmp", "/run")
+#: the PATH an application gets when neither the image nor the recipe sets one
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class RootfsSpec:
+    """The application's root filesystem (``rootfs:``): one source, extra files, start settings.
+
+    ``source`` is ``"oci"`` (``path``, optional ``ref``), ``"directory"`` or ``"tarball"``
+    (``path``), or ``"debian"`` (``packages``, ``suite``, ``arch``).  ``path`` is relative to
+    the recipe's directory, as written.  ``entrypoint``/``cmd`` are None when the recipe does
+    not override them (an empty tuple clears them); ``env`` is merged over the image's by name.
+    ``dmsetup`` is the initrd binary that creates the verified device (also in
+    ``Recipe.initrd.binaries``).
+    """
+
+    source: str                                   # "oci" | "directory" | "tarball" | "debian"
+    line: int
+    path: str | None = None                       # oci, directory, tarball
+    ref: str | None = None                        # oci: org.opencontainers.image.ref.name
+    packages: tuple[str, ...] = ()                # debian, as listed
+    suite: str | None = None                      # debian
+    arch: str = "amd64"                           # debian
+    files: tuple[FileEntry, ...] = ()
+    entrypoint: tuple[str, ...] | None = None
+    cmd: tuple[str, ...] | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    workdir: str | None = None
+    user: str | None = None
+    network: bool = False
+    on_corruption: str = "eio"
+    dmsetup: BinaryEntry | None = None
+
+    def wants(self) -> dict:
+        """The source as canonical data: what the lock's ``rootfs`` pins must have been made for."""
+        if self.source == "oci":
+            return {"oci": self.path, "ref": self.ref}
+        if self.source == "debian":
+            return {"rootfs_packages": sorted(self.packages), "suite": self.suite, "arch": self.arch}
+        return {self.source: self.path}
+
+    def describe(self) -> str:
+        if self.source == "oci":
+            return f"OCI image {self.path}" + (f" (tag {self.ref})" if self.ref else "")
+        if self.source == "debian":
+            return f"Debian packages {', '.join(self.packages)} from {self.suite} ({self.arch})"
+        return f"{self.source} {self.path}"
+
+
 @dataclass(frozen=True)
 class Recipe:
     path: Path
@@ -204,6 +259,7 @@ class Recipe:
     shape_sets: tuple[ShapeSet, ...]
     launch: LaunchSpec = field(default_factory=LaunchSpec)
     id_block: IdBlockSpec | None = None
+    rootfs: RootfsSpec | None = None
 
     @property
     def directory(self) -> Path:
@@ -225,6 +281,8 @@ class Recipe:
             out.append(self.initrd.init.source)
         out += [f.source for f in self.initrd.files if f.source is not None]
         out += [b.source for b in self.initrd.binaries]
+        if self.rootfs is not None:
+            out += [f.source for f in self.rootfs.files if f.source is not None]
         if self.id_block is not None:
             out += self.id_block.keys()
         return tuple(out)
@@ -358,14 +416,8 @@ class _Node:
         return out
 
 
-#: keys kept for later features: refused with a reason rather than ignored.
-RESERVED = {
-    "": {
-        "rootfs": "not supported yet: the dm-verity application filesystem comes in a later version "
-                  "of blindbox (its root hash will join the kernel command line). Put the "
-                  "application in the initrd (initrd.files / initrd.binaries) for now.",
-    },
-}
+#: keys kept for later features: refused with a reason rather than ignored (dotted parent -> key -> why).
+RESERVED: dict[str, dict[str, str]] = {}
 
 
 # --------------------------------------------------------------------------------------
@@ -605,6 +657,191 @@ def _id_block(n: _Node, launch: LaunchSpec, launch_policy_line: int | None) -> I
         policy=policy, line=n.line)
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_USER = re.compile(r"[^:\s]+(:[^:\s]+)?")
+_OCI_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,254}")
+
+
+def _relative(node: _Node, what: str) -> str:
+    text = node.str()
+    p = PurePosixPath(text)
+    if p.is_absolute() or ".." in p.parts or "\0" in text:
+        raise node.error(f"{text!r} must be {what} relative to the recipe's directory, without '..', so the "
+                         f"recipe can be moved with its files.")
+    return text
+
+
+def _argv(node: _Node) -> tuple[str, ...]:
+    if node.kind != "seq":
+        raise node.error("write a list of strings, e.g. [/usr/bin/python3, /srv/app.py] (there is no shell "
+                         "form: to use a shell, write [/bin/sh, -c, \"...\"]).")
+    out = []
+    for item in node.list():
+        if item.kind != "str":
+            raise item.error("must be a string; quote it.")
+        text = item.str(nonempty=False)
+        if "\0" in text:
+            raise item.error("contains a NUL byte, which no program argument can hold.")
+        out.append(text)
+    return tuple(out)
+
+
+def _rootfs(n: _Node, kernel: InputSpec, seen: dict[str, int]) -> tuple[RootfsSpec, BinaryEntry]:
+    """``rootfs:`` and the initrd binary (dmsetup) that sets up its dm-verity device."""
+    fields = n.mapping({
+        "oci": "an OCI image layout directory or image archive: {path: ..., ref: TAG}",
+        "directory": "a directory, relative to the recipe",
+        "tarball": "a tarball (uncompressed, gzip, xz, ...), relative to the recipe",
+        "debian": "Debian packages: {suite: bookworm, packages: [...]}",
+        "files": "extra files laid over the source",
+        "entrypoint": "the program and its first arguments (overrides the image's Entrypoint)",
+        "cmd": "arguments after the entrypoint (overrides the image's Cmd)",
+        "env": "environment variables, merged over the image's by name",
+        "workdir": "the working directory (overrides the image's WorkingDir)",
+        "user": "the user to run as: name, uid, uid:gid, name:group, ...",
+        "network": "true: the guest gets a virtio-net NIC configured by DHCP (default false)",
+        "on_corruption": f"what dm-verity does on a corrupted block: {', '.join(ON_CORRUPTION)} (default eio)",
+        "dmsetup": "the Debian package of the initrd's dmsetup (default: dmsetup from the kernel's suite)",
+    })
+    sources = [k for k in ("oci", "directory", "tarball", "debian") if k in fields]
+    if len(sources) != 1:
+        got = "none" if not sources else " and ".join(sources)
+        raise n.error(f"give exactly one source of the root filesystem: 'oci', 'directory', 'tarball' or "
+                      f"'debian' (got {got}).", line=n.key_line)
+    source = sources[0]
+    sn = fields[source]
+    kw: dict[str, Any] = {}
+    if source == "oci":
+        if sn.kind == "str":
+            raise sn.error("write the image as a mapping: oci: {path: image/, ref: TAG} (ref is optional).")
+        of = sn.mapping({"path": "the OCI image layout directory, OCI archive or `docker save` archive, "
+                                 "relative to the recipe",
+                         "ref": "the image's tag in the layout (org.opencontainers.image.ref.name)"},
+                        required=("path",))
+        kw["path"] = _relative(of["path"], "a directory or archive")
+        if "ref" in of:
+            ref = of["ref"].str()
+            if not _OCI_REF.fullmatch(ref):
+                raise of["ref"].error(f"{ref!r} is not an image tag such as v1 or 1.0.2.")
+            kw["ref"] = ref
+    elif source in ("directory", "tarball"):
+        kw["path"] = _relative(sn, "a directory" if source == "directory" else "a tarball")
+    else:
+        df = sn.mapping({"suite": _SOURCE_KEYS["suite"], "packages": "the Debian packages to install",
+                         "arch": _SOURCE_KEYS["arch"]}, required=("suite", "packages"))
+        suite = df["suite"].str()
+        if suite not in SUITES:
+            raise df["suite"].error(f"unknown suite {suite!r}; use one of {', '.join(SUITES)} (codenames, "
+                                    f"as blindbox fetches them: sid, not unstable).")
+        arch = df["arch"].str() if "arch" in df else "amd64"
+        if arch != "amd64":
+            raise df["arch"].error("only amd64 guests are built (SEV-SNP is x86-64).")
+        packages: list[str] = []
+        for item in df["packages"].list(nonempty=True):
+            pkg = item.str()
+            if not _PKG.fullmatch(pkg):
+                raise item.error(f"{pkg!r} is not a Debian package name.")
+            if pkg in packages:
+                raise item.error(f"package {pkg} is listed twice.")
+            packages.append(pkg)
+        kw.update(packages=tuple(packages), suite=suite, arch=arch)
+
+    files: list[FileEntry] = []
+    if "files" in fields:
+        placed: dict[str, int] = {}
+        for item in fields["files"].list():
+            f = _file_entry(item, dest_required=True, name_prefix="rootfs_file:", default_mode=0o644)
+            if f.path in placed:
+                raise item.error(f"{f.path} is already placed in the root filesystem (line {placed[f.path]}).")
+            if f.mode & ~0o777:
+                raise item.error(f"mode {f.mode:#o} has setuid, setgid or sticky bits, which the root filesystem "
+                                 f"never keeps (nothing in it gains privileges through a file mode); write a mode "
+                                 f"such as \"0755\".")
+            hidden = next((m for m in ROOTFS_MOUNT_POINTS if f.path == m or f.path.startswith(m + "/")), None)
+            if hidden is not None:
+                raise item.error(f"{f.path} would be hidden: the init mounts a file system over {hidden} before "
+                                 f"the application starts; place the file elsewhere.")
+            placed[f.path] = item.line
+            files.append(f)
+    kw["files"] = tuple(files)
+    for key in ("entrypoint", "cmd"):
+        if key in fields:
+            kw[key] = _argv(fields[key])
+    if "env" in fields:
+        kw["env"] = tuple(_env_items(fields["env"]))
+    if "workdir" in fields:
+        kw["workdir"] = _posix_abs(fields["workdir"])
+    if "user" in fields:
+        un = fields["user"]
+        if un.kind == "int":
+            raise un.error("quote the user (user: \"1000\" or \"1000:1000\"): YAML reads bare digits as a "
+                           "number, and 1000:1000 as a base-60 number.")
+        user = un.str(nonempty=False)
+        if user and not _USER.fullmatch(user):
+            raise un.error(f"{user!r} is not a user: write a name or uid, optionally with ':' and a group name "
+                           f"or gid (\"app\", \"1000\", \"1000:1000\", \"app:app\").")
+        kw["user"] = user
+    if "network" in fields:
+        kw["network"] = fields["network"].bool()
+    if "on_corruption" in fields:
+        oc = fields["on_corruption"].str()
+        if oc == "ignore":
+            raise fields["on_corruption"].error(
+                "'ignore' (dm-verity's ignore_corruption) lets the guest read blocks that fail verification, "
+                "so the application could run bytes that are not the measured ones; use eio (the read fails), "
+                "restart or panic.")
+        if oc not in ON_CORRUPTION:
+            raise fields["on_corruption"].error(f"unknown value {oc!r}; use one of {', '.join(ON_CORRUPTION)}.")
+        kw["on_corruption"] = oc
+
+    name = f"binary:{DMSETUP_DEST}"
+    if DMSETUP_DEST in seen:
+        raise n.error(f"the initrd already places {DMSETUP_DEST} (line {seen[DMSETUP_DEST]}), but with rootfs "
+                      f"the initrd carries dmsetup from rootfs.dmsetup; remove it from the initrd (name another "
+                      f"package in rootfs.dmsetup if needed).", key="rootfs", line=n.key_line)
+    if "dmsetup" in fields:
+        dn = fields["dmsetup"]
+        dfields = dn.mapping({"debian": _SOURCE_KEYS["debian"], "suite": _SOURCE_KEYS["suite"],
+                              "arch": _SOURCE_KEYS["arch"],
+                              "path": "dmsetup inside the package (default /sbin/dmsetup in bookworm, "
+                                      "/usr/sbin/dmsetup later)"}, required=("debian", "suite"))
+        src = _source(dn, dfields, name, member_key="path", member_default="")
+        line = dn.line
+    else:
+        assert kernel.suite is not None  # the kernel comes from a Debian package
+        src = InputSpec(name, "debian", n.key_line, package="dmsetup", suite=kernel.suite, arch=kernel.arch)
+        line = n.key_line
+    if not src.member:
+        member = "/sbin/dmsetup" if src.suite == "bookworm" else "/usr/sbin/dmsetup"
+        src = InputSpec(name, "debian", src.line, package=src.package, suite=src.suite, arch=src.arch,
+                        member=member)
+    assert src.member is not None
+    dmsetup = BinaryEntry(src.member, DMSETUP_DEST, src, line)
+    return RootfsSpec(source=source, line=n.key_line, dmsetup=dmsetup, **kw), dmsetup
+
+
+def _env_items(node: _Node) -> list[tuple[str, str]]:
+    node._expect("map")
+    out: list[tuple[str, str]] = []
+    for knode, vnode in node.node.value:
+        kline = knode.start_mark.line + 1
+        name = knode.value if _kind(knode) == "str" else None
+        if name is None or not _ENV_NAME.fullmatch(name):
+            raise node.error(f"{knode.value!r} is not an environment variable name (letters, digits and '_', "
+                             f"not starting with a digit).", line=kline)
+        full = f"{node.key}.{name}"
+        if any(n == name for n, _ in out):
+            raise node.error(f"{name!r} is given twice.", key=full, line=kline)
+        v = _Node(vnode, node.path, full, key_line=kline)
+        if v.kind != "str":
+            raise v.error("environment values are strings; quote it (e.g. \"1\").")
+        value = v.str(nonempty=False)
+        if "\0" in value:
+            raise v.error("contains a NUL byte, which no environment variable can hold.")
+        out.append((name, value))
+    return out
+
+
 def local_path(recipe: Recipe, spec: InputSpec, key: str | None = None) -> Path:
     """The local file ``spec`` names, relative to the recipe's directory.
 
@@ -613,17 +850,30 @@ def local_path(recipe: Recipe, spec: InputSpec, key: str | None = None) -> Path:
     inputs stay inside it, so nothing from elsewhere on the host lands in the guest.
     """
     assert spec.file is not None  # a local file input
-    path = recipe.directory / spec.file
+    return _inside_recipe_dir(recipe, spec.file, spec.line, key or spec.name)
+
+
+def _inside_recipe_dir(recipe: Recipe, rel: str, line: int, key: str) -> Path:
+    path = recipe.directory / rel
     base = os.path.realpath(recipe.directory)
     real = os.path.realpath(path)
     if os.path.commonpath([base, real]) != base:
-        key = key or spec.name
         raise RecipeError(
-            f"{recipe.path}:{spec.line}: {key}: {spec.file!r} is a symbolic link (or lies under one) that "
+            f"{recipe.path}:{line}: {key}: {rel!r} is a symbolic link (or lies under one) that "
             f"resolves to {real}, outside the recipe's directory {base}; local files must stay inside the "
             f"recipe's directory, so copy the file there instead of linking to it.",
-            path=str(recipe.path), line=spec.line, key=key)
+            path=str(recipe.path), line=line, key=key)
     return path
+
+
+def rootfs_path(recipe: Recipe) -> Path:
+    """The local OCI image, directory or tarball ``rootfs:`` names, inside the recipe's directory.
+
+    Refused like :func:`local_path` when it resolves (through a symbolic link) outside it.
+    """
+    spec = recipe.rootfs
+    assert spec is not None and spec.path is not None  # a local rootfs source
+    return _inside_recipe_dir(recipe, spec.path, spec.line, f"rootfs.{spec.source}")
 
 
 def load_id_key(recipe: Recipe, spec: InputSpec, path: str | Path | None = None):
@@ -717,6 +967,7 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
         "shapes": "the VM shapes to publish launch digests for",
         "launch": "launch-snp.sh defaults (memory_mib, policy)",
         "id_block": "keys and fields of the ID block the bundle carries for every shape",
+        "rootfs": "the application's root filesystem (dm-verity protected)",
     }, required=("name", "source_date_epoch", "firmware", "kernel", "initrd", "cmdline", "shapes"))
 
     if "schema" in top and top["schema"].int() != SCHEMA:
@@ -811,6 +1062,10 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
         if compression not in COMPRESSIONS:
             raise i_fields["compression"].error(f"unknown compression {compression!r}; use one of "
                                                 f"{', '.join(COMPRESSIONS)}.")
+    rootfs = None
+    if "rootfs" in top:
+        rootfs, dmsetup = _rootfs(top["rootfs"], kernel_src, seen)
+        binaries.append(dmsetup)
     initrd = InitrdSpec(busybox, init, app_command, tuple(modules), tuple(files), tuple(binaries), compression)
 
     cmdline = _cmdline(top["cmdline"])
@@ -834,7 +1089,7 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
 
     return Recipe(path=path, sha256=hashlib.sha256(data).hexdigest(), name=name, source_date_epoch=sde,
                   firmware=firmware, kernel=kernel, initrd=initrd, cmdline=cmdline, shape_sets=sets,
-                  launch=launch, id_block=id_block)
+                  launch=launch, id_block=id_block, rootfs=rootfs)
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -210,6 +210,19 @@ def extract_deb(deb: os.PathLike | str, dest: os.PathLike | str) -> None:
         raise
 
 
+def apply_deb(deb: os.PathLike | str, writer: TreeWriter, *, where: str | None = None) -> None:
+    """Apply the data tree of a .deb as one more layer of ``writer`` (several packages onto one
+    root filesystem, by the writer's settings); ``where`` prefixes messages (default: the .deb).
+    The caller calls ``writer.finish()`` after the last package and removes the tree on error."""
+    deb = Path(deb)
+    if not deb.is_file():
+        raise SourceError(f"{deb} does not exist or is not a file; check the path.", source=str(deb))
+    with open(deb, "rb") as f:
+        _, data = _deb_parts(f, deb)
+        with _open_member_tar(f, deb, data) as tf:
+            writer.apply(tf, where=where or str(deb))
+
+
 def read_deb_control(deb: os.PathLike | str) -> dict[str, str]:
     """The fields of a .deb's ``control`` file (Package, Version, Depends, ...)."""
     deb = Path(deb)

@@ -93,6 +93,8 @@ class OciImage:
     env: tuple[str, ...]
     working_dir: str
     user: str
+    #: bytes of the image manifest; None for a ``docker save`` archive
+    manifest_size: int | None = None
 
 
 class _HashingReader(io.RawIOBase):
@@ -359,7 +361,8 @@ def _read_oci(r: _Reader, ref: str | None) -> OciImage:
     fields = _config_fields(r, r.json_file(_blob_path(config.digest), "config", expect=config))
     for d in layers:
         r.verify_blob(d, "layer")
-    return OciImage(source=r.src, manifest_digest=md.digest, config=config, layers=layers, **fields)
+    return OciImage(source=r.src, manifest_digest=md.digest, config=config, layers=layers, manifest_size=md.size,
+                    **fields)
 
 
 def _read_docker(r: _Reader) -> OciImage:

@@ -55,6 +55,10 @@ RECIPE = {
     "id_block": {"id_key": "keys/id.pem", "author_key": "keys/author.pem",
                  "family_id": "00112233445566778899aabbccddeeff", "image_id": "0" * 32, "guest_svn": 1,
                  "policy": 0x30000},
+    "rootfs": {"oci": {"path": "image/", "ref": "v1"}, "files": [{"path": "/srv/app.py", "content": "x"}],
+               "entrypoint": ["/usr/bin/python3"], "cmd": ["/srv/app.py"], "env": {"A": "1"}, "workdir": "/srv",
+               "user": "1000:1000", "network": True, "on_corruption": "eio",
+               "dmsetup": {"debian": "dmsetup", "suite": "bookworm"}},
 }
 LOCK = json.loads((ROOT / "recipes/hello.lock").read_text())
 

@@ -94,7 +94,7 @@ def test_shipped_hello_recipe_parses():
     (BASE.replace('cmdline: "console=ttyS0"', 'cmdline: |\n  console=ttyS0\n'), 16, "cmdline",
      "control character"),
     (BASE.replace('cmdline: "console=ttyS0"', f'cmdline: "{"x" * 2048}"'), 16, "cmdline", "at most 2047"),
-    (BASE + "rootfs:\n  erofs: app/\n", 21, "rootfs", "not supported yet"),
+    (BASE + "rootfs:\n  erofs: app/\n", 22, "rootfs.erofs", "unknown key 'erofs'"),
     (BASE + "name: u\n", 21, "name", "given twice (first at line 1)"),
     (BASE.replace("name: t", "name: ../escape"), 1, "name", "must be 1-64 letters"),
     (BASE + "schema: 2\n", 21, "schema", "reads recipe schema 1"),
