@@ -214,7 +214,7 @@ stop() {{
 }}
 verity_failed() {{
   echo "{verity_failed} $(flat "$*")"
-  dmesg | grep -i verity | while IFS= read -r line; do echo "{dmesg} $line"; done
+  dmesg | grep 'device-mapper: verity' | while IFS= read -r line; do echo "{dmesg} $line"; done
   stop
 }}
 root_failed() {{ echo "{root_failed} $(flat "$*")"; stop; }}
@@ -285,7 +285,7 @@ mkdir -p /newroot{dir}
 busybox cp /bin/busybox /newroot{dir}/busybox || root_failed "cannot copy busybox into {dir}"
 cat > /newroot{dir}/init <<'{end}'
 {stage2}{end}
-dmesg | grep -ci verity > /newroot{dir}/dmesg-seen
+dmesg | grep -c 'device-mapper: verity' > /newroot{dir}/dmesg-seen
 for d in dev proc sys; do
   mount --move /$d /newroot/$d || root_failed "cannot move /$d into the new root"
 done
@@ -310,7 +310,9 @@ status=$?
 printf '\\n%s %s\\n' "{app_exit}" "$status"
 seen=0
 read -r seen < {dir}/dmesg-seen
-$b dmesg | $b grep -i verity | $b tail -n +$((seen + 1)) | while IFS= read -r line; do echo "{dmesg} $line"; done
+$b dmesg | $b grep 'device-mapper: verity' | $b tail -n +$((seen + 1)) | while IFS= read -r line; do
+  echo "{dmesg} $line"
+done
 stop
 """
 
