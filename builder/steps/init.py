@@ -29,6 +29,35 @@ package).  It shows that the guest is the measured one, not merely alive:
 ``BLINDBOX-POWEROFF``
     printed just before ``poweroff -f``.
 
+The application root's init (:func:`render_rootfs_init`) prints the lines above up to
+``BLINDBOX-MEM-ENCRYPT``, then:
+
+``BLINDBOX-VERITY-OK <bytes>``
+    the dm-verity device was created from the ``blindbox.root="<table>"`` parameter of
+    ``/proc/cmdline`` and every one of its ``<bytes>`` was read through it, so every data
+    and hash block was checked against the measured root hash before anything of the
+    root is used.
+``BLINDBOX-VERITY-FAILED <reason>``
+    no disks, no table, ``dmsetup`` refused it, a read failed (corruption) or not the
+    whole device was read, or the target reports corruption; followed by the kernel's
+    lines, then ``BLINDBOX-POWEROFF``: the application never starts.
+``BLINDBOX-DMESG <kernel line>``
+    each ``device-mapper: verity`` kernel line (printk is lowered, so they do not reach
+    the console by themselves): after a verity failure, and new ones after the app exits.
+``BLINDBOX-ROOT-FAILED <reason>``
+    the verified root could not be used (mount, a missing ``/dev``, ``/proc``, ``/sys``,
+    ``/tmp`` or ``/run`` mount point, the working directory); then ``BLINDBOX-POWEROFF``.
+``BLINDBOX-NET <address>/<prefix>``
+    with network: the DHCP lease on eth0 (address and default route set).
+``BLINDBOX-NET-FAILED <reason>``
+    with network: no eth0 or no lease; then ``BLINDBOX-POWEROFF``, no application.
+``BLINDBOX-APP-START <argv0>``
+    just before ``switch_root``; control characters and backslashes of the program path
+    are shown as ``\\xNN`` and ``\\\\`` so that the marker stays one line.
+``BLINDBOX-APP-EXIT <status>``
+    the application (a child of PID 1) exited with this status (128+N: killed by
+    signal N); ``BLINDBOX-DMESG`` lines and ``BLINDBOX-POWEROFF`` follow.
+
 Kernel messages are lowered to emergencies only (``/proc/sys/kernel/printk``) after the
 mounts so that they cannot split marker lines on the serial console.
 
@@ -214,7 +243,7 @@ stop() {{
 }}
 verity_failed() {{
   echo "{verity_failed} $(flat "$*")"
-  dmesg | grep 'device-mapper: verity' | while IFS= read -r line; do echo "{dmesg} $line"; done
+  dmesg | grep 'device-mapper: verity' | while IFS= read -r line; do printf '%s %s\\n' "{dmesg}" "$line"; done
   stop
 }}
 root_failed() {{ echo "{root_failed} $(flat "$*")"; stop; }}
@@ -289,7 +318,7 @@ dmesg | grep -c 'device-mapper: verity' > /newroot{dir}/dmesg-seen
 for d in dev proc sys; do
   mount --move /$d /newroot/$d || root_failed "cannot move /$d into the new root"
 done
-echo "{app_start} "{argv0}
+printf '%s %s\\n' "{app_start}" {argv0}
 exec busybox switch_root /newroot {dir}/busybox sh {dir}/init
 """
 
@@ -304,14 +333,17 @@ stop() {{
   echo o > /proc/sysrq-trigger
   while :; do $b sleep 60; done
 }}
-cd -- {workdir} || {{ echo "{root_failed} cannot enter the working directory "{workdir_shown}; stop; }}
+cd -- {workdir} || {{
+  printf '%s %s\\n' "{root_failed}" "cannot enter the working directory "{workdir_shown}
+  stop
+}}
 $b env -i {env}$b nsenter -F -S {uid} -G {gid} -- {argv}
 status=$?
 printf '\\n%s %s\\n' "{app_exit}" "$status"
 seen=0
 read -r seen < {dir}/dmesg-seen
 $b dmesg | $b grep 'device-mapper: verity' | $b tail -n +$((seen + 1)) | while IFS= read -r line; do
-  echo "{dmesg} $line"
+  printf '%s %s\\n' "{dmesg}" "$line"
 done
 stop
 """
