@@ -35,15 +35,18 @@ Part of the builder: it may import the calculator, the auditor, :mod:`blindbox.f
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import lzma
 import os
 import re
+import socket
 import uuid
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -219,12 +222,42 @@ def parse_markers(console: str) -> dict[str, tuple[str, ...]]:
     return {k: tuple(v) for k, v in found.items()}
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now (the kernel picks it: bind to port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def nic_argument(forwards: Sequence[tuple[str, int, int]] = ()) -> str:
+    """The ``-nic`` value of a user-mode (slirp) virtio-net NIC with ``restrict=on``.
+
+    ``forwards``: (host address, host port, guest port) TCP forwards (``hostfwd``); the
+    guest can reach nothing outside, only these ports reach it.
+    """
+    value = "user,model=virtio-net-pci,restrict=on"
+    for forward in forwards:
+        try:
+            host, host_port, guest_port = forward
+            address = ipaddress.IPv4Address(host)
+        except (TypeError, ValueError):
+            raise BootError(f"the port forward {forward!r} is not (IPv4 address, host port, guest port); give one "
+                            f"such as ('127.0.0.1', 8080, 80).") from None
+        for port in (host_port, guest_port):
+            if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                raise BootError(f"the port {port!r} of the forward {forward!r} is not from 1 to 65535; give a TCP "
+                                f"port number.")
+        value += f",hostfwd=tcp:{address}:{host_port}-:{guest_port}"
+    return value
+
+
 def qemu_command(kernel: Path, initrd: Path, cmdline: bytes, *, firmware: Path | None, memory_mib: int = 512,
-                 qemu: str = QEMU, drives: Sequence[Path] = ()) -> list[str]:
+                 qemu: str = QEMU, drives: Sequence[Path] = (), nic: str | None = None) -> list[str]:
     """The QEMU argv of a smoke boot (software emulation, serial console on stdout).
 
     ``drives``: raw disk images attached read-only as virtio-blk, in order (the guest sees
-    ``/dev/vda``, ``/dev/vdb``, ...).
+    ``/dev/vda``, ``/dev/vdb``, ...).  ``nic``: a ``-nic`` value (:func:`nic_argument`), or
+    None for a guest without network.
     """
     if b"\0" in cmdline:
         raise CmdlineError("the kernel command line contains a NUL byte, which QEMU cannot pass; remove it.")
@@ -240,21 +273,88 @@ def qemu_command(kernel: Path, initrd: Path, cmdline: bytes, *, firmware: Path |
         cmd += ["-bios", str(firmware)]
     for drive in drives:
         cmd += ["-drive", f"file={drive},if=virtio,format=raw,readonly=on"]
+    if nic is not None:
+        cmd += ["-nic", nic]
     return cmd
 
 
-def smoke_boot(kernel: str | Path, initrd: str | Path, cmdline: bytes, *, firmware: str | Path | None,
-               timeout: float = DEFAULT_TIMEOUT, memory_mib: int = 512, method: str | None = None,
-               drives: Sequence[str | Path] = ()) -> BootResult:
-    """Boot under TCG until the guest powers off; parse its marker lines.
+class RunningGuest:
+    """A guest booting under TCG (see :func:`running_guest`): its console so far, markers as they come."""
 
-    ``firmware``: None for QEMU's direct kernel boot, or a generic OVMF image (a single
-    ``OVMF.fd`` with code and variables, given to ``-bios``).  ``cmdline``: the ``-append``
-    bytes, without the NUL QEMU adds.  ``method``: see :func:`boot_method` (which is
-    used when None).  ``drives``: raw disk images attached read-only (:func:`qemu_command`).
-    Raises :class:`BootError` when QEMU is missing or
-    fails, or the guest never reached its init; :class:`BootTimeout` after ``timeout``
-    seconds.  The console log is kept in the result and in every error.
+    def __init__(self, proc: subprocess.Popen, log_path: Path, method: str, command: Sequence[str]):
+        self._proc = proc
+        self._log_path = log_path
+        self.method = method
+        self.command = tuple(command)
+        self._start = time.monotonic()
+
+    @property
+    def console(self) -> str:
+        """Everything the guest printed on its serial console so far."""
+        return self._log_path.read_bytes().decode("utf-8", "replace")
+
+    def wait_for(self, marker: str, timeout: float) -> str:
+        """The value of the first ``marker`` line, waiting up to ``timeout`` seconds for it.
+
+        Raises :class:`BootError` if QEMU exits without printing it, :class:`BootTimeout`
+        when the time is up.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            exited = self._proc.poll() is not None
+            console = self.console
+            values = parse_markers(console).get(marker)
+            if values:
+                return values[0]
+            if exited:
+                raise BootError(f"the guest stopped (QEMU exit status {self._proc.returncode}) without printing "
+                                f"{marker} in the {self.method} smoke boot; the console ended with: "
+                                f"{_tail(console)}", console=console, command=self.command)
+            if time.monotonic() >= deadline:
+                raise BootTimeout(f"the guest did not print {marker} within {timeout:.0f} s in the {self.method} "
+                                  f"smoke boot; the console ended with: {_tail(console)}", console=console,
+                                  command=self.command)
+            time.sleep(0.1)
+
+    def finish(self, timeout: float = DEFAULT_TIMEOUT) -> BootResult:
+        """Wait until the guest powers off (QEMU exits) and parse its console.
+
+        Raises :class:`BootTimeout` (QEMU is killed) after ``timeout`` seconds,
+        :class:`BootError` if QEMU failed or the guest never reached its init.
+        """
+        try:
+            returncode = self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            console = self.console
+            raise BootTimeout(f"the {self.method} smoke boot did not power off within {timeout:.0f} s; the console "
+                              f"ended with: {_tail(console)}", console=console, command=self.command) from None
+        seconds = time.monotonic() - self._start
+        console = self.console
+        result = BootResult(self.method, self.command, returncode, seconds, console, parse_markers(console))
+        if returncode != 0:
+            raise BootError(f"QEMU exited with status {returncode} in the {self.method} smoke boot: "
+                            f"{_tail(console)}", console=console, command=self.command)
+        if not result.booted:
+            raise BootError(f"the guest did not reach its init in the {self.method} smoke boot (no "
+                            f"{markers.MARKER_BOOT} line); the console ended with: {_tail(console)}",
+                            console=console, command=self.command)
+        return result
+
+    def kill(self) -> None:
+        """Stop QEMU now (nothing happens if it has exited)."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+
+
+@contextlib.contextmanager
+def running_guest(kernel: str | Path, initrd: str | Path, cmdline: bytes, *, firmware: str | Path | None,
+                  memory_mib: int = 512, method: str | None = None, drives: Sequence[str | Path] = (),
+                  nic: str | None = None) -> Iterator[RunningGuest]:
+    """Start a TCG boot and yield it while it runs; QEMU is killed when the block ends.
+
+    Arguments as for :func:`smoke_boot`; ``nic``: a ``-nic`` value (:func:`nic_argument`).
     """
     qemu = shutil.which(QEMU)
     if qemu is None:
@@ -271,32 +371,37 @@ def smoke_boot(kernel: str | Path, initrd: str | Path, cmdline: bytes, *, firmwa
         raise BootError(f"boot method {method!r} does not fit firmware {firmware}; use 'direct' without firmware "
                         f"and 'ovmf-prefix' or 'ovmf-suffix' with an OVMF.")
     cmd = qemu_command(kernel, initrd, cmdline, firmware=None if firmware is None else Path(firmware),
-                       memory_mib=memory_mib, qemu=qemu, drives=disks)
+                       memory_mib=memory_mib, qemu=qemu, drives=disks, nic=nic)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "HOME": "/nonexistent"}
     with tempfile.TemporaryDirectory(prefix="blindbox-boot-") as tmp:
         log_path = Path(tmp) / "console.log"
-        start = time.monotonic()
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                                     cwd=tmp, start_new_session=True)
-            try:
-                returncode = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                console = log_path.read_bytes().decode("utf-8", "replace")
-                raise BootTimeout(f"the {method} smoke boot did not power off within {timeout:.0f} s; the console "
-                                  f"ended with: {_tail(console)}", console=console, command=cmd) from None
-        seconds = time.monotonic() - start
-        console = log_path.read_bytes().decode("utf-8", "replace")
-    result = BootResult(method, tuple(cmd), returncode, seconds, console, parse_markers(console))
-    if returncode != 0:
-        raise BootError(f"QEMU exited with status {returncode} in the {method} smoke boot: {_tail(console)}",
-                        console=console, command=cmd)
-    if not result.booted:
-        raise BootError(f"the guest did not reach its init in the {method} smoke boot (no {markers.MARKER_BOOT} "
-                        f"line); the console ended with: {_tail(console)}", console=console, command=cmd)
-    return result
+        guest = RunningGuest(proc, log_path, method, cmd)
+        try:
+            yield guest
+        finally:
+            guest.kill()
+
+
+def smoke_boot(kernel: str | Path, initrd: str | Path, cmdline: bytes, *, firmware: str | Path | None,
+               timeout: float = DEFAULT_TIMEOUT, memory_mib: int = 512, method: str | None = None,
+               drives: Sequence[str | Path] = (), nic: str | None = None) -> BootResult:
+    """Boot under TCG until the guest powers off; parse its marker lines.
+
+    ``firmware``: None for QEMU's direct kernel boot, or a generic OVMF image (a single
+    ``OVMF.fd`` with code and variables, given to ``-bios``).  ``cmdline``: the ``-append``
+    bytes, without the NUL QEMU adds.  ``method``: see :func:`boot_method` (which is
+    used when None).  ``drives``: raw disk images attached read-only (:func:`qemu_command`).
+    ``nic``: a ``-nic`` value (:func:`nic_argument`), or None for no network.
+    Raises :class:`BootError` when QEMU is missing or
+    fails, or the guest never reached its init; :class:`BootTimeout` after ``timeout``
+    seconds.  The console log is kept in the result and in every error.
+    """
+    with running_guest(kernel, initrd, cmdline, firmware=firmware, memory_mib=memory_mib, method=method,
+                       drives=drives, nic=nic) as guest:
+        return guest.finish(timeout)
 
 
 def _tail(console: str, lines: int = 8) -> str:

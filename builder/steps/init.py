@@ -29,6 +29,35 @@ package).  It shows that the guest is the measured one, not merely alive:
 ``BLINDBOX-POWEROFF``
     printed just before ``poweroff -f``.
 
+The application root's init (:func:`render_rootfs_init`) prints the lines above up to
+``BLINDBOX-MEM-ENCRYPT``, then:
+
+``BLINDBOX-VERITY-OK <bytes>``
+    the dm-verity device was created from the ``blindbox.root="<table>"`` parameter of
+    ``/proc/cmdline`` and every one of its ``<bytes>`` was read through it, so every data
+    and hash block was checked against the measured root hash before anything of the
+    root is used.
+``BLINDBOX-VERITY-FAILED <reason>``
+    no disks, no table, ``dmsetup`` refused it, a read failed (corruption) or not the
+    whole device was read, or the target reports corruption; followed by the kernel's
+    lines, then ``BLINDBOX-POWEROFF``: the application never starts.
+``BLINDBOX-DMESG <kernel line>``
+    each ``device-mapper: verity`` kernel line (printk is lowered, so they do not reach
+    the console by themselves): after a verity failure, and new ones after the app exits.
+``BLINDBOX-ROOT-FAILED <reason>``
+    the verified root could not be used (mount, a missing ``/dev``, ``/proc``, ``/sys``,
+    ``/tmp`` or ``/run`` mount point, the working directory); then ``BLINDBOX-POWEROFF``.
+``BLINDBOX-NET <address>/<prefix>``
+    with network: the DHCP lease on eth0 (address and default route set).
+``BLINDBOX-NET-FAILED <reason>``
+    with network: no eth0 or no lease; then ``BLINDBOX-POWEROFF``, no application.
+``BLINDBOX-APP-START <argv0>``
+    just before ``switch_root``; control characters and backslashes of the program path
+    are shown as ``\\xNN`` and ``\\\\`` so that the marker stays one line.
+``BLINDBOX-APP-EXIT <status>``
+    the application (a child of PID 1) exited with this status (128+N: killed by
+    signal N); ``BLINDBOX-DMESG`` lines and ``BLINDBOX-POWEROFF`` follow.
+
 Kernel messages are lowered to emergencies only (``/proc/sys/kernel/printk``) after the
 mounts so that they cannot split marker lines on the serial console.
 
@@ -38,6 +67,7 @@ Part of the builder: it may import the calculator, the auditor, :mod:`blindbox.f
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -143,16 +173,8 @@ while :; do sleep 60; done
 """
 
 
-def render_init(*, modules: Sequence[str] = (), builtin: Sequence[str] = (), sev_guest: str = "carried",
-                app_command: str | None = None) -> bytes:
-    """The default ``/init``.
-
-    ``modules``: modules (other than sev-guest) to ``modprobe`` and report, in order;
-    ``builtin``: requested modules built into the kernel, reported as such.
-    ``sev_guest``: ``carried`` (the initrd has the module: modprobe it), ``builtin`` or
-    ``absent`` (the recipe did not ask for it).  ``app_command``: a shell command run
-    after the checks; its exit status is printed.
-    """
+def _checks(modules: Sequence[str], builtin: Sequence[str], sev_guest: str) -> list[str]:
+    """The part every init starts with: mounts, printk, command line, modules, sev-guest, memory encryption."""
     if sev_guest not in ("carried", "builtin", "absent"):
         raise InitError(f"sev_guest must be 'carried', 'builtin' or 'absent', not {sev_guest!r}.")
     parts = [_HEAD.format(boot=MARKER_BOOT, sha=MARKER_CMDLINE_SHA256, hex=MARKER_CMDLINE_HEX)]
@@ -169,9 +191,244 @@ def render_init(*, modules: Sequence[str] = (), builtin: Sequence[str] = (), sev
     else:
         parts.append(f'echo "{MARKER_SEV_GUEST} not-in-initrd"\n')
     parts.append(_TAIL.format(device=MARKER_SEV_DEVICE, mem=MARKER_MEM_ENCRYPT))
+    return parts
+
+
+def render_init(*, modules: Sequence[str] = (), builtin: Sequence[str] = (), sev_guest: str = "carried",
+                app_command: str | None = None) -> bytes:
+    """The default ``/init``.
+
+    ``modules``: modules (other than sev-guest) to ``modprobe`` and report, in order;
+    ``builtin``: requested modules built into the kernel, reported as such.
+    ``sev_guest``: ``carried`` (the initrd has the module: modprobe it), ``builtin`` or
+    ``absent`` (the recipe did not ask for it).  ``app_command``: a shell command run
+    after the checks; its exit status is printed.
+    """
+    parts = _checks(modules, builtin, sev_guest)
     if app_command is not None:
         if "\0" in app_command or not app_command.strip():
             raise InitError("the app command is empty or contains a NUL byte; give a shell command line.")
         parts.append(_APP.format(command=_quote(app_command), marker=MARKER_APP_EXIT))
     parts.append(_END.format(marker=MARKER_POWEROFF))
+    return "".join(parts).encode("utf-8")
+
+
+# -- the application root -----------------------------------------------------------------
+#: Modules the rootfs init loads (after the recipe's own), and those it adds for the network.
+ROOTFS_MODULES = ("virtio_pci", "virtio_blk", "dm-mod", "dm-verity", "erofs")
+NET_MODULES = ("virtio_net",)
+#: Where the initrd must carry Debian's dmsetup (with its ELF library closure).
+DMSETUP_PATH = "/sbin/dmsetup"
+#: The tmpfs directory of the new root that holds the static busybox and the stage-2 script.
+STAGE2_DIR = "/run/blindbox"
+#: How long the init waits for the root's disks and for eth0 to appear.
+DEVICE_WAIT_SECONDS = 30
+
+MARKER_VERITY_OK = "BLINDBOX-VERITY-OK"
+MARKER_VERITY_FAILED = "BLINDBOX-VERITY-FAILED"
+MARKER_DMESG = "BLINDBOX-DMESG"
+MARKER_ROOT_FAILED = "BLINDBOX-ROOT-FAILED"
+MARKER_NET = "BLINDBOX-NET"
+MARKER_NET_FAILED = "BLINDBOX-NET-FAILED"
+MARKER_APP_START = "BLINDBOX-APP-START"
+
+_ROOT = """\
+flat() {{ printf '%s' "$*" | tr '\\n' ' '; }}
+stop() {{
+  echo "{poweroff}"
+  poweroff -f
+  sleep 5
+  echo o > /proc/sysrq-trigger
+  while :; do sleep 60; done
+}}
+verity_failed() {{
+  echo "{verity_failed} $(flat "$*")"
+  dmesg | grep 'device-mapper: verity' | while IFS= read -r line; do printf '%s %s\\n' "{dmesg}" "$line"; done
+  stop
+}}
+root_failed() {{ echo "{root_failed} $(flat "$*")"; stop; }}
+n=0
+while [ ! -b {data} ] || [ ! -b {hash} ]; do
+  [ $n -lt {tries} ] || verity_failed "the disks {data} and {hash} did not appear within {seconds} s"
+  sleep 0.1; n=$((n + 1))
+done
+table=$(busybox sed -n 's/^\\(.* \\)\\{{0,1\\}}{param_re}="\\([^"]*\\)".*/\\2/p' /proc/cmdline)
+[ -n "$table" ] || verity_failed "/proc/cmdline has no {param}=\\"<table>\\""
+DM_DISABLE_UDEV=1
+export DM_DISABLE_UDEV
+out=$(dmsetup create --readonly --noudevsync root --table "$table" 2>&1) || verity_failed "dmsetup create: $out"
+dev=
+for d in /sys/block/dm-*; do
+  [ "$(cat $d/dm/name 2>/dev/null)" = root ] && dev=$d
+done
+[ -n "$dev" ] && [ -b /dev/mapper/root ] || verity_failed "dmsetup made no /dev/mapper/root"
+size=$(($(cat $dev/size) * 512))
+out=$(busybox dd if=/dev/mapper/root of=/dev/null bs=4096 2>&1) || verity_failed "reading the verified root: $out"
+records=$(echo "$out" | busybox sed -n 's/^\\([0-9][0-9]*\\)+0 records in$/\\1/p')
+[ -n "$records" ] && [ $((records * 4096)) = "$size" ] || verity_failed "read not all $size bytes: $out"
+status=$(dmsetup status root 2>&1)
+[ "${{status##* }}" = V ] || verity_failed "dm-verity status: $status"
+echo "{verity_ok} $size"
+mkdir -p /newroot
+out=$(mount -t erofs -o ro /dev/mapper/root /newroot 2>&1) || root_failed "mounting the verified root: $out"
+for d in dev proc sys tmp run; do
+  [ -d /newroot/$d ] || root_failed "the root has no /$d directory to mount on"
+done
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/tmp || root_failed "mounting tmpfs on /tmp failed"
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/run || root_failed "mounting tmpfs on /run failed"
+"""
+
+_NET = """\
+net_failed() {{ echo "{net_failed} $(flat "$*")"; stop; }}
+cat > /etc/udhcpc.script <<'BLINDBOX_UDHCPC_END'
+#!/bin/sh
+# busybox udhcpc calls this with the lease in the environment ($ip, $mask, $router, $interface)
+case $1 in
+  deconfig)
+    busybox ip addr flush dev "$interface"
+    busybox ip link set "$interface" up ;;
+  bound|renew)
+    busybox ip addr flush dev "$interface"
+    busybox ip addr add "$ip/${{mask:-24}}" dev "$interface"
+    for r in $router; do busybox ip route replace default via "$r" dev "$interface"; break; done
+    echo "$ip/${{mask:-24}}" > /run/blindbox-net ;;
+esac
+exit 0
+BLINDBOX_UDHCPC_END
+busybox chmod 0755 /etc/udhcpc.script
+busybox ip link set lo up || net_failed "cannot bring up lo"
+n=0
+while [ ! -e /sys/class/net/eth0 ]; do
+  [ $n -lt {tries} ] || net_failed "no eth0 appeared within {seconds} s"
+  sleep 0.1; n=$((n + 1))
+done
+busybox ip link set eth0 up || net_failed "cannot bring up eth0"
+out=$(busybox udhcpc -i eth0 -f -q -n -t 5 -T 2 -s /etc/udhcpc.script 2>&1) || net_failed "DHCP on eth0: $out"
+addr=$(cat /run/blindbox-net 2>/dev/null)
+[ -n "$addr" ] || net_failed "DHCP on eth0 gave no address: $out"
+echo "{net} $addr"
+"""
+
+_SWITCH = """\
+mkdir -p /newroot{dir}
+busybox cp /bin/busybox /newroot{dir}/busybox || root_failed "cannot copy busybox into {dir}"
+cat > /newroot{dir}/init <<'{end}'
+{stage2}{end}
+dmesg | grep -c 'device-mapper: verity' > /newroot{dir}/dmesg-seen
+for d in dev proc sys; do
+  mount --move /$d /newroot/$d || root_failed "cannot move /$d into the new root"
+done
+printf '%s %s\\n' "{app_start}" {argv0}
+exec busybox switch_root /newroot {dir}/busybox sh {dir}/init
+"""
+
+_STAGE2 = """\
+#!{dir}/busybox sh
+# Stage 2 of the blindbox init (generated by builder/steps/init.py): PID 1 in the verified root.
+b={dir}/busybox
+stop() {{
+  echo "{poweroff}"
+  $b poweroff -f
+  $b sleep 5
+  echo o > /proc/sysrq-trigger
+  while :; do $b sleep 60; done
+}}
+cd -- {workdir} || {{
+  printf '%s %s\\n' "{root_failed}" "cannot enter the working directory "{workdir_shown}
+  stop
+}}
+$b env -i {env}$b nsenter -F -S {uid} -G {gid} -- {argv}
+status=$?
+printf '\\n%s %s\\n' "{app_exit}" "$status"
+seen=0
+read -r seen < {dir}/dmesg-seen
+$b dmesg | $b grep 'device-mapper: verity' | $b tail -n +$((seen + 1)) | while IFS= read -r line; do
+  printf '%s %s\\n' "{dmesg}" "$line"
+done
+stop
+"""
+
+
+def _shown(text: str) -> str:
+    """``text`` on one console line: backslash and control characters as ``\\\\``, ``\\xNN``."""
+    out = []
+    for c in text:
+        if c == "\\":
+            out.append("\\\\")
+        elif ord(c) < 0x20 or ord(c) == 0x7F:
+            out.append(f"\\x{ord(c):02x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def _check_app(app: AppConfig) -> None:
+    if not app.argv:
+        raise InitError("the application has no command (argv is empty); give the entrypoint, e.g. "
+                        "['/usr/bin/python3', '-m', 'app'].")
+    for word in app.argv:
+        if not isinstance(word, str) or "\0" in word:
+            raise InitError(f"the application argument {word!r} is not text without NUL bytes; fix the entrypoint "
+                            f"or command.")
+    if not app.argv[0].startswith("/"):
+        raise InitError(f"the application program {app.argv[0]!r} is not an absolute path; give its path inside "
+                        f"the root, such as '/usr/bin/python3'.")
+    if not isinstance(app.workdir, str) or not app.workdir.startswith("/") or "\0" in app.workdir:
+        raise InitError(f"the working directory {app.workdir!r} is not an absolute path; give one such as '/app'.")
+    for key, value in app.env:
+        if not isinstance(key, str) or not isinstance(value, str) or not key or "=" in key \
+                or key.startswith("-") or "\0" in key + value:
+            raise InitError(f"the environment variable {key!r} cannot be passed to the application; names must be "
+                            f"non-empty, without '=' or NUL and not start with '-', values without NUL.")
+    for what, n in (("uid", app.uid), ("gid", app.gid)):
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < 0xFFFFFFFF:
+            raise InitError(f"the application {what} {n!r} is not a number from 0 to 4294967294; give a numeric "
+                            f"{what}.")
+
+
+def render_stage2(app: AppConfig) -> bytes:
+    """The script that runs as PID 1 in the verified root and starts ``app`` (see :func:`render_rootfs_init`)."""
+    _check_app(app)
+    env = "".join(_quote(f"{k}={v}") + " " for k, v in app.env)
+    return _STAGE2.format(
+        dir=STAGE2_DIR, poweroff=MARKER_POWEROFF, root_failed=MARKER_ROOT_FAILED, workdir=_quote(app.workdir),
+        workdir_shown=_quote(_shown(app.workdir)), env=env, uid=app.uid, gid=app.gid,
+        argv=" ".join(_quote(w) for w in app.argv), app_exit=MARKER_APP_EXIT, dmesg=MARKER_DMESG,
+    ).encode("utf-8")
+
+
+def _same_module(a: str, b: str) -> bool:
+    return a.replace("-", "_") == b.replace("-", "_")
+
+
+def render_rootfs_init(*, modules: Sequence[str], app: AppConfig, network: bool, builtin: Sequence[str] = (),
+                       sev_guest: str = "carried") -> bytes:
+    """The ``/init`` that verifies the application root, mounts it and starts the application.
+
+    ``modules``, ``builtin`` and ``sev_guest`` as for :func:`render_init`;
+    :data:`ROOTFS_MODULES` (and :data:`NET_MODULES` with ``network``) are loaded after
+    them unless already named there.  The initrd must carry busybox, those modules and
+    ``dmsetup`` at :data:`DMSETUP_PATH`.  The dm-verity table comes from the measured
+    command line (``blindbox.root="<table>"``, :data:`ROOT_PARAM`); its devices are
+    :data:`ROOT_DATA_DEVICE` and :data:`ROOT_HASH_DEVICE`.  The init reads the whole
+    verified device before anything of it is used, so corruption anywhere stops the guest
+    before the application starts.
+    """
+    stage2 = render_stage2(app).decode("utf-8")
+    wanted = list(ROOTFS_MODULES) + (list(NET_MODULES) if network else [])
+    extra = [m for m in wanted if not any(_same_module(m, n) for n in list(modules) + list(builtin))]
+    parts = _checks(list(modules) + extra, builtin, sev_guest)
+    tries = DEVICE_WAIT_SECONDS * 10
+    parts.append(_ROOT.format(
+        poweroff=MARKER_POWEROFF, verity_failed=MARKER_VERITY_FAILED, dmesg=MARKER_DMESG,
+        root_failed=MARKER_ROOT_FAILED, verity_ok=MARKER_VERITY_OK, data=ROOT_DATA_DEVICE, hash=ROOT_HASH_DEVICE,
+        tries=tries, seconds=DEVICE_WAIT_SECONDS, param=ROOT_PARAM, param_re=ROOT_PARAM.replace(".", "\\.")))
+    if network:
+        parts.append(_NET.format(net_failed=MARKER_NET_FAILED, net=MARKER_NET, tries=tries,
+                                 seconds=DEVICE_WAIT_SECONDS))
+    end = "BLINDBOX_STAGE2_END_" + hashlib.sha256(stage2.encode("utf-8")).hexdigest()[:16]
+    if end in stage2.split("\n"):
+        raise InitError("the application settings contain the stage-2 script's end line; change them.")
+    parts.append(_SWITCH.format(dir=STAGE2_DIR, end=end, stage2=stage2, app_start=MARKER_APP_START,
+                                argv0=_quote(_shown(app.argv[0]))))
     return "".join(parts).encode("utf-8")

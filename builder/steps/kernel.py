@@ -209,6 +209,12 @@ OPTIONAL: tuple[Requirement, ...] = (
 )
 
 
+def network_requirement() -> tuple[Requirement, ...]:
+    """What a guest with a network device needs besides :data:`REQUIRED`: the virtio NIC."""
+    return (Requirement(("VIRTIO_NET",), "the guest's network device (virtio-net), for a recipe with network",
+                        modules=("virtio_net",)),)
+
+
 def decompressor_requirement(compression: str) -> tuple[Requirement, ...]:
     """The option the kernel needs to unpack an initrd compressed with ``compression``."""
     option = {"gzip": "RD_GZIP", "xz": "RD_XZ"}.get(compression)
@@ -242,7 +248,8 @@ class Check:
             return f"CONFIG_{self.option}=m: the initrd must carry {self.module} ({self.requirement.why})"
         if self.status == "module-only":
             return f"CONFIG_{self.option}=m but it must be built in (=y) ({self.requirement.why})"
-        return f"{names} missing ({self.requirement.why})"
+        wanted = "=y" if self.requirement.builtin or not self.requirement.modules else "=y or =m"
+        return f"{names} missing ({self.requirement.why}; it must be {wanted})"
 
 
 @dataclass(frozen=True)

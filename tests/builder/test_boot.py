@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import lzma
 import uuid
 from pathlib import Path
@@ -190,3 +191,60 @@ def test_debian_firmware_placements():
     assert boot.ovmf_initrd_placement(amdsev.read_bytes()) == "ovmf-prefix"
     assert hashlib.sha256(expected_proc_cmdline(cmdline_bytes("console=ttyS0"), "ovmf-prefix")).hexdigest() == \
         hashlib.sha256(b"initrd=initrd console=ttyS0\n").hexdigest()
+
+
+# -- network and interaction ---------------------------------------------------------------
+def test_nic_argument_forwards_tcp_ports_to_a_restricted_user_nic():
+    assert boot.nic_argument() == "user,model=virtio-net-pci,restrict=on"
+    assert boot.nic_argument([("127.0.0.1", 18080, 8080), ("0.0.0.0", 2222, 22)]) == (
+        "user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:18080-:8080,hostfwd=tcp:0.0.0.0:2222-:22")
+    cmd = boot.qemu_command(Path("/k"), Path("/i"), b"", firmware=None, nic=boot.nic_argument([("127.0.0.1", 1, 2)]))
+    assert cmd[cmd.index("-nic") + 1] == "user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:1-:2"
+    assert "-nic" not in boot.qemu_command(Path("/k"), Path("/i"), b"", firmware=None)
+
+
+@pytest.mark.parametrize("forward, message", [
+    (("localhost", 80, 80), "is not \\(IPv4 address, host port, guest port\\)"),
+    (("127.0.0.1", 80), "is not \\(IPv4 address, host port, guest port\\)"),
+    (("127.0.0.1", 0, 80), "the port 0 of the forward .* is not from 1 to 65535"),
+    (("127.0.0.1", 80, 65536), "the port 65536 .* is not from 1 to 65535"),
+    (("127.0.0.1", "80", 80), "the port '80' .* is not from 1 to 65535"),
+])
+def test_nic_argument_refuses_bad_forwards(forward, message):
+    with pytest.raises(BootError, match=message):
+        boot.nic_argument([forward])
+
+
+def test_free_port_can_be_bound():
+    import socket
+
+    port = boot.free_port()
+    assert 1024 <= port <= 65535
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+def test_running_guest_waits_for_markers_and_kills_qemu(files, monkeypatch, tmp_path):
+    fake_qemu(tmp_path, monkeypatch, f"echo $$ > {tmp_path / 'pid'}\necho BLINDBOX-BOOT-OK\nsleep 1\n"
+                                     "echo 'BLINDBOX-NET 10.0.2.15/24'\nexec sleep 60\n")
+    with boot.running_guest(files / "bzImage", files / "initrd", b"", firmware=None,
+                            nic=boot.nic_argument([("127.0.0.1", 5555, 80)])) as guest:
+        assert guest.wait_for("BLINDBOX-NET", 30) == "10.0.2.15/24"
+        assert "BLINDBOX-BOOT-OK" in guest.console
+        with pytest.raises(BootTimeout, match="did not print BLINDBOX-APP-EXIT within 0 s .*BLINDBOX-NET"):
+            guest.wait_for("BLINDBOX-APP-EXIT", 0.2)
+        pid = int((tmp_path / "pid").read_text())
+    assert b"hostfwd=tcp:127.0.0.1:5555-:80" in (tmp_path / "argv").read_bytes()
+    with pytest.raises(ProcessLookupError):  # QEMU was killed and reaped when the block ended
+        os.kill(pid, 0)
+
+
+def test_running_guest_reports_a_guest_that_stops_early(files, monkeypatch, tmp_path):
+    fake_qemu(tmp_path, monkeypatch, "echo BLINDBOX-BOOT-OK\necho 'BLINDBOX-VERITY-FAILED bad'\n"
+                                     "echo BLINDBOX-POWEROFF\n")
+    with boot.running_guest(files / "bzImage", files / "initrd", b"", firmware=None) as guest:
+        with pytest.raises(BootError, match="stopped \\(QEMU exit status 0\\) without printing BLINDBOX-APP-START "
+                                            ".*BLINDBOX-VERITY-FAILED bad"):
+            guest.wait_for("BLINDBOX-APP-START", 30)
+        r = guest.finish(30)
+    assert r.marker("BLINDBOX-VERITY-FAILED") == "bad" and r.returncode == 0

@@ -330,3 +330,23 @@ def test_real_trixie_kernel_compressed_modules(tmp_path):
     for path, data in c.files():
         assert path.endswith(".ko") and data.startswith(b"\x7fELF"), path
     check_against_depmod(c, img, tmp_path)
+
+
+def test_network_requirement_names_the_option_and_the_fix():
+    (req,) = k.network_requirement()
+    assert req.options == ("VIRTIO_NET",) and req.modules == ("virtio_net",) and not req.builtin
+    assert req not in k.REQUIRED  # only recipes with network need it
+    with_module = k.preflight(KernelConfig.parse("CONFIG_VIRTIO_NET=m\n"), k.network_requirement(), ())
+    assert with_module.ok and with_module.modules == ("virtio_net",)
+    assert k.preflight(KernelConfig.parse("CONFIG_VIRTIO_NET=y\n"), k.network_requirement(), ()).modules == ()
+    report = k.preflight(KernelConfig.parse("# CONFIG_VIRTIO_NET is not set\n"), k.network_requirement(), ())
+    with pytest.raises(k.KernelPreflightFailed) as e:
+        report.raise_if_failed("linux-image-test")
+    assert str(e.value) == ("linux-image-test cannot run this SEV-SNP guest: CONFIG_VIRTIO_NET missing (the guest's "
+                            "network device (virtio-net), for a recipe with network; it must be =y or =m); choose a "
+                            "kernel package built with these options.")
+
+
+def test_missing_builtin_option_says_it_must_be_y():
+    report = k.preflight(KernelConfig.parse(""), (Requirement(("DEVTMPFS",), "/dev", builtin=True),), ())
+    assert report.failures[0].describe() == "CONFIG_DEVTMPFS missing (/dev; it must be =y)"

@@ -209,3 +209,100 @@ def test_script_is_deterministic(bundle):
     first = (bundle / "launch-snp.sh").read_bytes()
     assert b"'\\''" in first  # the single quotes of the cmdline are escaped
     assert os.fsdecode(bundle).encode() not in first  # no build path inside
+
+
+# -- the application root and the network ---------------------------------------------------
+@pytest.fixture
+def app_bundle(tmp_path):
+    d = tmp_path / "app bundle, with a comma"
+    d.mkdir()
+    files = {"OVMF.amdsev.fd": b"firmware", "bzImage": b"kernel", "initrd": b"initrd", "rootfs.erofs": b"image",
+             "rootfs.verity": b"hashes"}
+    for n, data in files.items():
+        (d / n).write_bytes(data)
+    script = render(
+        name="app", tool="blindbox-guest test",
+        files=LaunchFiles("OVMF.amdsev.fd", "bzImage", "initrd", rootfs="rootfs.erofs", verity="rootfs.verity"),
+        sha256={n: hashlib.sha256(v).hexdigest() for n, v in files.items()}, cmdline=CMDLINE,
+        shapes=[LaunchShape("qemu:EPYC-v4:4:0x1", 4, "EPYC-v4", 0x1, DIGEST_A)], memory_mib=512, policy=0x30000,
+        network=True)
+    (d / "launch-snp.sh").write_bytes(script)
+    (d / "launch-snp.sh").chmod(0o755)
+    return d
+
+
+def test_rootfs_disks_are_read_only_virtio_blk_in_order(app_bundle, fake_qemu):
+    p, argv = run(app_bundle, fake_qemu)
+    assert p.returncode == 0, p.stderr
+    o = options(argv)
+    here = str(app_bundle).replace(",", ",,")  # QEMU's escape for a comma inside an option value
+    assert o["-drive"] == [f"if=none,id=rootfs,file={here}/rootfs.erofs,format=raw,readonly=on".encode(),
+                           f"if=none,id=verity,file={here}/rootfs.verity,format=raw,readonly=on".encode()]
+    blk = [v for v in o["-device"] if v.startswith(b"virtio-blk-pci,")]
+    assert blk == [b"virtio-blk-pci,drive=rootfs,disable-legacy=on,iommu_platform=on",
+                   b"virtio-blk-pci,drive=verity,disable-legacy=on,iommu_platform=on"]
+    assert argv.index(blk[0]) < argv.index(blk[1])
+    # the network device without forwards
+    assert o["-netdev"] == [b"user,id=net0"]
+    assert argv.index(b"-drive") < argv.index(b"-netdev")  # the disks take the first PCI slots
+    assert b"virtio-net-pci,netdev=net0,disable-legacy=on,iommu_platform=on" in o["-device"]
+
+
+def test_rootfs_files_are_checked_like_the_others(app_bundle, fake_qemu):
+    (app_bundle / "rootfs.verity").write_bytes(b"other")
+    p, argv = run(app_bundle, fake_qemu)
+    assert p.returncode == 2 and argv is None
+    assert b"rootfs.verity has sha256" in p.stderr and b"launch digest would differ" in p.stderr
+    (app_bundle / "rootfs.erofs").unlink()
+    p, argv = run(app_bundle, fake_qemu, "--no-verify", "--dry-run")
+    assert p.returncode == 0 and b"rootfs.erofs" in p.stdout
+
+
+def test_forwards(app_bundle, fake_qemu):
+    p, argv = run(app_bundle, fake_qemu, "--forward", "8080:80", "--forward=0.0.0.0:2222:22", "--", "-S")
+    assert p.returncode == 0, p.stderr
+    assert options(argv[:-1])["-netdev"] == [
+        b"user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=tcp:0.0.0.0:2222-:22"]
+    assert argv[-1] == b"-S"
+    p, _ = run(app_bundle, fake_qemu, "--forward", "18080:8080", "--dry-run")
+    assert p.returncode == 0 and b"hostfwd=tcp:127.0.0.1:18080-:8080" in p.stdout
+    p, _ = run(app_bundle, fake_qemu, "--help")
+    assert b"--forward [ADDR:]HOSTPORT:GUESTPORT" in p.stdout and b"repeatable" in p.stdout
+
+
+@pytest.mark.parametrize("value, message", [
+    ("80", b"--forward 80 is not [ADDR:]HOSTPORT:GUESTPORT; give e.g. 8080:80"),
+    ("8080:http", b"--forward 8080:http: 'http' is not a port"),
+    ("0:80", b"--forward 0:80: port 0 is not from 1 to 65535"),
+    ("65536:80", b"--forward 65536:80: port 65536 is not from 1 to 65535"),
+    ("8080:", b"--forward 8080:: '' is not a port"),
+    ("localhost:8080:80", b"--forward localhost:8080:80: localhost is not an IPv4 address"),
+    ("1.2.3.4:5:6:7", b"--forward 1.2.3.4:5:6:7: '6:7' is not a port"),
+])
+def test_bad_forward_is_refused_with_one_sentence(app_bundle, fake_qemu, value, message):
+    p, argv = run(app_bundle, fake_qemu, "--forward", value)
+    assert p.returncode == 2 and argv is None
+    assert message in p.stderr and p.stderr.count(b"\n") == 1, p.stderr
+    assert b"Traceback" not in p.stderr
+
+
+def test_forward_needs_a_network_bundle(bundle, fake_qemu):
+    p, argv = run(bundle, fake_qemu, "--forward", "8080:80")
+    assert p.returncode == 2 and argv is None
+    assert b"--forward 8080:80 needs a network device, and this bundle was built without one" in p.stderr
+    p, _ = run(bundle, fake_qemu, "--forward")
+    assert p.returncode == 2 and b"--forward needs a value" in p.stderr
+    p, _ = run(bundle, fake_qemu, "--help")
+    assert b"--forward" not in p.stdout
+
+
+def test_bundle_without_rootfs_or_network_has_no_devices(bundle, fake_qemu):
+    p, argv = run(bundle, fake_qemu)
+    o = options(argv)
+    assert not {"-drive", "-device", "-netdev", "-nic"} & set(o)
+
+
+def test_rootfs_and_verity_go_together():
+    with pytest.raises(ValueError, match="go together"):
+        render(name="t", tool="t", files=LaunchFiles("f", "k", "i", rootfs="r"), sha256={}, cmdline=b"",
+               shapes=[LaunchShape("s", 1, "EPYC", 1, DIGEST_A)], memory_mib=1, policy=0)
