@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import uuid
+
+from measure import verity
 from measure.bzimage import bzimage_version, kernel_release
 from measure.errors import InputError, MeasureError
 from .errors import VerificationError
@@ -244,6 +247,25 @@ def _id_bin_findings(bundle: Path, doc: dict[str, Any], present: set[str]) -> li
     return findings
 
 
+def _rootfs_findings(bundle: Path, doc: dict[str, Any], present: set[str]) -> list[Finding]:
+    """The application root: its root hash, recomputed from the image, is the one the measured cmdline carries,
+    and the hash device holds the tree the guest checks every block against."""
+    rf = doc["rootfs"]
+    image, hashes = rf["image"]["file"], rf["verity"]["file"]
+    if image not in present or hashes not in present:
+        return [Finding("rootfs.verity.root_hash", False, "not re-derived: the image or its hash file is missing")]
+    table = verity.parse_table(verity.cmdline_table(doc["cmdline"]) or "")  # the manifest reader checked both
+    params = table.params(uuid=uuid.UUID(rf["verity"]["uuid"]))
+    tree = verity.root_hash(bundle / image, params, table.data_blocks)
+    findings = [_compare("rootfs.verity.root_hash", table.root_hash.hex(), tree.root_hash.hex(),
+                         f"the root hash of {image}, as the measured cmdline's table says, is")]
+    verdict = verity.verify_files(bundle / image, bundle / hashes, params, table.root_hash, table.data_blocks)
+    findings.append(Finding(f"file {hashes} (verity)", verdict.ok,
+                            f"every hash block of the tree over {table.data_blocks} data blocks verifies"
+                            if verdict.ok else f"the guest would refuse its root: {verdict.corruption}"))
+    return findings
+
+
 def rederive(bundle: str | Path) -> list[Finding]:
     """One finding per published value; all ``ok`` means the bundle is what its manifest says."""
     bundle = Path(bundle)
@@ -304,6 +326,8 @@ def rederive(bundle: str | Path) -> list[Finding]:
             else:
                 findings.append(Finding(f"id_block {sid}", False, "not checked: its files are missing"))
     findings.extend(_id_bin_findings(bundle, doc, present))
+    if "rootfs" in doc:
+        findings.extend(_rootfs_findings(bundle, doc, present))
     return findings
 
 
