@@ -670,3 +670,21 @@ def cmdline_table(cmdline: str) -> str | None:
         raise InputError(f"the command line carries {CMDLINE_PARAM} {len(found)} times; a guest must have "
                          f"exactly one root table.")
     return found[0] if found else None
+
+
+def derived_salt(recipe_sha256: str, lock_sha256: str) -> bytes:
+    """The salt blindbox build uses for a bundle's root: SHA-256 over the recipe's and lock's digests.
+
+    Never random, so a rebuild reproduces the root hash; and re-derivable by an auditor from
+    the two digests the manifest publishes.
+    """
+    return hashlib.sha256(f"blindbox-guest verity salt\0{recipe_sha256}\0{lock_sha256}".encode()).digest()
+
+
+def derived_uuid(purpose: str, recipe_sha256: str, lock_sha256: str) -> uuid_mod.UUID:
+    """A UUID (RFC 9562 version 8: name-based, our own hash) for ``purpose`` (``verity``, ``erofs``)."""
+    digest = hashlib.sha256(f"blindbox-guest {purpose} uuid\0{recipe_sha256}\0{lock_sha256}".encode()).digest()
+    value = int.from_bytes(digest[:16], "big")
+    value = (value & ~(0xF << 76)) | (8 << 76)          # version 8
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)        # RFC variant
+    return uuid_mod.UUID(int=value)

@@ -259,6 +259,12 @@ def _rootfs_findings(bundle: Path, doc: dict[str, Any], present: set[str]) -> li
     tree = verity.root_hash(bundle / image, params, table.data_blocks)
     findings = [_compare("rootfs.verity.root_hash", table.root_hash.hex(), tree.root_hash.hex(),
                          f"the root hash of {image}, as the measured cmdline's table says, is")]
+    salt = verity.derived_salt(doc["recipe"]["sha256"], doc["lock"]["sha256"])
+    findings.append(_compare("rootfs.verity.salt", table.salt.hex(), salt.hex(),
+                             "derived from the published recipe and lock digests:"))
+    wanted_uuid = str(verity.derived_uuid("verity", doc["recipe"]["sha256"], doc["lock"]["sha256"]))
+    findings.append(_compare("rootfs.verity.uuid", rf["verity"]["uuid"], wanted_uuid,
+                             "derived from the published recipe and lock digests:"))
     verdict = verity.verify_files(bundle / image, bundle / hashes, params, table.root_hash, table.data_blocks)
     findings.append(Finding(f"file {hashes} (verity)", verdict.ok,
                             f"every hash block of the tree over {table.data_blocks} data blocks verifies"

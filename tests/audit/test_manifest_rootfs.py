@@ -16,8 +16,9 @@ from measure import verity
 from measure.errors import InputError
 from tests.audit.manifestdoc import entry, manifest_doc
 
-SALT = bytes(range(32))
-VUUID = uuid.UUID("11111111-2222-4333-8444-555555555555")
+RECIPE_SHA, LOCK_SHA = hashlib.sha256(b"recipe").hexdigest(), hashlib.sha256(b"lock").hexdigest()  # manifestdoc's
+SALT = verity.derived_salt(RECIPE_SHA, LOCK_SHA)
+VUUID = verity.derived_uuid("verity", RECIPE_SHA, LOCK_SHA)
 
 
 def _sha(data: bytes) -> str:
@@ -140,6 +141,20 @@ def test_rederive_recomputes_the_root_hash_and_checks_the_hash_device(bundle):
     assert not found["file rootfs.verity (verity)"].ok
     assert "hash block 1" in found["file rootfs.verity (verity)"].detail
     assert not _rootfs_findings(path, doc, {"rootfs.erofs"})[0].ok
+
+
+def test_rederive_checks_that_salt_and_uuid_derive_from_the_recipe_and_lock(bundle):
+    path, doc = bundle
+    present = {"rootfs.erofs", "rootfs.verity"}
+    assert {f.name for f in _rootfs_findings(path, doc, present) if f.ok} >= {"rootfs.verity.salt",
+                                                                              "rootfs.verity.uuid"}
+    doc = _copy(doc)
+    doc["lock"]["sha256"] = "00" * 32
+    found = {f.name: f for f in _rootfs_findings(path, doc, present)}
+    assert not found["rootfs.verity.salt"].ok and not found["rootfs.verity.uuid"].ok
+    assert found["rootfs.verity.root_hash"].ok
+    assert verity.derived_uuid("verity", RECIPE_SHA, LOCK_SHA).version == 8
+    assert verity.derived_uuid("erofs", RECIPE_SHA, LOCK_SHA) != VUUID
 
 
 def test_parse_table_round_trips_what_the_tree_renders(bundle):
