@@ -175,6 +175,8 @@ def _refuse_out_holding_inputs(b: Build) -> None:
     inputs = [("recipe", b.recipe.path), ("lock file", b.lock.path or b.recipe.lock_path)]
     inputs += [(f"local input {s.name!r}", b.recipe.directory / s.file) for s in b.recipe.inputs()
                if s.kind == "file" and s.file is not None]
+    if b.recipe.rootfs is not None and b.recipe.rootfs.path is not None:
+        inputs.append((f"root filesystem source {b.recipe.rootfs.path!r}", b.recipe.directory / b.recipe.rootfs.path))
     for what, path in inputs:
         real = os.path.realpath(path)
         if os.path.commonpath([out, real]) == out:
@@ -193,6 +195,15 @@ def _local_inputs_unchanged(b: Build) -> bool:
         if entry.kind == "file":
             p = _local_file(b, entry)
             if not p.is_file() or sources.sha256_file(p) != entry.sha256:
+                return False
+        elif entry.kind in ("oci", "tree"):   # the root's source, read from the recipe's directory
+            from builder.lock import resolve_rootfs
+
+            try:
+                now = resolve_rootfs(b.recipe, b.archive)
+            except (BuildError, MeasureError):
+                return False                   # the build says what is wrong with it
+            if [(e.name, e.sha256) for e in now] != [(entry.name, entry.sha256)]:
                 return False
     return True
 
@@ -350,6 +361,8 @@ def step_kernel(b: Build) -> None:
     extra = tuple(ksteps.Requirement((o[len("CONFIG_"):],), "the recipe's kernel.require_config")
                   for o in b.recipe.kernel.require_config)
     required = ksteps.REQUIRED + ksteps.decompressor_requirement(b.recipe.initrd.compression) + extra
+    if b.recipe.rootfs is not None and b.recipe.rootfs.network:
+        required += ksteps.network_requirement()
     b.preflight = ksteps.preflight(config, required)
     entry = b.lock.get("kernel")
     assert entry is not None  # check_lock: every declared input is pinned
@@ -404,10 +417,18 @@ def step_initrd(b: Build) -> None:
         trees += [b.archive.unpack(b.packages[e.name]) for e in b.lock.inputs if e.name.startswith("library:")]
         sysroot = _merge_trees(trees, b.work / "sysroot")
         binaries = [(sysroot / x.path.lstrip("/"), x.dest, sysroot) for x in spec.binaries]
+    modules = list(spec.modules)
+    app = None
+    if b.rootfs is not None:
+        from builder.steps.init import NET_MODULES, ROOTFS_MODULES
+
+        network = b.recipe.rootfs is not None and b.recipe.rootfs.network
+        modules += [m for m in ROOTFS_MODULES + (NET_MODULES if network else ()) if m not in modules]
+        app = (b.rootfs.tree.app, network)
     b.initrd = build_initrd(
         busybox=b.inputs["busybox"], source_date_epoch=b.recipe.source_date_epoch, compression=spec.compression,
         init_script=init_script, app_command=spec.app_command, kernel_tree=b.kernel.tree,
-        kernel_release=b.kernel.release, modules=list(spec.modules), files=files, binaries=binaries)
+        kernel_release=b.kernel.release, modules=modules, files=files, binaries=binaries, rootfs_app=app)
 
 
 def step_rootfs(b: Build) -> None:
@@ -421,6 +442,7 @@ def step_rootfs(b: Build) -> None:
 
     tree = assemble_rootfs(b.recipe, b.lock, b.inputs, b.work / "rootfs")
     recipe_sha, lock_sha = b.recipe.sha256, b.lock.sha256
+    assert lock_sha is not None  # read_lock records the digest of the bytes it read
     fs_uuid = verity.derived_uuid("erofs", recipe_sha, lock_sha)
     image, hashes = b.work / ROOTFS_FILE, b.work / VERITY_FILE
     # owners are 0:0 whoever builds (the extraction rule never chowns; docs/recipes.md)

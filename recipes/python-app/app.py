@@ -49,12 +49,14 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(404, {"error": f"no such path {url.path}"})
 
     def log_message(self, fmt, *args):
-        print("python-app:", fmt % args, flush=True)
+        sys.stdout.write(f"python-app: {fmt % args}\n")
+        sys.stdout.flush()
 
 
 def main():
     server = ThreadingHTTPServer(("0.0.0.0", PORT), Handler)
-    print(f"python-app: listening on port {PORT}", flush=True)
+    sys.stdout.write(f"python-app: listening on port {PORT}\n")
+    sys.stdout.flush()
     server.serve_forever()
     server.server_close()
     return exit_status

@@ -163,7 +163,7 @@ def test_one_changed_application_byte_changes_every_digest(app, tmp_path_factory
     bundle, manifest, _ = app
     source = (APP_FILES / "app.py").read_bytes()
     changed = source.replace(b'server_version = "blindbox-python-app/1"', b'server_version = "blindbox-python-app/2"')
-    assert len(changed) == len(source) and sum(a != b for a, b in zip(source, changed)) == 1
+    assert len(changed) == len(source) and sum(a != b for a, b in zip(source, changed, strict=True)) == 1
     other, m2, _ = built_app(tmp_path_factory, "python-app-changed", app_source=changed)
     assert m2.rootfs["verity"]["root_hash"] != manifest.rootfs["verity"]["root_hash"]
     assert m2.cmdline != manifest.cmdline
