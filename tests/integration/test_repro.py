@@ -129,7 +129,7 @@ def test_python_app_from_two_fresh_clones_is_byte_identical(tmp_path, tmp_path_f
         env = {**os.environ, "PYTHONPATH": str(clone)}
         where = subprocess.run([sys.executable, "-c", "import builder, measure; print(builder.__file__, "
                                                       "measure.__file__)"], capture_output=True, text=True,
-                               env=env, check=True).stdout.split()
+                               env=env, cwd=clone, check=True).stdout.split()
         assert all(w.startswith(str(clone)) for w in where), where    # the clone's code builds
         out = tmp_path / f"out-{name}"
         p = subprocess.run([sys.executable, "-m", "blindbox.cli", "build", "recipes/python-app.yaml", "--out",
