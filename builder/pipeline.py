@@ -170,13 +170,19 @@ def step_recipe(b: Build) -> None:
 
 
 def _refuse_out_holding_inputs(b: Build) -> None:
-    """The bundle directory is replaced as a whole: it must not be, or hold, one of the build's inputs."""
+    """The bundle directory is replaced as a whole: it must not be, or hold, one of the build's inputs,
+    nor lie inside the root filesystem's source directory (the build would change its own input)."""
     out = os.path.realpath(b.out)
     inputs = [("recipe", b.recipe.path), ("lock file", b.lock.path or b.recipe.lock_path)]
     inputs += [(f"local input {s.name!r}", b.recipe.directory / s.file) for s in b.recipe.inputs()
                if s.kind == "file" and s.file is not None]
     if b.recipe.rootfs is not None and b.recipe.rootfs.path is not None:
-        inputs.append((f"root filesystem source {b.recipe.rootfs.path!r}", b.recipe.directory / b.recipe.rootfs.path))
+        source = b.recipe.directory / b.recipe.rootfs.path
+        inputs.append((f"root filesystem source {b.recipe.rootfs.path!r}", source))
+        real = os.path.realpath(source)
+        if os.path.isdir(real) and os.path.commonpath([out, real]) == real:
+            raise BundleError(f"--out {b.out} lies inside the root filesystem source {source}; the bundle would "
+                              f"become part of the next build's input, so choose an --out directory outside it.")
     for what, path in inputs:
         real = os.path.realpath(path)
         if os.path.commonpath([out, real]) == out:
