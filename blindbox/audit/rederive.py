@@ -137,6 +137,9 @@ _SCRIPT_POLICY = re.compile(r'^snp="sev-snp-guest,[^"\n]*,policy=(0x[0-9a-f]+)"$
 _SCRIPT_MEMORY = re.compile(r"^memory=([0-9]{1,20})$", re.M)  # a bounded number: int() refuses 4300+ digits
 _SCRIPT_CMDLINE = re.compile(r"^cmdline=(.*)$", re.M)
 _SCRIPT_SHAPES = re.compile(r"^shapes=\(\n((?:  '[^'\n]*'\n)*)\)$", re.M)
+_SCRIPT_FILES = re.compile(r"^files=\(\n((?:  '[^'\n]*'\n)*)\)$", re.M)
+_SCRIPT_DISK = re.compile(r'^argv\+=\(-drive "if=none,id=(rootfs|verity),file=\$\{here//,/,,\}/([^,"\n]+),'
+                          r'format=raw,readonly=on"$', re.M)
 
 
 def _one(pattern: re.Pattern[str], text: str) -> str | None:
@@ -158,7 +161,7 @@ def _launch_script_findings(path: Path, doc: dict[str, Any]) -> list[Finding]:
         for m in doc["measurements"])
     cmdline = _one(_SCRIPT_CMDLINE, text)
     memory = _one(_SCRIPT_MEMORY, text)
-    return [
+    return _launch_disk_findings(text, doc) + [
         _compare("launch.policy", launch["policy"], _one(_SCRIPT_POLICY, text),
                  "launch-snp.sh launches with GUEST_POLICY"),
         _compare("launch.memory_mib", launch["memory_mib"],
@@ -172,6 +175,30 @@ def _launch_script_findings(path: Path, doc: dict[str, Any]) -> list[Finding]:
                 "launch-snp.sh's shapes table is not the published measurements (shape, vCPUs, type, "
                 "features, digest, ID block files)"),
     ]
+
+
+def _launch_disk_findings(text: str, doc: dict[str, Any]) -> list[Finding]:
+    """The files launch-snp.sh checks before it launches, and the root's disks it attaches, in order."""
+    published = {rec["file"]: rec["sha256"] for rec in doc["outputs"]}
+    rows = _one(_SCRIPT_FILES, text)
+    listed = dict(row.strip().strip("'").split(" ", 1) for row in (rows or "").splitlines() if " " in row.strip())
+    wrong = sorted(name for name, sha in listed.items() if published.get(name) != sha)
+    needed = {rec["file"] for rec in doc["outputs"] if rec["role"] in ("firmware", "kernel", "initrd", "rootfs",
+                                                                           "rootfs-verity")}
+    missing = sorted(needed - set(listed))
+    findings = [Finding("launch-snp.sh files", rows is not None and not wrong and not missing,
+                        "launch-snp.sh checks every file it passes against its published sha256"
+                        if rows is not None and not wrong and not missing else
+                        f"launch-snp.sh's files table differs from outputs: wrong sha256 for {wrong or 'none'}, "
+                        f"missing {missing or 'none'}")]
+    disks = _SCRIPT_DISK.findall(text)
+    expected = [("rootfs", doc["rootfs"]["image"]["file"]), ("verity", doc["rootfs"]["verity"]["file"])] \
+        if "rootfs" in doc else []
+    findings.append(Finding("launch-snp.sh disks", disks == expected,
+                            ("launch-snp.sh attaches the root image, then its hash device, read-only" if expected
+                             else "launch-snp.sh attaches no disks (the bundle has no root filesystem)")
+                            if disks == expected else f"launch-snp.sh attaches {disks}, the manifest says {expected}"))
+    return findings
 
 
 def _kernel_release_finding(kernel: Path, published: str) -> Finding:

@@ -180,3 +180,23 @@ def test_one_changed_application_byte_changes_every_digest(app, tmp_path_factory
                                      append=(b / "cmdline").read_bytes().decode(), guest_features=e.guest_features)
             assert e.measurement == expected.hex(), e.shape
 
+
+
+def test_rederive_checks_the_disks_and_files_launch_snp_passes(app, tmp_path):
+    bundle, _, _ = app
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    script = (copy / "launch-snp.sh").read_text()
+    swapped = script.replace("id=rootfs,file=${here//,/,,}/rootfs.erofs", "id=rootfs,file=${here//,/,,}/X") \
+        .replace("id=verity,file=${here//,/,,}/rootfs.verity", "id=verity,file=${here//,/,,}/rootfs.erofs") \
+        .replace("id=rootfs,file=${here//,/,,}/X", "id=rootfs,file=${here//,/,,}/rootfs.verity")
+    assert swapped != script
+    (copy / "launch-snp.sh").write_text(swapped)
+    found = {f.name: f for f in rederive(copy)}
+    assert not found["launch-snp.sh disks"].ok and found["launch-snp.sh files"].ok
+    assert "('rootfs', 'rootfs.verity'), ('verity', 'rootfs.erofs')" in found["launch-snp.sh disks"].detail
+    sha = hashlib.sha256((bundle / "rootfs.erofs").read_bytes()).hexdigest()
+    (copy / "launch-snp.sh").write_text(script.replace(f"'rootfs.erofs {sha}'", f"'rootfs.erofs {'0' * 64}'"))
+    found = {f.name: f for f in rederive(copy)}
+    assert not found["launch-snp.sh files"].ok and found["launch-snp.sh disks"].ok
+    assert "wrong sha256 for ['rootfs.erofs']" in found["launch-snp.sh files"].detail
