@@ -200,3 +200,35 @@ def test_rederive_checks_the_disks_and_files_launch_snp_passes(app, tmp_path):
     found = {f.name: f for f in rederive(copy)}
     assert not found["launch-snp.sh files"].ok and found["launch-snp.sh disks"].ok
     assert "wrong sha256 for ['rootfs.erofs']" in found["launch-snp.sh files"].detail
+
+
+def test_launch_script_attaches_the_root_and_forwards_a_port(app, tmp_path):
+    """launch-snp.sh, run with a stand-in QEMU: the measured files, the root's disks in table order, the NIC."""
+    import subprocess
+
+    bundle, manifest, _ = app
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    record = tmp_path / "argv"
+    (bindir / "qemu-system-x86_64").write_text(f"#!/bin/sh\nprintf '%s\\0' \"$@\" > '{record}'\n")
+    (bindir / "qemu-system-x86_64").chmod(0o755)
+    env = {"PATH": f"{bindir}:/usr/bin:/bin"}
+    listed = subprocess.run([str(bundle / "launch-snp.sh"), "--list-shapes"], capture_output=True, text=True,
+                            env=env, check=True).stdout.splitlines()
+    assert [line.split()[0] for line in listed] == [e.shape for e in manifest.measurements]
+    p = subprocess.run([str(bundle / "launch-snp.sh"), "--shape", "qemu:EPYC-Milan:2:0x1", "--forward", "18080:8080"],
+                       capture_output=True, env=env)
+    assert p.returncode == 0, p.stderr
+    argv = record.read_bytes().split(b"\0")[:-1]
+    opt = lambda name: [argv[i + 1].decode() for i in range(len(argv) - 1) if argv[i] == name]  # noqa: E731
+    assert opt(b"-append") == [(bundle / "cmdline").read_text()]
+    drives = opt(b"-drive")
+    assert drives == [f"if=none,id=rootfs,file={bundle}/rootfs.erofs,format=raw,readonly=on",
+                      f"if=none,id=verity,file={bundle}/rootfs.verity,format=raw,readonly=on"]
+    devices = opt(b"-device")
+    assert [d.split(",")[0:2] for d in devices] == [["virtio-blk-pci", "drive=rootfs"],
+                                                    ["virtio-blk-pci", "drive=verity"],
+                                                    ["virtio-net-pci", "netdev=net0"]]
+    assert opt(b"-netdev") == ["user,id=net0,hostfwd=tcp:127.0.0.1:18080-:8080"]
+    bad = subprocess.run([str(bundle / "launch-snp.sh"), "--forward", "80"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "--forward 80 is not [ADDR:]HOSTPORT:GUESTPORT" in bad.stderr
