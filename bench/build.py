@@ -14,7 +14,7 @@ archive serves today (so the benchmark does not depend on the committed lock bei
 
 Ratios are printed against the warm build, and oracle/blindbox for the digests.
 
-    .venv/bin/python bench/build.py [RECIPE] [--repeat 3]
+    .venv/bin/python bench/build.py [RECIPE] [--repeat 3]      (e.g. recipes/python-app.yaml)
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="blindbox-bench-") as tmp:
         tmp = Path(tmp)
         src = load_recipe(args.recipe)
-        (tmp / "r").mkdir()
-        shutil.copy(src.path, tmp / "r" / src.path.name)
+        # the recipe's directory (its local inputs, such as python-app/app.py), without lock files
+        shutil.copytree(src.directory, tmp / "r", ignore=shutil.ignore_patterns("*.lock"))
         recipe = load_recipe(tmp / "r" / src.path.name)
         write_lock(recipe.lock_path, lock_recipe(recipe, archive(), fetch_url).lock)
         env = {**os.environ}
@@ -90,7 +90,7 @@ def main() -> int:
             cache = tmp / f"cache-{time.perf_counter_ns()}"
             (cache / "sha256").mkdir(parents=True)
             for e in read_lock(recipe.lock_path).inputs:
-                if e.kind != "file":
+                if e.kind in ("debian", "url"):   # local inputs are read from the recipe directory
                     shutil.copy2(cache_root() / "sha256" / e.sha256, cache / "sha256" / e.sha256)
             r = build_once(recipe.path, tmp / "out-debs", {**env, "BLINDBOX_CACHE": str(cache)}, "--force",
                            "--offline")

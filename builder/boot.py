@@ -359,7 +359,8 @@ def running_guest(kernel: str | Path, initrd: str | Path, cmdline: bytes, *, fir
     qemu = shutil.which(QEMU)
     if qemu is None:
         raise ToolMissing(QEMU, QEMU_PACKAGE)
-    kernel, initrd = Path(kernel), Path(initrd)
+    kernel, initrd = Path(kernel).resolve(), Path(initrd).resolve()   # QEMU runs in a temporary directory
+    firmware = None if firmware is None else Path(firmware).resolve()
     disks = tuple(Path(d).resolve() for d in drives)
     for what, p in (("kernel", kernel), ("initrd", initrd)) + ((("firmware", Path(firmware)),) if firmware else ()) \
             + tuple(("disk image", d) for d in disks):

@@ -125,21 +125,32 @@ def recover(target: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def _write_file(path: Path, data: bytes, mode: int) -> None:
+_CHUNK = 1 << 20
+
+
+def _write_file(path: Path, data: bytes | Path, mode: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
+        if isinstance(data, Path):          # a large output (a root filesystem image), streamed
+            with open(data, "rb") as src:
+                while chunk := src.read(_CHUNK):
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
+        else:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
         os.fchmod(fd, mode)
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def write_bundle(target: str | Path, files: dict[str, tuple[bytes, int]]) -> Path:
-    """Replace ``target`` with a directory holding exactly ``files`` (name -> (bytes, mode)).
+def write_bundle(target: str | Path, files: dict[str, tuple[bytes | Path, int]]) -> Path:
+    """Replace ``target`` with a directory holding exactly ``files`` (name -> (bytes, mode)); the
+    bytes of a large file may be given as the path of a file holding them (it is copied).
 
     File modes are set explicitly (the umask plays no part); files are written in name
     order.  Returns the target path.
@@ -156,7 +167,7 @@ def write_bundle(target: str | Path, files: dict[str, tuple[bytes, int]]) -> Pat
                           f"--out directory on an ordinary file system.") from None
 
 
-def _replace_bundle(target: Path, files: dict[str, tuple[bytes, int]]) -> Path:
+def _replace_bundle(target: Path, files: dict[str, tuple[bytes | Path, int]]) -> Path:
     with bundle_lock(target):
         recover(target)
         if target.exists() and not is_bundle(target):

@@ -50,6 +50,7 @@ class InputRecord:
 class OutputRecord:
     file: str
     role: str  # firmware | kernel | initrd | cmdline | launch | id-block | id-auth | id-block-bin | id-auth-bin
+    #          | rootfs | rootfs-verity
     sha256: str
     size: int
 
@@ -97,10 +98,12 @@ class Manifest:
     inputs: tuple[InputRecord, ...]
     outputs: tuple[OutputRecord, ...]
     measurements: tuple[MeasurementRecord, ...]
+    #: with an application root: its image, verity parameters and root hash, the app, the sources
+    rootfs: dict | None = None
     schema: str = field(default=SCHEMA)
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "schema": self.schema,
             "name": self.name,
             "tool": self.tool,
@@ -115,6 +118,9 @@ class Manifest:
             "outputs": [o.to_dict() for o in self.outputs],
             "measurements": [m.to_dict() for m in self.measurements],
         }
+        if self.rootfs is not None:
+            out["rootfs"] = self.rootfs
+        return out
 
     def to_json(self) -> bytes:
         return (json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
@@ -159,7 +165,8 @@ class Manifest:
                    source_date_epoch=doc["source_date_epoch"], cmdline=doc["cmdline"],
                    kernel_hashes=dict(doc["kernel_hashes"]), firmware=_plain(doc["firmware"]),
                    launch=_plain(doc["launch"]), inputs=tuple(InputRecord(**d) for d in doc["inputs"]),
-                   outputs=tuple(OutputRecord(**d) for d in doc["outputs"]), measurements=tuple(ms))
+                   outputs=tuple(OutputRecord(**d) for d in doc["outputs"]), measurements=tuple(ms),
+                   rootfs=_plain(doc["rootfs"]) if "rootfs" in doc else None)
 
 
 def _plain(value):

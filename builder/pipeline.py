@@ -8,8 +8,13 @@ current  stop early when the bundle already holds this recipe + lock, built by t
 fetch    fetch every pinned input (cache first), verify its sha256
 firmware take the OVMF image; refuse one without SEV metadata, SNP_KERNEL_HASHES or hashes table
 kernel   unpack the kernel package, take the bzImage, check its config (preflight)
-initrd   the deterministic initrd: busybox, init, modules, files, binaries and libraries
-cmdline  the command line bytes
+rootfs   with a recipe rootfs: the application's tree (builder.steps.rootfs), its EROFS image
+         (builder.steps.erofs) and dm-verity hash device (measure.verity), salt and UUIDs
+         derived from the recipe and lock digests
+initrd   the deterministic initrd: busybox, init, modules, files, binaries and libraries (with a
+         rootfs: dmsetup, the verity and disk modules, and the init that verifies the root and
+         switch_roots into the application)
+cmdline  the command line bytes (with a rootfs: the recipe's plus ``blindbox.root="<verity table>"``)
 measure  launch digests for every shape, the firmware hashed once (measure.snp.SnpLaunch)
 idblock  with a recipe id_block: ID_BLOCK and ID_AUTH_INFO for every shape (deterministic ECDSA)
 launch   launch-snp.sh
@@ -17,9 +22,9 @@ manifest manifest.json
 write    the bundle, atomically (builder.bundle)
 ======== ===================================================================================
 
-Each step is a function of the :class:`Build` state; none prints.  The later ``rootfs``
-and ``verity`` steps will slot in between ``initrd`` and ``cmdline`` (the verity root
-hash joins the command line before it is measured).
+Each step is a function of the :class:`Build` state; none prints.  The verity table joins
+the command line before it is measured, so every launch digest covers every byte of the
+application's root filesystem.
 
 Part of the builder: it may import the calculator, the auditor, :mod:`blindbox.files`,
 ``yaml`` and ``elftools``, never :mod:`blindbox.cli` or ``click`` (docs/architecture.md).
@@ -53,6 +58,7 @@ from blindbox.audit.idblock import key_digest, make_id_auth
 from measure.inputs import read_bounded, read_input
 from measure.limits import MAX_FIRMWARE_BYTES
 from blindbox.audit.limits import MAX_MANIFEST_BYTES
+from measure import verity
 from measure.kernel_hashes import KernelHashes, cmdline_bytes
 from measure.ovmf import Firmware
 from measure.snp import SnpLaunch, VmShape
@@ -62,16 +68,33 @@ from measure.vmm import PROFILES
 if TYPE_CHECKING:  # imported by the steps that use them
     from builder.steps.initrd import Initrd
     from builder.steps.kernel import KernelImage, PreflightReport
+    from builder.steps.rootfs import RootfsTree
 
 TOOL = {"name": "blindbox-guest", "version": __version__}
 KERNEL_FILE = "bzImage"
 INITRD_FILE = "initrd"
 CMDLINE_FILE = "cmdline"
 LAUNCH_FILE = "launch-snp.sh"
+ROOTFS_FILE = "rootfs.erofs"
+VERITY_FILE = "rootfs.verity"
+#: the recipe's rootfs.on_corruption -> the verity table's options
+CORRUPTION_OPTIONS = {"eio": (), "restart": ("restart_on_corruption",), "panic": ("panic_on_corruption",)}
 #: per shape, with a recipe id_block: "<shape id, ':' -> '_'>" + suffix -> (manifest role, encoding)
 ID_FILES = {".id-block.b64": ("id-block", "base64"), ".id-auth.b64": ("id-auth", "base64"),
             ".id-block.bin": ("id-block-bin", "raw"), ".id-auth.bin": ("id-auth-bin", "raw")}
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+@dataclass(frozen=True)
+class RootfsBuild:
+    """What the rootfs step made: the tree, its image and hash device (in the work directory), the table."""
+
+    tree: RootfsTree
+    image: Path
+    hashes: Path
+    erofs_uuid: str
+    verity: verity.VerityTree
+    table: str
 
 
 class FirmwareRefused(BuildError):
@@ -107,6 +130,7 @@ class Build:
     kernel: KernelImage = field(init=False)                      # step_kernel
     kernel_bytes: bytes = b""
     preflight: PreflightReport | None = field(default=None, init=False)  # step_kernel
+    rootfs: RootfsBuild | None = field(default=None, init=False)  # step_rootfs
     initrd: Initrd | None = field(default=None, init=False)      # step_initrd
     cmdline: bytes = b""
     hashes: KernelHashes = field(init=False)                     # step_measure
@@ -116,6 +140,7 @@ class Build:
     launch_script: bytes = b""
     manifest: Manifest = field(init=False)                       # step_current or step_manifest
     files: dict[str, tuple[bytes, int]] = field(default_factory=dict)
+    large_files: dict[str, Path] = field(default_factory=dict)    # bundle file -> work file (the root's image)
     current: bool = False                                        # the bundle was already up to date
     timings: list[tuple[str, float]] = field(default_factory=list)
 
@@ -145,11 +170,19 @@ def step_recipe(b: Build) -> None:
 
 
 def _refuse_out_holding_inputs(b: Build) -> None:
-    """The bundle directory is replaced as a whole: it must not be, or hold, one of the build's inputs."""
+    """The bundle directory is replaced as a whole: it must not be, or hold, one of the build's inputs,
+    nor lie inside the root filesystem's source directory (the build would change its own input)."""
     out = os.path.realpath(b.out)
     inputs = [("recipe", b.recipe.path), ("lock file", b.lock.path or b.recipe.lock_path)]
     inputs += [(f"local input {s.name!r}", b.recipe.directory / s.file) for s in b.recipe.inputs()
                if s.kind == "file" and s.file is not None]
+    if b.recipe.rootfs is not None and b.recipe.rootfs.path is not None:
+        source = b.recipe.directory / b.recipe.rootfs.path
+        inputs.append((f"root filesystem source {b.recipe.rootfs.path!r}", source))
+        real = os.path.realpath(source)
+        if os.path.isdir(real) and os.path.commonpath([out, real]) == real:
+            raise BundleError(f"--out {b.out} lies inside the root filesystem source {source}; the bundle would "
+                              f"become part of the next build's input, so choose an --out directory outside it.")
     for what, path in inputs:
         real = os.path.realpath(path)
         if os.path.commonpath([out, real]) == out:
@@ -168,6 +201,15 @@ def _local_inputs_unchanged(b: Build) -> bool:
         if entry.kind == "file":
             p = _local_file(b, entry)
             if not p.is_file() or sources.sha256_file(p) != entry.sha256:
+                return False
+        elif entry.kind in ("oci", "tree"):   # the root's source, read from the recipe's directory
+            from builder.lock import resolve_rootfs
+
+            try:
+                now = resolve_rootfs(b.recipe, b.archive)
+            except (BuildError, MeasureError):
+                return False                   # the build says what is wrong with it
+            if [(e.name, e.sha256) for e in now] != [(entry.name, entry.sha256)]:
                 return False
     return True
 
@@ -249,10 +291,14 @@ def step_fetch(b: Build) -> None:
                 b.packages[entry.name] = pkg
                 _check_size(b, entry, b.archive.download(pkg))
                 member = _member_of(b, entry.name)
-                if member is not None:
+                if entry.name.startswith("rootfs:"):   # a root filesystem package: its data.tar is applied
+                    b.inputs[entry.name] = b.archive.download(pkg)
+                elif member is not None:
                     b.inputs[entry.name] = b.archive.member(pkg, member)
                 else:
                     b.inputs[entry.name] = b.archive.unpack(pkg)
+            elif entry.kind in ("oci", "tree"):
+                continue  # read from the recipe's directory and checked against its pin by step_rootfs
             elif entry.kind == "file":
                 b.inputs[entry.name] = sources.local_file(_local_file(b, entry), entry.sha256)
             else:
@@ -321,6 +367,8 @@ def step_kernel(b: Build) -> None:
     extra = tuple(ksteps.Requirement((o[len("CONFIG_"):],), "the recipe's kernel.require_config")
                   for o in b.recipe.kernel.require_config)
     required = ksteps.REQUIRED + ksteps.decompressor_requirement(b.recipe.initrd.compression) + extra
+    if b.recipe.rootfs is not None and b.recipe.rootfs.network:
+        required += ksteps.network_requirement()
     b.preflight = ksteps.preflight(config, required)
     entry = b.lock.get("kernel")
     assert entry is not None  # check_lock: every declared input is pinned
@@ -375,14 +423,59 @@ def step_initrd(b: Build) -> None:
         trees += [b.archive.unpack(b.packages[e.name]) for e in b.lock.inputs if e.name.startswith("library:")]
         sysroot = _merge_trees(trees, b.work / "sysroot")
         binaries = [(sysroot / x.path.lstrip("/"), x.dest, sysroot) for x in spec.binaries]
+    modules = list(spec.modules)
+    app = None
+    if b.rootfs is not None:
+        from builder.steps.init import NET_MODULES, ROOTFS_MODULES
+
+        network = b.recipe.rootfs is not None and b.recipe.rootfs.network
+        modules += [m for m in ROOTFS_MODULES + (NET_MODULES if network else ()) if m not in modules]
+        app = (b.rootfs.tree.app, network)
     b.initrd = build_initrd(
         busybox=b.inputs["busybox"], source_date_epoch=b.recipe.source_date_epoch, compression=spec.compression,
         init_script=init_script, app_command=spec.app_command, kernel_tree=b.kernel.tree,
-        kernel_release=b.kernel.release, modules=list(spec.modules), files=files, binaries=binaries)
+        kernel_release=b.kernel.release, modules=modules, files=files, binaries=binaries, rootfs_app=app)
+
+
+def step_rootfs(b: Build) -> None:
+    """The application's root: its tree, EROFS image and dm-verity hash device, and the table for the cmdline."""
+    spec = b.recipe.rootfs
+    if spec is None:
+        return
+    from builder.steps import erofs
+    from builder.steps.init import ROOT_DATA_DEVICE, ROOT_HASH_DEVICE
+    from builder.steps.rootfs import assemble_rootfs
+
+    tree = assemble_rootfs(b.recipe, b.lock, b.inputs, b.work / "rootfs")
+    recipe_sha, lock_sha = b.recipe.sha256, b.lock.sha256
+    assert lock_sha is not None  # read_lock records the digest of the bytes it read
+    fs_uuid = verity.derived_uuid("erofs", recipe_sha, lock_sha)
+    image, hashes = b.work / ROOTFS_FILE, b.work / VERITY_FILE
+    # owners are 0:0 whoever builds (the extraction rule never chowns; docs/recipes.md)
+    entries = [replace(e, uid=0, gid=0) for e in erofs.entries_from_directory(tree.root)]
+    erofs.write_image(entries, image, erofs.ErofsParams(epoch=b.recipe.source_date_epoch, uuid=fs_uuid))
+    params = verity.VerityParams(salt=verity.derived_salt(recipe_sha, lock_sha),
+                                 uuid=verity.derived_uuid("verity", recipe_sha, lock_sha))
+    vtree = verity.format_files(image, hashes, params)
+    table = vtree.table(ROOT_DATA_DEVICE, ROOT_HASH_DEVICE, CORRUPTION_OPTIONS[spec.on_corruption])
+    b.rootfs = RootfsBuild(tree, image, hashes, str(fs_uuid), vtree, table)
+
+
+class CmdlineTooLong(BuildError):
+    """The measured command line, with the root's verity table, is longer than the kernel takes."""
 
 
 def step_cmdline(b: Build) -> None:
     b.cmdline = b.recipe.cmdline_bytes
+    if b.rootfs is not None:
+        from builder.recipe import MAX_CMDLINE
+
+        b.cmdline += f' {verity.CMDLINE_PARAM}="{b.rootfs.table}"'.encode()
+        if len(b.cmdline) > MAX_CMDLINE:
+            raise CmdlineTooLong(
+                f"the kernel command line with the root filesystem's verity table is {len(b.cmdline)} bytes, more "
+                f"than the {MAX_CMDLINE} the kernel keeps (the table takes {len(b.rootfs.table) + 17}); shorten "
+                f"the recipe's cmdline in {b.recipe.path}.")
 
 
 def step_measure(b: Build) -> None:
@@ -444,9 +537,15 @@ def step_launch(b: Build) -> None:
            KERNEL_FILE: hashlib.sha256(b.kernel_bytes).hexdigest(),
            INITRD_FILE: hashlib.sha256(b.initrd.data).hexdigest()}
     sha.update({name: hashlib.sha256(data).hexdigest() for name, (data, _) in b.id_files.items()})
+    files = LaunchFiles(b.firmware_file, KERNEL_FILE, INITRD_FILE)
+    if b.rootfs is not None:
+        files = LaunchFiles(b.firmware_file, KERNEL_FILE, INITRD_FILE, rootfs=ROOTFS_FILE, verity=VERITY_FILE)
+        sha[ROOTFS_FILE] = sources.sha256_file(b.rootfs.image, "root filesystem image")
+        sha[VERITY_FILE] = sources.sha256_file(b.rootfs.hashes, "verity hash device")
     b.launch_script = render_launch(
         name=b.recipe.name, tool=f"{TOOL['name']} {TOOL['version']}",
-        files=LaunchFiles(b.firmware_file, KERNEL_FILE, INITRD_FILE), sha256=sha, cmdline=b.cmdline,
+        files=files, sha256=sha, cmdline=b.cmdline,
+        network=b.recipe.rootfs is not None and b.recipe.rootfs.network,
         shapes=[LaunchShape(m.shape, m.vcpus, m.vcpu_type, m.guest_features, m.measurement, m.id_block,
                             m.id_auth, m.author_key_digest is not None)
                 for m in b.measurements],
@@ -467,8 +566,15 @@ def step_manifest(b: Build) -> None:
     for name, (data, role) in b.id_files.items():
         b.files[name] = (data, 0o644)
         roles[name] = role
-    outputs = tuple(OutputRecord(name, roles[name], hashlib.sha256(data).hexdigest(), len(data))
-                    for name, (data, _) in b.files.items())
+    outputs = [OutputRecord(name, roles[name], hashlib.sha256(data).hexdigest(), len(data))
+               for name, (data, _) in b.files.items()]
+    rootfs = None
+    if b.rootfs is not None:
+        for name, path, role in ((ROOTFS_FILE, b.rootfs.image, "rootfs"), (VERITY_FILE, b.rootfs.hashes,
+                                                                            "rootfs-verity")):
+            b.large_files[name] = path
+            outputs.append(OutputRecord(name, role, sources.sha256_file(path, role), os.path.getsize(path)))
+        rootfs = _rootfs_record(b)
     fw = b.firmware.describe()
     b.manifest = Manifest(
         name=b.recipe.name,
@@ -484,9 +590,28 @@ def step_manifest(b: Build) -> None:
                   "sev_metadata_sections": fw["sev_metadata_sections"]},
         launch=_launch_record(b),
         inputs=tuple(InputRecord(e.name, e.kind, e.version, e.sha256, e.size, e.origin) for e in b.lock.inputs),
-        outputs=outputs,
-        measurements=tuple(b.measurements))
+        outputs=tuple(outputs),
+        measurements=tuple(b.measurements),
+        rootfs=rootfs)
     b.files[MANIFEST] = (b.manifest.checked_json(), 0o644)
+
+
+def _rootfs_record(b: Build) -> dict:
+    assert b.rootfs is not None and b.recipe.rootfs is not None
+    r, p, app = b.rootfs, b.rootfs.verity.params, b.rootfs.tree.app
+    return {
+        "image": {"file": ROOTFS_FILE, "format": "erofs", "uuid": r.erofs_uuid, "tree_sha256": r.tree.tree_sha256},
+        "verity": {"file": VERITY_FILE, "table": r.table, "hash_type": verity.HASH_TYPE, "algorithm": p.algorithm,
+                   "data_block_size": p.data_block_size, "hash_block_size": p.hash_block_size,
+                   "data_blocks": r.verity.data_blocks, "hash_start_block": r.verity.hash_start_block,
+                   "salt": p.salt.hex(), "uuid": str(p.uuid), "root_hash": r.verity.root_hash.hex(),
+                   "on_corruption": b.recipe.rootfs.on_corruption},
+        "app": {"argv": list(app.argv), "env": [f"{k}={v}" for k, v in app.env], "workdir": app.workdir,
+                "uid": app.uid, "gid": app.gid},
+        "network": b.recipe.rootfs.network,
+        "sources": [{"kind": s.kind, "name": s.name, "version": s.version, "sha256": s.sha256, "size": s.size}
+                    for s in r.tree.sources],
+    }
 
 
 def _launch_record(b: Build) -> dict:
@@ -502,7 +627,9 @@ def _launch_record(b: Build) -> dict:
 
 
 def step_write(b: Build) -> None:
-    write_bundle(b.out, b.files)
+    files: dict[str, tuple[bytes | Path, int]] = dict(b.files)
+    files.update({name: (path, 0o644) for name, path in b.large_files.items()})
+    write_bundle(b.out, files)
 
 
 Step = tuple[str, Callable[[Build], None]]
@@ -513,6 +640,7 @@ STEPS: tuple[Step, ...] = (
     ("fetch", step_fetch),
     ("firmware", step_firmware),
     ("kernel", step_kernel),
+    ("rootfs", step_rootfs),
     ("initrd", step_initrd),
     ("cmdline", step_cmdline),
     ("measure", step_measure),

@@ -179,16 +179,25 @@ def _copy_reversed(src: Path, dest: Path) -> None:
 def _recipe_files(recipe) -> list[Path]:
     files = [recipe.path, recipe.lock_path]
     files += [recipe.directory / s.file for s in recipe.inputs() if s.kind == "file"]
+    if recipe.rootfs is not None and recipe.rootfs.path is not None:   # an OCI layout, directory or tarball
+        files.append(recipe.directory / recipe.rootfs.path)
     return files
 
 
 def _copy_recipe(recipe, dest: Path, *, reverse: bool) -> Path:
-    """Copy the recipe, its lock and its local files (same relative layout) into ``dest``."""
+    """Copy the recipe, its lock and its local files and trees (same relative layout) into ``dest``;
+    with ``reverse``, directory entries are created in reverse name order."""
     files = sorted(_recipe_files(recipe), key=lambda p: str(p), reverse=reverse)
     for f in files:
-        rel = f.relative_to(recipe.directory)
+        rel = Path(os.path.normpath(f)).relative_to(os.path.normpath(recipe.directory))
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(f, dest / rel)
+        if f.is_dir():
+            if reverse:
+                _copy_reversed(f, dest / rel)
+            else:
+                shutil.copytree(f, dest / rel, symlinks=True)
+        else:
+            shutil.copy2(f, dest / rel)
     return dest / recipe.path.name
 
 

@@ -539,3 +539,152 @@ class _BlockReader:
             self._block = self._f.read(self._bs)
             self._index = index
         return self._block
+
+
+# ---------------------------------------------------------------------------------------
+# the table on the kernel command line
+
+#: The kernel parameter that carries the verity table of a bundle's application root:
+#: ``blindbox.root="<table>"`` (double quotes, since the table has spaces; the kernel
+#: passes such a parameter through to /proc/cmdline, where the guest's init reads it).
+CMDLINE_PARAM = "blindbox.root"
+_MAX_TABLE = 1024
+
+
+@dataclass(frozen=True)
+class VerityTable:
+    """A parsed ``verity`` target line (hash format 1), as ``dmsetup create --table`` takes it."""
+
+    start_sector: int
+    sectors: int
+    data_device: str
+    hash_device: str
+    data_block_size: int
+    hash_block_size: int
+    data_blocks: int
+    hash_start_block: int
+    algorithm: str
+    root_hash: bytes
+    salt: bytes
+    options: tuple[str, ...]
+
+    @property
+    def on_corruption(self) -> str:
+        """``eio`` (the kernel's default: a corrupted block fails the read), ``restart``, ``panic`` or ``ignore``."""
+        modes = [o for o in self.options if o in CORRUPTION_MODES]
+        return modes[0].split("_", 1)[0] if modes else "eio"
+
+    def params(self, *, uuid: uuid_mod.UUID | None = None) -> VerityParams:
+        """The hashing parameters the table implies (a superblock when the tree starts after block 0)."""
+        superblock = self.hash_start_block > 0
+        return VerityParams(data_block_size=self.data_block_size, hash_block_size=self.hash_block_size,
+                            algorithm=self.algorithm, salt=self.salt,
+                            uuid=uuid if uuid is not None or not superblock else uuid_mod.UUID(int=0),
+                            superblock=superblock,
+                            hash_offset=(self.hash_start_block - 1) * self.hash_block_size if superblock else 0)
+
+
+def _table_int(text: str, what: str, lo: int, hi: int) -> int:
+    if not text.isdigit() or len(text) > 20 or not lo <= int(text) <= hi:
+        raise InputError(f"the verity table's {what} is {text[:40]!r}, not a number from {lo} to {hi}.")
+    return int(text)
+
+
+def parse_table(text: str) -> VerityTable:
+    """Parse a verity table line; anything but a whole-device format-1 line is bad input (one sentence)."""
+    if len(text) > _MAX_TABLE:
+        raise InputError(f"the verity table is {len(text)} characters, more than any table blindbox writes "
+                         f"({_MAX_TABLE}).")
+    f = text.split()
+    if len(f) < 13 or f[2] != "verity":
+        raise InputError(f"{text[:80]!r} is not a verity table line (start, length, 'verity', version, data "
+                         f"device, hash device, block sizes, data blocks, hash start, algorithm, root hash, "
+                         f"salt).")
+    if f[3] != str(HASH_TYPE):
+        raise InputError(f"the verity table has hash format {f[3]!r}; only format {HASH_TYPE} is supported.")
+    dbs = _table_int(f[6], "data block size", MIN_BLOCK, KERNEL_MAX_BLOCK)
+    hbs = _table_int(f[7], "hash block size", MIN_BLOCK, KERNEL_MAX_BLOCK)
+    _check_block_size(dbs, "data")
+    _check_block_size(hbs, "hash")
+    algorithm = f[10]
+    if algorithm not in ALGORITHMS:
+        raise InputError(f"the verity table's algorithm is {algorithm[:40]!r}; blindbox knows "
+                         f"{', '.join(ALGORITHMS)}.")
+    try:
+        root = bytes.fromhex(f[11])
+        salt = b"" if f[12] == "-" else bytes.fromhex(f[12])
+    except ValueError:
+        raise InputError("the verity table's root hash or salt is not hexadecimal.") from None
+    if len(root) != ALGORITHMS[algorithm]:
+        raise InputError(f"the verity table's root hash has {len(root)} bytes; {algorithm} gives "
+                         f"{ALGORITHMS[algorithm]}.")
+    if len(salt) > MAX_SALT:
+        raise InputError(f"the verity table's salt has {len(salt)} bytes, more than {MAX_SALT}.")
+    options: tuple[str, ...] = ()
+    if len(f) > 13:
+        count = _table_int(f[13], "option count", 1, len(TABLE_OPTIONS))
+        options = tuple(f[14:])
+        if len(options) != count:
+            raise InputError(f"the verity table announces {count} options but has {len(options)}.")
+        unknown = [o for o in options if o not in TABLE_OPTIONS]
+        if unknown:
+            raise InputError(f"the verity table has the option {unknown[0][:40]!r}, which blindbox does not know.")
+        if len(set(options)) != len(options) or len([o for o in options if o in CORRUPTION_MODES]) > 1:
+            raise InputError("the verity table repeats an option or names two corruption modes.")
+    table = VerityTable(start_sector=_table_int(f[0], "start sector", 0, 0),
+                        sectors=_table_int(f[1], "length", 1, 1 << 60), data_device=f[4], hash_device=f[5],
+                        data_block_size=dbs, hash_block_size=hbs,
+                        data_blocks=_table_int(f[8], "number of data blocks", 1, 1 << 60),
+                        hash_start_block=_table_int(f[9], "hash start block", 0, 1 << 60),
+                        algorithm=algorithm, root_hash=root, salt=salt, options=options)
+    if table.sectors * SECTOR != table.data_blocks * dbs:
+        raise InputError(f"the verity table maps {table.sectors} sectors but covers {table.data_blocks} data "
+                         f"blocks of {dbs} bytes; they must be the same size.")
+    return table
+
+
+def cmdline_table(cmdline: str) -> str | None:
+    """The table in ``blindbox.root="..."`` of a kernel command line, None without one.
+
+    More than one such parameter, or one without its closing quote, is bad input: the
+    guest would be left to pick one.
+    """
+    key = CMDLINE_PARAM + "="
+    found: list[str] = []
+    pos = 0
+    while True:
+        at = cmdline.find(key, pos)
+        if at < 0:
+            break
+        pos = at + len(key)
+        if at > 0 and not cmdline[at - 1].isspace():
+            continue  # part of another word (e.g. x.blindbox.root=)
+        if not cmdline.startswith('"', pos):
+            raise InputError(f"the command line's {CMDLINE_PARAM}= is not followed by a double-quoted table.")
+        end = cmdline.find('"', pos + 1)
+        if end < 0:
+            raise InputError(f"the command line's {CMDLINE_PARAM}=\" has no closing quote.")
+        found.append(cmdline[pos + 1:end])
+        pos = end + 1
+    if len(found) > 1:
+        raise InputError(f"the command line carries {CMDLINE_PARAM} {len(found)} times; a guest must have "
+                         f"exactly one root table.")
+    return found[0] if found else None
+
+
+def derived_salt(recipe_sha256: str, lock_sha256: str) -> bytes:
+    """The salt blindbox build uses for a bundle's root: SHA-256 over the recipe's and lock's digests.
+
+    Never random, so a rebuild reproduces the root hash; and re-derivable by an auditor from
+    the two digests the manifest publishes.
+    """
+    return hashlib.sha256(f"blindbox-guest verity salt\0{recipe_sha256}\0{lock_sha256}".encode()).digest()
+
+
+def derived_uuid(purpose: str, recipe_sha256: str, lock_sha256: str) -> uuid_mod.UUID:
+    """A UUID (RFC 9562 version 8: name-based, our own hash) for ``purpose`` (``verity``, ``erofs``)."""
+    digest = hashlib.sha256(f"blindbox-guest {purpose} uuid\0{recipe_sha256}\0{lock_sha256}".encode()).digest()
+    value = int.from_bytes(digest[:16], "big")
+    value = (value & ~(0xF << 76)) | (8 << 76)          # version 8
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)        # RFC variant
+    return uuid_mod.UUID(int=value)

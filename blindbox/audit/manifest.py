@@ -40,6 +40,7 @@ import re
 from pathlib import PurePosixPath
 from typing import Any, NoReturn
 
+from measure import verity
 from measure.cpu import CPU_SIGS
 from measure.errors import InputError
 from .errors import VerificationError
@@ -51,10 +52,16 @@ SCHEMA = "blindbox-manifest/1"
 SCHEMA_PREFIX = "blindbox-manifest/"
 #: roles of the files a bundle holds (outputs[].role)
 ROLES = ("firmware", "kernel", "initrd", "cmdline", "launch", "id-block", "id-auth", "id-block-bin",
-         "id-auth-bin")
+         "id-auth-bin", "rootfs", "rootfs-verity")
 #: roles every bundle has exactly one file of
 SINGLE_ROLES = ("firmware", "kernel", "initrd", "cmdline", "launch")
-INPUT_KINDS = ("debian", "file", "url")
+#: roles a bundle with an application root (``rootfs`` in the manifest) has exactly one file of
+ROOTFS_ROLES = ("rootfs", "rootfs-verity")
+INPUT_KINDS = ("debian", "file", "url", "oci", "tree")
+#: what the application root's image is, and where each of its sources came from
+ROOTFS_FORMATS = ("erofs",)
+ROOTFS_SOURCE_KINDS = ("oci-config", "oci-layer", "debian", "tree", "file")
+CORRUPTION_MODES = ("eio", "restart", "panic")
 MAX_VCPUS = 4096
 POLICY_RESERVED_ONE = 1 << 17
 
@@ -271,7 +278,7 @@ def check_manifest(doc: Any, source: str = "manifest.json") -> dict[str, Any]:
                                f"{SCHEMA!r})", "nothing in it is checked or trusted; audit it with the "
                                                "blindbox version that built the bundle")
     c.obj(doc, "", ("schema", "name", "tool", "recipe", "lock", "source_date_epoch", "cmdline", "kernel_hashes",
-                    "firmware", "launch", "inputs", "outputs", "measurements"))
+                    "firmware", "launch", "inputs", "outputs", "measurements"), optional=("rootfs",))
     c.plain_name(doc["name"], "name")
     tool = c.obj(doc["tool"], "tool", ("name", "version", "initrd_compressor"))
     for k in tool:
@@ -297,6 +304,7 @@ def check_manifest(doc: Any, source: str = "manifest.json") -> dict[str, Any]:
     outputs = _check_outputs(doc["outputs"], c)
     _check_measurements(doc, outputs, c)
     _check_cross(doc, outputs, c)
+    _check_rootfs(doc, outputs, c)
     return doc
 
 
@@ -487,6 +495,101 @@ def _check_cross(doc: dict[str, Any], outputs: dict[str, tuple[int, dict[str, An
     elif any(rec["role"].startswith("id-") for _, rec in outputs.values()):
         i, rec = next((i, rec) for i, rec in outputs.values() if rec["role"].startswith("id-"))
         raise c.fail(f"outputs[{i}].role", f"is {rec['role']!r}, but the manifest has no launch.id_block")
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_VERITY_KEYS = ("file", "table", "hash_type", "algorithm", "data_block_size", "hash_block_size", "data_blocks",
+                "hash_start_block", "salt", "uuid", "root_hash", "on_corruption")
+
+
+def _check_rootfs(doc: dict[str, Any], outputs: dict[str, tuple[int, dict[str, Any]]], c: _Checker) -> None:
+    """The application root: its image and verity fields, against the outputs and the measured cmdline."""
+    roles = {role: [(i, rec) for i, rec in outputs.values() if rec["role"] == role] for role in ROOTFS_ROLES}
+    try:
+        in_cmdline = verity.cmdline_table(doc["cmdline"])
+    except InputError as e:
+        raise c.fail("cmdline", f"cannot be read as the guest's init reads it: {str(e).rstrip('.')}") from None
+    if "rootfs" not in doc:
+        for role, found in roles.items():
+            if found:
+                raise c.fail(f"outputs[{found[0][0]}].role", f"is {role!r}, but the manifest has no rootfs")
+        if in_cmdline is not None:
+            raise c.fail("cmdline", f"carries {verity.CMDLINE_PARAM}, but the manifest has no rootfs")
+        return
+    rf = c.obj(doc["rootfs"], "rootfs", ("image", "verity", "app", "network", "sources"))
+    for role, found in roles.items():
+        if len(found) != 1:
+            raise c.fail("outputs", f"lists {len(found)} files with role {role!r}, not exactly one (the manifest "
+                                    f"has a rootfs)")
+    img = c.obj(rf["image"], "rootfs.image", ("file", "format", "uuid", "tree_sha256"))
+    c.choice(img["format"], "rootfs.image.format", ROOTFS_FORMATS, "a root filesystem format")
+    _uuid(img["uuid"], "rootfs.image.uuid", c)
+    c.hex_digest(img["tree_sha256"], "rootfs.image.tree_sha256", 64)
+    v = c.obj(rf["verity"], "rootfs.verity", _VERITY_KEYS)
+    if c.int(v["hash_type"], "rootfs.verity.hash_type", 0, None) != verity.HASH_TYPE:
+        raise c.fail("rootfs.verity.hash_type", f"is {v['hash_type']}; only dm-verity hash format "
+                                                f"{verity.HASH_TYPE} is built")
+    c.choice(v["algorithm"], "rootfs.verity.algorithm", verity.ALGORITHMS, "a verity hash algorithm")
+    for key in ("data_block_size", "hash_block_size", "data_blocks", "hash_start_block"):
+        c.int(v[key], f"rootfs.verity.{key}", 0, None)
+    salt = c.str(v["salt"], "rootfs.verity.salt", nonempty=False)
+    if not re.fullmatch(r"(?:[0-9a-f]{2}){0,256}", salt):
+        raise c.malformed("rootfs.verity.salt", f"is {_short(salt)}, not lower-case hex bytes")
+    _uuid(v["uuid"], "rootfs.verity.uuid", c)
+    c.hex_digest(v["root_hash"], "rootfs.verity.root_hash", 2 * verity.ALGORITHMS[v["algorithm"]])
+    c.choice(v["on_corruption"], "rootfs.verity.on_corruption", CORRUPTION_MODES, "a corruption mode")
+    text = c.str(v["table"], "rootfs.verity.table")
+    try:
+        table = verity.parse_table(text)
+    except InputError as e:
+        raise c.fail("rootfs.verity.table", f"is not a table the guest can use: {str(e).rstrip('.')}") from None
+    said = {"algorithm": table.algorithm, "data_block_size": table.data_block_size,
+            "hash_block_size": table.hash_block_size, "data_blocks": table.data_blocks,
+            "hash_start_block": table.hash_start_block, "salt": table.salt.hex(), "root_hash": table.root_hash.hex(),
+            "on_corruption": table.on_corruption}
+    for key, value in said.items():
+        if v[key] != value:
+            raise c.fail(f"rootfs.verity.{key}", f"is {_short(v[key])}, but rootfs.verity.table says {_short(value)}")
+    if in_cmdline != text:
+        raise c.fail("rootfs.verity.table", "is not the table the measured cmdline carries in "
+                                            f"{verity.CMDLINE_PARAM}=\"...\" (so the guest would verify another root)")
+    for key, role in (("image", "rootfs"), ("verity", "rootfs-verity")):
+        name = c.bundle_path(rf[key]["file"], f"rootfs.{key}.file")
+        i, rec = roles[role][0]
+        if rec["file"] != name:
+            raise c.fail(f"rootfs.{key}.file", f"is {name!r}, but the output with role {role!r} is {rec['file']!r}")
+    i, rec = roles["rootfs"][0]
+    if rec["size"] != table.data_blocks * table.data_block_size:
+        raise c.fail(f"outputs[{i}].size", f"is {rec['size']}, but the verity table covers {table.data_blocks} "
+                                           f"blocks of {table.data_block_size} bytes")
+    app = c.obj(rf["app"], "rootfs.app", ("argv", "env", "workdir", "uid", "gid"))
+    for k, arg in enumerate(c.list(app["argv"], "rootfs.app.argv")):
+        c.str(arg, f"rootfs.app.argv[{k}]", nonempty=k == 0)
+    for k, item in enumerate(c.list(app["env"], "rootfs.app.env", nonempty=False)):
+        if "=" not in c.str(item, f"rootfs.app.env[{k}]"):
+            raise c.malformed(f"rootfs.app.env[{k}]", f"is {_short(item)}, not NAME=value")
+    if not c.str(app["workdir"], "rootfs.app.workdir").startswith("/"):
+        raise c.fail("rootfs.app.workdir", f"is {_short(app['workdir'])}, not an absolute path")
+    c.int(app["uid"], "rootfs.app.uid", 0, 0xFFFFFFFE)
+    c.int(app["gid"], "rootfs.app.gid", 0, 0xFFFFFFFE)
+    if not isinstance(rf["network"], bool):
+        raise c.malformed("rootfs.network", f"is {_kind(rf['network'])}, not true or false")
+    for k, src in enumerate(c.list(rf["sources"], "rootfs.sources")):
+        where = f"rootfs.sources[{k}]"
+        c.obj(src, where, ("kind", "name", "version", "sha256", "size"))
+        c.choice(src["kind"], f"{where}.kind", ROOTFS_SOURCE_KINDS, "a root filesystem source kind")
+        c.str(src["name"], f"{where}.name")
+        if src["version"] is not None:
+            c.str(src["version"], f"{where}.version")
+        c.hex_digest(src["sha256"], f"{where}.sha256", 64)
+        c.int(src["size"], f"{where}.size", 0, None)
+
+
+def _uuid(value: Any, path: str, c: _Checker) -> str:
+    text = c.str(value, path)
+    if not _UUID.fullmatch(text):
+        raise c.malformed(path, f"is {_short(text)}, not a lower-case UUID")
+    return text
 
 
 def outputs_by_role(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:

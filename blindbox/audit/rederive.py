@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import uuid
+
+from measure import verity
 from measure.bzimage import bzimage_version, kernel_release
 from measure.errors import InputError, MeasureError
 from .errors import VerificationError
@@ -134,6 +137,9 @@ _SCRIPT_POLICY = re.compile(r'^snp="sev-snp-guest,[^"\n]*,policy=(0x[0-9a-f]+)"$
 _SCRIPT_MEMORY = re.compile(r"^memory=([0-9]{1,20})$", re.M)  # a bounded number: int() refuses 4300+ digits
 _SCRIPT_CMDLINE = re.compile(r"^cmdline=(.*)$", re.M)
 _SCRIPT_SHAPES = re.compile(r"^shapes=\(\n((?:  '[^'\n]*'\n)*)\)$", re.M)
+_SCRIPT_FILES = re.compile(r"^files=\(\n((?:  '[^'\n]*'\n)*)\)$", re.M)
+_SCRIPT_DISK = re.compile(r'^argv\+=\(-drive "if=none,id=(rootfs|verity),file=\$\{here//,/,,\}/([^,"\n]+),'
+                          r'format=raw,readonly=on"$', re.M)
 
 
 def _one(pattern: re.Pattern[str], text: str) -> str | None:
@@ -155,7 +161,7 @@ def _launch_script_findings(path: Path, doc: dict[str, Any]) -> list[Finding]:
         for m in doc["measurements"])
     cmdline = _one(_SCRIPT_CMDLINE, text)
     memory = _one(_SCRIPT_MEMORY, text)
-    return [
+    return _launch_disk_findings(text, doc) + [
         _compare("launch.policy", launch["policy"], _one(_SCRIPT_POLICY, text),
                  "launch-snp.sh launches with GUEST_POLICY"),
         _compare("launch.memory_mib", launch["memory_mib"],
@@ -169,6 +175,30 @@ def _launch_script_findings(path: Path, doc: dict[str, Any]) -> list[Finding]:
                 "launch-snp.sh's shapes table is not the published measurements (shape, vCPUs, type, "
                 "features, digest, ID block files)"),
     ]
+
+
+def _launch_disk_findings(text: str, doc: dict[str, Any]) -> list[Finding]:
+    """The files launch-snp.sh checks before it launches, and the root's disks it attaches, in order."""
+    published = {rec["file"]: rec["sha256"] for rec in doc["outputs"]}
+    rows = _one(_SCRIPT_FILES, text)
+    listed = dict(row.strip().strip("'").split(" ", 1) for row in (rows or "").splitlines() if " " in row.strip())
+    wrong = sorted(name for name, sha in listed.items() if published.get(name) != sha)
+    needed = {rec["file"] for rec in doc["outputs"] if rec["role"] in ("firmware", "kernel", "initrd", "rootfs",
+                                                                           "rootfs-verity")}
+    missing = sorted(needed - set(listed))
+    findings = [Finding("launch-snp.sh files", rows is not None and not wrong and not missing,
+                        "launch-snp.sh checks every file it passes against its published sha256"
+                        if rows is not None and not wrong and not missing else
+                        f"launch-snp.sh's files table differs from outputs: wrong sha256 for {wrong or 'none'}, "
+                        f"missing {missing or 'none'}")]
+    disks = _SCRIPT_DISK.findall(text)
+    expected = [("rootfs", doc["rootfs"]["image"]["file"]), ("verity", doc["rootfs"]["verity"]["file"])] \
+        if "rootfs" in doc else []
+    findings.append(Finding("launch-snp.sh disks", disks == expected,
+                            ("launch-snp.sh attaches the root image, then its hash device, read-only" if expected
+                             else "launch-snp.sh attaches no disks (the bundle has no root filesystem)")
+                            if disks == expected else f"launch-snp.sh attaches {disks}, the manifest says {expected}"))
+    return findings
 
 
 def _kernel_release_finding(kernel: Path, published: str) -> Finding:
@@ -244,6 +274,31 @@ def _id_bin_findings(bundle: Path, doc: dict[str, Any], present: set[str]) -> li
     return findings
 
 
+def _rootfs_findings(bundle: Path, doc: dict[str, Any], present: set[str]) -> list[Finding]:
+    """The application root: its root hash, recomputed from the image, is the one the measured cmdline carries,
+    and the hash device holds the tree the guest checks every block against."""
+    rf = doc["rootfs"]
+    image, hashes = rf["image"]["file"], rf["verity"]["file"]
+    if image not in present or hashes not in present:
+        return [Finding("rootfs.verity.root_hash", False, "not re-derived: the image or its hash file is missing")]
+    table = verity.parse_table(verity.cmdline_table(doc["cmdline"]) or "")  # the manifest reader checked both
+    params = table.params(uuid=uuid.UUID(rf["verity"]["uuid"]))
+    tree = verity.root_hash(bundle / image, params, table.data_blocks)
+    findings = [_compare("rootfs.verity.root_hash", table.root_hash.hex(), tree.root_hash.hex(),
+                         f"the root hash of {image}, as the measured cmdline's table says, is")]
+    salt = verity.derived_salt(doc["recipe"]["sha256"], doc["lock"]["sha256"])
+    findings.append(_compare("rootfs.verity.salt", table.salt.hex(), salt.hex(),
+                             "derived from the published recipe and lock digests:"))
+    wanted_uuid = str(verity.derived_uuid("verity", doc["recipe"]["sha256"], doc["lock"]["sha256"]))
+    findings.append(_compare("rootfs.verity.uuid", rf["verity"]["uuid"], wanted_uuid,
+                             "derived from the published recipe and lock digests:"))
+    verdict = verity.verify_files(bundle / image, bundle / hashes, params, table.root_hash, table.data_blocks)
+    findings.append(Finding(f"file {hashes} (verity)", verdict.ok,
+                            f"every hash block of the tree over {table.data_blocks} data blocks verifies"
+                            if verdict.ok else f"the guest would refuse its root: {verdict.corruption}"))
+    return findings
+
+
 def rederive(bundle: str | Path) -> list[Finding]:
     """One finding per published value; all ``ok`` means the bundle is what its manifest says."""
     bundle = Path(bundle)
@@ -304,6 +359,8 @@ def rederive(bundle: str | Path) -> list[Finding]:
             else:
                 findings.append(Finding(f"id_block {sid}", False, "not checked: its files are missing"))
     findings.extend(_id_bin_findings(bundle, doc, present))
+    if "rootfs" in doc:
+        findings.extend(_rootfs_findings(bundle, doc, present))
     return findings
 
 

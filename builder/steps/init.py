@@ -72,6 +72,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from builder.errors import BuildError
+from measure.verity import CMDLINE_PARAM
 
 MARKER_BOOT = "BLINDBOX-BOOT-OK"
 MARKER_CMDLINE_SHA256 = "BLINDBOX-CMDLINE-SHA256"
@@ -88,8 +89,9 @@ INIT_APPLETS = ("sh", "mount", "cat", "sha256sum", "od", "tr", "modprobe", "powe
                 "sleep", "mkdir")
 
 
-#: The kernel parameter that carries the application root's dm-verity table (in double quotes).
-ROOT_PARAM = "blindbox.root"
+#: The kernel parameter that carries the application root's dm-verity table (in double quotes);
+#: defined beside the table parser the auditor uses.
+ROOT_PARAM = CMDLINE_PARAM
 #: The disks of the application root, in the order launch-snp.sh and smoke boots attach them
 #: (read-only virtio-blk): the filesystem image, then its dm-verity hash device.
 ROOT_DATA_DEVICE = "/dev/vda"

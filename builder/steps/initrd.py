@@ -38,7 +38,7 @@ from measure.inputs import read_bounded
 
 from . import cpio
 from .elf import SharedObject, library_closure, read_elf
-from .init import INIT_APPLETS, render_init
+from .init import INIT_APPLETS, AppConfig, render_init, render_rootfs_init
 from .kernel import ModuleClosure, module_closure
 
 #: Applets linked in ``bin/`` besides those the default init uses.
@@ -95,7 +95,8 @@ def build_initrd(*, busybox: Path, source_date_epoch: int, compression: str = "g
                  modules: Sequence[str] = (),
                  files: Sequence[tuple[Path, str, int]] = (),
                  binaries: Sequence[tuple[Path, str, Path | Sequence[Path]]] = (),
-                 applets: Sequence[str] = DEFAULT_APPLETS) -> Initrd:
+                 applets: Sequence[str] = DEFAULT_APPLETS,
+                 rootfs_app: tuple[AppConfig, bool] | None = None) -> Initrd:
     """Build a deterministic initrd.
 
     ``busybox``: a statically linked busybox (Debian ``busybox-static``: ``/bin/busybox``).
@@ -106,7 +107,11 @@ def build_initrd(*, busybox: Path, source_date_epoch: int, compression: str = "g
     ``files``: (source, guest path, mode).  ``binaries``: (source, guest path, root) for
     dynamically linked programs whose interpreter and libraries are taken from ``root``:
     one tree, or several (one unpacked package each) searched as one
-    (:func:`.elf.library_closure`).  The output depends only on these arguments' contents.
+    (:func:`.elf.library_closure`).  ``rootfs_app``: (the application, network or not):
+    the default init is then :func:`.init.render_rootfs_init`, which verifies the
+    application root and starts the application in it (``modules`` must include
+    :data:`.init.ROOTFS_MODULES`, and ``binaries`` dmsetup).  The output depends only on these
+    arguments' contents.
     """
     if compression not in cpio.COMPRESSIONS:
         raise InitrdError(f"initrd compression {compression!r} is not supported; use one of "
@@ -149,10 +154,16 @@ def build_initrd(*, busybox: Path, source_date_epoch: int, compression: str = "g
         for request, _ in requested:
             if request in sev_names:
                 sev = "builtin" if request in builtin else "carried"
-        init_script = render_init(
-            modules=[r for r, _ in requested if r not in sev_names and r not in builtin],
-            builtin=[r for r, _ in requested if r not in sev_names and r in builtin],
-            sev_guest=sev, app_command=app_command)
+        loaded = [r for r, _ in requested if r not in sev_names and r not in builtin]
+        built_in = [r for r, _ in requested if r not in sev_names and r in builtin]
+        if rootfs_app is not None:
+            if app_command is not None:
+                raise InitrdError("an app command was given with a root filesystem; the application's entrypoint "
+                                  "is what runs, so drop the app command.")
+            init_script = render_rootfs_init(modules=loaded, builtin=built_in, sev_guest=sev, app=rootfs_app[0],
+                                             network=rootfs_app[1])
+        else:
+            init_script = render_init(modules=loaded, builtin=built_in, sev_guest=sev, app_command=app_command)
     elif app_command is not None:
         raise InitrdError("both an init script and an app command were given; the app command only applies to the "
                           "default init, so put it into your init script.")

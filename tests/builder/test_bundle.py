@@ -137,3 +137,19 @@ def test_first_difference_across_chunks_and_prefixes(tmp_path):
     assert first_difference(x, y) == 1000
     y.write_bytes(big)
     assert first_difference(x, y) is None
+
+
+def test_a_large_file_given_by_path_is_copied_in_chunks(tmp_path):
+    big = tmp_path / "work" / "rootfs.erofs"
+    big.parent.mkdir()
+    data = bytes(range(256)) * (3 * (1 << 20) // 256 + 7)      # more than two 1 MiB chunks, not a multiple
+    big.write_bytes(data)
+    target = tmp_path / "out" / "b"
+    write_bundle(target, {**files(b"1"), "rootfs.erofs": (big, 0o644)})
+    assert (target / "rootfs.erofs").read_bytes() == data
+    assert (target / "rootfs.erofs").stat().st_mode & 0o7777 == 0o644
+    assert big.read_bytes() == data                           # the work file is left alone
+    big.unlink()
+    with pytest.raises(BundleError, match="cannot write the bundle"):
+        write_bundle(target, {**files(b"2"), "rootfs.erofs": (big, 0o644)})
+    assert (target / "rootfs.erofs").read_bytes() == data     # the previous bundle stays

@@ -43,10 +43,11 @@ def scratch(prefix: str) -> Path:
     return d
 
 
-def lock_copy(recipe_text: str, name: str = "hello.yaml", *, keys: bool = False) -> Recipe:
-    """Write ``recipe_text`` (and with ``keys`` the test keys) into a fresh directory and lock
-    it against today's archive."""
-    d = scratch("blindbox-recipe-")
+def lock_copy(recipe_text: str, name: str = "hello.yaml", *, keys: bool = False,
+              directory: Path | None = None) -> Recipe:
+    """Write ``recipe_text`` (and with ``keys`` the test keys) into a fresh directory (or
+    ``directory``, which may hold the recipe's local inputs) and lock it against today's archive."""
+    d = directory if directory is not None else scratch("blindbox-recipe-")
     (d / name).write_text(recipe_text, encoding="utf-8")
     if keys:
         write_test_keys(d)

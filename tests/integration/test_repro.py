@@ -20,6 +20,7 @@ from builder.sources import cache_root
 from tests.realinputs import ALLOW_STALE
 from tests.tools import require
 
+from .appbuild import built_app
 from .hellobuild import ROOT, locked_hello, locked_hello_with_id_block, scratch
 
 pytestmark = [pytest.mark.integration, pytest.mark.network]
@@ -104,3 +105,40 @@ def test_kept_work_directory_holds_no_private_keys():
             assert not any(p.name == Path(key.file).name for p in res.workdir.rglob("*")), key.file
     finally:
         shutil.rmtree(res.workdir, ignore_errors=True)
+
+
+def test_python_app_builds_are_byte_identical_under_varied_conditions(tmp_path_factory):
+    """The root image, its hash device and root hash included, and equal to the shared test build."""
+    require("faketime", "faketime")
+    bundle, _, recipe = built_app(tmp_path_factory)
+    res = check_repro(recipe, cache=cache_root(), allow_stale=ALLOW_STALE, reference=bundle)
+    assert res.identical, [d.describe() for d in res.differences]
+    assert {"rootfs.erofs", "rootfs.verity", "manifest.json"} <= set(res.files)
+
+
+def test_python_app_from_two_fresh_clones_is_byte_identical(tmp_path, tmp_path_factory):
+    """Two clones of this repository, each building python-app with its own code, give the same bytes."""
+    git = require("git", "git")
+    bundle, _, recipe = built_app(tmp_path_factory)
+    outs = []
+    for name in ("one", "two"):
+        clone = tmp_path / name
+        subprocess.run([git, "clone", "-q", "--no-hardlinks", str(ROOT), str(clone)], check=True)
+        # the lock made today (the committed one may pin versions the archive no longer serves)
+        shutil.copyfile(recipe.lock_path, clone / "recipes" / "python-app.lock")
+        env = {**os.environ, "PYTHONPATH": str(clone)}
+        where = subprocess.run([sys.executable, "-c", "import builder, measure; print(builder.__file__, "
+                                                      "measure.__file__)"], capture_output=True, text=True,
+                               env=env, cwd=clone, check=True).stdout.split()
+        assert all(w.startswith(str(clone)) for w in where), where    # the clone's code builds
+        out = tmp_path / f"out-{name}"
+        p = subprocess.run([sys.executable, "-m", "blindbox.cli", "build", "recipes/python-app.yaml", "--out",
+                            str(out), *STALE], capture_output=True, text=True, cwd=clone, env=env)
+        assert p.returncode == 0, p.stderr
+        outs.append(out)
+    names = sorted(p.name for p in bundle.iterdir())
+    assert "rootfs.erofs" in names
+    for out in outs:
+        assert sorted(p.name for p in out.iterdir()) == names
+        for n in names:
+            assert first_difference(bundle / n, out / n) is None, n
