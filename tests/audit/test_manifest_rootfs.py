@@ -27,6 +27,10 @@ def _sha(data: bytes) -> str:
 
 @pytest.fixture
 def bundle(tmp_path):
+    return _make_bundle(tmp_path)
+
+
+def _make_bundle(tmp_path):
     """A bundle directory with a 7-block image and its hash file, and a manifest doc describing them."""
     image = bytes((i * 7) & 0xFF for i in range(7 * 4096))
     (tmp_path / "rootfs.erofs").write_bytes(image)
@@ -214,3 +218,47 @@ def test_cmdline_table_refuses_ambiguity(cmdline, message):
 
 def test_verification_errors_are_exit_3_and_malformed_exit_2():
     assert issubclass(ManifestInvalid, VerificationError) and issubclass(ManifestMalformed, InputError)
+
+
+# -- fuzz: any value anywhere in the rootfs section (or the cmdline) is read or refused ----------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from measure.errors import BlindboxError  # noqa: E402
+from tests.fuzzing import INTERESTING, budget, json_paths  # noqa: E402
+
+_VALUES = st.one_of(st.none(), st.booleans(), st.sampled_from(INTERESTING), st.integers(-2, 2 ** 70),
+                    st.text(max_size=40), st.sampled_from(["", "-", "0" * 64, "/dev/vda", "eio", "panic",
+                                                           "blindbox.root=\"x\"", "0 8 verity 1"]),
+                    st.lists(st.text(max_size=5), max_size=3), st.dictionaries(st.text(max_size=5), st.none()))
+
+
+@pytest.fixture(scope="module")
+def rootfs_doc(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fuzz-bundle")
+    return _make_bundle(path)[1]
+
+
+@budget(200)
+@given(data=st.data())
+def test_fuzzed_rootfs_sections_are_read_or_refused(rootfs_doc, data):
+    doc = _copy(rootfs_doc)
+    paths = [p for p in json_paths(doc) if p and p[0] in ("rootfs", "cmdline")]
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(paths))
+        node = doc
+        for key in path[:-1]:
+            if not isinstance(node, (dict, list)) or (isinstance(node, list) and not
+                                                      (isinstance(key, int) and key < len(node))) \
+                    or (isinstance(node, dict) and key not in node):
+                break
+            node = node[key]
+        else:
+            if isinstance(node, dict) or (isinstance(node, list) and isinstance(path[-1], int)
+                                          and path[-1] < len(node)):
+                node[path[-1]] = data.draw(_VALUES)
+    try:
+        check_manifest(doc)
+    except BlindboxError:
+        pass
