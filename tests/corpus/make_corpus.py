@@ -673,7 +673,17 @@ def recipe_cases() -> None:
 
 
 # -- builder readers without a command of their own -------------------------------------------
-
+    with_root = RECIPE.replace('cmdline: "console=ttyS0 panic=-1 quiet"', 'cmdline: "console=ttyS0"')
+    for cid, root, message, why in (
+            ("recipe-rootfs-two-sources", "{directory: a, tarball: b.tar}",
+             "give exactly one source of the root filesystem", "a root filesystem from a directory and a tarball"),
+            ("recipe-rootfs-ignore-corruption", "{directory: app, on_corruption: ignore}",
+             "lets the guest read blocks that fail verification", "dm-verity told to ignore corruption"),
+            ("recipe-rootfs-escapes", "{directory: ../..}", "without '..', so the recipe can be moved",
+             "a root filesystem source outside the recipe's directory"),
+            ("recipe-rootfs-bad-user", "{directory: app, user: 'x:y:z'}", "'x:y:z' is not a user",
+             "a user with two colons")):
+        case(cid, build(), 2, message, why, recipe_files(with_root + f"\nrootfs: {root}\n"))
 
 def _tar(entries, mode: str = "w") -> bytes:
     buf = io.BytesIO()

@@ -48,8 +48,30 @@ reduced_phys_bits=1
 verify=1
 dry_run=0
 extra=()
+network=0
+hostfwd=
 
 die() { printf 'launch-snp.sh: %s\n' "$*" >&2; exit 2; }
+
+# --forward [ADDR:]HOSTPORT:GUESTPORT: a TCP port of the host (on ADDR, default 127.0.0.1) to the guest
+forward() {
+  local spec=$1 addr=127.0.0.1 host_port guest_port p
+  [ "$network" = 1 ] || die "--forward $spec needs a network device, and this bundle was built without one (network: in the recipe)"
+  case $spec in
+    *:*:*) addr=${spec%%:*} spec=${spec#*:} ;;
+    *:*) ;;
+    *) die "--forward $1 is not [ADDR:]HOSTPORT:GUESTPORT; give e.g. 8080:80 or 127.0.0.1:8080:80" ;;
+  esac
+  host_port=${spec%%:*} guest_port=${spec#*:}
+  [[ $addr =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] || die "--forward $1: $addr is not an IPv4 address; use [ADDR:]HOSTPORT:GUESTPORT, e.g. 127.0.0.1:8080:80"
+  for p in "$host_port" "$guest_port"; do
+    case $p in
+      ''|*[!0-9]*) die "--forward $1: '$p' is not a port; use [ADDR:]HOSTPORT:GUESTPORT with ports 1-65535, e.g. 8080:80" ;;
+    esac
+    [ ${#p} -le 5 ] && [ "$p" -ge 1 ] && [ "$p" -le 65535 ] || die "--forward $1: port $p is not from 1 to 65535"
+  done
+  hostfwd="$hostfwd,hostfwd=tcp:$addr:$host_port-:$guest_port"
+}
 
 while [ $# -gt 0 ]; do
   case $1 in
@@ -60,6 +82,8 @@ while [ $# -gt 0 ]; do
     --reduced-phys-bits) [ $# -ge 2 ] || die "--reduced-phys-bits needs a value"; reduced_phys_bits=$2; shift 2 ;;
     --no-verify) verify=0; shift ;;
     --dry-run) dry_run=1; shift ;;
+    --forward) [ $# -ge 2 ] || die "--forward needs a value ([ADDR:]HOSTPORT:GUESTPORT)"; forward "$2"; shift 2 ;;
+    --forward=*) forward "${1#--forward=}"; shift ;;
     --list-shapes)
       for row in "${shapes[@]}"; do
         set -- $row
@@ -125,8 +149,8 @@ argv=(
   -append "$cmdline"
   -nographic
   -no-reboot
-  "${extra[@]}"
 )
+argv+=("${extra[@]}")
 
 printf 'launch-snp.sh: shape %s, expected launch digest %s\n' "$shape" "$measurement" >&2
 if [ "$dry_run" = 1 ]; then
