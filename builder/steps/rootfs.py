@@ -244,9 +244,10 @@ def _from_debian(recipe: Recipe, lock: Lock, inputs: dict[str, Path], dest: Path
 # files over the source, mount points, directories
 # --------------------------------------------------------------------------------------
 
-def _make_dirs(root: Path, path: str, what: str) -> Path:
+def _make_dirs(root: Path, path: str, what: str, *, mount_point: bool = False) -> Path:
     """Create the directories of the absolute ``path`` inside ``root`` (mode 0755) without following a
-    symlink; refuse, naming it, a component that exists as something else."""
+    symlink; refuse, naming it, a component that exists as something else (with ``mount_point``,
+    saying that the init mounts a file system on ``path``)."""
     cur = root
     for part in [p for p in path.split("/") if p]:
         cur = cur / part
