@@ -1,0 +1,120 @@
+"""The attested-TLS protocol pieces: REPORT_DATA binding (with a fixed vector), messages, SPKI extraction."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from measure import attested_tls as at
+
+NONCE = bytes(range(32))
+SPKI = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d03010703420004") + bytes(range(64))
+
+
+def test_report_data_vector():
+    """A worked vector (docs/attested-tls.md): the construction written out with hashlib by hand."""
+    expected = hashlib.sha512(b"blindbox-guest attested-tls v1\x00" + hashlib.sha256(SPKI).digest() + NONCE
+                              + bytes(32)).hexdigest()
+    assert at.report_data(SPKI, NONCE).hex() == expected
+    # the published vector: this SPKI, nonce 00 01 .. 1f, without and with a policy digest of 0x11 bytes
+    assert expected == ("42a7f491fd3b42fbdc4c422706e2714f03e48035b870d80f939ffbc16cc3865b"
+                        "d40c97af246c190676ba723c91a581b96bbb3203a10f5ca5f0d5907874ba39d6")
+    assert at.report_data(SPKI, NONCE, b"\x11" * 32).hex() == (
+        "842c086182b22651f50aa39d6afd6c4d70004928578371c163ae216c632e4041"
+        "d589f466cd26036f08aaa3feff1c08d6324a242f413a4f3138ef848201503cee")
+    assert at.report_data(SPKI + b"\0", NONCE) != at.report_data(SPKI, NONCE)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"nonce": b"x" * 31}, "a nonce is 32 bytes, not 31"),
+    ({"policy_sha256": b"x"}, r"is 32 bytes \(SHA-256\), not 1"),
+    ({"spki_der": b""}, "SubjectPublicKeyInfo is empty"),
+])
+def test_report_data_refuses_wrong_sizes(kwargs, message):
+    args = {"spki_der": SPKI, "nonce": NONCE, **kwargs}
+    with pytest.raises(at.ProtocolError, match=message):
+        at.report_data(**args)
+
+
+def _reader(data: bytes):
+    pos = 0
+
+    def read(n: int) -> bytes:
+        nonlocal pos
+        chunk = data[pos:pos + n]
+        pos += len(chunk)
+        return chunk
+    return read
+
+
+def test_hello_and_evidence_round_trip():
+    assert at.read_hello(_reader(at.encode_hello(NONCE))) == NONCE
+    ev = at.Evidence(report=bytes(1184), certs=b"\x01\x02", attester="simulated", policy_sha256=b"\x22" * 32)
+    assert at.read_evidence(_reader(at.encode_evidence(ev))) == ev
+    ev2 = at.Evidence(report=b"r", certs=b"", attester="sev-guest")
+    assert at.read_evidence(_reader(at.encode_evidence(ev2))) == ev2
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"GET / HTTP/1.1\r\n\r\n" + bytes(40), "did not start with BLINDBOX-ATTEST/1"),
+    (at.HELLO + bytes(5), "ended after 5 of 32 nonce bytes"),
+])
+def test_bad_hello(data, message):
+    with pytest.raises(at.ProtocolError, match=message):
+        at.read_hello(_reader(data))
+
+
+def _msg(body: bytes, size: int | None = None) -> bytes:
+    return at.EVIDENCE + (len(body) if size is None else size).to_bytes(4, "big") + body
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"HTTP/1.1 200 OK\r\n", "not a blindbox attestation agent"),
+    (_msg(b"", size=1 << 20), "more than the 65536 accepted"),
+    (_msg(b"{}", size=10), "ended after 2 of 10 bytes"),
+    (_msg(b"\xff"), "not UTF-8 JSON"),
+    (_msg(b"[]"), "exactly version, attester"),
+    (_msg(b'{"version":2,"attester":"simulated","report":"","certs":"","policy_sha256":null}'), "version 2"),
+    (_msg(b'{"version":1,"attester":"hw","report":"","certs":"","policy_sha256":null}'), "attester 'hw'"),
+    (_msg(b'{"version":1,"attester":"simulated","report":"!!","certs":"","policy_sha256":null}'), "not valid base64"),
+    (_msg(b'{"version":1,"attester":"simulated","report":"","certs":"","policy_sha256":"AB"}'), "policy_sha256"),
+])
+def test_bad_evidence(data, message):
+    with pytest.raises(at.ProtocolError, match=message):
+        at.read_evidence(_reader(data))
+
+
+def _cert(key, signer=None) -> bytes:
+    import datetime
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "blindbox agent")])
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+               .serial_number(7).not_valid_before(datetime.datetime(2026, 1, 1))
+               .not_valid_after(datetime.datetime(2027, 1, 1)))
+    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    return builder.sign(signer or key, algorithm).public_bytes(serialization.Encoding.DER)
+
+
+@pytest.mark.parametrize("key", [ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP384R1()),
+                                 rsa.generate_private_key(65537, 2048), ed25519.Ed25519PrivateKey.generate()],
+                         ids=["p256", "p384", "rsa2048", "ed25519"])
+def test_certificate_spki_is_what_cryptography_says(key):
+    der = _cert(key)
+    expected = key.public_key().public_bytes(serialization.Encoding.DER,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert at.certificate_spki(der) == expected
+
+
+@pytest.mark.parametrize("mangle, message", [
+    (lambda d: d[:-1], "not one DER SEQUENCE|truncated"),
+    (lambda d: b"\x31" + d[1:], "not one DER SEQUENCE"),
+    (lambda d: d + b"\0", "not one DER SEQUENCE"),
+    (lambda d: d[:2], "truncated|cannot be read"),
+])
+def test_certificate_spki_refuses_malformed(mangle, message):
+    der = _cert(ec.generate_private_key(ec.SECP256R1()))
+    with pytest.raises(at.ProtocolError, match=message):
+        at.certificate_spki(mangle(der))
