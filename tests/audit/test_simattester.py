@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from tests.audit.manifestdoc import CMDLINE, entry, write_bundle
 from tests.conftest import VECTORS
 from tests.measure import oracle
 from tests.simattester import (CHIP_ID_MARKER, READY, REQUEST_SIZE, SimulatedPsp, SimulatorError, encode_request,
-                               serve_one)
+                               guestfwd, serve_one, simulator_argv)
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE = VECTORS / "virtee-sev" / "measurement" / "ovmf_AmdSev_suffix.bin"
@@ -320,6 +321,55 @@ def test_listen_mode(bundle, chain_dir, psp):
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert b"Traceback" not in err and b"refused a request" in err
+
+
+def _spawn_like_slirp(item: str) -> tuple[subprocess.Popen, socket.socket]:
+    """Start a guestfwd ``cmd:`` as libslirp does: its command split like a shell would (no shell runs),
+    commas un-doubled, one socket as stdin, stdout and stderr, in another directory."""
+    command = item.split("-cmd:", 1)[1].replace(",,", ",")
+    ours, theirs = socket.socketpair()
+    proc = subprocess.Popen(shlex.split(command), stdin=theirs, stdout=theirs, stderr=theirs, cwd="/",
+                            start_new_session=True)
+    theirs.close()
+    return proc, ours
+
+
+def _exchange(item: str, request: bytes) -> tuple[int, bytes]:
+    proc, sock = _spawn_like_slirp(item)
+    with sock:
+        sock.settimeout(60)
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return proc.wait(timeout=60), data
+
+
+def test_guestfwd_command_answers_on_its_one_socket(bundle, tmp_path, psp):
+    chain_dir = tmp_path / "chain,with,commas"
+    item = guestfwd(simulator_argv(ovmf=bundle / "OVMF.amdsev.fd", kernel=bundle / "bzImage",
+                                   initrd=bundle / "initrd", append_file=bundle / "cmdline", chain_dir=chain_dir,
+                                   **SHAPE))
+    assert item.startswith("guestfwd=tcp:10.0.2.100:4050-cmd:env ") and "chain,,with,,commas" in item
+    rc, data = _exchange(item, encode_request(REPORT_DATA, 0))
+    assert rc == 0
+    report, table = read_answer(data)          # nothing but the answer reached the socket
+    assert parse_report(report).measurement == psp.measurement
+    assert parse_table(table)[0][0] == "VCEK"
+    # a malformed request: not one byte back, not even a diagnostic; that goes to the log
+    rc, data = _exchange(item, b"GET / HTTP/1.0\r\n\r\n")
+    assert (rc, data) == (2, b"")
+    assert "refused a request" in (chain_dir / "simattester.log").read_text()
+
+
+def test_debug_policy_is_reported_and_refused_by_verify_report(bundle, tmp_path, capsys):
+    psp = psp_for(bundle, tmp_path / "chain", policy=0xB0000)
+    report, certs, root = write_evidence(psp, tmp_path, psp.report(REPORT_DATA))
+    assert parse_report(report.read_bytes()).policy == 0xB0000
+    rc, out = run_cli(["verify-report", report, *[a for c in certs for a in ("--certs", c)], "--trust-root", root,
+                       "--manifest", bundle / "manifest.json"], capsys)
+    assert rc == 3 and "FAIL  policy.debug" in out
 
 
 # ---------------------------------------------------------------------------------------
