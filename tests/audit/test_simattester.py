@@ -46,7 +46,8 @@ REPORT_DATA = bytes(range(0x40, 0x80))
 
 
 def parse_table(table: bytes) -> list[tuple[str, bytes]]:
-    """A small, independent reader of AMD's GUID table: [(name, DER)], strict about its shape."""
+    """A small, independent reader of AMD's GUID table: [(name, DER)], strict about its shape; GUIDs in
+    the order their text is written (RFC 4122), as AMD's tools put them on the wire."""
     out, pos = [], 0
     while True:
         assert pos + 24 <= len(table), "the table has no terminating all-zero entry"
@@ -57,7 +58,7 @@ def parse_table(table: bytes) -> list[tuple[str, bytes]]:
             break
         start, size = int.from_bytes(offset, "little"), int.from_bytes(length, "little")
         assert start >= pos and start + size <= len(table)
-        out.append((GUIDS[uuid.UUID(bytes_le=guid)], table[start:start + size]))
+        out.append((GUIDS[uuid.UUID(bytes=guid)], table[start:start + size]))
     return out
 
 
@@ -202,6 +203,9 @@ def test_cert_table_round_trips(psp):
                                      psp.chain.ark.public_bytes(der)]
     ark = x509.load_pem_x509_certificate(psp.trust_root_pem())
     assert ark.public_bytes(der) == table[2][1]
+    raw = psp.cert_table()
+    assert raw[:16] == bytes.fromhex("63da758de6644564adc5f4b93be8accd")      # VCEK, bytes as the text reads
+    assert int.from_bytes(raw[16:20], "little") == 4 * 24                   # past three entries and the end
 
 
 def _table_in_new_process(args) -> bytes:
