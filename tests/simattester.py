@@ -99,7 +99,8 @@ class CertTableEntry(layout.Struct):
 
 @dataclass(frozen=True)
 class _Profile:
-    """What a real part of this product reports (values seen in real reports of each product)."""
+    """What a real part of this product reports: the values of the real Milan (version 3) and Genoa
+    (version 5) reports in tests/fixtures/vectors/oak (a test compares them)."""
 
     version: int
     firmware: tuple[int, int, int]          # major, minor, build
