@@ -366,12 +366,14 @@ def _spawn_like_slirp(item: str) -> tuple[subprocess.Popen, socket.socket]:
     return proc, ours
 
 
-def _exchange(item: str, request: bytes) -> tuple[int, bytes]:
+def _exchange(item: str, request: bytes, *, end: bool = True) -> tuple[int, bytes]:
+    """Send ``request`` (then end the stream, or keep it open as a guest waiting for its answer)."""
     proc, sock = _spawn_like_slirp(item)
     with sock:
         sock.settimeout(60)
         sock.sendall(request)
-        sock.shutdown(socket.SHUT_WR)
+        if end:
+            sock.shutdown(socket.SHUT_WR)
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
@@ -384,7 +386,7 @@ def test_guestfwd_command_answers_on_its_one_socket(bundle, tmp_path, psp):
                                    initrd=bundle / "initrd", append_file=bundle / "cmdline", chain_dir=chain_dir,
                                    **SHAPE))
     assert item.startswith("guestfwd=tcp:10.0.2.100:4050-cmd:env ") and "chain,,with,,commas" in item
-    rc, data = _exchange(item, encode_request(REPORT_DATA, 0))
+    rc, data = _exchange(item, encode_request(REPORT_DATA, 0), end=False)
     assert rc == 0
     report, table = read_answer(data)          # nothing but the answer reached the socket
     assert parse_report(report).measurement == psp.measurement
