@@ -95,7 +95,7 @@ def test_a_larger_certificate_table_is_asked_again_with_the_pages_the_host_needs
 def test_a_host_that_keeps_asking_for_more_is_refused(monkeypatch, device):
     use(monkeypatch, FakeKernel(need=1 << 20))
     with pytest.raises(a.AttesterError, match=r"the host's certificate table needs 1048576 bytes, more than the "
-                                              r"65536 the agent accepts\."):
+                                              r"32768 the agent accepts\."):
         a.SevGuestDevice(device).get_report(DATA)
 
 
@@ -148,8 +148,9 @@ def test_certificate_table_extent():
 class StandInConfigfs(a.ConfigfsOps):
     """A stand-in for the kernel's configfs-tsm: mkdir makes the attribute files; writes count generations."""
 
-    def __init__(self, provider: str = "sev_guest", *, races: int = 0, wrong_data: bool = False) -> None:
-        self.provider, self.races, self.wrong_data = provider, races, wrong_data
+    def __init__(self, provider: str = "sev_guest", *, races: int = 0, wrong_data: bool = False,
+                 floor: int = 0) -> None:
+        self.provider, self.races, self.wrong_data, self.floor = provider, races, wrong_data, floor
         self.made: list[Path] = []
         self.removed: list[Path] = []
 
@@ -158,6 +159,7 @@ class StandInConfigfs(a.ConfigfsOps):
         self.made.append(path)
         (path / "provider").write_text(self.provider + "\n")
         (path / "generation").write_text("0\n")
+        (path / "privlevel_floor").write_text(f"{self.floor}\n")
         for name in ("privlevel", "inblob"):
             (path / name).write_bytes(b"")
 
@@ -222,6 +224,15 @@ def test_configfs_other_provider_and_wrong_report_data_are_refused(tsm):
         a.ConfigfsTsm(tsm, ops=StandInConfigfs(wrong_data=True)).get_report(DATA)
 
 
+def test_configfs_privlevel_below_the_floor_is_refused_before_writing(tsm):
+    ops = StandInConfigfs(floor=2)
+    with pytest.raises(a.AttesterError, match=r"^this guest can request reports at VMPL 2 or above \(privlevel_floor "
+                                              r"of configfs-tsm\), not at VMPL 0\.$"):
+        a.ConfigfsTsm(tsm, ops=ops).get_report(DATA)
+    assert a.ConfigfsTsm(tsm, ops=ops).get_report(DATA, vmpl=2).report == fake_report(DATA, 2)
+    assert ops.made == ops.removed
+
+
 def test_configfs_missing_is_unavailable(tmp_path):
     with pytest.raises(a.AttesterUnavailable, match=r"/absent does not exist \(configfs-tsm needs Linux 6\.7 or "
                                                     r"later with CONFIG_TSM_REPORTS and configfs mounted\)\.$"):
@@ -258,7 +269,7 @@ def _one_shot_server(answer: bytes | None) -> tuple[socket.socket, threading.Thr
     (b"HTTP/1.0 400 Bad Request\r\n\r\n", r"does not speak the simulated attester's protocol\.$"),
     (SIM_MAGIC + (1 << 20).to_bytes(4, "big"), r"announces a report of 1048576 bytes\.$"),
     (SIM_MAGIC + (1184).to_bytes(4, "big") + fake_report(DATA, 0) + (1 << 24).to_bytes(4, "big"),
-     r"announces a certificate table of 16777216 bytes, more than the 65536 accepted\.$"),
+     r"announces a certificate table of 16777216 bytes, more than the 32768 accepted\.$"),
     (SIM_MAGIC + (1184).to_bytes(4, "big") + b"x" * 10, r"closed the connection after 10 of 1184 bytes\.$"),
     (SIM_MAGIC + (1184).to_bytes(4, "big") + fake_report(bytes(64), 0) + bytes(4),
      r"returned a report whose REPORT_DATA is not the one requested\.$"),
