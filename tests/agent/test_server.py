@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
 import shutil
 import socket
 import ssl
@@ -158,6 +159,29 @@ def test_a_silent_client_is_dropped_after_the_hello_timeout(agent):
         assert tls.recv(100) == b""
         peer = tls.getsockname()[1]
     assert time.monotonic() - started < 5
+    assert agent.wait_line(f"BLINDBOX-AGENT-CONNECTION 127.0.0.1:{peer} ").endswith(
+        "dropped: no hello within 1 seconds")
+
+
+def test_a_client_dribbling_its_handshake_is_dropped_after_the_hello_timeout(agent):
+    # a genuine ClientHello, one byte every 0.2 s: no single read waits longer than the timeout
+    client = client_context().wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO())
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    hello = outgoing.read()
+    assert len(hello) > 100
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", agent.port), timeout=10) as raw:
+        peer = raw.getsockname()[1]
+        for byte in hello[:40]:
+            if select.select([raw], [], [], 0.2)[0]:
+                break                                   # the agent closed the connection
+            try:
+                raw.sendall(bytes([byte]))
+            except OSError:
+                break
+        elapsed = time.monotonic() - started
+    assert elapsed < 3
     assert agent.wait_line(f"BLINDBOX-AGENT-CONNECTION 127.0.0.1:{peer} ").endswith(
         "dropped: no hello within 1 seconds")
 
