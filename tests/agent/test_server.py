@@ -83,6 +83,7 @@ def agent(tmp_path_factory):
             yield run
         finally:
             out, err = run.stop()
+            assert run.proc.returncode == 0, err        # SIGTERM stops it cleanly
             key = (state / "agent-key.pem").read_text()
             body = [line for line in key.splitlines() if line and not line.startswith("-----")]
             assert body and not any(line in out or line in err for line in body), "the TLS key reached the console"
@@ -194,6 +195,40 @@ def test_openssl_s_client_completes_a_tls_1_3_handshake(agent):
     old = subprocess.run([OPENSSL, "s_client", "-connect", f"127.0.0.1:{agent.port}", "-tls1_2"],
                          input="", capture_output=True, text=True, timeout=30)
     assert old.returncode != 0 and "New, TLSv1.2" not in old.stdout
+
+
+def test_a_report_that_does_not_carry_the_binding_is_never_sent(agent):
+    # the attester answers with another REPORT_DATA: the client gets no evidence, the agent lives on
+    agent.sim.make_report = lambda data, vmpl: fake_report(bytes(64), vmpl)
+    try:
+        with client_context().wrap_socket(socket.create_connection(("127.0.0.1", agent.port), timeout=10)) as tls:
+            tls.sendall(at.encode_hello(os.urandom(32)))
+            assert tls.recv(100) == b""
+            peer = tls.getsockname()[1]
+    finally:
+        agent.sim.make_report = fake_report
+    line = agent.wait_line(f"BLINDBOX-AGENT-CONNECTION 127.0.0.1:{peer} ")
+    assert line.endswith(f"not attested: the simulated attester at 127.0.0.1:{agent.sim.port} returned a report "
+                         f"whose REPORT_DATA is not the one requested.")
+    attest(agent.port)[0].close()
+
+
+def test_an_unreachable_application_is_one_line(tmp_path):
+    with StandInSim() as sim:
+        app_port = free_port()
+        run = Running(["--listen", "127.0.0.1:0", "--app", f"127.0.0.1:{app_port}", "--attester",
+                       f"simulated:127.0.0.1:{sim.port}", "--state-dir", str(tmp_path / "s"), "--openssl", OPENSSL])
+        try:
+            port = int(run.wait_line("BLINDBOX-AGENT-READY ").split()[1].rsplit(":", 1)[1])
+            tls, _, _, _ = attest(port)
+            with tls:
+                assert tls.recv(100) == b""
+                peer = tls.getsockname()[1]
+            line = run.wait_line(f"BLINDBOX-AGENT-CONNECTION 127.0.0.1:{peer} ")
+        finally:
+            run.stop()
+    assert line.endswith(f"attested (simulated), but the application at 127.0.0.1:{app_port} cannot be reached "
+                         f"(Connection refused)")
 
 
 def test_key_file_is_private(agent):
