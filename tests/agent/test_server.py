@@ -247,6 +247,24 @@ def test_openssl_s_client_fetches_evidence_bound_to_the_certificate_it_saw(agent
     assert evidence.report[0x50:0x90] == at.report_data(at.certificate_spki(cert), nonce)
 
 
+def test_connections_beyond_the_bound_are_dropped_at_once(tmp_path):
+    with StandInSim() as sim:
+        run = Running(["--listen", "127.0.0.1:0", "--app", "127.0.0.1:1", "--attester",
+                       f"simulated:127.0.0.1:{sim.port}", "--state-dir", str(tmp_path / "s"), "--openssl", OPENSSL,
+                       "--max-connections", "1", "--hello-timeout", "3"])
+        try:
+            port = int(run.wait_line("BLINDBOX-AGENT-READY ").split()[1].rsplit(":", 1)[1])
+            with socket.create_connection(("127.0.0.1", port), timeout=10):
+                time.sleep(0.3)                             # the first one holds the only slot
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as second:
+                    peer = second.getsockname()[1]
+                    assert second.recv(10) == b""
+                line = run.wait_line(f"BLINDBOX-AGENT-CONNECTION 127.0.0.1:{peer} ")
+        finally:
+            run.stop()
+    assert line.endswith("dropped: too many connections at once")
+
+
 def test_key_file_is_private(agent):
     key = agent.state / "agent-key.pem"
     assert key.stat().st_mode & 0o777 == 0o600 and (agent.state.stat().st_mode & 0o077) == 0
