@@ -80,7 +80,9 @@ MAX_VMPL = 3
 REQUEST_TIMEOUT = 10.0
 READY = "BLINDBOX-SIM-LISTENING"
 
-#: AMD's certificate-table GUIDs (GHCB specification; Linux Documentation/virt/coco/sev-guest.rst).
+#: AMD's certificate-table GUIDs (GHCB specification).  On the wire their sixteen bytes are in the
+#: order the text is written (RFC 4122, ``uuid.bytes``), as AMD's sev-guest tools (libuuid's
+#: uuid_parse), go-sev-guest and virtee's sev crate write them; not EFI's mixed-endian order.
 GUID_VCEK = uuid.UUID("63da758d-e664-4564-adc5-f4b93be8accd")
 GUID_ASK = uuid.UUID("4ab7b379-bbac-4fe4-a02f-05aef327c782")
 GUID_ARK = uuid.UUID("c0b406a4-a803-4952-9743-3fb6014cd0ae")
@@ -90,14 +92,15 @@ GUID_VLEK = uuid.UUID("a8074bc2-a25a-483e-aae6-39c045a0b8a1")
 @layout.struct(size=24, spec="GHCB specification, SNP extended guest request: certificate table entry")
 @dataclass(frozen=True)
 class CertTableEntry(layout.Struct):
-    guid: bytes = layout.raw(0x00, 16)     # uuid.bytes_le
+    guid: bytes = layout.raw(0x00, 16)     # in the order the GUID's text is written (uuid.bytes)
     offset: int = layout.u32(0x10)         # from the start of the table
     length: int = layout.u32(0x14)
 
 
 @dataclass(frozen=True)
 class _Profile:
-    """What a real part of this product reports (values seen in real reports of each product)."""
+    """What a real part of this product reports: the values of the real Milan (version 3) and Genoa
+    (version 5) reports in tests/fixtures/vectors/oak (a test compares them)."""
 
     version: int
     firmware: tuple[int, int, int]          # major, minor, build
@@ -296,12 +299,13 @@ class SimulatedPsp:
 
 
 def encode_cert_table(entries) -> bytes:
-    """A GUID table for ``(uuid, DER)`` pairs: entries, the all-zero entry, then the certificates."""
+    """A GUID table for ``(uuid, DER)`` pairs: entries, the all-zero entry, then the certificates
+    (offsets from the start of the table, GUIDs in RFC 4122 byte order)."""
     entries = list(entries)
     offset = (len(entries) + 1) * CertTableEntry.SIZE
     head, body = b"", b""
     for guid, der in entries:
-        head += CertTableEntry(guid=guid.bytes_le, offset=offset + len(body), length=len(der)).to_bytes()
+        head += CertTableEntry(guid=guid.bytes, offset=offset + len(body), length=len(der)).to_bytes()
         body += der
     return head + CertTableEntry(guid=bytes(16), offset=0, length=0).to_bytes() + body
 

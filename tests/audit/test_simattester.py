@@ -46,7 +46,8 @@ REPORT_DATA = bytes(range(0x40, 0x80))
 
 
 def parse_table(table: bytes) -> list[tuple[str, bytes]]:
-    """A small, independent reader of AMD's GUID table: [(name, DER)], strict about its shape."""
+    """A small, independent reader of AMD's GUID table: [(name, DER)], strict about its shape; GUIDs in
+    the order their text is written (RFC 4122), as AMD's tools put them on the wire."""
     out, pos = [], 0
     while True:
         assert pos + 24 <= len(table), "the table has no terminating all-zero entry"
@@ -57,7 +58,7 @@ def parse_table(table: bytes) -> list[tuple[str, bytes]]:
             break
         start, size = int.from_bytes(offset, "little"), int.from_bytes(length, "little")
         assert start >= pos and start + size <= len(table)
-        out.append((GUIDS[uuid.UUID(bytes_le=guid)], table[start:start + size]))
+        out.append((GUIDS[uuid.UUID(bytes=guid)], table[start:start + size]))
     return out
 
 
@@ -154,6 +155,22 @@ def test_report_fields(psp):
         assert "blindbox simulated" in text and "not AMD" in text
 
 
+@pytest.mark.parametrize("product, real", [(Product.MILAN, "milan_oc_release"), (Product.GENOA, "genoa_oc")])
+def test_report_fields_are_those_of_a_real_part(bundle, product, real):
+    """Everything but the launch, the chip and the signature is what a real part of the product reports."""
+    ours = parse_report(psp_for(bundle, None, product=product).report(REPORT_DATA))
+    theirs = parse_report((VECTORS / "oak" / f"{real}_attestation_report.bin").read_bytes())
+    same = ["version", "guest_svn", "policy", "vmpl", "signature_algo", "current_tcb", "platform_info", "signer_info",
+            "reported_tcb", "committed_tcb", "launch_tcb", "report_id_ma", "current_build", "current_minor",
+            "current_major", "committed_build", "committed_minor", "committed_major", "cpuid_fam_id",
+            "cpuid_mod_id", "cpuid_step", "family_id", "image_id", "host_data", "id_key_digest",
+            "author_key_digest"]
+    if product is Product.GENOA:
+        same += ["launch_mit_vector", "current_mit_vector"]
+    assert {f: getattr(ours, f) for f in same} == {f: getattr(theirs, f) for f in same}
+    assert type(ours) is type(theirs)
+
+
 def test_genoa_report_is_version_5_and_turin_is_refused(bundle):
     report = parse_report(psp_for(bundle, None, product=Product.GENOA).report(REPORT_DATA))
     assert (report.version, report.cpuid_fam_id, report.cpuid_mod_id) == (5, 0x19, 0x11)
@@ -202,6 +219,9 @@ def test_cert_table_round_trips(psp):
                                      psp.chain.ark.public_bytes(der)]
     ark = x509.load_pem_x509_certificate(psp.trust_root_pem())
     assert ark.public_bytes(der) == table[2][1]
+    raw = psp.cert_table()
+    assert raw[:16] == bytes.fromhex("63da758de6644564adc5f4b93be8accd")      # VCEK, bytes as the text reads
+    assert int.from_bytes(raw[16:20], "little") == 4 * 24                   # past three entries and the end
 
 
 def _table_in_new_process(args) -> bytes:
@@ -272,6 +292,18 @@ def test_malformed_request_gets_no_answer(psp, request_bytes, reason):
     serve_one(psp, _Bytes(request_bytes), wfile, on_error=errors.append)
     assert wfile.data == b""
     assert len(errors) == 1 and reason in errors[0]
+
+
+class _TimesOut:
+    def read(self, size: int) -> bytes:
+        raise TimeoutError("timed out")
+
+
+def test_a_stalled_peer_gets_no_answer(psp):
+    wfile, errors = _Sink(), []
+    serve_one(psp, _TimesOut(), wfile, on_error=errors.append)
+    assert wfile.data == b""
+    assert errors == ["the connection failed before a whole request arrived (timed out)."]
 
 
 def test_stdio_mode_in_a_subprocess(bundle, chain_dir, psp):
