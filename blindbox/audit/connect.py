@@ -285,6 +285,10 @@ class ForwardServer:
     def close(self) -> None:
         self._closed.set()
         try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept()
+        except OSError:
+            pass
+        try:
             self.listener.close()
         except OSError:
             pass
