@@ -67,6 +67,7 @@ class Agent:
     mode: str = "ok"            # ok | replay | relay | plain
     signer: ec.EllipticCurvePrivateKey | None = None
     tls12: bool = False
+    psp: object = None          # a tests.simattester.SimulatedPsp: it makes the reports instead
     nonces: list[bytes] = field(default_factory=list)
     received: list[bytes] = field(default_factory=list)   # application bytes, per connection
 
@@ -129,14 +130,16 @@ class Agent:
             nonce = self.old_nonce
         if self.mode == "relay":
             spki = self.other_spki
-        report = make_report(self.chain, measurement=self.measurement, policy=self.policy,
-                             report_data=at.report_data(spki, nonce))
+        rd = at.report_data(spki, nonce)
+        report = make_report(self.chain, measurement=self.measurement, policy=self.policy, report_data=rd)
         if self.signer is not None:
             from blindbox.audit.report import parse_report
             from tests.audit.testchain import sign_report
             report = sign_report(parse_report(report), self.signer)
         table = encode_cert_table({"vcek": _der(self.chain.vcek), "ask": _der(self.chain.ask),
                                    "ark": _der(self.chain.ark)})
+        if self.psp is not None:
+            report, table = self.psp.report(rd), self.psp.cert_table()
         sock.sendall(at.encode_evidence(at.Evidence(report=report, certs=table, attester="simulated")))
         # the application: record everything, answer one HTTP request
         while b"\r\n\r\n" not in got:
