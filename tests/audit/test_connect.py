@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import socket
 import ssl
 import threading
@@ -479,3 +480,35 @@ def test_cli_bad_input_and_manifest(chain, published, capfd, change, rc, message
 
 def test_chip_id_of_the_test_chain_is_ours():
     assert CHIP_ID == bytes(range(1, 65))
+
+
+def test_documented_openssl_commands_fetch_a_report_that_verifies(agent_factory, chain, tmp_path, capfd):
+    """docs/attested-tls.md: openssl s_client reaches the agent, and the report it fetched verifies with
+    blindbox verify-report (REPORT_DATA computed with openssl, the test root given explicitly)."""
+    import re
+    import subprocess
+    from tests.tools import require
+    require("openssl", "openssl")
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "attested-tls.md").read_text()
+    m = re.search(r"<!-- test:openssl-evidence -->\n```sh\n(.*?)```", doc, re.S)
+    assert m, "docs/attested-tls.md has no block marked test:openssl-evidence"
+    agent = agent_factory()
+    work = tmp_path / "work"
+    work.mkdir()
+    run = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", m.group(1)], cwd=work, capture_output=True,
+                         text=True, env={**os.environ, "AGENT": f"127.0.0.1:{agent.port}"}, timeout=60)
+    agent.join()
+    assert run.returncode == 0, run.stderr
+    assert agent.nothing_sent()
+    (work / "ark.pem").write_bytes(chain.ark.public_bytes(serialization.Encoding.PEM))
+    (work / "manifest.json").write_text(json.dumps(_manifest()))
+    rd = (work / "report_data.hex").read_text().strip()
+    assert len(rd) == 128 and bytes.fromhex(rd) == at.report_data(
+        at.certificate_spki(agent.cert_der), (work / "nonce.bin").read_bytes())
+    rc, out, err = cli(["verify-report", work / "report.bin", "--certs", work / "certs", "--report-data", rd,
+                        "--manifest", work / "manifest.json", "--trust-root", work / "ark.pem"], capfd)
+    assert rc == 0, out + err
+    assert "verdict: PASS" in out
+    rc, out, err = cli(["verify-report", work / "report.bin", "--certs", work / "certs", "--report-data", "00" * 64,
+                        "--manifest", work / "manifest.json", "--trust-root", work / "ark.pem"], capfd)
+    assert rc == 3 and "REPORT_DATA" in err
