@@ -23,9 +23,10 @@ and the standard library, never :mod:`builder`, :mod:`blindbox.cli`, ``click`` o
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -120,18 +121,22 @@ def _evidence_failure(attester: str, reason: str) -> AttestedVerdict:
 
 
 def verify_evidence(evidence: Evidence, *, peer_cert_der: bytes, nonce: bytes,
-                    manifest: Sequence[ManifestEntry], manifest_source: str = "manifest.json",
+                    manifest: Mapping[str, Any] | bytes | Sequence[ManifestEntry],
+                    manifest_source: str = "manifest.json",
                     shape: str | None = None, trust_roots: Sequence[Certificate] = (),
                     certificates: Sequence[Certificate] = (), kds: KdsClient | None = None,
                     allow_debug: bool = False, vmpl: int | None = None,
                     min_tcb: Mapping[str, int] | None = None, at: datetime | None = None) -> AttestedVerdict:
     """Check ``evidence`` received on a connection whose peer presented ``peer_cert_der``.
 
-    ``manifest`` are the measurements of a manifest whose signature was verified; ``kds``,
+    ``manifest`` is a manifest whose signature was verified (the document, its bytes or its
+    measurements); ``kds``,
     when given, supplies a missing VCEK from its cache (or the KDS unless offline).
     Malformed evidence is a failed ``evidence`` check, not an error: it came from the peer.
     An option that cannot apply (``shape`` not in the manifest) is :class:`InputError`.
     """
+    if isinstance(manifest, (bytes, Mapping)):
+        manifest = manifest_entries(manifest, source=manifest_source)
     if shape is not None and shape not in {e.shape for e in manifest}:
         raise InputError(f"--shape {shape!r} is not in {manifest_source}; its shapes are "
                          f"{', '.join(sorted({e.shape for e in manifest}))}.")
@@ -149,6 +154,12 @@ def verify_evidence(evidence: Evidence, *, peer_cert_der: bytes, nonce: bytes,
         return _evidence_failure(evidence.attester, str(e))
     certs = list(certificates) + from_table
     fetched: tuple[Fetched, ...] = ()
+    if kds is None and not any(not c.is_ca for c in certs):
+        names = ", ".join(n.upper() for n in table) or "nothing"
+        return AttestedVerdict(checks=(Check("chain", FAIL, (
+            f"no VCEK or VLEK for this report: the evidence's certificate table holds {names} and none was "
+            f"given; pass --fetch to take the VCEK from the KDS cache or AMD's KDS, or give it with --certs")),),
+            attester=evidence.attester, table=tuple(table))
     if kds is not None:
         try:
             fetched = fetch_missing(report, certs, cpuid_product(report), kds)
@@ -176,7 +187,7 @@ def verify_evidence(evidence: Evidence, *, peer_cert_der: bytes, nonce: bytes,
             if check.status == PASS:
                 check = Check(BINDING_CHECK, PASS,
                               f"REPORT_DATA is SHA-512 of this connection's key (SPKI sha256 "
-                              f"{_sha256(spki)[:16]}...), the nonce sent and the policy digest")
+                              f"{hashlib.sha256(spki).hexdigest()[:16]}...), the nonce sent and the policy digest")
             else:
                 err = VerificationError(
                     f"REPORT_DATA {report.report_data.hex()[:32]}... is not {expected.hex()[:32]}..., the binding "
@@ -184,13 +195,8 @@ def verify_evidence(evidence: Evidence, *, peer_cert_der: bytes, nonce: bytes,
                     f"connection (a relaying proxy or a replayed report)")
                 check = Check(BINDING_CHECK, FAIL, str(err), err)
         checks.append(check)
-    return AttestedVerdict(checks=tuple(checks), attester=evidence.attester, report=replace(verdict),
+    return AttestedVerdict(checks=tuple(checks), attester=evidence.attester, report=verdict,
                            table=tuple(table), fetched=fetched)
-
-
-def _sha256(data: bytes) -> str:
-    import hashlib
-    return hashlib.sha256(data).hexdigest()
 
 
 __all__ = ["AttestationFailed", "AttestedVerdict", "BINDING_CHECK", "EVIDENCE_CHECK", "failed", "manifest_entries",

@@ -69,6 +69,7 @@ class Agent:
     signer: ec.EllipticCurvePrivateKey | None = None
     tls12: bool = False
     psp: object = None          # a tests.simattester.SimulatedPsp: it makes the reports instead
+    empty_table: bool = False   # a host that supplies no certificates
     nonces: list[bytes] = field(default_factory=list)
     received: list[bytes] = field(default_factory=list)   # application bytes, per connection
 
@@ -141,6 +142,8 @@ class Agent:
                                    "ark": _der(self.chain.ark)})
         if self.psp is not None:
             report, table = self.psp.report(rd), self.psp.cert_table()
+        if self.empty_table:
+            table = b""
         sock.sendall(at.encode_evidence(at.Evidence(report=report, certs=table, attester="simulated")))
         # the application: record everything, answer one HTTP request
         while b"\r\n\r\n" not in got:
@@ -252,6 +255,24 @@ def test_refusals_name_the_check_and_send_nothing(agent_factory, chain, setup, s
     assert agent.nonces and agent.nothing_sent()
     with pytest.raises(RuntimeError, match="not verified"):
         session.socket  # noqa: B018 - the property refuses
+
+
+def test_vcek_from_certs_or_kds_when_the_host_supplies_none(agent_factory, chain, tmp_path):
+    from blindbox.audit.kds import KdsClient
+    agent = agent_factory(empty_table=True)
+    with pytest.raises(AttestationFailed) as info:
+        _session(agent, chain).connect()
+    assert info.value.check == "chain"
+    assert "the evidence's certificate table holds nothing and none was given; pass --fetch" in str(info.value)
+    with pytest.raises(AttestationFailed) as info:
+        _session(agent, chain, kds=KdsClient(offline=True, cache_dir=tmp_path / "kds")).connect()
+    assert info.value.check == "chain" and "KDS" in str(info.value)
+    certs = tuple(parse_certificate(_der(c)) for c in (chain.vcek, chain.ask))
+    with _session(agent, chain, certs=certs) as s:
+        assert s.request("GET", "/")[0] == 200
+    agent.join()
+    assert agent.received[0] == agent.received[1] == b""
+    assert agent.received[2].startswith(b"GET / HTTP/1.1")
 
 
 def test_tls12_server_is_refused(agent_factory, chain):
