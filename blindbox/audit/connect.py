@@ -277,6 +277,8 @@ class ForwardServer:
         if self.on_event is not None:
             self.on_event("verified", session, None)
         try:
+            session.socket.settimeout(None)  # a verified session may idle as long as its client does
+            local.settimeout(None)
             _relay(local, session.socket)
         finally:
             session.close()

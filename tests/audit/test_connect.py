@@ -14,6 +14,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -339,12 +340,13 @@ def test_shape_not_in_manifest_is_bad_input(agent_factory, chain):
 def test_forwarding_verifies_each_connection(agent_factory, chain):
     agent = agent_factory()
     events = []
-    server = serve_forward("127.0.0.1:0", lambda: _session(agent, chain),
+    server = serve_forward("127.0.0.1:0", lambda: _session(agent, chain, timeout=1.0),
                            on_event=lambda what, s, e: events.append(what))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        for _ in range(2):
+        for idle in (0, 1.5):  # a verified session outlives the attestation timeout when idle
             with socket.create_connection(server.address, timeout=10) as c:
+                time.sleep(idle)
                 c.sendall(b"GET /fwd HTTP/1.1\r\nHost: x\r\n\r\n")
                 reply = b""
                 while chunk := c.recv(4096):
