@@ -27,7 +27,7 @@ from cryptography.x509.oid import NameOID
 from blindbox.audit.attested import BINDING_CHECK, AttestationFailed
 from blindbox.audit.certs import parse_certificate
 from blindbox.audit.certtable import encode_cert_table
-from blindbox.audit.connect import NO_ENDPOINT, AttestedSession, serve_forward
+from blindbox.audit.connect import NO_ENDPOINT, AttestedSession, client_context, serve_forward
 from blindbox.audit.manifest_sig import public_key_fingerprint, public_key_pem, sign_manifest
 from blindbox.cli import main
 from measure import attested_tls as at
@@ -274,6 +274,41 @@ def test_vcek_from_certs_or_kds_when_the_host_supplies_none(agent_factory, chain
     agent.join()
     assert agent.received[0] == agent.received[1] == b""
     assert agent.received[2].startswith(b"GET / HTTP/1.1")
+
+
+def test_a_real_relaying_proxy_is_refused(agent_factory, chain, tmp_path):
+    """A proxy with its own TLS key passes the client's hello to the genuine agent and relays the
+    genuine evidence (right measurement, right nonce): the agent's key is not the proxy's."""
+    agent = agent_factory()
+    cert, key, _ = _self_signed(tmp_path, "proxy")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    after_evidence: list[bytes] = []
+
+    def proxy():
+        raw, _ = listener.accept()
+        with ctx.wrap_socket(raw, server_side=True) as down:
+            hello = down.recv(len(at.HELLO) + at.NONCE_SIZE)
+            upstream = socket.create_connection(("127.0.0.1", agent.port), timeout=10)
+            with client_context().wrap_socket(upstream) as up:
+                up.sendall(hello)
+                evidence = at.read_evidence(up.makefile("rb").read)
+                down.sendall(at.encode_evidence(evidence))
+                down.settimeout(10)
+                after_evidence.append(down.recv(4096))
+    t = threading.Thread(target=proxy, daemon=True)
+    t.start()
+    session = AttestedSession("127.0.0.1", listener.getsockname()[1], manifest=_manifest(), trust_roots=_roots(chain))
+    with pytest.raises(AttestationFailed) as info:
+        session.connect()
+    t.join(10)
+    listener.close()
+    agent.join()
+    assert info.value.check == BINDING_CHECK
+    assert {c.name: c.status for c in info.value.checks}["measurement.manifest"] == "pass"
+    assert agent.nonces == [session.nonce]  # the genuine agent did answer this very nonce
+    assert after_evidence == [b""] and agent.nothing_sent()
 
 
 def test_tls12_server_is_refused(agent_factory, chain):
