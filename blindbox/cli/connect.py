@@ -107,7 +107,7 @@ def _print_checks(checks: tuple[Check, ...]) -> None:
               help="When neither the guest nor --certs supplies the VCEK, take it from the KDS cache or AMD's KDS.")
 @click.option("--allow-debug", is_flag=True, help="Accept a guest whose policy allows debugging (test guests only).")
 @click.option("--min-tcb", metavar="SPEC", help="Minimum REPORTED_TCB per component, e.g. bl=3,tee=0,snp=8,ucode=115.")
-@click.option("--vmpl", type=Vmpl(), help="Required VMPL of the report request (0-3).")
+@click.option("--vmpl", type=Vmpl(), metavar="N", help="Required VMPL of the report request (0-3).")
 @click.option("--shape", metavar="ID", help="Accept only this shape's digest of the manifest.")
 @click.option("--request", "request_spec", metavar="'METHOD /PATH'",
               help="The HTTP request to send after verification (default: GET and the URL's path).")

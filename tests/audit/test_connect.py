@@ -570,3 +570,29 @@ def test_documented_openssl_commands_fetch_a_report_that_verifies(agent_factory,
     rc, out, err = cli(["verify-report", work / "report.bin", "--certs", work / "certs", "--report-data", "00" * 64,
                         "--manifest", work / "manifest.json", "--trust-root", work / "ark.pem"], capfd)
     assert rc == 3 and "REPORT_DATA" in err
+
+
+def test_cli_listen_forwards_through_verified_sessions(agent_factory, chain, published):
+    import subprocess
+    import sys
+    agent = agent_factory()
+    argv = [str(a) for a in _argv(agent, chain, published, "--listen", "127.0.0.1:0")]
+    proc = subprocess.Popen([sys.executable, "-m", "blindbox.cli", *argv], stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert line.startswith("blindbox: forwarding 127.0.0.1:"), line
+        port = int(line.split()[2].rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            c.sendall(b"GET /through HTTP/1.1\r\nHost: x\r\n\r\n")
+            reply = b""
+            while chunk := c.recv(4096):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200 OK") and reply.endswith(REPLY)
+        assert "verified a new attested session" in proc.stderr.readline()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+    agent.join()
+    assert agent.received[0].startswith(b"GET /through HTTP/1.1")
