@@ -34,6 +34,7 @@ COMMANDS = {
     "id-block": "blindbox.cli.audit:id_block_cmd",
     "sign-manifest": "blindbox.cli.audit:sign_manifest_cmd",
     "verify-manifest": "blindbox.cli.audit:verify_manifest_cmd",
+    "connect": "blindbox.cli.connect:connect",
 }
 
 
