@@ -48,6 +48,9 @@ RULES = {
                            allow=("stdlib", "measure.errors")),
     "blindbox": Rule("the `blindbox` namespace package", "is imported with each of its parts",
                      allow=("stdlib",)),
+    "blindbox.agent": Rule("the attestation agent `blindbox.agent`",
+                           "runs inside the guest with only the standard library and the calculator",
+                           allow=("stdlib", "measure", "blindbox.agent")),
     "builder": Rule("the builder `builder`", "never depends on the command line",
                     deny=("blindbox.cli", "click")),
     "blindbox.cli": Rule("the command line `blindbox.cli`", "may import every part"),
@@ -213,6 +216,11 @@ def test_checker_names_each_breach_with_file_and_line(tmp_path):
             """,
         "blindbox/audit/report.py": "def f():\n    from ...blindbox.cli import main\n",
         "blindbox/cli/__init__.py": "import click\nimport yaml\nfrom builder import pipeline\n",
+        "blindbox/agent/__init__.py": "",
+        "blindbox/agent/server.py": "import ssl\nfrom measure.attested_tls import report_data\n"
+                                    "from . import attesters\nfrom blindbox.audit import verify\n"
+                                    "from cryptography import x509\n",
+        "blindbox/agent/attesters.py": "from ..files import write_atomic\n",
     })
     found = sorted(v.split(", but")[0] for v in violations(root))
     assert found == sorted([
@@ -229,6 +237,9 @@ def test_checker_names_each_breach_with_file_and_line(tmp_path):
         "blindbox/audit/verify.py:6: imports click",
         "blindbox/audit/verify.py:7: imports builder.manifest",
         "blindbox/audit/report.py:2: imports <beyond top level>",
+        "blindbox/agent/server.py:4: imports blindbox.audit.verify",
+        "blindbox/agent/server.py:5: imports cryptography",
+        "blindbox/agent/attesters.py:1: imports blindbox.files",
     ])
     assert any(v.startswith("measure/snp.py:6: imports yaml, but the calculator `measure` stays standard-library")
                for v in violations(root))
@@ -290,6 +301,20 @@ def test_runtime_check_sees_a_foreign_module(tmp_path):
                             "from measure import Firmware")
     _, foreign = foreign_modules_after(breach, tmp_path)
     assert "click" in foreign and "blindbox.audit.errors" in foreign and "blindbox" in foreign
+
+
+def test_the_agent_loads_only_the_standard_library_and_the_calculator():
+    # the guest has Python's standard library, `measure` and `blindbox.agent`, nothing else
+    code = ("import json, sys\nimport blindbox.agent.__main__, blindbox.agent.server, blindbox.agent.attesters\n"
+            "print(json.dumps(sorted(sys.modules)))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    modules = json.loads(proc.stdout)
+    assert "blindbox.agent.server" in modules
+    foreign = [m for m in modules if any(covers(f, m) for f in FOREIGN)
+               and m != "blindbox" and not covers("blindbox.agent", m)]
+    assert foreign == []
 
 
 # -- module docstrings ---------------------------------------------------------------------

@@ -9,6 +9,7 @@ but the keys are ours: only an explicit --trust-root makes the verifier accept i
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from blindbox.audit.certs import OID_HW_ID, OID_PRODUCT_NAME, OID_SPL, OID_STRUCT_VERSION
-from blindbox.audit.report import EcdsaSignature, Product, ReportV5, encode_tcb, signed_region
+from blindbox.audit.report import EcdsaSignature, Product, ReportV3, ReportV5, encode_tcb, signed_region
 
 PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 NOT_BEFORE = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
@@ -28,8 +29,8 @@ TCB = dict(boot_loader=4, tee=0, snp=24, microcode=219)
 CPUID = {Product.MILAN: (0x19, 0x01, 0x01), Product.GENOA: (0x19, 0x11, 0x01), Product.TURIN: (0x1A, 0x02, 0x01)}
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "blindbox test"),
+def _name(cn: str, organization: str = "blindbox test") -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
                       x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
@@ -70,9 +71,9 @@ def _rsa(label: str) -> rsa.RSAPrivateKey:
     return _RSA_CACHE[label]
 
 
-def _ca(subject: str, issuer: str, key, signer, serial: int) -> x509.Certificate:
+def _ca(subject: str, issuer: str, key, signer, serial: int, organization: str = "blindbox test") -> x509.Certificate:
     return (x509.CertificateBuilder()
-            .subject_name(_name(subject)).issuer_name(_name(issuer))
+            .subject_name(_name(subject, organization)).issuer_name(_name(issuer, organization))
             .public_key(key.public_key()).serial_number(serial)
             .not_valid_before(NOT_BEFORE).not_valid_after(NOT_AFTER)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -80,16 +81,24 @@ def _ca(subject: str, issuer: str, key, signer, serial: int) -> x509.Certificate
 
 
 def make_chain(product: Product = Product.MILAN, *, chip_id: bytes = CHIP_ID, tcb: dict | None = None,
-               label: str = "a") -> TestChain:
+               label: str = "a", names: Mapping[str, str] | None = None, organization: str = "blindbox test",
+               keys: Mapping[str, object] | None = None) -> TestChain:
+    """A chain for ``product``.  ``names`` overrides the common names ("ark", "ask", "vcek"; AMD's by
+    default), ``organization`` the O of every name, and ``keys`` the private keys ("ark", "ask": RSA;
+    "vcek": P-384) that are otherwise made here."""
     tcb = dict(TCB if product is not Product.TURIN else dict(fmc=0, boot_loader=1, tee=0, snp=2,
                                                             microcode=71), **(tcb or {}))
-    ark_key, ask_key = _rsa(label + "ark"), _rsa(label + "ask")
-    ark = _ca(f"ARK-{product.value}", f"ARK-{product.value}", ark_key, ark_key, 1)
-    ask = _ca(f"SEV-{product.value}", f"ARK-{product.value}", ask_key, ark_key, 2)
-    vcek_key = ec.generate_private_key(ec.SECP384R1())
+    cn = {"ark": f"ARK-{product.value}", "ask": f"SEV-{product.value}", "vcek": "SEV-VCEK", **(names or {})}
+    given = dict(keys or {})
+    ark_key = given.get("ark") or _rsa(label + "ark")
+    ask_key = given.get("ask") or _rsa(label + "ask")
+    ark = _ca(cn["ark"], cn["ark"], ark_key, ark_key, 1, organization)
+    ask = _ca(cn["ask"], cn["ark"], ask_key, ark_key, 2, organization)
+    vcek_key = given.get("vcek") or ec.generate_private_key(ec.SECP384R1())
+    assert isinstance(vcek_key, ec.EllipticCurvePrivateKey)
     hw_id = chip_id[:8] if product is Product.TURIN else chip_id
     builder = (x509.CertificateBuilder()
-               .subject_name(_name("SEV-VCEK")).issuer_name(_name(f"SEV-{product.value}"))
+               .subject_name(_name(cn["vcek"], organization)).issuer_name(_name(cn["ask"], organization))
                .public_key(vcek_key.public_key()).serial_number(3)
                .not_valid_before(NOT_BEFORE).not_valid_after(NOT_AFTER)
                .add_extension(_ext(OID_STRUCT_VERSION, _der_int(1)), critical=False)
@@ -103,15 +112,16 @@ def make_chain(product: Product = Product.MILAN, *, chip_id: bytes = CHIP_ID, tc
 
 
 def make_report(chain: TestChain, *, measurement: bytes = bytes(48), policy: int = 0x30000,
-                chip_id: bytes = CHIP_ID, **fields) -> bytes:
-    """A version 5 report with ``fields``, signed by the chain's VCEK."""
+                chip_id: bytes = CHIP_ID, version: int = 5, **fields) -> bytes:
+    """A report (version 5, or 3) with ``fields``, signed by the chain's VCEK; its TCBs are the VCEK's."""
     product = chain.product
     tcb = encode_tcb(product, **{c: int(v) for c, v in _chain_tcb(chain).items()})
     fam, mod, step = CPUID[product]
     chip = chip_id[:8] + bytes(56) if product is Product.TURIN else chip_id
-    report = ReportV5(version=5, policy=policy, signature_algo=1, current_tcb=tcb, reported_tcb=tcb,
-                      committed_tcb=tcb, launch_tcb=tcb, measurement=measurement, chip_id=chip,
-                      cpuid_fam_id=fam, cpuid_mod_id=mod, cpuid_step=step, **fields)
+    layout = {3: ReportV3, 5: ReportV5}[version]
+    report = layout(version=version, policy=policy, signature_algo=1, current_tcb=tcb, reported_tcb=tcb,
+                    committed_tcb=tcb, launch_tcb=tcb, measurement=measurement, chip_id=chip,
+                    cpuid_fam_id=fam, cpuid_mod_id=mod, cpuid_step=step, **fields)
     return sign_report(report, chain.vcek_key)
 
 
