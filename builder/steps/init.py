@@ -52,7 +52,8 @@ The application root's init (:func:`render_rootfs_init`) prints the lines above 
 ``BLINDBOX-NET-FAILED <reason>``
     with network: no eth0 or no lease; then ``BLINDBOX-POWEROFF``, no application.
 ``BLINDBOX-APP-START <argv0>``
-    just before ``switch_root``; control characters and backslashes of the program path
+    just before ``switch_root`` (with an attestation agent: in stage 2, after the agent's ready
+    line, just before the application starts); control characters and backslashes of the program path
     are shown as ``\\xNN`` and ``\\\\`` so that the marker stays one line.
 ``BLINDBOX-AGENT-START <port>``
     with an attestation agent, in stage 2: the agent is being started in its own root
@@ -355,8 +356,7 @@ dmesg | grep -c 'device-mapper: verity' > /newroot{dir}/dmesg-seen
 for d in dev proc sys; do
   mount --move /$d /newroot/$d || root_failed "cannot move /$d into the new root"
 done
-printf '%s %s\\n' "{app_start}" {argv0}
-exec busybox switch_root /newroot {dir}/busybox sh {dir}/init
+{app_start_line}exec busybox switch_root /newroot {dir}/busybox sh {dir}/init
 """
 
 _STAGE2 = """\
@@ -444,13 +444,15 @@ printf '%s %s\\n' "{start}" {listen}
     --state-dir /tmp --openssl {openssl} 2>&1
   echo "{exit} $?" ) | $b tee {dir}/agent.log &
 n=0
-until $b grep -q '^{ready} ' {dir}/agent.log 2>/dev/null; do
+while :; do
   if $b grep -q -e '^{refused} ' -e '^{exit} ' {dir}/agent.log 2>/dev/null; then
     agent_failed "the attestation agent did not start, so the application is not started"
   fi
+  $b grep -q '^{ready} ' {dir}/agent.log 2>/dev/null && break
   [ $n -lt {tries} ] || agent_failed "no {ready} line within {seconds} s; the application is not started"
   $b sleep 0.2; n=$((n + 1))
 done
+printf '%s %s\\n' "{app_start}" {argv0}
 """
 
 
@@ -467,9 +469,9 @@ def _check_agent(agent: AgentLaunch) -> None:
                             f"such as 'auto' or '/usr/bin/openssl'.")
 
 
-def _render_agent(agent: AgentLaunch) -> str:
+def _render_agent(agent: AgentLaunch, argv0: str) -> str:
     _check_agent(agent)
-    return _AGENT.format(
+    return _AGENT.format(app_start=MARKER_APP_START, argv0=_quote(_shown(argv0)),
         agent_dir=AGENT_DIR, dir=STAGE2_DIR, failed=MARKER_AGENT_FAILED, start=MARKER_AGENT_START,
         listen=agent.listen, app=agent.app, attester=agent.attester, python=agent.python, launcher=agent.launcher,
         openssl=agent.openssl, exit=MARKER_AGENT_EXIT, ready=MARKER_AGENT_READY, refused=MARKER_AGENT_REFUSED,
@@ -481,7 +483,7 @@ def render_stage2(app: AppConfig, agent: AgentLaunch | None = None) -> bytes:
     with ``agent``, it first starts the attestation agent and waits for its ready line."""
     _check_app(app)
     env = "".join(_quote(f"{k}={v}") + " " for k, v in app.env)
-    return _STAGE2.format(agent="" if agent is None else _render_agent(agent),
+    return _STAGE2.format(agent="" if agent is None else _render_agent(agent, app.argv[0]),
         dir=STAGE2_DIR, poweroff=MARKER_POWEROFF, root_failed=MARKER_ROOT_FAILED, workdir=_quote(app.workdir),
         workdir_shown=_quote(_shown(app.workdir)), env=env, uid=app.uid, gid=app.gid,
         argv=" ".join(_quote(w) for w in app.argv), app_exit=MARKER_APP_EXIT, dmesg=MARKER_DMESG,
@@ -530,6 +532,9 @@ def render_rootfs_init(*, modules: Sequence[str], app: AppConfig, network: bool,
         raise InitError("the application settings contain the stage-2 script's end line; change them.")
     agent_copy = "" if agent is None else _AGENT_COPY.format(initrd_dir=AGENT_INITRD_DIR, dir=STAGE2_DIR,
                                                                agent_dir=AGENT_DIR)
-    parts.append(_SWITCH.format(dir=STAGE2_DIR, end=end, stage2=stage2, app_start=MARKER_APP_START,
-                                argv0=_quote(_shown(app.argv[0])), agent_copy=agent_copy))
+    # with an agent, stage 2 says when the application starts: after the agent's ready line
+    app_start = "" if agent is not None else \
+        f"printf '%s %s\\n' \"{MARKER_APP_START}\" {_quote(_shown(app.argv[0]))}\n"
+    parts.append(_SWITCH.format(dir=STAGE2_DIR, end=end, stage2=stage2, agent_copy=agent_copy,
+                                app_start_line=app_start))
     return "".join(parts).encode("utf-8")
