@@ -176,6 +176,9 @@ def assemble_agent(lock: Lock, inputs: dict[str, Path], dest: Path, *, epoch: in
         for guest in (PYTHON, OPENSSL):
             if not os.path.lexists(dest / guest.lstrip("/")):
                 raise AgentError(f"the agent's packages have no {guest}; run `blindbox lock` on the recipe again.")
+        for dirpath, dirnames, filenames in os.walk(dest):   # what the steps above touched, too
+            for n in dirnames + filenames:
+                os.utime(os.path.join(dirpath, n), (epoch, epoch), follow_symlinks=False)
         os.utime(dest, (epoch, epoch))
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
