@@ -19,15 +19,24 @@ REPORT_DATA and one byte VMPL (0-3); the answer is SIM_MAGIC, a 4-byte big-endia
 the report, a 4-byte big-endian length and the certificate table (AMD's GUID table: VCEK, ASK,
 ARK, DER).  A malformed request gets no answer; the connection is closed.
 
-Command line::
+Chain directory: ``DIR/<product>/`` (``milan`` or ``genoa``) holds ``ark.pem`` (the root to pass
+as ``--trust-root``), ``ask.pem``, ``vcek.der`` and their private keys; ``DIR/.lock`` serializes
+their creation.
+
+Command line (run from the repository, or use :func:`simulator_argv`, which works from anywhere)::
 
     python -m tests.simattester --ovmf F --kernel F --initrd F --append-file F --vcpus N
         --vcpu-type T [--guest-features 0x1] [--policy 0x30000] [--product milan|genoa]
-        --chain-dir DIR [--listen HOST:PORT]
+        --chain-dir DIR [--listen HOST:PORT] [--log FILE]
 
-Without ``--listen`` it answers one request on stdin/stdout (for ``guestfwd=...-cmd:``); with
-it, it prints ``BLINDBOX-SIM-LISTENING HOST:PORT`` (the bound port when PORT is 0) on stdout
-and answers every connection until it is terminated.
+The command line file holds the kernel command line byte for byte as passed to ``-append``
+(no trailing newline, like a bundle's ``cmdline`` file).  Without ``--listen`` it answers one
+request on stdin/stdout, for QEMU's ``guestfwd=tcp:10.0.2.100:4050-cmd:...`` (:func:`guestfwd`
+writes that item).  QEMU hands such a command one socket as stdin, stdout *and* stderr, so when
+stderr is that socket nothing is written to it: diagnostics go to ``--log`` or
+``DIR/simattester.log``.  With ``--listen`` it prints ``BLINDBOX-SIM-LISTENING HOST:PORT`` (the
+bound port when PORT is 0) on stdout and answers every connection until it is terminated.
+Exit status: 0 answered, 2 bad input or a refused request, 1 a bug.
 """
 
 from __future__ import annotations
@@ -36,9 +45,12 @@ import argparse
 import contextlib
 import fcntl
 import hashlib
+import io
 import os
 import shutil
+import shlex
 import socketserver
+import stat
 import sys
 import tempfile
 import uuid
@@ -68,7 +80,9 @@ MAX_VMPL = 3
 REQUEST_TIMEOUT = 10.0
 READY = "BLINDBOX-SIM-LISTENING"
 
-#: AMD's certificate-table GUIDs (GHCB specification; Linux Documentation/virt/coco/sev-guest.rst).
+#: AMD's certificate-table GUIDs (GHCB specification).  On the wire their sixteen bytes are in the
+#: order the text is written (RFC 4122, ``uuid.bytes``), as AMD's sev-guest tools (libuuid's
+#: uuid_parse), go-sev-guest and virtee's sev crate write them; not EFI's mixed-endian order.
 GUID_VCEK = uuid.UUID("63da758d-e664-4564-adc5-f4b93be8accd")
 GUID_ASK = uuid.UUID("4ab7b379-bbac-4fe4-a02f-05aef327c782")
 GUID_ARK = uuid.UUID("c0b406a4-a803-4952-9743-3fb6014cd0ae")
@@ -78,14 +92,15 @@ GUID_VLEK = uuid.UUID("a8074bc2-a25a-483e-aae6-39c045a0b8a1")
 @layout.struct(size=24, spec="GHCB specification, SNP extended guest request: certificate table entry")
 @dataclass(frozen=True)
 class CertTableEntry(layout.Struct):
-    guid: bytes = layout.raw(0x00, 16)     # uuid.bytes_le
+    guid: bytes = layout.raw(0x00, 16)     # in the order the GUID's text is written (uuid.bytes)
     offset: int = layout.u32(0x10)         # from the start of the table
     length: int = layout.u32(0x14)
 
 
 @dataclass(frozen=True)
 class _Profile:
-    """What a real part of this product reports (values seen in real reports of each product)."""
+    """What a real part of this product reports: the values of the real Milan (version 3) and Genoa
+    (version 5) reports in tests/fixtures/vectors/oak (a test compares them)."""
 
     version: int
     firmware: tuple[int, int, int]          # major, minor, build
@@ -284,12 +299,13 @@ class SimulatedPsp:
 
 
 def encode_cert_table(entries) -> bytes:
-    """A GUID table for ``(uuid, DER)`` pairs: entries, the all-zero entry, then the certificates."""
+    """A GUID table for ``(uuid, DER)`` pairs: entries, the all-zero entry, then the certificates
+    (offsets from the start of the table, GUIDs in RFC 4122 byte order)."""
     entries = list(entries)
     offset = (len(entries) + 1) * CertTableEntry.SIZE
     head, body = b"", b""
     for guid, der in entries:
-        head += CertTableEntry(guid=guid.bytes_le, offset=offset + len(body), length=len(der)).to_bytes()
+        head += CertTableEntry(guid=guid.bytes, offset=offset + len(body), length=len(der)).to_bytes()
         body += der
     return head + CertTableEntry(guid=bytes(16), offset=0, length=0).to_bytes() + body
 
@@ -297,7 +313,7 @@ def encode_cert_table(entries) -> bytes:
 def _oracle_measurement(launch: LaunchInputs) -> bytes:
     """MEASUREMENT as sev-snp-measure computes it (its output never reaches stdout)."""
     try:
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(io.StringIO()):
             digest = oracle.oracle_digest("snp", ovmf=launch.ovmf, vcpus=launch.vcpus,
                                           vcpu_sig=oracle.CPU_SIGS[launch.vcpu_type], kernel=launch.kernel,
                                           initrd=launch.initrd, append=launch.append,
@@ -361,17 +377,25 @@ def serve_one(psp: SimulatedPsp, rfile: Reader, wfile: Writer, *,
         if on_error is not None:
             on_error(f"the connection failed before a whole request arrived ({e.strerror or e}).")
         return
-    wfile.write(encode_answer(psp.report(report_data, vmpl), psp.cert_table()))
-    wfile.flush()
+    try:
+        wfile.write(encode_answer(psp.report(report_data, vmpl), psp.cert_table()))
+        wfile.flush()
+    except OSError as e:  # the peer went away
+        if on_error is not None:
+            on_error(f"the connection failed while the answer was written ({e.strerror or e}).")
 
 
 # ---------------------------------------------------------------------------------------
 # command line
 
 
+class _UsageError(Exception):
+    pass
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"simattester: {message}; see --help.\n")
+        raise _UsageError(f"{message}; see --help.")
 
 
 def _int(text: str) -> int:
@@ -413,6 +437,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="where the simulated keys and certificates are made once and reused")
     p.add_argument("--listen", type=_hostport, metavar="HOST:PORT",
                    help="serve connections on HOST:PORT (default: one request on stdin/stdout)")
+    p.add_argument("--log", type=Path, metavar="FILE",
+                   help="also append diagnostics to FILE (when stderr is the connection, as under QEMU's "
+                        "guestfwd cmd:, they go only there, by default to CHAIN_DIR/simattester.log)")
     return p
 
 
@@ -425,9 +452,41 @@ def _append(path: Path) -> str:
         raise SimulatorError(f"the command line file {str(path)!r} is not UTF-8.") from None
 
 
-def _log(message: str) -> None:
-    sys.stderr.write(f"simattester: {message}\n")
-    sys.stderr.flush()
+class _Diagnostics:
+    """One line per message on stderr, and appended to ``file`` when one is set."""
+
+    def __init__(self) -> None:
+        self.file: Path | None = None
+
+    def __call__(self, message: str) -> None:
+        line = f"simattester[{os.getpid()}]: {message}\n"
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(line)
+            sys.stderr.flush()
+        if self.file is not None:
+            with contextlib.suppress(OSError):
+                with open(self.file, "a", encoding="utf-8") as f:
+                    f.write(line)
+
+
+def _stderr_is_the_connection() -> bool:
+    """True under QEMU's guestfwd ``cmd:``, which gives the command one socket as its stdin, stdout
+    and stderr: anything written to stderr would reach the guest as part of the answer."""
+    try:
+        out, err = os.fstat(1), os.fstat(2)
+    except OSError:
+        return False
+    return stat.S_ISSOCK(err.st_mode) and (out.st_dev, out.st_ino) == (err.st_dev, err.st_ino)
+
+
+def _silence_stderr() -> None:
+    """Point file descriptor 2 at /dev/null (warnings, stray output: nothing may reach the guest)."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    os.close(null)
+
+
+_log = _Diagnostics()
 
 
 def _serve_forever(psp: SimulatedPsp, host: str, port: int) -> None:
@@ -456,8 +515,49 @@ def _serve_forever(psp: SimulatedPsp, host: str, port: int) -> None:
         server.serve_forever()
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def simulator_argv(*, ovmf, kernel, initrd, append_file, vcpus: int, vcpu_type: str, chain_dir,
+                   guest_features: int = 0x1, policy: int = 0x30000, product: Product = Product.MILAN,
+                   listen: str | None = None, log=None, python: str = sys.executable) -> list[str]:
+    """The command that runs the simulator from any directory (``env PYTHONPATH=<repository>``)."""
+    argv = ["env", f"PYTHONPATH={ROOT}", python, "-m", "tests.simattester",
+            "--ovmf", str(Path(ovmf).resolve()), "--kernel", str(Path(kernel).resolve()),
+            "--initrd", str(Path(initrd).resolve()), "--append-file", str(Path(append_file).resolve()),
+            "--vcpus", str(vcpus), "--vcpu-type", vcpu_type, "--guest-features", f"{guest_features:#x}",
+            "--policy", f"{policy:#x}", "--product", product.value, "--chain-dir", str(Path(chain_dir).resolve())]
+    if listen is not None:
+        argv += ["--listen", listen]
+    if log is not None:
+        argv += ["--log", str(Path(log).resolve())]
+    return argv
+
+
+def guestfwd(argv: Sequence[str], address: str = "10.0.2.100", port: int = 4050) -> str:
+    """A ``guestfwd=`` item for QEMU's ``-nic user,...`` / ``-netdev user,...`` value: a guest connection
+    to ADDRESS:PORT starts ``argv`` with the connection as its stdin, stdout and stderr.
+
+    libslirp splits the command with g_shell_parse_argv (no shell runs); QEMU's option parser
+    needs each comma doubled.
+    """
+    return f"guestfwd=tcp:{address}:{port}-cmd:" + shlex.join(argv).replace(",", ",,")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    connection_is_stderr = _stderr_is_the_connection()
+    if connection_is_stderr:
+        _silence_stderr()
+    _log.file = None
+    try:
+        args = _parser().parse_args(argv)
+    except _UsageError as e:
+        _log(str(e))
+        return 2
+    if args.log is not None:
+        _log.file = args.log
+    elif connection_is_stderr:
+        _log.file = args.chain_dir / "simattester.log"
     try:
         psp = SimulatedPsp(ovmf=args.ovmf, kernel=args.kernel, initrd=args.initrd, append=_append(args.append_file),
                            vcpus=args.vcpus, vcpu_type=args.vcpu_type, guest_features=args.guest_features,

@@ -42,9 +42,11 @@ REPORT_SIZE = 0x4A0
 #: Where REPORT_DATA sits in an ATTESTATION_REPORT (SEV-SNP Firmware ABI, Table "ATTESTATION_REPORT").
 REPORT_DATA_OFFSET = 0x50
 PAGE_SIZE = 4096
-#: The largest certificate table accepted from the host (AMD's VCEK, ASK and ARK take about 5 KiB).
-MAX_CERTS_BYTES = 16 * PAGE_SIZE
-#: The first certificate buffer offered to SNP_GET_EXT_REPORT (grown once if the host asks for more).
+#: The largest certificate table accepted from the host (AMD's VCEK, ASK and ARK take about 5 KiB);
+#: base64 in the evidence, it stays within measure.attested_tls.MAX_EVIDENCE_BYTES.
+MAX_CERTS_BYTES = 8 * PAGE_SIZE
+#: The first certificate buffer offered to SNP_GET_EXT_REPORT (grown once if the host asks for more):
+#: SEV_FW_BLOB_MAX_SIZE of include/linux/psp-sev.h, the most the kernel accepts today.
 FIRST_CERTS_PAGES = 4
 
 CONFIGFS_TSM = Path("/sys/kernel/config/tsm/report")
@@ -194,8 +196,9 @@ class SevGuestDevice:
 
     The certificate buffer starts at :data:`FIRST_CERTS_PAGES` pages; when the host needs more
     (exitinfo2's VMM error 1, SNP_GUEST_VMM_ERR_INVALID_LEN) the kernel writes the needed size
-    into ``certs_len`` and the request is repeated once with that many pages.  A busy host
-    (VMM error 2) is asked again a few times.
+    into ``certs_len`` and the request is repeated once with that many pages (a kernel whose
+    SEV_FW_BLOB_MAX_SIZE is smaller refuses that with EINVAL, reported as one sentence).  A busy
+    host (VMM error 2) is asked again a few times.
     """
 
     name = "sev-guest"
@@ -354,6 +357,13 @@ class ConfigfsTsm:
             if provider != self.PROVIDER:
                 raise AttesterUnavailable(f"the configfs-tsm provider is {provider[:32]!r}, not {self.PROVIDER!r}; "
                                           f"this guest is not an SEV-SNP guest.")
+            try:
+                floor_text = self.ops.read(entry / "privlevel_floor", 32).decode("ascii", "replace").strip()
+            except FileNotFoundError:
+                floor_text = "0"
+            if floor_text.isdigit() and vmpl < int(floor_text):
+                raise AttesterError(f"this guest can request reports at VMPL {floor_text} or above (privlevel_floor "
+                                    f"of configfs-tsm), not at VMPL {vmpl}.")
             before = self._generation(entry)
             self.ops.write(entry / "privlevel", f"{vmpl}\n".encode())
             self.ops.write(entry / "inblob", report_data)

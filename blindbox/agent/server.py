@@ -200,21 +200,11 @@ class Agent:
 
     def handle(self, conn: socket.socket) -> str:
         """Serve one connection; returns what happened, for the log line."""
-        conn.settimeout(self.hello_timeout)
-        deadline = time.monotonic() + self.hello_timeout
+        tls_or_why = self._hello(conn)
+        if isinstance(tls_or_why, str):
+            return tls_or_why
+        tls, nonce = tls_or_why
         try:
-            tls = self.context.wrap_socket(conn, server_side=True)
-        except (ssl.SSLError, OSError) as e:
-            return f"dropped: no TLS 1.3 handshake ({_why(e)})"
-        try:
-            try:
-                nonce = read_hello(lambda n: _read_exactly(tls, n, deadline))
-            except ProtocolError as e:
-                return f"dropped: {e}"
-            except TimeoutError:
-                return f"dropped: no hello within {self.hello_timeout:g} seconds"
-            except (ssl.SSLError, OSError) as e:
-                return f"dropped: the connection failed before the hello ({_why(e)})"
             try:
                 with self._attest_lock:
                     got = self.attester.get_report(report_data(self.identity.spki, nonce), self.vmpl)
@@ -241,6 +231,33 @@ class Agent:
             return f"attested ({self.attester.name}), relayed to {self.app[0]}:{self.app[1]}: {ended}"
         finally:
             _close(tls)
+
+    def _hello(self, conn: socket.socket) -> tuple[ssl.SSLSocket, bytes] | str:
+        """The TLS handshake and the client's hello, within hello_timeout in all.
+
+        The ssl module bounds a whole handshake, and each read, by the socket's timeout (not
+        each byte), so a client that dribbles its bytes is dropped in time too.
+        """
+        too_late = f"dropped: no hello within {self.hello_timeout:g} seconds"
+        deadline = time.monotonic() + self.hello_timeout
+        conn.settimeout(self.hello_timeout)
+        try:
+            tls = self.context.wrap_socket(conn, server_side=True)
+        except TimeoutError:
+            return too_late
+        except (ssl.SSLError, OSError) as e:
+            return f"dropped: no TLS 1.3 handshake ({_why(e)})"
+        try:
+            return tls, read_hello(lambda n: _read_exactly(tls, n, deadline))
+        except TimeoutError:
+            _close(tls)
+            return too_late
+        except ProtocolError as e:
+            _close(tls)
+            return f"dropped: {e}"
+        except (ssl.SSLError, OSError) as e:
+            _close(tls)
+            return f"dropped: the connection failed before the hello ({_why(e)})"
 
 
 def _read_exactly(tls: ssl.SSLSocket, n: int, deadline: float) -> bytes:

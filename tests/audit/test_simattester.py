@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from tests.audit.manifestdoc import CMDLINE, entry, write_bundle
 from tests.conftest import VECTORS
 from tests.measure import oracle
 from tests.simattester import (CHIP_ID_MARKER, READY, REQUEST_SIZE, SimulatedPsp, SimulatorError, encode_request,
-                               serve_one)
+                               guestfwd, serve_one, simulator_argv)
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE = VECTORS / "virtee-sev" / "measurement" / "ovmf_AmdSev_suffix.bin"
@@ -45,7 +46,8 @@ REPORT_DATA = bytes(range(0x40, 0x80))
 
 
 def parse_table(table: bytes) -> list[tuple[str, bytes]]:
-    """A small, independent reader of AMD's GUID table: [(name, DER)], strict about its shape."""
+    """A small, independent reader of AMD's GUID table: [(name, DER)], strict about its shape; GUIDs in
+    the order their text is written (RFC 4122), as AMD's tools put them on the wire."""
     out, pos = [], 0
     while True:
         assert pos + 24 <= len(table), "the table has no terminating all-zero entry"
@@ -56,7 +58,7 @@ def parse_table(table: bytes) -> list[tuple[str, bytes]]:
             break
         start, size = int.from_bytes(offset, "little"), int.from_bytes(length, "little")
         assert start >= pos and start + size <= len(table)
-        out.append((GUIDS[uuid.UUID(bytes_le=guid)], table[start:start + size]))
+        out.append((GUIDS[uuid.UUID(bytes=guid)], table[start:start + size]))
     return out
 
 
@@ -153,6 +155,22 @@ def test_report_fields(psp):
         assert "blindbox simulated" in text and "not AMD" in text
 
 
+@pytest.mark.parametrize("product, real", [(Product.MILAN, "milan_oc_release"), (Product.GENOA, "genoa_oc")])
+def test_report_fields_are_those_of_a_real_part(bundle, product, real):
+    """Everything but the launch, the chip and the signature is what a real part of the product reports."""
+    ours = parse_report(psp_for(bundle, None, product=product).report(REPORT_DATA))
+    theirs = parse_report((VECTORS / "oak" / f"{real}_attestation_report.bin").read_bytes())
+    same = ["version", "guest_svn", "policy", "vmpl", "signature_algo", "current_tcb", "platform_info", "signer_info",
+            "reported_tcb", "committed_tcb", "launch_tcb", "report_id_ma", "current_build", "current_minor",
+            "current_major", "committed_build", "committed_minor", "committed_major", "cpuid_fam_id",
+            "cpuid_mod_id", "cpuid_step", "family_id", "image_id", "host_data", "id_key_digest",
+            "author_key_digest"]
+    if product is Product.GENOA:
+        same += ["launch_mit_vector", "current_mit_vector"]
+    assert {f: getattr(ours, f) for f in same} == {f: getattr(theirs, f) for f in same}
+    assert type(ours) is type(theirs)
+
+
 def test_genoa_report_is_version_5_and_turin_is_refused(bundle):
     report = parse_report(psp_for(bundle, None, product=Product.GENOA).report(REPORT_DATA))
     assert (report.version, report.cpuid_fam_id, report.cpuid_mod_id) == (5, 0x19, 0x11)
@@ -201,6 +219,9 @@ def test_cert_table_round_trips(psp):
                                      psp.chain.ark.public_bytes(der)]
     ark = x509.load_pem_x509_certificate(psp.trust_root_pem())
     assert ark.public_bytes(der) == table[2][1]
+    raw = psp.cert_table()
+    assert raw[:16] == bytes.fromhex("63da758de6644564adc5f4b93be8accd")      # VCEK, bytes as the text reads
+    assert int.from_bytes(raw[16:20], "little") == 4 * 24                   # past three entries and the end
 
 
 def _table_in_new_process(args) -> bytes:
@@ -273,6 +294,18 @@ def test_malformed_request_gets_no_answer(psp, request_bytes, reason):
     assert len(errors) == 1 and reason in errors[0]
 
 
+class _TimesOut:
+    def read(self, size: int) -> bytes:
+        raise TimeoutError("timed out")
+
+
+def test_a_stalled_peer_gets_no_answer(psp):
+    wfile, errors = _Sink(), []
+    serve_one(psp, _TimesOut(), wfile, on_error=errors.append)
+    assert wfile.data == b""
+    assert errors == ["the connection failed before a whole request arrived (timed out)."]
+
+
 def test_stdio_mode_in_a_subprocess(bundle, chain_dir, psp):
     proc = subprocess.run(sim_argv(bundle, chain_dir), input=encode_request(REPORT_DATA, 0), capture_output=True,
                           cwd=ROOT, timeout=60)
@@ -320,6 +353,55 @@ def test_listen_mode(bundle, chain_dir, psp):
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert b"Traceback" not in err and b"refused a request" in err
+
+
+def _spawn_like_slirp(item: str) -> tuple[subprocess.Popen, socket.socket]:
+    """Start a guestfwd ``cmd:`` as libslirp does: its command split like a shell would (no shell runs),
+    commas un-doubled, one socket as stdin, stdout and stderr, in another directory."""
+    command = item.split("-cmd:", 1)[1].replace(",,", ",")
+    ours, theirs = socket.socketpair()
+    proc = subprocess.Popen(shlex.split(command), stdin=theirs, stdout=theirs, stderr=theirs, cwd="/",
+                            start_new_session=True)
+    theirs.close()
+    return proc, ours
+
+
+def _exchange(item: str, request: bytes) -> tuple[int, bytes]:
+    proc, sock = _spawn_like_slirp(item)
+    with sock:
+        sock.settimeout(60)
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return proc.wait(timeout=60), data
+
+
+def test_guestfwd_command_answers_on_its_one_socket(bundle, tmp_path, psp):
+    chain_dir = tmp_path / "chain,with,commas"
+    item = guestfwd(simulator_argv(ovmf=bundle / "OVMF.amdsev.fd", kernel=bundle / "bzImage",
+                                   initrd=bundle / "initrd", append_file=bundle / "cmdline", chain_dir=chain_dir,
+                                   **SHAPE))
+    assert item.startswith("guestfwd=tcp:10.0.2.100:4050-cmd:env ") and "chain,,with,,commas" in item
+    rc, data = _exchange(item, encode_request(REPORT_DATA, 0))
+    assert rc == 0
+    report, table = read_answer(data)          # nothing but the answer reached the socket
+    assert parse_report(report).measurement == psp.measurement
+    assert parse_table(table)[0][0] == "VCEK"
+    # a malformed request: not one byte back, not even a diagnostic; that goes to the log
+    rc, data = _exchange(item, b"GET / HTTP/1.0\r\n\r\n")
+    assert (rc, data) == (2, b"")
+    assert "refused a request" in (chain_dir / "simattester.log").read_text()
+
+
+def test_debug_policy_is_reported_and_refused_by_verify_report(bundle, tmp_path, capsys):
+    psp = psp_for(bundle, tmp_path / "chain", policy=0xB0000)
+    report, certs, root = write_evidence(psp, tmp_path, psp.report(REPORT_DATA))
+    assert parse_report(report.read_bytes()).policy == 0xB0000
+    rc, out = run_cli(["verify-report", report, *[a for c in certs for a in ("--certs", c)], "--trust-root", root,
+                       "--manifest", bundle / "manifest.json"], capsys)
+    assert rc == 3 and "FAIL  policy.debug" in out
 
 
 # ---------------------------------------------------------------------------------------
