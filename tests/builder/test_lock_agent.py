@@ -96,3 +96,23 @@ def test_lock_recipe_accepts_agent_entries_in_its_own_order(tmp_path, archive):
     assert names.index("rootfs") < names.index("agent:libc6")      # rootfs, then the agent's pins, sorted
     again = lock_recipe(r, archive, previous=result.lock)
     assert again.lock.to_json() == result.lock.to_json()
+
+
+def test_build_refuses_a_lock_without_the_agents_pins_with_exit_status_2(tmp_path, archive):
+    import subprocess
+    import sys
+
+    from builder.lock import write_lock
+    from tests.builder.test_recipe import ROOT
+
+    path = write(tmp_path, AGENT)
+    r, result = relock(path, archive)
+    stripped = type(result.lock)(result.lock.recipe, tuple(i for i in result.lock.inputs
+                                                            if not i.name.startswith("agent:")))
+    write_lock(r.lock_path, stripped)
+    p = subprocess.run([sys.executable, "-m", "blindbox.cli", "build", str(path), "--out", str(tmp_path / "out"),
+                        "--offline"], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 2, p.stderr
+    assert "input 'agent:python3.11-minimal' (Debian package python3.11-minimal of the attestation agent) is " \
+           "declared in" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "out").exists()
