@@ -27,7 +27,7 @@ Command line (run from the repository, or use :func:`simulator_argv`, which work
 
     python -m tests.simattester --ovmf F --kernel F --initrd F --append-file F --vcpus N
         --vcpu-type T [--guest-features 0x1] [--policy 0x30000] [--product milan|genoa]
-        --chain-dir DIR [--listen HOST:PORT] [--log FILE]
+        --chain-dir DIR [--listen HOST:PORT] [--log FILE] [--fault other-chip|expired-vcek]
 
 The command line file holds the kernel command line byte for byte as passed to ``-append``
 (no trailing newline, like a bundle's ``cmdline`` file).  Without ``--listen`` it answers one
@@ -36,6 +36,7 @@ writes that item).  QEMU hands such a command one socket as stdin, stdout *and* 
 stderr is that socket nothing is written to it: diagnostics go to ``--log`` or
 ``DIR/simattester.log``.  With ``--listen`` it prints ``BLINDBOX-SIM-LISTENING HOST:PORT`` (the
 bound port when PORT is 0) on stdout and answers every connection until it is terminated.
+``--fault`` makes a simulator whose evidence a verifier must refuse (:data:`FAULTS`).
 Exit status: 0 answered, 2 bad input or a refused request, 1 a bug.
 """
 
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import fcntl
 import hashlib
 import io
@@ -55,7 +57,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NoReturn, Protocol
 
@@ -140,6 +142,14 @@ class Writer(Protocol):
     def flush(self) -> object: ...
 
 
+#: Faults a test can ask for, to check that a verifier refuses them (default: none).
+FAULTS = {
+    "other-chip": "reports are signed by another chip's key; the certificate table still holds this chip's VCEK",
+    "expired-vcek": "the certificate table's VCEK (same key, same TCB) was valid only during 2020",
+}
+EXPIRED = (dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc), dt.datetime(2021, 1, 1, tzinfo=dt.timezone.utc))
+
+
 class SimulatorError(InputError):
     """The simulated PSP cannot start with these inputs (exit status 2)."""
 
@@ -181,6 +191,17 @@ def _write_chain(chain: TestChain, ark_key, ask_key, *, directory: Path) -> None
     (directory / "ark.key.pem").write_bytes(_pem_key(ark_key))
     (directory / "ask.key.pem").write_bytes(_pem_key(ask_key))
     (directory / "vcek.key.pem").write_bytes(_pem_key(chain.vcek_key))
+
+
+def _read_key(path: Path) -> rsa.RSAPrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError) as e:
+        raise SimulatorError(f"the simulated chain's key {path} is missing or corrupt ({e}); delete "
+                             f"{path.parent} and start the simulator again.") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise SimulatorError(f"{path} is not an RSA key; delete {path.parent} and start the simulator again.")
+    return key
 
 
 def _read_chain(directory: Path, product: Product) -> TestChain:
@@ -237,7 +258,7 @@ class SimulatedPsp:
 
     def __init__(self, *, ovmf, kernel, initrd, append: str, vcpus: int, vcpu_type: str,
                  guest_features: int = 1, policy: int = 0x30000, chain_dir: Path | None = None,
-                 product: Product = Product.MILAN):
+                 product: Product = Product.MILAN, fault: str | None = None):
         if product not in PROFILES:
             raise SimulatorError(f"the simulated PSP cannot be a {product.value}: its CHIP_ID has only 8 bytes, too "
                                  f"few to say it is simulated; use {' or '.join(p.value for p in PROFILES)}.")
@@ -251,6 +272,8 @@ class SimulatedPsp:
                                  f"must be one) set; e.g. 0x30000.")
         if not 0 <= guest_features < 1 << 64:
             raise SimulatorError(f"the guest features {guest_features:#x} are not a 64-bit value.")
+        if fault is not None and fault not in FAULTS:
+            raise SimulatorError(f"there is no simulated fault {fault!r}; use one of {', '.join(FAULTS)}.")
         self.product = product
         self.policy = policy
         self.profile = PROFILES[product]
@@ -259,10 +282,21 @@ class SimulatedPsp:
                                    vcpu_type=vcpu_type, guest_features=guest_features)
         self.measurement: bytes = _oracle_measurement(self.inputs)
         if chain_dir is None:
-            self.chain = _new_chain(product)[0]
+            self.chain, _, ask_key = _new_chain(product)
         else:
             self.chain = load_or_create_chain(chain_dir, product)
+            if fault == "expired-vcek":
+                ask_key = _read_key(Path(chain_dir) / product.value.lower() / "ask.key.pem")
         self.chip_id = chip_id(product)
+        self.fault = fault
+        if fault == "expired-vcek":
+            expired = make_chain(product, chip_id=self.chip_id, tcb=PROFILES[product].tcb, names=_names(product),
+                                 organization=ORGANIZATION, vcek_validity=EXPIRED,
+                                 keys={"ark": ask_key, "ask": ask_key, "vcek": self.chain.vcek_key})
+            self.chain = replace(self.chain, vcek=expired.vcek)
+        self._signer = self.chain
+        if fault == "other-chip":
+            self._signer = replace(self.chain, vcek_key=ec.generate_private_key(ec.SECP384R1()))
 
     def report(self, report_data: bytes, vmpl: int = 0) -> bytes:
         """A signed ATTESTATION_REPORT (1184 bytes) carrying ``report_data``, requested at ``vmpl``."""
@@ -280,7 +314,7 @@ class SimulatedPsp:
                       committed_major=major, committed_minor=minor, committed_build=build)
         if p.mit_vector is not None:
             fields.update(launch_mit_vector=p.mit_vector, current_mit_vector=p.mit_vector)
-        return make_report(self.chain, measurement=self.measurement, policy=self.policy, chip_id=self.chip_id,
+        return make_report(self._signer, measurement=self.measurement, policy=self.policy, chip_id=self.chip_id,
                            version=p.version, **fields)
 
     def certificates_der(self) -> tuple[bytes, bytes, bytes]:
@@ -437,6 +471,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="where the simulated keys and certificates are made once and reused")
     p.add_argument("--listen", type=_hostport, metavar="HOST:PORT",
                    help="serve connections on HOST:PORT (default: one request on stdin/stdout)")
+    p.add_argument("--fault", choices=sorted(FAULTS),
+                   help="for negative tests: " + "; ".join(f"{k}: {v}" for k, v in FAULTS.items()))
     p.add_argument("--log", type=Path, metavar="FILE",
                    help="also append diagnostics to FILE (when stderr is the connection, as under QEMU's "
                         "guestfwd cmd:, they go only there, by default to CHAIN_DIR/simattester.log)")
@@ -520,7 +556,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def simulator_argv(*, ovmf, kernel, initrd, append_file, vcpus: int, vcpu_type: str, chain_dir,
                    guest_features: int = 0x1, policy: int = 0x30000, product: Product = Product.MILAN,
-                   listen: str | None = None, log=None, python: str = sys.executable) -> list[str]:
+                   listen: str | None = None, log=None, fault: str | None = None,
+                   python: str = sys.executable) -> list[str]:
     """The command that runs the simulator from any directory (``env PYTHONPATH=<repository>``)."""
     argv = ["env", f"PYTHONPATH={ROOT}", python, "-m", "tests.simattester",
             "--ovmf", str(Path(ovmf).resolve()), "--kernel", str(Path(kernel).resolve()),
@@ -531,6 +568,8 @@ def simulator_argv(*, ovmf, kernel, initrd, append_file, vcpus: int, vcpu_type: 
         argv += ["--listen", listen]
     if log is not None:
         argv += ["--log", str(Path(log).resolve())]
+    if fault is not None:
+        argv += ["--fault", fault]
     return argv
 
 
@@ -561,7 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         psp = SimulatedPsp(ovmf=args.ovmf, kernel=args.kernel, initrd=args.initrd, append=_append(args.append_file),
                            vcpus=args.vcpus, vcpu_type=args.vcpu_type, guest_features=args.guest_features,
-                           policy=args.policy, chain_dir=args.chain_dir, product=args.product)
+                           policy=args.policy, chain_dir=args.chain_dir, product=args.product, fault=args.fault)
         if args.listen is not None:
             _serve_forever(psp, *args.listen)
             return 0

@@ -12,7 +12,7 @@ the host's certificate table out):
   :data:`measure.attested_tls.SIM_MAGIC`'s).
 
 **Neither hardware path has run on SEV-SNP hardware.**  They are written from the kernel's
-uapi header and Documentation/ABI/testing/configfs-tsm; the tests check their structures,
+uapi header and Documentation/ABI/testing/configfs-tsm-report; the tests check their structures,
 ioctl numbers, argument packing, the certificate-buffer retry and the configfs logic against
 a stand-in directory, and their refusal when the device is missing or is not the device.
 
@@ -278,7 +278,7 @@ class SevGuestDevice:
 
 
 # ---------------------------------------------------------------------------------------
-# configfs-tsm (Documentation/ABI/testing/configfs-tsm)
+# configfs-tsm (Documentation/ABI/testing/configfs-tsm-report)
 
 class ConfigfsOps:
     """The file operations configfs-tsm needs; the tests replace them with a stand-in directory."""

@@ -20,11 +20,12 @@ VCEK = uuid.UUID("63da758d-e664-4564-adc5-f4b93be8accd")
 
 
 def certificate_table(entries: list[tuple[uuid.UUID, bytes]]) -> bytes:
+    """AMD's GUID table (GUIDs in RFC 4122 byte order, as go-sev-guest and the sev crate write them)."""
     head = bytearray()
     body = bytearray()
     start = 24 * (len(entries) + 1)
     for guid, blob in entries:
-        head += guid.bytes_le + (start + len(body)).to_bytes(4, "little") + len(blob).to_bytes(4, "little")
+        head += guid.bytes + (start + len(body)).to_bytes(4, "little") + len(blob).to_bytes(4, "little")
         body += blob
     return bytes(head + bytes(24) + body)
 

@@ -12,14 +12,18 @@ import ctypes
 import errno
 import shutil
 import socket
+import ssl
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
 
 from blindbox.agent import attesters as a
+from blindbox.audit.report import parse_report
 from measure.attested_tls import SIM_MAGIC
 from measure.errors import InputError
+from tests.conftest import VECTORS
 
 from .standin import CERTS, VCEK, StandInSim, certificate_table, fake_report
 
@@ -32,8 +36,9 @@ class FakeKernel:
     """Plays sev-guest's SNP_GET_EXT_REPORT: reads the request through its pointers, answers through them."""
 
     def __init__(self, certs: bytes = CERTS, *, need: int | None = None, busy: int = 0, status: int = 0,
-                 report_size: int = 1184) -> None:
+                 report_size: int = 1184, report: bytes | None = None) -> None:
         self.certs, self.need, self.busy, self.status, self.report_size = certs, need, busy, status, report_size
+        self.report = report
         self.calls: list[tuple[int, a.SnpGuestRequestIoctl, a.SnpExtReportReq]] = []
 
     def ioctl(self, fd: int, request: int, arg: ctypes.Array, mutate: bool) -> int:
@@ -56,7 +61,7 @@ class FakeKernel:
             fail(a.SNP_GUEST_VMM_ERR_INVALID_LEN)
         ctypes.memmove(req.certs_address, self.certs, len(self.certs))
         rsp = a.MsgReportRsp(status=self.status, report_size=self.report_size,
-                             report=fake_report(req.data.user_data, req.data.vmpl)).to_bytes()
+                             report=self.report or fake_report(req.data.user_data, req.data.vmpl)).to_bytes()
         ctypes.memmove(head.resp_data, rsp, len(rsp))
         return 0
 
@@ -82,6 +87,20 @@ def test_ext_report_packs_the_request_and_returns_report_and_certificates(monkey
     assert head.msg_version == 1 and head.exitinfo2 == 0
     assert req.data.user_data == DATA and req.data.vmpl == 1
     assert req.certs_len == a.FIRST_CERTS_PAGES * 4096
+
+
+def test_a_real_report_and_amd_certificates_pass_through_the_ioctl_path(monkeypatch, device):
+    # a Genoa report captured by Project Oak and AMD's Genoa VCEK, ASK and ARK in a certificate table:
+    # REPORT_DATA is found where the auditor's own report layout has it, and the table is cut at its end
+    real = (VECTORS / "oak" / "genoa_oc_attestation_report.bin").read_bytes()
+    ask, ark = (ssl.PEM_cert_to_DER_cert(pem + "-----END CERTIFICATE-----\n") for pem in
+                (VECTORS / "go-sev-guest" / "ask_ark_genoa.pem").read_text().split("-----END CERTIFICATE-----\n")[:2])
+    table = certificate_table([(VCEK, (VECTORS / "oak" / "genoa_oc_vcek.der").read_bytes()),
+                               (uuid.UUID("4ab7b379-bbac-4fe4-a02f-05aef327c782"), ask),
+                               (uuid.UUID("c0b406a4-a803-4952-9743-3fb6014cd0ae"), ark)])
+    use(monkeypatch, FakeKernel(table, report=real))
+    got = a.SevGuestDevice(device).get_report(parse_report(real).report_data)
+    assert got.report == real and got.certs == table and len(table) > 3000
 
 
 def test_a_larger_certificate_table_is_asked_again_with_the_pages_the_host_needs(monkeypatch, device):

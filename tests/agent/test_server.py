@@ -8,6 +8,7 @@ the requested REPORT_DATA, not a signed report); the client is written here with
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import select
 import shutil
@@ -229,6 +230,39 @@ def test_an_unreachable_application_is_one_line(tmp_path):
             run.stop()
     assert line.endswith(f"attested (simulated), but the application at 127.0.0.1:{app_port} cannot be reached "
                          f"(Connection refused)")
+
+
+def test_openssl_s_client_fetches_evidence_bound_to_the_certificate_it_saw(agent, tmp_path):
+    # what docs show: a nonce in, the evidence out, with nothing but openssl (then verify-report)
+    nonce = os.urandom(32)
+    proc = subprocess.run([OPENSSL, "s_client", "-connect", f"127.0.0.1:{agent.port}", "-tls1_3", "-quiet",
+                           "-ign_eof"], input=at.encode_hello(nonce) + b"GET /after HTTP/1.0\r\n\r\n",
+                          capture_output=True, timeout=30)
+    evidence = at.read_evidence(io.BytesIO(proc.stdout).read)
+    assert proc.stdout.endswith(b"app saw: GET /after HTTP/1.0")
+    shown = subprocess.run([OPENSSL, "s_client", "-connect", f"127.0.0.1:{agent.port}", "-tls1_3"], input=b"",
+                           capture_output=True, timeout=30).stdout.decode()
+    cert = ssl.PEM_cert_to_DER_cert(shown[shown.index("-----BEGIN CERTIFICATE-----"):
+                                          shown.index("-----END CERTIFICATE-----") + 25])
+    assert evidence.report[0x50:0x90] == at.report_data(at.certificate_spki(cert), nonce)
+
+
+def test_connections_beyond_the_bound_are_dropped_at_once(tmp_path):
+    with StandInSim() as sim:
+        run = Running(["--listen", "127.0.0.1:0", "--app", "127.0.0.1:1", "--attester",
+                       f"simulated:127.0.0.1:{sim.port}", "--state-dir", str(tmp_path / "s"), "--openssl", OPENSSL,
+                       "--max-connections", "1", "--hello-timeout", "3"])
+        try:
+            port = int(run.wait_line("BLINDBOX-AGENT-READY ").split()[1].rsplit(":", 1)[1])
+            with socket.create_connection(("127.0.0.1", port), timeout=10):
+                time.sleep(0.3)                             # the first one holds the only slot
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as second:
+                    peer = second.getsockname()[1]
+                    assert second.recv(10) == b""
+                line = run.wait_line(f"BLINDBOX-AGENT-CONNECTION 127.0.0.1:{peer} ")
+        finally:
+            run.stop()
+    assert line.endswith("dropped: too many connections at once")
 
 
 def test_key_file_is_private(agent):

@@ -57,7 +57,7 @@ def table_entries(table: bytes) -> dict[str, bytes]:
     while table[pos:pos + 16] != bytes(16):
         start = int.from_bytes(table[pos + 16:pos + 20], "little")
         size = int.from_bytes(table[pos + 20:pos + 24], "little")
-        out[GUIDS[uuid.UUID(bytes_le=table[pos:pos + 16])]] = table[start:start + size]
+        out[GUIDS[uuid.UUID(bytes=table[pos:pos + 16])]] = table[start:start + size]
         pos += 24
     return out
 

@@ -321,6 +321,35 @@ def test_stdio_mode_refuses_a_malformed_request(bundle, chain_dir):
     assert b"Traceback" not in proc.stderr and b"refused a request" in proc.stderr
 
 
+@pytest.mark.parametrize("fault, check, message", [
+    ("other-chip", "signature", "the report signature does not verify"),
+    ("expired-vcek", "chain", "is valid from 2020-01-01 00:00 to 2021-01-01 00:00 UTC"),
+])
+def test_faults_are_refused_by_verify_report(bundle, chain_dir, psp, tmp_path, capsys, fault, check, message):
+    proc = subprocess.run(sim_argv(bundle, chain_dir, "--fault", fault), input=encode_request(REPORT_DATA),
+                          capture_output=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    report, table = read_answer(proc.stdout)
+    assert parse_report(report).chip_id == parse_report(psp.report(REPORT_DATA)).chip_id
+    certs = dict(parse_table(table))
+    assert certs["ASK"] == dict(parse_table(psp.cert_table()))["ASK"]      # the same chain otherwise
+    (tmp_path / "report.bin").write_bytes(report)
+    (tmp_path / "vcek.der").write_bytes(certs["VCEK"])
+    (tmp_path / "ask.der").write_bytes(certs["ASK"])
+    (tmp_path / "ark.pem").write_bytes(psp.trust_root_pem())
+    rc, out = run_cli(["verify-report", tmp_path / "report.bin", "--certs", tmp_path / "vcek.der", "--certs",
+                       tmp_path / "ask.der", "--trust-root", tmp_path / "ark.pem",
+                       "--manifest", bundle / "manifest.json"], capsys)
+    assert rc == 3
+    assert f"FAIL  {check}" in out and message in out
+    assert [line.split()[1] for line in out.splitlines() if line.lstrip().startswith("FAIL")] == [check]
+
+
+def test_unknown_fault_is_one_sentence(bundle):
+    with pytest.raises(SimulatorError, match="no simulated fault 'nope'"):
+        psp_for(bundle, None, fault="nope")
+
+
 def test_cli_bad_input_is_exit_2_without_traceback(bundle, chain_dir, tmp_path):
     argv = sim_argv(bundle, chain_dir)
     argv[argv.index("--kernel") + 1] = str(tmp_path / "missing")
@@ -366,12 +395,14 @@ def _spawn_like_slirp(item: str) -> tuple[subprocess.Popen, socket.socket]:
     return proc, ours
 
 
-def _exchange(item: str, request: bytes) -> tuple[int, bytes]:
+def _exchange(item: str, request: bytes, *, end: bool = True) -> tuple[int, bytes]:
+    """Send ``request`` (then end the stream, or keep it open as a guest waiting for its answer)."""
     proc, sock = _spawn_like_slirp(item)
     with sock:
         sock.settimeout(60)
         sock.sendall(request)
-        sock.shutdown(socket.SHUT_WR)
+        if end:
+            sock.shutdown(socket.SHUT_WR)
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
@@ -384,7 +415,7 @@ def test_guestfwd_command_answers_on_its_one_socket(bundle, tmp_path, psp):
                                    initrd=bundle / "initrd", append_file=bundle / "cmdline", chain_dir=chain_dir,
                                    **SHAPE))
     assert item.startswith("guestfwd=tcp:10.0.2.100:4050-cmd:env ") and "chain,,with,,commas" in item
-    rc, data = _exchange(item, encode_request(REPORT_DATA, 0))
+    rc, data = _exchange(item, encode_request(REPORT_DATA, 0), end=False)
     assert rc == 0
     report, table = read_answer(data)          # nothing but the answer reached the socket
     assert parse_report(report).measurement == psp.measurement

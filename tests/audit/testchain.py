@@ -82,10 +82,11 @@ def _ca(subject: str, issuer: str, key, signer, serial: int, organization: str =
 
 def make_chain(product: Product = Product.MILAN, *, chip_id: bytes = CHIP_ID, tcb: dict | None = None,
                label: str = "a", names: Mapping[str, str] | None = None, organization: str = "blindbox test",
-               keys: Mapping[str, object] | None = None) -> TestChain:
+               keys: Mapping[str, object] | None = None,
+               vcek_validity: tuple[dt.datetime, dt.datetime] = (NOT_BEFORE, NOT_AFTER)) -> TestChain:
     """A chain for ``product``.  ``names`` overrides the common names ("ark", "ask", "vcek"; AMD's by
-    default), ``organization`` the O of every name, and ``keys`` the private keys ("ark", "ask": RSA;
-    "vcek": P-384) that are otherwise made here."""
+    default), ``organization`` the O of every name, ``keys`` the private keys ("ark", "ask": RSA;
+    "vcek": P-384) that are otherwise made here, and ``vcek_validity`` the VCEK's validity period."""
     tcb = dict(TCB if product is not Product.TURIN else dict(fmc=0, boot_loader=1, tee=0, snp=2,
                                                             microcode=71), **(tcb or {}))
     cn = {"ark": f"ARK-{product.value}", "ask": f"SEV-{product.value}", "vcek": "SEV-VCEK", **(names or {})}
@@ -100,7 +101,7 @@ def make_chain(product: Product = Product.MILAN, *, chip_id: bytes = CHIP_ID, tc
     builder = (x509.CertificateBuilder()
                .subject_name(_name(cn["vcek"], organization)).issuer_name(_name(cn["ask"], organization))
                .public_key(vcek_key.public_key()).serial_number(3)
-               .not_valid_before(NOT_BEFORE).not_valid_after(NOT_AFTER)
+               .not_valid_before(vcek_validity[0]).not_valid_after(vcek_validity[1])
                .add_extension(_ext(OID_STRUCT_VERSION, _der_int(1)), critical=False)
                .add_extension(_ext(OID_PRODUCT_NAME, b"\x16" + bytes([len(product.value)])
                                    + product.value.encode()), critical=False)
