@@ -597,6 +597,9 @@ def _check_agent(doc: dict[str, Any], c: _Checker) -> None:
     if "agent" not in doc:
         if words:
             raise c.fail("cmdline", f"carries {words[0]}, but the manifest has no agent")
+        pinned = next((i["name"] for i in doc["inputs"] if i["name"].startswith("agent:")), None)
+        if pinned is not None:
+            raise c.fail("inputs", f"pin {pinned}, but the manifest has no agent")
         return
     if "rootfs" not in doc or doc["rootfs"].get("network") is not True:
         raise c.fail("agent", "is given, but the manifest has no rootfs with network (the agent relays to the "
@@ -622,6 +625,13 @@ def _check_agent(doc: dict[str, Any], c: _Checker) -> None:
         names.add(name)
         c.str(pkg["version"], f"{where}.version")
         c.hex_digest(pkg["sha256"], f"{where}.sha256", 64)
+        pinned = next((i for i in doc["inputs"] if i["name"] == f"agent:{name}"), None)
+        if pinned is None or (pinned["version"], pinned["sha256"]) != (pkg["version"], pkg["sha256"]):
+            raise c.fail(where, f"is {name} {_short(pkg['version'])}, but the inputs have no agent:{name} of that "
+                                f"version and sha256")
+    extra = sorted(i["name"] for i in doc["inputs"] if i["name"].startswith("agent:") and i["name"][6:] not in names)
+    if extra:
+        raise c.fail("agent.packages", f"does not list {extra[0][6:]}, which the inputs pin as {extra[0]}")
 
 
 def _uuid(value: Any, path: str, c: _Checker) -> str:

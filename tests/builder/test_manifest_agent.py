@@ -19,6 +19,10 @@ def doc(tmp_path):
     _, d = _make_bundle(tmp_path)
     d = _with_cmdline(d, d["cmdline"].replace("console=ttyS0 ", f"console=ttyS0 {SIM} "))
     d["agent"] = _copy(AGENT)
+    for pkg in AGENT["packages"]:
+        d["inputs"].append({"name": f"agent:{pkg['name']}", "kind": "debian", "version": pkg["version"],
+                            "sha256": pkg["sha256"], "size": 1,
+                            "origin": f"debian:bookworm/{pkg['name']}={pkg['version']} (pool/x.deb)"})
     return d
 
 
@@ -50,6 +54,10 @@ def test_a_hardware_agent_has_no_attester_in_the_cmdline(doc):
     (lambda d: d["agent"]["packages"].append(dict(d["agent"]["packages"][0])), "agent.packages[2].name",
      ManifestInvalid, "listed twice"),
     (lambda d: d["rootfs"].update(network=False), "agent", ManifestInvalid, "no rootfs with network"),
+    (lambda d: d["agent"]["packages"][1].update(version="3.11.9-1"), "agent.packages[1]", ManifestInvalid,
+     "the inputs have no agent:python3.11-minimal of that version and sha256"),
+    (lambda d: d["agent"]["packages"].pop(0), "agent.packages", ManifestInvalid,
+     "does not list openssl, which the inputs pin as agent:openssl"),
 ])
 def test_each_false_or_malformed_agent_value_is_named(doc, change, path, kind, words):
     d = _copy(doc)
@@ -65,6 +73,14 @@ def test_a_simulated_agent_needs_the_attester_in_the_measured_cmdline(doc):
         check_manifest(d)
     assert e.value.path == "agent.attester" and "does not carry exactly one blindbox.attester=simulated" in \
         str(e.value)
+
+
+def test_agent_pins_without_an_agent_are_refused(doc):
+    d = _with_cmdline(doc, doc["cmdline"].replace(f" {SIM}", ""))
+    d.pop("agent")
+    with pytest.raises(ManifestInvalid) as e:
+        check_manifest(d)
+    assert e.value.path == "inputs" and "pin agent:openssl, but the manifest has no agent" in str(e.value)
 
 
 def test_an_attester_in_the_cmdline_without_an_agent_is_refused(doc):
