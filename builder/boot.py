@@ -229,11 +229,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def nic_argument(forwards: Sequence[tuple[str, int, int]] = ()) -> str:
+def nic_argument(forwards: Sequence[tuple[str, int, int]] = (),
+                 guestfwds: Sequence[tuple[str, int, str]] = ()) -> str:
     """The ``-nic`` value of a user-mode (slirp) virtio-net NIC with ``restrict=on``.
 
     ``forwards``: (host address, host port, guest port) TCP forwards (``hostfwd``); the
-    guest can reach nothing outside, only these ports reach it.
+    guest can reach nothing outside, only these ports reach it.  ``guestfwds``: (address,
+    port, command): a guest connection to ``address:port`` (inside QEMU's user network, e.g.
+    the simulated attester's 10.0.2.100:4050) runs ``command`` on the host with the
+    connection as its standard input and output (``guestfwd=tcp:ADDR:PORT-cmd:COMMAND``; QEMU
+    starts one per connection).  Commas in the command are doubled, as QEMU's option parser
+    wants.
     """
     value = "user,model=virtio-net-pci,restrict=on"
     for forward in forwards:
@@ -248,6 +254,20 @@ def nic_argument(forwards: Sequence[tuple[str, int, int]] = ()) -> str:
                 raise BootError(f"the port {port!r} of the forward {forward!r} is not from 1 to 65535; give a TCP "
                                 f"port number.")
         value += f",hostfwd=tcp:{address}:{host_port}-:{guest_port}"
+    for fwd in guestfwds:
+        try:
+            addr, port, command = fwd
+            address = ipaddress.IPv4Address(addr)
+        except (TypeError, ValueError):
+            raise BootError(f"the guest forward {fwd!r} is not (IPv4 address, port, command); give one such as "
+                            f"('10.0.2.100', 4050, 'python3 -m tests.simattester ...').") from None
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise BootError(f"the port {port!r} of the guest forward {fwd!r} is not from 1 to 65535; give a TCP "
+                            f"port number.")
+        if not isinstance(command, str) or not command.strip() or any(c in command for c in "\0\n\r"):
+            raise BootError(f"the command of the guest forward {fwd!r} is empty or holds a NUL or line break; give "
+                            f"one command line.")
+        value += f",guestfwd=tcp:{address}:{port}-cmd:{command.replace(',', ',,')}"
     return value
 
 

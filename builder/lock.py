@@ -378,8 +378,9 @@ def check_lock(recipe: Recipe, lock: Lock) -> None:
     wanted = {s.name for s in recipe.inputs()}
     libs = library_wants(recipe)
     _check_rootfs_pins(recipe, lock, lock_file, fix)
+    _check_agent_pins(recipe, lock, lock_file, fix)
     for entry in lock.inputs:
-        if is_rootfs_entry(entry.name):
+        if is_rootfs_entry(entry.name) or is_agent_entry(entry.name):
             continue
         if entry.name.startswith("library:"):
             if not recipe.initrd.binaries or entry.wants.get("libraries_for") != libs["libraries_for"]:
@@ -388,6 +389,30 @@ def check_lock(recipe: Recipe, lock: Lock) -> None:
         elif entry.name not in wanted:
             raise LockMismatch(f"{lock_file} pins input {entry.name!r}, which {recipe.path} does not declare; "
                                f"{fix}.")
+
+
+def is_agent_entry(name: str) -> bool:
+    """True for the lock entries of the attestation agent's runtime: ``agent:<package>``."""
+    return name.startswith("agent:")
+
+
+def _check_agent_pins(recipe: Recipe, lock: Lock, lock_file, fix: str) -> None:
+    spec = recipe.agent
+    pins = [e for e in lock.inputs if is_agent_entry(e.name)]
+    if spec is None:
+        if pins:
+            raise LockMismatch(f"{lock_file} pins the attestation agent's package {pins[0].name[6:]!r}, but "
+                               f"{recipe.path} has no agent; {fix}.")
+        return
+    for entry in pins:
+        if entry.kind != "debian" or entry.wants != spec.wants():
+            raise LockMismatch(f"input {entry.name!r}: {recipe.path} now asks for the agent's packages from "
+                               f"{spec.suite} ({spec.arch}) but {lock_file} was made for "
+                               f"{_fmt_wants(entry.wants)}; {fix} (this changes the launch measurement).")
+    for pkg in spec.packages:
+        if lock.get(f"agent:{pkg}") is None:
+            raise LockMismatch(f"input 'agent:{pkg}' (Debian package {pkg} of the attestation agent) is declared "
+                               f"in {recipe.path} but not pinned in {lock_file}; {fix}.")
 
 
 def is_rootfs_entry(name: str) -> bool:
@@ -532,42 +557,60 @@ def _control(archive, pkg) -> dict[str, str]:
 
 
 def rootfs_closure(recipe: Recipe, archive) -> list[LockedInput]:
-    """Pin the root filesystem's Debian packages and their Pre-Depends/Depends closure (``rootfs:<name>``).
+    """Pin the root filesystem's Debian packages and their Pre-Depends/Depends closure (``rootfs:<name>``),
+    by :func:`debian_closure`."""
+    spec = recipe.rootfs
+    assert spec is not None and spec.source == "debian" and spec.suite is not None
+    return debian_closure(archive, spec.packages, spec.suite, spec.arch, prefix="rootfs", wants=spec.wants(),
+                          listed_in="rootfs.debian.packages")
+
+
+def agent_closure(recipe: Recipe, archive) -> list[LockedInput]:
+    """Pin the attestation agent's runtime packages and their closure (``agent:<name>``), by
+    :func:`debian_closure`."""
+    spec = recipe.agent
+    assert spec is not None
+    return debian_closure(archive, spec.packages, spec.suite, spec.arch, prefix="agent", wants=spec.wants(),
+                          listed_in="the agent's packages")
+
+
+def debian_closure(archive, packages: Iterable[str], suite: str, arch: str, *, prefix: str, wants: dict,
+                   listed_in: str) -> list[LockedInput]:
+    """Pin ``packages`` and their Pre-Depends/Depends closure as ``<prefix>:<name>`` entries made for ``wants``.
 
     The first alternative of each dependency is taken, versions are not compared (the suite
     serves one version of each package); a dependency provided (``Provides``) by a package
     already in the closure is satisfied by it.  A dependency the suite has no package of
-    (a purely virtual package, or one outside main) is refused, naming the chain that needs it.
+    (a purely virtual package, or one outside main) is refused, naming the chain that needs it;
+    ``listed_in`` names where the packages were asked for.
     """
     from builder.errors import OfflineMiss, StaleSuite
 
-    spec = recipe.rootfs
-    assert spec is not None and spec.source == "debian" and spec.suite is not None
-    wants = spec.wants()
+    packages = list(packages)
     seen: dict[str, object] = {}
     chains: dict[str, tuple[str, ...]] = {}
     provided: set[str] = set()
 
     def resolve(name: str, chain: tuple[str, ...]):
         try:
-            pkg = archive.resolve(name, spec.suite, arch=spec.arch)
+            pkg = archive.resolve(name, suite, arch=arch)
         except (OfflineMiss, StaleSuite, InputDigestMismatch):
             raise
         except SourceError as e:
             if len(chain) == 1:
-                raise SourceError(f"rootfs.debian.packages: {e}", source=e.source) from None
+                raise SourceError(f"{listed_in}: {e}", source=e.source) from None
             raise SourceError(
-                f"rootfs: the package {name}, needed by {' -> '.join(chain)}, cannot be pinned: Debian "
-                f"{spec.suite} ({spec.arch}) has no package of that name in main (it is a virtual package or "
-                f"not in main); add a package that provides it to rootfs.debian.packages.",
-                source=f"debian:{spec.suite}/{name}") from None
+                f"{prefix}: the package {name}, needed by {' -> '.join(chain)}, cannot be pinned: Debian "
+                f"{suite} ({arch}) has no package of that name in main (it is a virtual package or "
+                f"not in main); add a package that provides it to {listed_in}.",
+                source=f"debian:{suite}/{name}") from None
         seen[name], chains[name] = pkg, chain
         provided.update(_names(_control(archive, pkg).get("Provides", "")))
         return pkg
 
-    for name in spec.packages:
+    for name in packages:
         resolve(name, (name,))
-    queue = list(spec.packages)
+    queue = list(packages)
     while queue:
         name = queue.pop(0)
         fields = _control(archive, seen[name])
@@ -578,7 +621,7 @@ def rootfs_closure(recipe: Recipe, archive) -> list[LockedInput]:
                 continue
             resolve(dep, chains[name] + (dep,))
             queue.append(dep)
-    return [_debian_entry(f"rootfs:{name}", wants, seen[name]) for name in sorted(seen)]
+    return [_debian_entry(f"{prefix}:{name}", wants, seen[name]) for name in sorted(seen)]
 
 
 def resolve_rootfs(recipe: Recipe, archive) -> list[LockedInput]:
@@ -631,17 +674,21 @@ def lock_recipe(recipe: Recipe, archive, fetch_url=None, *, previous: Lock | Non
     known = {s.name for s in recipe.inputs()}
     has_libs = bool(recipe.initrd.binaries)
     has_rootfs = recipe.rootfs is not None
+    has_agent = recipe.agent is not None
     unknown = sorted(n for n in only if n not in known and not (n == "libraries" and has_libs)
-                     and not (n.startswith("library:") and has_libs) and not (is_rootfs_entry(n) and has_rootfs))
+                     and not (n.startswith("library:") and has_libs) and not (is_rootfs_entry(n) and has_rootfs)
+                     and not ((n == "agent" or is_agent_entry(n)) and has_agent))
     if unknown:
-        groups = (["libraries"] if has_libs else []) + (["rootfs"] if has_rootfs else [])
+        groups = (["libraries"] if has_libs else []) + (["rootfs"] if has_rootfs else []) + \
+            (["agent"] if has_agent else [])
         raise BuildError(f"--input {unknown[0]!r} is not an input of {recipe.path}; its inputs are "
                          f"{', '.join(sorted(known) + groups)}.")
 
     def wants_update(name: str) -> bool:
         return update and (not only or name in only
                            or (name.startswith("library:") and ("libraries" in only or name in only))
-                           or (is_rootfs_entry(name) and "rootfs" in only))
+                           or (is_rootfs_entry(name) and "rootfs" in only)
+                           or (is_agent_entry(name) and "agent" in only))
 
     out: list[LockedInput] = []
     changes: list[Change] = []
@@ -672,6 +719,8 @@ def lock_recipe(recipe: Recipe, archive, fetch_url=None, *, previous: Lock | Non
             out += new_libs
     if has_rootfs:
         out += _lock_rootfs(recipe, archive, previous, wants_update, changes)
+    if has_agent:
+        out += _lock_agent(recipe, archive, previous, wants_update, changes)
     if previous:
         kept = {i.name for i in out}
         reported = {c.name for c in changes}
@@ -694,6 +743,28 @@ def _lock_rootfs(recipe: Recipe, archive, previous: Lock | None, wants_update, c
     if same and not any(wants_update(i.name) for i in old):
         return old
     new = resolve_rootfs(recipe, archive)
+    old_by = {i.name: i for i in old}
+    reason_old = "update" if same else "recipe changed"
+    for entry in new:
+        prev = old_by.pop(entry.name, None)
+        if prev is None or prev.sha256 != entry.sha256 or prev.wants != entry.wants:
+            changes.append(Change(entry.name, prev, entry, "new input" if prev is None else reason_old))
+    changes += [Change(n, o, None, "removed") for n, o in sorted(old_by.items())]
+    return new
+
+
+def _lock_agent(recipe: Recipe, archive, previous: Lock | None, wants_update, changes: list[Change]) \
+        -> list[LockedInput]:
+    """The agent's runtime pins: kept while the recipe asks for the same suite, else resolved anew."""
+    spec = recipe.agent
+    assert spec is not None
+    old = [i for i in previous.inputs if is_agent_entry(i.name)] if previous else []
+    names = {i.name for i in old}
+    same = bool(old) and all(i.kind == "debian" and i.wants == spec.wants() for i in old) and \
+        all(f"agent:{p}" in names for p in spec.packages)
+    if same and not any(wants_update(i.name) for i in old):
+        return old
+    new = agent_closure(recipe, archive)
     old_by = {i.name: i for i in old}
     reason_old = "update" if same else "recipe changed"
     for entry in new:

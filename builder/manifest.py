@@ -11,6 +11,12 @@ with an ``id_block`` adds, after those, ``id_block`` and ``id_auth`` (the bundle
 files for QEMU) and ``id_key_digest`` / ``author_key_digest`` (96 hex digits, or null
 without an author key): the values the report's ID_KEY_DIGEST / AUTHOR_KEY_DIGEST carry.
 
+A bundle with an attestation agent has an ``agent`` section: ``listen`` and ``app`` (TCP
+ports), ``attester`` (``hardware`` or ``simulated``; a simulated one is also written into the
+measured command line as ``blindbox.attester=simulated:HOST:PORT``) and ``packages`` (name,
+version, sha256 of each Debian package of its runtime).  They are claims about the measured
+initrd, which carries the agent and the init that starts it.
+
 The schema is checked by the auditor's reader, :mod:`blindbox.audit.manifest`, both when a
 manifest is read back and when one is written (:meth:`Manifest.checked_json`).
 
@@ -100,6 +106,8 @@ class Manifest:
     measurements: tuple[MeasurementRecord, ...]
     #: with an application root: its image, verity parameters and root hash, the app, the sources
     rootfs: dict | None = None
+    #: with an attestation agent: {listen, app, attester, packages} (claims about the measured initrd)
+    agent: dict | None = None
     schema: str = field(default=SCHEMA)
 
     def to_dict(self) -> dict:
@@ -120,6 +128,8 @@ class Manifest:
         }
         if self.rootfs is not None:
             out["rootfs"] = self.rootfs
+        if self.agent is not None:
+            out["agent"] = self.agent
         return out
 
     def to_json(self) -> bytes:
@@ -166,7 +176,8 @@ class Manifest:
                    kernel_hashes=dict(doc["kernel_hashes"]), firmware=_plain(doc["firmware"]),
                    launch=_plain(doc["launch"]), inputs=tuple(InputRecord(**d) for d in doc["inputs"]),
                    outputs=tuple(OutputRecord(**d) for d in doc["outputs"]), measurements=tuple(ms),
-                   rootfs=_plain(doc["rootfs"]) if "rootfs" in doc else None)
+                   rootfs=_plain(doc["rootfs"]) if "rootfs" in doc else None,
+                   agent=_plain(doc["agent"]) if "agent" in doc else None)
 
 
 def _plain(value):

@@ -11,10 +11,14 @@ kernel   unpack the kernel package, take the bzImage, check its config (prefligh
 rootfs   with a recipe rootfs: the application's tree (builder.steps.rootfs), its EROFS image
          (builder.steps.erofs) and dm-verity hash device (measure.verity), salt and UUIDs
          derived from the recipe and lock digests
+agent    with a recipe agent: the attestation agent's tree (builder.steps.agent): its pinned
+         Python and openssl packages and this blindbox's agent code
 initrd   the deterministic initrd: busybox, init, modules, files, binaries and libraries (with a
          rootfs: dmsetup, the verity and disk modules, and the init that verifies the root and
-         switch_roots into the application)
-cmdline  the command line bytes (with a rootfs: the recipe's plus ``blindbox.root="<verity table>"``)
+         switch_roots into the application; with an agent: its tree under /agent, started before
+         the application)
+cmdline  the command line bytes (the recipe's; with a simulated attester ``blindbox.attester=...``;
+         with a rootfs ``blindbox.root="<verity table>"``)
 measure  launch digests for every shape, the firmware hashed once (measure.snp.SnpLaunch)
 idblock  with a recipe id_block: ID_BLOCK and ID_AUTH_INFO for every shape (deterministic ECDSA)
 launch   launch-snp.sh
@@ -50,7 +54,7 @@ from builder.launch import LaunchFiles, LaunchShape, render as render_launch
 from builder.limits import MAX_INITRD_FILE_BYTES, MAX_KERNEL_BYTES
 from builder.lock import Lock, LockedInput, LockMismatch, check_lock, read_lock
 from builder.manifest import InputRecord, Manifest, ManifestError, MeasurementRecord, OutputRecord
-from builder.recipe import FileEntry, Recipe, check_id_keys, load_id_key, load_recipe, local_path
+from builder.recipe import MAX_CMDLINE, FileEntry, Recipe, check_id_keys, load_id_key, load_recipe, local_path
 from measure import __version__
 from measure.cpu import CPU_SIGS
 from measure.errors import MeasureError, UnsupportedFirmware
@@ -66,6 +70,7 @@ from measure.spec import SectionType
 from measure.vmm import PROFILES
 
 if TYPE_CHECKING:  # imported by the steps that use them
+    from builder.steps.agent import AgentTree
     from builder.steps.initrd import Initrd
     from builder.steps.kernel import KernelImage, PreflightReport
     from builder.steps.rootfs import RootfsTree
@@ -131,6 +136,7 @@ class Build:
     kernel_bytes: bytes = b""
     preflight: PreflightReport | None = field(default=None, init=False)  # step_kernel
     rootfs: RootfsBuild | None = field(default=None, init=False)  # step_rootfs
+    agent: AgentTree | None = field(default=None, init=False)    # step_agent
     initrd: Initrd | None = field(default=None, init=False)      # step_initrd
     cmdline: bytes = b""
     hashes: KernelHashes = field(init=False)                     # step_measure
@@ -291,7 +297,7 @@ def step_fetch(b: Build) -> None:
                 b.packages[entry.name] = pkg
                 _check_size(b, entry, b.archive.download(pkg))
                 member = _member_of(b, entry.name)
-                if entry.name.startswith("rootfs:"):   # a root filesystem package: its data.tar is applied
+                if entry.name.startswith(("rootfs:", "agent:")):   # its data.tar is applied onto a tree
                     b.inputs[entry.name] = b.archive.download(pkg)
                 elif member is not None:
                     b.inputs[entry.name] = b.archive.member(pkg, member)
@@ -431,10 +437,30 @@ def step_initrd(b: Build) -> None:
         network = b.recipe.rootfs is not None and b.recipe.rootfs.network
         modules += [m for m in ROOTFS_MODULES + (NET_MODULES if network else ()) if m not in modules]
         app = (b.rootfs.tree.app, network)
+    agent = None
+    if b.agent is not None:
+        from builder.steps import agent as agent_step
+        from builder.steps.init import AgentLaunch
+
+        a = b.recipe.agent
+        assert a is not None  # step_agent ran for it
+        agent = (b.agent.root, AgentLaunch(listen=a.listen, app=a.app, attester=a.attester_argument,
+                                           python=agent_step.PYTHON, launcher=agent_step.LAUNCHER,
+                                           openssl=agent_step.OPENSSL))
     b.initrd = build_initrd(
         busybox=b.inputs["busybox"], source_date_epoch=b.recipe.source_date_epoch, compression=spec.compression,
         init_script=init_script, app_command=spec.app_command, kernel_tree=b.kernel.tree,
-        kernel_release=b.kernel.release, modules=modules, files=files, binaries=binaries, rootfs_app=app)
+        kernel_release=b.kernel.release, modules=modules, files=files, binaries=binaries, rootfs_app=app,
+        agent=agent)
+
+
+def step_agent(b: Build) -> None:
+    """The attestation agent's tree (it goes into the initrd, measured with it)."""
+    if b.recipe.agent is None:
+        return
+    from builder.steps.agent import assemble_agent
+
+    b.agent = assemble_agent(b.lock, b.inputs, b.work / "agent", epoch=b.recipe.source_date_epoch)
 
 
 def step_rootfs(b: Build) -> None:
@@ -467,9 +493,14 @@ class CmdlineTooLong(BuildError):
 
 def step_cmdline(b: Build) -> None:
     b.cmdline = b.recipe.cmdline_bytes
+    param = b.recipe.agent.cmdline_parameter if b.recipe.agent is not None else None
+    if param is not None:       # a simulation image never has a production image's command line
+        b.cmdline += f" {param}".encode()
+        if len(b.cmdline) > MAX_CMDLINE:
+            raise CmdlineTooLong(f"the kernel command line with {param} is {len(b.cmdline)} bytes, more than the "
+                                 f"{MAX_CMDLINE} the kernel keeps; shorten the recipe's cmdline in "
+                                 f"{b.recipe.path}.")
     if b.rootfs is not None:
-        from builder.recipe import MAX_CMDLINE
-
         b.cmdline += f' {verity.CMDLINE_PARAM}="{b.rootfs.table}"'.encode()
         if len(b.cmdline) > MAX_CMDLINE:
             raise CmdlineTooLong(
@@ -575,6 +606,14 @@ def step_manifest(b: Build) -> None:
             b.large_files[name] = path
             outputs.append(OutputRecord(name, role, sources.sha256_file(path, role), os.path.getsize(path)))
         rootfs = _rootfs_record(b)
+    agent = None
+    if b.agent is not None:
+        a = b.recipe.agent
+        assert a is not None  # step_agent ran for it
+        # claims about the measured initrd: the agent in it listens on ``listen``, relays to ``app``
+        agent = {"listen": a.listen, "app": a.app, "attester": a.attester,
+                 "packages": [{"name": p.name, "version": p.version, "sha256": p.sha256}
+                              for p in b.agent.packages]}
     fw = b.firmware.describe()
     b.manifest = Manifest(
         name=b.recipe.name,
@@ -592,7 +631,7 @@ def step_manifest(b: Build) -> None:
         inputs=tuple(InputRecord(e.name, e.kind, e.version, e.sha256, e.size, e.origin) for e in b.lock.inputs),
         outputs=tuple(outputs),
         measurements=tuple(b.measurements),
-        rootfs=rootfs)
+        rootfs=rootfs, agent=agent)
     b.files[MANIFEST] = (b.manifest.checked_json(), 0o644)
 
 
@@ -641,6 +680,7 @@ STEPS: tuple[Step, ...] = (
     ("firmware", step_firmware),
     ("kernel", step_kernel),
     ("rootfs", step_rootfs),
+    ("agent", step_agent),
     ("initrd", step_initrd),
     ("cmdline", step_cmdline),
     ("measure", step_measure),

@@ -246,6 +246,53 @@ class RootfsSpec:
         return f"{self.source} {self.path}"
 
 
+#: the attestation agent's report sources: ``hardware`` (the guest's SEV-SNP device, found at run
+#: time) and ``simulated`` (the test-only attester outside the guest, through QEMU's guestfwd)
+AGENT_ATTESTERS = ("hardware", "simulated")
+#: the Debian packages of the agent's runtime (pinned with their closure as ``agent:<name>``)
+AGENT_PACKAGES = ("python3.11-minimal", "libpython3.11-stdlib", "openssl")
+#: where the guest reaches the simulated attester (QEMU user networking's guestfwd address)
+SIMULATED_ATTESTER = "10.0.2.100:4050"
+#: the kernel parameter the build adds for a simulated attester, so that a simulation image's
+#: measured command line (and launch digest) can never be a production image's
+ATTESTER_PARAM = "blindbox.attester"
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """The attestation agent (``agent:``): TLS on ``listen``, relayed to the application on loopback ``app``.
+
+    ``attester`` is ``hardware`` (the agent's ``--attester auto``) or ``simulated``
+    (``simulated:`` + :data:`SIMULATED_ATTESTER`, and the measured command line says so);
+    ``suite``: the Debian suite of the agent's runtime packages (:data:`AGENT_PACKAGES`).
+    """
+
+    line: int
+    listen: int = 8443
+    app: int = 8080
+    attester: str = "hardware"
+    suite: str = "bookworm"
+    arch: str = "amd64"
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return AGENT_PACKAGES
+
+    def wants(self) -> dict:
+        """The declaration the ``agent:<package>`` pins are made for."""
+        return {"agent_packages": sorted(AGENT_PACKAGES), "suite": self.suite, "arch": self.arch}
+
+    @property
+    def attester_argument(self) -> str:
+        """The agent's ``--attester`` value."""
+        return "auto" if self.attester == "hardware" else f"simulated:{SIMULATED_ATTESTER}"
+
+    @property
+    def cmdline_parameter(self) -> str | None:
+        """What the build appends to the measured command line (only for a simulated attester)."""
+        return None if self.attester == "hardware" else f"{ATTESTER_PARAM}={self.attester_argument}"
+
+
 @dataclass(frozen=True)
 class Recipe:
     path: Path
@@ -260,6 +307,7 @@ class Recipe:
     launch: LaunchSpec = field(default_factory=LaunchSpec)
     id_block: IdBlockSpec | None = None
     rootfs: RootfsSpec | None = None
+    agent: AgentSpec | None = None
 
     @property
     def directory(self) -> Path:
@@ -968,6 +1016,7 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
         "launch": "launch-snp.sh defaults (memory_mib, policy)",
         "id_block": "keys and fields of the ID block the bundle carries for every shape",
         "rootfs": "the application's root filesystem (dm-verity protected)",
+        "agent": "the attestation agent in the initrd: {listen, app, attester, suite}",
     }, required=("name", "source_date_epoch", "firmware", "kernel", "initrd", "cmdline", "shapes"))
 
     if "schema" in top and top["schema"].int() != SCHEMA:
@@ -1087,9 +1136,57 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
 
     id_block = _id_block(top["id_block"], launch, launch_policy_line) if "id_block" in top else None
 
+    agent = _agent(top["agent"], rootfs, top["cmdline"]) if "agent" in top else None
+
     return Recipe(path=path, sha256=hashlib.sha256(data).hexdigest(), name=name, source_date_epoch=sde,
                   firmware=firmware, kernel=kernel, initrd=initrd, cmdline=cmdline, shape_sets=sets,
-                  launch=launch, id_block=id_block, rootfs=rootfs)
+                  launch=launch, id_block=id_block, rootfs=rootfs, agent=agent)
+
+
+def _agent(n: _Node, rootfs: RootfsSpec | None, cmdline_node: _Node) -> AgentSpec:
+    """``agent:``: the attestation agent; it needs a root filesystem with network."""
+    if n.kind == "null":
+        fields: dict[str, _Node] = {}
+    else:
+        fields = n.mapping({
+            "listen": "the TCP port the agent accepts attested TLS on (default 8443)",
+            "app": "the application's TCP port on 127.0.0.1 the agent relays to (default 8080)",
+            "attester": f"where reports come from: {', '.join(AGENT_ATTESTERS)} (default hardware)",
+            "suite": "the Debian suite of the agent's Python and openssl (default bookworm)",
+        })
+    if rootfs is None or not rootfs.network:
+        why = "there is no rootfs" if rootfs is None else \
+            f"rootfs (line {rootfs.line}) has no network: true"
+        raise n.error(f"the attestation agent serves clients over the network and relays to the application, but "
+                      f"{why}; add a rootfs with network: true, or remove agent.", line=n.key_line)
+    kw: dict[str, Any] = {}
+    for key in ("listen", "app"):
+        if key in fields:
+            kw[key] = fields[key].int(lo=1, hi=65535)
+    if kw.get("listen", 8443) == kw.get("app", 8080):
+        raise (fields.get("listen") or n).error(
+            f"the agent and the application cannot both use port {kw.get('listen', 8443)}; give agent.app the "
+            f"port the application listens on and agent.listen another.")
+    if "attester" in fields:
+        attester = fields["attester"].str()
+        if attester not in AGENT_ATTESTERS:
+            raise fields["attester"].error(f"unknown attester {attester!r}; use hardware (the guest's SEV-SNP "
+                                           f"device) or simulated (tests only).")
+        kw["attester"] = attester
+    if "suite" in fields:
+        suite = fields["suite"].str()
+        if suite not in SUITES:
+            raise fields["suite"].error(f"unknown suite {suite!r}; use one of {', '.join(SUITES)} (codenames, "
+                                        f"as blindbox fetches them: sid, not unstable).")
+        if suite != "bookworm":
+            raise fields["suite"].error(f"the agent runs on Python 3.11 ({', '.join(AGENT_PACKAGES)}), which "
+                                        f"only bookworm has; use suite: bookworm.")
+        kw["suite"] = suite
+    text = cmdline_node.scalar()
+    if any(w == ATTESTER_PARAM or w.startswith(ATTESTER_PARAM + "=") for w in str(text).split()):
+        raise cmdline_node.error(f"{ATTESTER_PARAM} is set by the build from agent.attester; remove it from "
+                                 f"cmdline.")
+    return AgentSpec(line=n.key_line, **kw)
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -278,7 +278,7 @@ def check_manifest(doc: Any, source: str = "manifest.json") -> dict[str, Any]:
                                f"{SCHEMA!r})", "nothing in it is checked or trusted; audit it with the "
                                                "blindbox version that built the bundle")
     c.obj(doc, "", ("schema", "name", "tool", "recipe", "lock", "source_date_epoch", "cmdline", "kernel_hashes",
-                    "firmware", "launch", "inputs", "outputs", "measurements"), optional=("rootfs",))
+                    "firmware", "launch", "inputs", "outputs", "measurements"), optional=("rootfs", "agent"))
     c.plain_name(doc["name"], "name")
     tool = c.obj(doc["tool"], "tool", ("name", "version", "initrd_compressor"))
     for k in tool:
@@ -305,6 +305,7 @@ def check_manifest(doc: Any, source: str = "manifest.json") -> dict[str, Any]:
     _check_measurements(doc, outputs, c)
     _check_cross(doc, outputs, c)
     _check_rootfs(doc, outputs, c)
+    _check_agent(doc, c)
     return doc
 
 
@@ -583,6 +584,54 @@ def _check_rootfs(doc: dict[str, Any], outputs: dict[str, tuple[int, dict[str, A
             c.str(src["version"], f"{where}.version")
         c.hex_digest(src["sha256"], f"{where}.sha256", 64)
         c.int(src["size"], f"{where}.size", 0, None)
+
+
+#: the kernel parameter a simulated attester puts into the measured command line, and the agent's attesters
+ATTESTER_PARAM = "blindbox.attester"
+AGENT_ATTESTERS = ("hardware", "simulated")
+
+
+def _check_agent(doc: dict[str, Any], c: _Checker) -> None:
+    """The attestation agent: ports, attester (against the measured cmdline) and runtime packages."""
+    words = [w for w in doc["cmdline"].split(" ") if w == ATTESTER_PARAM or w.startswith(ATTESTER_PARAM + "=")]
+    if "agent" not in doc:
+        if words:
+            raise c.fail("cmdline", f"carries {words[0]}, but the manifest has no agent")
+        pinned = next((i["name"] for i in doc["inputs"] if i["name"].startswith("agent:")), None)
+        if pinned is not None:
+            raise c.fail("inputs", f"pin {pinned}, but the manifest has no agent")
+        return
+    if "rootfs" not in doc or doc["rootfs"].get("network") is not True:
+        raise c.fail("agent", "is given, but the manifest has no rootfs with network (the agent relays to the "
+                              "application over the guest's network)")
+    ag = c.obj(doc["agent"], "agent", ("listen", "app", "attester", "packages"))
+    listen = c.int(ag["listen"], "agent.listen", 1, 65535)
+    if c.int(ag["app"], "agent.app", 1, 65535) == listen:
+        raise c.fail("agent.app", f"is {listen}, the port the agent itself listens on")
+    attester = c.choice(ag["attester"], "agent.attester", AGENT_ATTESTERS, "an attester")
+    if attester == "simulated":
+        if len(words) != 1 or not words[0].startswith(ATTESTER_PARAM + "=simulated:"):
+            raise c.fail("agent.attester", f"is 'simulated', but the measured cmdline does not carry exactly one "
+                                           f"{ATTESTER_PARAM}=simulated:HOST:PORT")
+    elif words:
+        raise c.fail("cmdline", f"carries {words[0]}, but agent.attester is 'hardware'")
+    names: set[str] = set()
+    for k, pkg in enumerate(c.list(ag["packages"], "agent.packages")):
+        where = f"agent.packages[{k}]"
+        c.obj(pkg, where, ("name", "version", "sha256"))
+        name = c.str(pkg["name"], f"{where}.name")
+        if name in names:
+            raise c.fail(f"{where}.name", f"is {name!r}, listed twice")
+        names.add(name)
+        c.str(pkg["version"], f"{where}.version")
+        c.hex_digest(pkg["sha256"], f"{where}.sha256", 64)
+        pinned = next((i for i in doc["inputs"] if i["name"] == f"agent:{name}"), None)
+        if pinned is None or (pinned["version"], pinned["sha256"]) != (pkg["version"], pkg["sha256"]):
+            raise c.fail(where, f"is {name} {_short(pkg['version'])}, but the inputs have no agent:{name} of that "
+                                f"version and sha256")
+    extra = sorted(i["name"] for i in doc["inputs"] if i["name"].startswith("agent:") and i["name"][6:] not in names)
+    if extra:
+        raise c.fail("agent.packages", f"does not list {extra[0][6:]}, which the inputs pin as {extra[0]}")
 
 
 def _uuid(value: Any, path: str, c: _Checker) -> str:

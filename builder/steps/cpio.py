@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import enum
 import lzma
+import os
+import stat
 import zlib
 from dataclasses import dataclass
 
@@ -156,6 +158,36 @@ class Archive:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFFFFFFFF:
                 raise CpioError(f"device {path!r}: number {value!r} is not an integer between 0 and 0xffffffff.")
         return self._add(Entry(path, Kind.CHAR, _check_mode(path, mode), rdev=(major, minor)))
+
+    def add_tree(self, prefix: str, root: "os.PathLike[str] | str") -> list[Entry]:
+        """Add the directory ``root`` below ``prefix``: its directories, regular files and symlinks
+        with their permission bits (not owners or times: every entry is 0:0 at the archive's mtime).
+
+        Entries are visited in sorted order and :meth:`to_bytes` sorts them anyway, so the archive
+        depends only on the tree's contents.  Hard links become independent copies (``nlink`` is 1
+        for every file); any other file type is refused.  Returns the entries added, in order.
+        """
+        prefix = normalize_path(prefix)
+        base = os.fspath(root)
+        added = [self.add_dir(prefix, stat.S_IMODE(os.lstat(base).st_mode))]
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            rel = os.path.relpath(dirpath, base)
+            for name in sorted(dirnames + filenames):
+                full = os.path.join(dirpath, name)
+                path = prefix + "/" + (name if rel == "." else f"{rel}/{name}").replace(os.sep, "/")
+                st = os.lstat(full)
+                if stat.S_ISLNK(st.st_mode):
+                    added.append(self.add_symlink(path, os.readlink(full)))
+                elif stat.S_ISDIR(st.st_mode):
+                    added.append(self.add_dir(path, stat.S_IMODE(st.st_mode)))
+                elif stat.S_ISREG(st.st_mode):
+                    with open(full, "rb") as f:
+                        added.append(self.add_file(path, f.read(), stat.S_IMODE(st.st_mode)))
+                else:
+                    raise CpioError(f"{full} is neither a directory, a regular file nor a symlink; an initrd tree "
+                                    f"holds no special files.")
+        return added
 
     def __contains__(self, path: str) -> bool:
         return normalize_path(path) in self._entries

@@ -52,8 +52,20 @@ The application root's init (:func:`render_rootfs_init`) prints the lines above 
 ``BLINDBOX-NET-FAILED <reason>``
     with network: no eth0 or no lease; then ``BLINDBOX-POWEROFF``, no application.
 ``BLINDBOX-APP-START <argv0>``
-    just before ``switch_root``; control characters and backslashes of the program path
+    just before ``switch_root`` (with an attestation agent: in stage 2, after the agent's ready
+    line, just before the application starts); control characters and backslashes of the program path
     are shown as ``\\xNN`` and ``\\\\`` so that the marker stays one line.
+``BLINDBOX-AGENT-START <port>``
+    with an attestation agent, in stage 2: the agent is being started in its own root
+    (``/run/blindbox/agent``, a tmpfs copy of the initrd's ``/agent``) to listen on ``<port>``.
+    Its own lines follow: ``BLINDBOX-AGENT-READY <listen> <SPKI sha256>`` when it accepts
+    connections (only then does the application start), or ``BLINDBOX-AGENT-REFUSED
+    <sentence>`` when it cannot get reports.
+``BLINDBOX-AGENT-FAILED <reason>``
+    the agent refused, exited or printed no ready line within
+    :data:`AGENT_WAIT_SECONDS`; ``BLINDBOX-POWEROFF`` follows and the application never starts.
+``BLINDBOX-AGENT-EXIT <status>``
+    the agent exited with this status.
 ``BLINDBOX-APP-EXIT <status>``
     the application (a child of PID 1) exited with this status (128+N: killed by
     signal N); ``BLINDBOX-DMESG`` lines and ``BLINDBOX-POWEROFF`` follow.
@@ -233,6 +245,30 @@ MARKER_ROOT_FAILED = "BLINDBOX-ROOT-FAILED"
 MARKER_NET = "BLINDBOX-NET"
 MARKER_NET_FAILED = "BLINDBOX-NET-FAILED"
 MARKER_APP_START = "BLINDBOX-APP-START"
+MARKER_AGENT_START = "BLINDBOX-AGENT-START"
+MARKER_AGENT_FAILED = "BLINDBOX-AGENT-FAILED"
+MARKER_AGENT_EXIT = "BLINDBOX-AGENT-EXIT"
+#: printed by the agent itself (blindbox.agent; the attested-TLS contract)
+MARKER_AGENT_READY = "BLINDBOX-AGENT-READY"
+MARKER_AGENT_REFUSED = "BLINDBOX-AGENT-REFUSED"
+#: where the initrd carries the agent's tree, and where stage 2 runs it (a tmpfs of the new root)
+AGENT_INITRD_DIR = "/agent"
+AGENT_DIR = STAGE2_DIR + "/agent"
+#: how long stage 2 waits for the agent's ready line (Python starts slowly under software emulation)
+AGENT_WAIT_SECONDS = 180
+
+
+@dataclass(frozen=True)
+class AgentLaunch:
+    """How stage 2 starts the attestation agent: its TLS port, the application's loopback port, and
+    the agent's ``--attester`` value (``auto`` or ``simulated:HOST:PORT``)."""
+
+    listen: int
+    app: int
+    attester: str
+    python: str = "/usr/bin/python3.11"
+    launcher: str = "/opt/blindbox/agent.py"
+    openssl: str = "/usr/bin/openssl"
 
 _ROOT = """\
 flat() {{ printf '%s' "$*" | tr '\\n' ' '; }}
@@ -314,14 +350,13 @@ echo "{net} $addr"
 _SWITCH = """\
 mkdir -p /newroot{dir}
 busybox cp /bin/busybox /newroot{dir}/busybox || root_failed "cannot copy busybox into {dir}"
-cat > /newroot{dir}/init <<'{end}'
+{agent_copy}cat > /newroot{dir}/init <<'{end}'
 {stage2}{end}
 dmesg | grep -c 'device-mapper: verity' > /newroot{dir}/dmesg-seen
 for d in dev proc sys; do
   mount --move /$d /newroot/$d || root_failed "cannot move /$d into the new root"
 done
-printf '%s %s\\n' "{app_start}" {argv0}
-exec busybox switch_root /newroot {dir}/busybox sh {dir}/init
+{app_start_line}exec busybox switch_root /newroot {dir}/busybox sh {dir}/init
 """
 
 _STAGE2 = """\
@@ -339,7 +374,7 @@ cd -- {workdir} || {{
   printf '%s %s\\n' "{root_failed}" "cannot enter the working directory "{workdir_shown}
   stop
 }}
-$b env -i {env}$b nsenter -F -S {uid} -G {gid} -- {argv}
+{agent}$b env -i {env}$b nsenter -F -S {uid} -G {gid} -- {argv}
 status=$?
 printf '\\n%s %s\\n' "{app_exit}" "$status"
 seen=0
@@ -388,11 +423,67 @@ def _check_app(app: AppConfig) -> None:
                             f"{what}.")
 
 
-def render_stage2(app: AppConfig) -> bytes:
-    """The script that runs as PID 1 in the verified root and starts ``app`` (see :func:`render_rootfs_init`)."""
+_AGENT_COPY = """\
+busybox cp -a {initrd_dir} /newroot{dir}/ || root_failed "cannot copy the attestation agent into {agent_dir}"
+busybox chmod 0700 /newroot{agent_dir}
+"""
+
+_AGENT = """\
+A={agent_dir}
+agent_failed() {{
+  printf '%s %s\\n' "{failed}" "$*"
+  stop
+}}
+for d in dev proc sys; do
+  $b mount --bind /$d $A/$d || agent_failed "cannot bind-mount /$d into the agent's root"
+done
+$b mount -t tmpfs -o mode=0700,nosuid,nodev tmpfs $A/tmp || agent_failed "cannot mount a tmpfs on the agent's /tmp"
+[ -d $A/sys/kernel/config ] && $b mount -t configfs configfs $A/sys/kernel/config 2>/dev/null
+printf '%s %s\\n' "{start}" {listen}
+( $b chroot $A {python} -I {launcher} --listen 0.0.0.0:{listen} --app 127.0.0.1:{app} --attester {attester} \\
+    --state-dir /tmp --openssl {openssl} 2>&1
+  echo "{exit} $?" ) | $b tee {dir}/agent.log &
+n=0
+while :; do
+  if $b grep -q -e '^{refused} ' -e '^{exit} ' {dir}/agent.log 2>/dev/null; then
+    agent_failed "the attestation agent did not start, so the application is not started"
+  fi
+  $b grep -q '^{ready} ' {dir}/agent.log 2>/dev/null && break
+  [ $n -lt {tries} ] || agent_failed "no {ready} line within {seconds} s; the application is not started"
+  $b sleep 0.2; n=$((n + 1))
+done
+printf '%s %s\\n' "{app_start}" {argv0}
+"""
+
+
+def _check_agent(agent: AgentLaunch) -> None:
+    for what, port in (("listen", agent.listen), ("app", agent.app)):
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise InitError(f"the agent's {what} port {port!r} is not from 1 to 65535; give a TCP port number.")
+    if agent.listen == agent.app:
+        raise InitError(f"the agent and the application cannot both use port {agent.listen}.")
+    for what, value in (("attester", agent.attester), ("python", agent.python), ("launcher", agent.launcher),
+                        ("openssl", agent.openssl)):
+        if not isinstance(value, str) or not value or any(c.isspace() or c in "'\"\\$`;&|<>()" for c in value):
+            raise InitError(f"the agent's {what} {value!r} cannot be used in the init script; give a plain word "
+                            f"such as 'auto' or '/usr/bin/openssl'.")
+
+
+def _render_agent(agent: AgentLaunch, argv0: str) -> str:
+    _check_agent(agent)
+    return _AGENT.format(app_start=MARKER_APP_START, argv0=_quote(_shown(argv0)),
+        agent_dir=AGENT_DIR, dir=STAGE2_DIR, failed=MARKER_AGENT_FAILED, start=MARKER_AGENT_START,
+        listen=agent.listen, app=agent.app, attester=agent.attester, python=agent.python, launcher=agent.launcher,
+        openssl=agent.openssl, exit=MARKER_AGENT_EXIT, ready=MARKER_AGENT_READY, refused=MARKER_AGENT_REFUSED,
+        tries=AGENT_WAIT_SECONDS * 5, seconds=AGENT_WAIT_SECONDS)
+
+
+def render_stage2(app: AppConfig, agent: AgentLaunch | None = None) -> bytes:
+    """The script that runs as PID 1 in the verified root and starts ``app`` (see :func:`render_rootfs_init`);
+    with ``agent``, it first starts the attestation agent and waits for its ready line."""
     _check_app(app)
     env = "".join(_quote(f"{k}={v}") + " " for k, v in app.env)
-    return _STAGE2.format(
+    return _STAGE2.format(agent="" if agent is None else _render_agent(agent, app.argv[0]),
         dir=STAGE2_DIR, poweroff=MARKER_POWEROFF, root_failed=MARKER_ROOT_FAILED, workdir=_quote(app.workdir),
         workdir_shown=_quote(_shown(app.workdir)), env=env, uid=app.uid, gid=app.gid,
         argv=" ".join(_quote(w) for w in app.argv), app_exit=MARKER_APP_EXIT, dmesg=MARKER_DMESG,
@@ -404,7 +495,7 @@ def _same_module(a: str, b: str) -> bool:
 
 
 def render_rootfs_init(*, modules: Sequence[str], app: AppConfig, network: bool, builtin: Sequence[str] = (),
-                       sev_guest: str = "carried") -> bytes:
+                       sev_guest: str = "carried", agent: AgentLaunch | None = None) -> bytes:
     """The ``/init`` that verifies the application root, mounts it and starts the application.
 
     ``modules``, ``builtin`` and ``sev_guest`` as for :func:`render_init`;
@@ -415,8 +506,16 @@ def render_rootfs_init(*, modules: Sequence[str], app: AppConfig, network: bool,
     :data:`ROOT_DATA_DEVICE` and :data:`ROOT_HASH_DEVICE`.  The init reads the whole
     verified device before anything of it is used, so corruption anywhere stops the guest
     before the application starts.
+
+    ``agent`` (needs ``network``): the initrd carries the agent's tree at
+    :data:`AGENT_INITRD_DIR`; the init copies it into :data:`AGENT_DIR` (tmpfs) before
+    ``switch_root``, and stage 2 starts it (``chroot``, with ``/dev``, ``/proc``, ``/sys``
+    bound into it and a tmpfs ``/tmp`` for its key) before the application, which starts only
+    after the agent's ready line.
     """
-    stage2 = render_stage2(app).decode("utf-8")
+    if agent is not None and not network:
+        raise InitError("the attestation agent needs the network; build the root with network: true.")
+    stage2 = render_stage2(app, agent).decode("utf-8")
     wanted = list(ROOTFS_MODULES) + (list(NET_MODULES) if network else [])
     extra = [m for m in wanted if not any(_same_module(m, n) for n in list(modules) + list(builtin))]
     parts = _checks(list(modules) + extra, builtin, sev_guest)
@@ -431,6 +530,11 @@ def render_rootfs_init(*, modules: Sequence[str], app: AppConfig, network: bool,
     end = "BLINDBOX_STAGE2_END_" + hashlib.sha256(stage2.encode("utf-8")).hexdigest()[:16]
     if end in stage2.split("\n"):
         raise InitError("the application settings contain the stage-2 script's end line; change them.")
-    parts.append(_SWITCH.format(dir=STAGE2_DIR, end=end, stage2=stage2, app_start=MARKER_APP_START,
-                                argv0=_quote(_shown(app.argv[0]))))
+    agent_copy = "" if agent is None else _AGENT_COPY.format(initrd_dir=AGENT_INITRD_DIR, dir=STAGE2_DIR,
+                                                               agent_dir=AGENT_DIR)
+    # with an agent, stage 2 says when the application starts: after the agent's ready line
+    app_start = "" if agent is not None else \
+        f"printf '%s %s\\n' \"{MARKER_APP_START}\" {_quote(_shown(app.argv[0]))}\n"
+    parts.append(_SWITCH.format(dir=STAGE2_DIR, end=end, stage2=stage2, agent_copy=agent_copy,
+                                app_start_line=app_start))
     return "".join(parts).encode("utf-8")

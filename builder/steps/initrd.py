@@ -38,7 +38,7 @@ from measure.inputs import read_bounded
 
 from . import cpio
 from .elf import SharedObject, library_closure, read_elf
-from .init import INIT_APPLETS, AppConfig, render_init, render_rootfs_init
+from .init import AGENT_INITRD_DIR, INIT_APPLETS, AgentLaunch, AppConfig, render_init, render_rootfs_init
 from .kernel import ModuleClosure, module_closure
 
 #: Applets linked in ``bin/`` besides those the default init uses.
@@ -96,7 +96,8 @@ def build_initrd(*, busybox: Path, source_date_epoch: int, compression: str = "g
                  files: Sequence[tuple[Path, str, int]] = (),
                  binaries: Sequence[tuple[Path, str, Path | Sequence[Path]]] = (),
                  applets: Sequence[str] = DEFAULT_APPLETS,
-                 rootfs_app: tuple[AppConfig, bool] | None = None) -> Initrd:
+                 rootfs_app: tuple[AppConfig, bool] | None = None,
+                 agent: tuple[Path, AgentLaunch] | None = None) -> Initrd:
     """Build a deterministic initrd.
 
     ``busybox``: a statically linked busybox (Debian ``busybox-static``: ``/bin/busybox``).
@@ -110,8 +111,10 @@ def build_initrd(*, busybox: Path, source_date_epoch: int, compression: str = "g
     (:func:`.elf.library_closure`).  ``rootfs_app``: (the application, network or not):
     the default init is then :func:`.init.render_rootfs_init`, which verifies the
     application root and starts the application in it (``modules`` must include
-    :data:`.init.ROOTFS_MODULES`, and ``binaries`` dmsetup).  The output depends only on these
-    arguments' contents.
+    :data:`.init.ROOTFS_MODULES`, and ``binaries`` dmsetup).  ``agent``: (the attestation
+    agent's staging tree, how to start it): the tree goes to :data:`.init.AGENT_INITRD_DIR`
+    (:meth:`.cpio.Archive.add_tree`) and the rootfs init starts it before the application (needs
+    ``rootfs_app`` with network).  The output depends only on these arguments' contents.
     """
     if compression not in cpio.COMPRESSIONS:
         raise InitrdError(f"initrd compression {compression!r} is not supported; use one of "
@@ -161,13 +164,17 @@ def build_initrd(*, busybox: Path, source_date_epoch: int, compression: str = "g
                 raise InitrdError("an app command was given with a root filesystem; the application's entrypoint "
                                   "is what runs, so drop the app command.")
             init_script = render_rootfs_init(modules=loaded, builtin=built_in, sev_guest=sev, app=rootfs_app[0],
-                                             network=rootfs_app[1])
+                                             network=rootfs_app[1], agent=None if agent is None else agent[1])
         else:
             init_script = render_init(modules=loaded, builtin=built_in, sev_guest=sev, app_command=app_command)
     elif app_command is not None:
         raise InitrdError("both an init script and an app command were given; the app command only applies to the "
                           "default init, so put it into your init script.")
+    if agent is not None and rootfs_app is None:
+        raise InitrdError("the attestation agent is started by the root filesystem's init; give rootfs_app too.")
     archive.add_file("init", bytes(init_script), 0o755)
+    if agent is not None:
+        archive.add_tree(AGENT_INITRD_DIR, agent[0])
 
     for src, dest, mode in files:
         guest = _guest(dest, f"file {src}")

@@ -16,6 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 PORT = int(os.environ.get("PORT", "8080"))
+#: the address to listen on: 127.0.0.1 behind an attestation agent, so only the agent reaches it
+HOST = os.environ.get("HOST", "0.0.0.0")
 exit_status = 0
 
 
@@ -54,8 +56,8 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main():
-    server = ThreadingHTTPServer(("0.0.0.0", PORT), Handler)
-    sys.stdout.write(f"python-app: listening on port {PORT}\n")
+    server = ThreadingHTTPServer((HOST, PORT), Handler)
+    sys.stdout.write(f"python-app: listening on {HOST} port {PORT}\n")
     sys.stdout.flush()
     server.serve_forever()
     server.server_close()

@@ -248,3 +248,21 @@ def test_running_guest_reports_a_guest_that_stops_early(files, monkeypatch, tmp_
             guest.wait_for("BLINDBOX-APP-START", 30)
         r = guest.finish(30)
     assert r.marker("BLINDBOX-VERITY-FAILED") == "bad" and r.returncode == 0
+
+
+def test_nic_argument_adds_guest_forwards_to_host_commands():
+    value = boot.nic_argument([("127.0.0.1", 18443, 8443)],
+                              [("10.0.2.100", 4050, "/usr/bin/env python3 -m tests.simattester --a 1,2")])
+    assert value == ("user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:18443-:8443,"
+                     "guestfwd=tcp:10.0.2.100:4050-cmd:/usr/bin/env python3 -m tests.simattester --a 1,,2")
+
+
+@pytest.mark.parametrize("fwd, message", [
+    (("10.0.2", 4050, "x"), "the guest forward .* is not \\(IPv4 address, port, command\\)"),
+    (("10.0.2.100", 0, "x"), "the port 0 of the guest forward .* is not from 1 to 65535"),
+    (("10.0.2.100", 4050, " "), "the command of the guest forward .* is empty or holds a NUL or line break"),
+    (("10.0.2.100", 4050, "a\nb"), "is empty or holds a NUL or line break"),
+])
+def test_nic_argument_refuses_bad_guest_forwards(fwd, message):
+    with pytest.raises(BootError, match=message):
+        boot.nic_argument(guestfwds=[fwd])
