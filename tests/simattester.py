@@ -473,6 +473,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="serve connections on HOST:PORT (default: one request on stdin/stdout)")
     p.add_argument("--fault", choices=sorted(FAULTS),
                    help="for negative tests: " + "; ".join(f"{k}: {v}" for k, v in FAULTS.items()))
+    p.add_argument("--fault-file", type=Path, metavar="FILE",
+                   help="read per request: empty or missing = no fault; a fault name; or policy=0x... (the "
+                        "simulated launch's guest policy, e.g. with DEBUG set) -- lets one guest boot serve "
+                        "several negative tests, since QEMU starts one simulator per connection")
     p.add_argument("--log", type=Path, metavar="FILE",
                    help="also append diagnostics to FILE (when stderr is the connection, as under QEMU's "
                         "guestfwd cmd:, they go only there, by default to CHAIN_DIR/simattester.log)")
@@ -598,9 +602,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif connection_is_stderr:
         _log.file = args.chain_dir / "simattester.log"
     try:
+        fault, policy = args.fault, args.policy
+        if args.fault_file is not None and args.fault_file.is_file():
+            said = args.fault_file.read_text().strip()
+            if said.startswith("policy="):
+                try:
+                    policy = _int(said[len("policy="):])
+                except argparse.ArgumentTypeError as e:
+                    raise SimulatorError(f"{args.fault_file}: {e}.") from None
+            elif said:
+                fault = said
         psp = SimulatedPsp(ovmf=args.ovmf, kernel=args.kernel, initrd=args.initrd, append=_append(args.append_file),
                            vcpus=args.vcpus, vcpu_type=args.vcpu_type, guest_features=args.guest_features,
-                           policy=args.policy, chain_dir=args.chain_dir, product=args.product, fault=args.fault)
+                           policy=policy, chain_dir=args.chain_dir, product=args.product, fault=fault)
         if args.listen is not None:
             _serve_forever(psp, *args.listen)
             return 0

@@ -11,14 +11,16 @@ One boot serves the success and the refusals that need no other guest:
 - the same guest against another bundle's manifest fails ``measurement.manifest``;
 - a relaying proxy with its own TLS key, passing on the genuine agent's evidence for the
   client's own nonce, fails ``report_data binds this TLS key and nonce``;
-- without ``--trust-root`` the test chain fails ``chain``.
+- without ``--trust-root`` the test chain fails ``chain``;
+- the simulated PSP, told per connection through a file, signs with another chip's key
+  (``signature``), presents an expired VCEK (``chain``) or reports a launch whose policy allows
+  debugging (``policy.debug``).
 
 Two more boots: a changed initrd (a second cpio archive appended, which the kernel unpacks
 too) fails ``measurement.manifest``; a tampered root image stops the guest at dm-verity, so
 ``connect`` exits 3 saying no attested endpoint answered.  Every refusal exits 3 and nothing
-reaches the application (it would log the request on the console).  The debug-policy,
-other-chip and expired-chain refusals with the same simulator run on the host
-(tests/audit/test_connect*.py).
+reaches the application (it logs every request on the console).  A replayed nonce needs a
+dishonest agent, so it is tested on the host (tests/audit/test_connect.py).
 """
 
 from __future__ import annotations
@@ -107,7 +109,8 @@ def _boot(bundle: Path, tmp: Path, *, initrd: Path | None = None, image: Path | 
     # the test chain, made now so that a guest that never asks for a report still has a root to name
     SimulatedPsp(ovmf=run / "OVMF.amdsev.fd", kernel=run / "bzImage", initrd=run / "initrd",
                  append=(run / "cmdline").read_text(), vcpus=SHAPE[1], vcpu_type=SHAPE[0], chain_dir=tmp / "chain")
-    nic = nic_argument([("127.0.0.1", port, 8443)], [("10.0.2.100", 4050, _sim_command(run, tmp / "chain"))])
+    command = _sim_command(run, tmp / "chain") + f" --fault-file {tmp / 'fault'}"   # read per guest request
+    nic = nic_argument([("127.0.0.1", port, 8443)], [("10.0.2.100", 4050, command)])
     guest = running_guest(run / "bzImage", run / "initrd", (run / "cmdline").read_bytes(), firmware=None,
                           drives=[image or bundle / "rootfs.erofs", bundle / "rootfs.verity"], nic=nic)
     return guest, port, tmp / "chain"
@@ -190,6 +193,15 @@ def test_connect_verifies_the_guest_then_talks_and_refuses_impostors(app, publis
         wrong = _connect(port, hello, publisher, chain_dir)
         assert wrong.returncode == 3, wrong.stderr
         assert "measurement" in wrong.stderr and "nothing was sent" in wrong.stderr
+
+        # the simulated PSP misbehaves, one way per connection (QEMU starts it per connection)
+        for fault, check in (("other-chip", "signature"), ("expired-vcek", "chain"),
+                             ("policy=0xb0000", "policy.debug")):          # 0xb0000: DEBUG (bit 19) allowed
+            (tmp_path / "fault").write_text(fault)
+            bad = _connect(port, published, publisher, chain_dir)
+            assert bad.returncode == 3, (fault, bad.stderr)
+            assert f"failed the check '{check}'" in bad.stderr and "nothing was sent" in bad.stderr, (fault, bad.stderr)
+        (tmp_path / "fault").write_text("")
 
         proxy = RelayingProxy(tmp_path, port)
         relayed = _connect(proxy.port, published, publisher, chain_dir)
