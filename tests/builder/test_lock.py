@@ -174,12 +174,19 @@ def test_lock_json_syntax_error_names_line():
     assert ei.value.line == 3 and str(ei.value).startswith("t.lock:3:")
 
 
-def test_committed_hello_lock_pins_what_the_recipe_declares():
-    """The shipped lock is consistent with the shipped recipe (no archive needed)."""
-    root = Path(__file__).resolve().parents[2]
-    recipe = load_recipe(root / "recipes" / "hello.yaml")
+RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_committed_locks_pin_what_their_recipes_declare(path):
+    """Every shipped lock is consistent with its shipped recipe (no archive needed)."""
+    recipe = load_recipe(path)
     lock = read_lock(recipe.lock_path)
     check_lock(recipe, lock)
     assert lock.get("kernel").via.startswith("linux-image-amd64=")
-    assert lock.recipe == "hello.yaml"
+    assert lock.recipe == path.name
     assert lock.to_json() == recipe.lock_path.read_bytes()
+
+
+def test_every_recipe_ships():
+    assert [p.stem for p in RECIPES] == ["hello", "python-app-attested", "python-app"]
