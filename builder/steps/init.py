@@ -443,9 +443,14 @@ printf '%s %s\\n' "{start}" {listen}
 ( $b chroot $A {python} -I {launcher} --listen 0.0.0.0:{listen} --app 127.0.0.1:{app} --attester {attester} \\
     --state-dir /tmp --openssl {openssl} 2>&1
   echo "{exit} $?" ) | $b tee {dir}/agent.log &
+agent=$!
 n=0
 while :; do
   if $b grep -q -e '^{refused} ' -e '^{exit} ' {dir}/agent.log 2>/dev/null; then
+    # let the agent's exit line reach the console before ours (bounded: 5 s), then reap the pipeline
+    m=0
+    while ! $b grep -q '^{exit} ' {dir}/agent.log 2>/dev/null && [ $m -lt 50 ]; do $b sleep 0.1; m=$((m + 1)); done
+    $b grep -q '^{exit} ' {dir}/agent.log 2>/dev/null && wait $agent
     agent_failed "the attestation agent did not start, so the application is not started"
   fi
   $b grep -q '^{ready} ' {dir}/agent.log 2>/dev/null && break
