@@ -95,6 +95,9 @@ def _parse_network(value: object, where: str, path: str) -> ipaddress.IPv4Networ
         raise _refuse(where, path, f"is {_type_name(value)}; write an IP address or a CIDR such as "
                                    f"192.0.2.10 or 2001:db8::/32.")
     text = value.strip()
+    if "%" in text:
+        raise _refuse(where, path, f"is {text[:60]!r}, which has a zone index (after %); it names an interface "
+                                   f"of the guest, not a destination, so write the address alone.")
     try:
         return ipaddress.ip_network(text, strict=True)
     except ValueError:
