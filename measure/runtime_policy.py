@@ -12,7 +12,9 @@ JSON Canonicalization Scheme), its SHA-256 (:func:`runtime_policy_sha256`, the
 words (:func:`describe`).  Enforcement inside the guest is not part of it.  docs/runtime-policy.md
 has the schema and the threat model.
 
-Part of the calculator: standard library and :mod:`measure` only (docs/architecture.md).
+Part of the calculator: it may import only the standard library and :mod:`measure`, never
+``cryptography``, ``yaml``, ``click``, :mod:`builder` or :mod:`blindbox` (docs/architecture.md);
+the recipe reader, the guest and the client will all use it.
 """
 
 from __future__ import annotations
