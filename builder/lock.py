@@ -709,13 +709,7 @@ def lock_recipe(recipe: Recipe, archive, fetch_url=None, *, previous: Lock | Non
             out += old_libs
         else:
             new_libs = resolve_libraries(recipe, archive)
-            old_by = {i.name: i for i in old_libs}
-            for lib in new_libs:
-                old = old_by.pop(lib.name, None)
-                if old is None or old.sha256 != lib.sha256 or old.wants != lib.wants:
-                    reason = "new input" if old is None else "update"
-                    changes.append(Change(lib.name, old, lib, reason))
-            changes += [Change(n, o, None, "removed") for n, o in sorted(old_by.items())]
+            changes += _closure_changes(old_libs, new_libs, "update")
             out += new_libs
     if has_rootfs:
         out += _lock_rootfs(recipe, archive, previous, wants_update, changes)
@@ -728,6 +722,17 @@ def lock_recipe(recipe: Recipe, archive, fetch_url=None, *, previous: Lock | Non
                     if i.name not in kept and i.name not in reported and not i.name.startswith("library:")]
     rel = os.path.relpath(recipe.path, recipe.lock_path.parent)
     return LockResult(Lock(recipe=rel, inputs=tuple(out)), changes)
+
+
+def _closure_changes(old: list[LockedInput], new: list[LockedInput], reason: str) -> list[Change]:
+    """What re-resolving a closure of pins changed: new entries, changed ones (``reason``), removed ones."""
+    old_by = {i.name: i for i in old}
+    out: list[Change] = []
+    for entry in new:
+        prev = old_by.pop(entry.name, None)
+        if prev is None or prev.sha256 != entry.sha256 or prev.wants != entry.wants:
+            out.append(Change(entry.name, prev, entry, "new input" if prev is None else reason))
+    return out + [Change(n, o, None, "removed") for n, o in sorted(old_by.items())]
 
 
 def _lock_rootfs(recipe: Recipe, archive, previous: Lock | None, wants_update, changes: list[Change]) \
@@ -743,13 +748,7 @@ def _lock_rootfs(recipe: Recipe, archive, previous: Lock | None, wants_update, c
     if same and not any(wants_update(i.name) for i in old):
         return old
     new = resolve_rootfs(recipe, archive)
-    old_by = {i.name: i for i in old}
-    reason_old = "update" if same else "recipe changed"
-    for entry in new:
-        prev = old_by.pop(entry.name, None)
-        if prev is None or prev.sha256 != entry.sha256 or prev.wants != entry.wants:
-            changes.append(Change(entry.name, prev, entry, "new input" if prev is None else reason_old))
-    changes += [Change(n, o, None, "removed") for n, o in sorted(old_by.items())]
+    changes += _closure_changes(old, new, "update" if same else "recipe changed")
     return new
 
 
@@ -765,11 +764,5 @@ def _lock_agent(recipe: Recipe, archive, previous: Lock | None, wants_update, ch
     if same and not any(wants_update(i.name) for i in old):
         return old
     new = agent_closure(recipe, archive)
-    old_by = {i.name: i for i in old}
-    reason_old = "update" if same else "recipe changed"
-    for entry in new:
-        prev = old_by.pop(entry.name, None)
-        if prev is None or prev.sha256 != entry.sha256 or prev.wants != entry.wants:
-            changes.append(Change(entry.name, prev, entry, "new input" if prev is None else reason_old))
-    changes += [Change(n, o, None, "removed") for n, o in sorted(old_by.items())]
+    changes += _closure_changes(old, new, "update" if same else "recipe changed")
     return new
