@@ -38,6 +38,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from .errors import InputError
 
@@ -74,6 +75,22 @@ def report_data(spki_der: bytes, nonce: bytes, policy_sha256: bytes | None = Non
         raise ProtocolError("the TLS key's SubjectPublicKeyInfo is empty.")
     return hashlib.sha512(DOMAIN + hashlib.sha256(spki_der).digest() + nonce
                           + (policy_sha256 if policy_sha256 is not None else bytes(32))).digest()
+
+
+class _Receiver(Protocol):
+    def recv(self, size: int, /) -> bytes: ...
+
+
+def recv_exactly(sock: _Receiver, n: int) -> bytes:
+    """``n`` bytes from a socket, or fewer when the peer closes first: the ``read_exactly``
+    the readers below take is ``lambda n: recv_exactly(sock, n)``."""
+    out = b""
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return out
 
 
 def encode_hello(nonce: bytes) -> bytes:
@@ -220,4 +237,4 @@ def certificate_spki(cert_der: bytes) -> bytes:
 
 __all__ = ["SIM_MAGIC", "ATTESTERS", "DOMAIN", "EVIDENCE", "Evidence", "HELLO", "MAX_EVIDENCE_BYTES", "NONCE_SIZE",
            "ProtocolError", "REPORT_DATA_SIZE", "VERSION", "certificate_spki", "encode_evidence", "encode_hello",
-           "parse_evidence", "read_evidence", "read_hello", "report_data"]
+           "parse_evidence", "read_evidence", "read_hello", "recv_exactly", "report_data"]

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from measure.attested_tls import NONCE_SIZE, Evidence, ProtocolError, encode_hello, read_evidence
+from measure.attested_tls import NONCE_SIZE, Evidence, ProtocolError, encode_hello, read_evidence, recv_exactly
 from measure.errors import InputError
 
 from .attested import AttestationFailed, AttestedVerdict, failed, manifest_entries, verify_evidence
@@ -145,7 +145,7 @@ class AttestedSession:
         self.nonce = os.urandom(NONCE_SIZE)
         try:
             sock.sendall(encode_hello(self.nonce))
-            self.evidence = read_evidence(lambda n: _read_exactly(sock, n))
+            self.evidence = read_evidence(lambda n: recv_exactly(sock, n))
         except ProtocolError as e:
             raise no_endpoint(self.host, self.port, f"the server does not speak blindbox attested TLS ({e})") \
                 from None
@@ -192,16 +192,6 @@ class AttestedSession:
                 sock.close()
             except OSError:
                 pass
-
-
-def _read_exactly(sock: ssl.SSLSocket, n: int) -> bytes:
-    out = b""
-    while len(out) < n:
-        chunk = sock.recv(n - len(out))
-        if not chunk:
-            break
-        out += chunk
-    return out
 
 
 # ---------------------------------------------------------------------------------------

@@ -118,15 +118,7 @@ class Agent:
         got = bytearray()
         self.received.append(b"")
 
-        def read_exactly(n):
-            out = b""
-            while len(out) < n:
-                chunk = sock.recv(n - len(out))
-                if not chunk:
-                    break
-                out += chunk
-            return out
-        nonce = at.read_hello(read_exactly)
+        nonce = at.read_hello(lambda n: at.recv_exactly(sock, n))
         self.nonces.append(nonce)
         spki = at.certificate_spki(self.cert_der)
         if self.mode == "replay":

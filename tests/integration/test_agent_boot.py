@@ -102,18 +102,6 @@ def _sim_command(bundle, chain_dir) -> str:
             f"--vcpus {SHAPE[1]} --vcpu-type {SHAPE[0]} --chain-dir {chain_dir}")
 
 
-def _exactly(tls: ssl.SSLSocket):
-    def read(n: int) -> bytes:
-        out = b""
-        while len(out) < n:
-            chunk = tls.recv(n - len(out))
-            if not chunk:
-                break
-            out += chunk
-        return out
-    return read
-
-
 def test_simulated_attester_ready_before_the_app_then_attested_relay(simulated, tmp_path):
     bundle, manifest, _ = simulated
     for name in ("OVMF.amdsev.fd", "bzImage", "initrd", "cmdline"):
@@ -139,7 +127,7 @@ def test_simulated_attester_ready_before_the_app_then_attested_relay(simulated, 
         with socket.create_connection(("127.0.0.1", port), timeout=120) as raw, ctx.wrap_socket(raw) as tls:
             nonce = os.urandom(at.NONCE_SIZE)
             tls.sendall(at.encode_hello(nonce))
-            evidence = at.read_evidence(_exactly(tls))
+            evidence = at.read_evidence(lambda n: at.recv_exactly(tls, n))
             spki = at.certificate_spki(tls.getpeercert(binary_form=True))
             report = parse_report(evidence.report)
             assert evidence.attester == "simulated"

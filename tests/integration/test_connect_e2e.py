@@ -123,16 +123,6 @@ def _wait_console(guest, text: str, timeout: float = 180) -> None:
         time.sleep(0.5)
 
 
-def _exactly(sock: ssl.SSLSocket, n: int) -> bytes:
-    out = b""
-    while len(out) < n:
-        chunk = sock.recv(n - len(out))
-        if not chunk:
-            break
-        out += chunk
-    return out
-
-
 class RelayingProxy:
     """A TLS server with its own key that passes the client's hello to the genuine agent and its
     evidence back: what a host could do to borrow a genuine guest's report."""
@@ -159,9 +149,9 @@ class RelayingProxy:
         conn, _ = self.sock.accept()
         with self.server.wrap_socket(conn, server_side=True) as down, \
                 self.client.wrap_socket(socket.create_connection(("127.0.0.1", self.upstream), timeout=120)) as up:
-            up.sendall(_exactly(down, len(at.HELLO) + at.NONCE_SIZE))
-            head = _exactly(up, len(at.EVIDENCE) + 4)
-            down.sendall(head + _exactly(up, int.from_bytes(head[-4:], "big")))
+            up.sendall(at.recv_exactly(down, len(at.HELLO) + at.NONCE_SIZE))
+            head = at.recv_exactly(up, len(at.EVIDENCE) + 4)
+            down.sendall(head + at.recv_exactly(up, int.from_bytes(head[-4:], "big")))
             down.settimeout(30)
             try:
                 self.relayed_after_evidence = len(down.recv(65536))

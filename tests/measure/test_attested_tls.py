@@ -118,3 +118,17 @@ def test_certificate_spki_refuses_malformed(mangle, message):
     der = _cert(ec.generate_private_key(ec.SECP256R1()))
     with pytest.raises(at.ProtocolError, match=message):
         at.certificate_spki(mangle(der))
+
+
+def test_recv_exactly_collects_short_reads_and_stops_at_the_end():
+    class Trickle:
+        def __init__(self, data: bytes):
+            self.data = data
+
+        def recv(self, size: int) -> bytes:
+            chunk, self.data = self.data[:min(size, 3)], self.data[min(size, 3):]
+            return chunk
+    assert at.recv_exactly(Trickle(b"0123456789"), 8) == b"01234567"
+    assert at.recv_exactly(Trickle(b"0123"), 8) == b"0123"
+    hello = Trickle(at.encode_hello(NONCE))
+    assert at.read_hello(lambda n: at.recv_exactly(hello, n)) == NONCE
