@@ -33,12 +33,11 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.errors import BuildError, InputDigestMismatch
+from builder.errors import BuildError
 from builder.limits import MAX_ROOTFS_UNPACKED_BYTES, MAX_TREE_ENTRIES
 from builder.lock import Lock, is_agent_entry
 from builder.rootfs_tree import TreeWriter
-from builder.sources.deb import apply_deb
-from measure.inputs import file_digest
+from builder.steps.rootfs import apply_pinned_debs
 
 __all__ = ["AgentError", "AgentPackage", "AgentTree", "assemble_agent", "source_files", "DROPPED", "INITRD_DIR",
            "MOUNT_POINTS", "SOURCE_DIR", "PYTHON", "OPENSSL", "LAUNCHER"]
@@ -144,22 +143,11 @@ def assemble_agent(lock: Lock, inputs: dict[str, Path], dest: Path, *, epoch: in
         writer = TreeWriter(dest, owner="the attestation agent's Debian packages", unit="package",
                             keep_absolute_links=True, epoch=epoch, max_members=MAX_TREE_ENTRIES,
                             max_bytes=MAX_ROOTFS_UNPACKED_BYTES, limit_why="the agent's runtime")
+        apply_pinned_debs(entries, inputs, writer, error=AgentError, caller="assemble_agent")
         packages = []
-        for entry in entries:                      # lock order: sorted by package name
-            deb = inputs.get(entry.name)
-            if deb is None:
-                raise AgentError(f"the .deb of {entry.name!r} ({entry.describe()}) was not fetched; this is a bug "
-                                 f"in the caller of assemble_agent.")
-            actual = file_digest(deb, "package").hex()
-            if actual != entry.sha256:
-                raise InputDigestMismatch(
-                    f"input {entry.name!r} ({entry.describe()}): {deb} has sha256 {actual}, not the pinned "
-                    f"{entry.sha256}; fetch it again (the cache verifies what it serves).", source=str(deb),
-                    expected=entry.sha256, actual=actual, path=str(deb))
-            name = entry.name.split(":", 1)[1]
-            apply_deb(deb, writer, where=f"{deb} ({name} {entry.version})")
+        for entry in entries:
             assert entry.version is not None  # a debian entry has a version (LockedInput.from_dict)
-            packages.append(AgentPackage(name, entry.version, entry.sha256, entry.size))
+            packages.append(AgentPackage(entry.name.split(":", 1)[1], entry.version, entry.sha256, entry.size))
         writer.finish()
         _drop(dest)
         for guest, src in sources:

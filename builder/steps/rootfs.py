@@ -39,7 +39,7 @@ from pathlib import Path
 
 from builder.errors import BuildError, InputDigestMismatch, SourceError
 from builder.limits import MAX_ROOTFS_UNPACKED_BYTES, MAX_TREE_ENTRIES
-from builder.lock import Lock
+from builder.lock import Lock, LockedInput
 from builder.recipe import DEFAULT_PATH, ROOTFS_MOUNT_POINTS, Recipe, RootfsSpec, rootfs_path
 from builder.rootfs_tree import BoundedTarInfo, TreeWriter, extract_tarball, resolve_inside, tree_digest
 from builder.sources.deb import apply_deb
@@ -221,23 +221,27 @@ def _from_debian(recipe: Recipe, lock: Lock, inputs: dict[str, Path], dest: Path
     writer = TreeWriter(dest, owner="the root filesystem's Debian packages", unit="package",
                         keep_absolute_links=True, epoch=recipe.source_date_epoch, max_members=MAX_TREE_ENTRIES,
                         max_bytes=MAX_ROOTFS_UNPACKED_BYTES, limit_why="any root filesystem this tool builds")
-    out = []
-    for entry in entries:                    # lock order: sorted by package name
+    apply_pinned_debs(entries, inputs, writer, error=RootfsError, caller="assemble_rootfs")
+    writer.finish()
+    return [RootfsSource("debian", e.name.split(":", 1)[1], e.sha256, e.size, e.version) for e in entries]
+
+
+def apply_pinned_debs(entries: list[LockedInput], inputs: dict[str, Path], writer: TreeWriter, *,
+                      error: type[BuildError], caller: str) -> None:
+    """Lay the pinned packages' data trees onto ``writer`` in lock order (sorted by package name),
+    each .deb checked against its pin first; ``inputs`` maps the entry's name to its .deb."""
+    for entry in entries:
         deb = inputs.get(entry.name)
         if deb is None:
-            raise RootfsError(f"the .deb of {entry.name!r} ({entry.describe()}) was not fetched; this is a bug "
-                              f"in the caller of assemble_rootfs.")
-        name = entry.name.split(":", 1)[1]
+            raise error(f"the .deb of {entry.name!r} ({entry.describe()}) was not fetched; this is a bug "
+                        f"in the caller of {caller}.")
         actual = file_digest(deb, "package").hex()
         if actual != entry.sha256:
             raise InputDigestMismatch(
                 f"input {entry.name!r} ({entry.describe()}): {deb} has sha256 {actual}, not the pinned {entry.sha256}; "
                 f"the file is not the package the lock pins, so fetch it again (the cache verifies what it serves).",
                 source=str(deb), expected=entry.sha256, actual=actual, path=str(deb))
-        apply_deb(deb, writer, where=f"{deb} ({name} {entry.version})")
-        out.append(RootfsSource("debian", name, entry.sha256, entry.size, entry.version))
-    writer.finish()
-    return out
+        apply_deb(deb, writer, where=f"{deb} ({entry.name.split(':', 1)[1]} {entry.version})")
 
 
 # --------------------------------------------------------------------------------------
