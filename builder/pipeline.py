@@ -168,6 +168,9 @@ class BuildResult:
 
 def step_recipe(b: Build) -> None:
     b.recipe = load_recipe(b.request.recipe)
+    if b.recipe.runtime_policy is not None:
+        raise BuildError(f"{b.recipe.path}:{b.recipe.runtime_policy.line}: this blindbox reads runtime_policy but "
+                         f"cannot enforce it in the guest yet, so it builds no image with one; remove it.")
     b.lock = read_lock(b.recipe.lock_path)
     check_lock(b.recipe, b.lock)
     check_id_keys(b.recipe)

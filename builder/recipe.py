@@ -32,6 +32,8 @@ from builder.limits import MAX_RECIPE_BYTES, MAX_RECIPE_DEPTH
 from builder.sources import SUITES as FETCHER_SUITES
 from measure.cpu import CPU_SIGS
 from measure.inputs import is_fifo_or_socket, read_bounded
+from measure.runtime_policy import CMDLINE_PARAM as RUNTIME_POLICY_PARAM
+from measure.runtime_policy import RuntimePolicy, RuntimePolicyError, parse_runtime_policy
 from measure.spec import guest_policy_problem
 from measure.vmm import PROFILES, VmmType
 
@@ -294,6 +296,24 @@ class AgentSpec:
 
 
 @dataclass(frozen=True)
+class RuntimePolicySpec:
+    """The recipe's ``runtime_policy:`` (docs/runtime-policy.md), validated, and the line it starts on."""
+
+    policy: RuntimePolicy
+    line: int
+
+
+#: SNP GUEST_POLICY bit 19: the hypervisor may debug the guest (read and change its memory)
+GUEST_POLICY_DEBUG = 1 << 19
+#: kernel parameters that debug the guest or give a shell instead of the measured init; a recipe
+#: whose runtime policy has ``debug: false`` may not have them on its command line (``x.dyndbg`` too)
+KERNEL_DEBUG_PARAMS = ("debug", "kgdboc", "kgdbwait", "kgdbcon", "kgdbdbgp", "kgdb", "ekgdboc", "init", "rdinit",
+                       "sysrq_always_enabled", "ftrace", "ftrace_dump_on_oops", "ftrace_filter", "trace_event",
+                       "trace_options", "tp_printk", "dyndbg", "ignore_loglevel", "earlyprintk", "kmemleak",
+                       "slub_debug")
+
+
+@dataclass(frozen=True)
 class Recipe:
     path: Path
     sha256: str                      # of the recipe file's bytes
@@ -308,6 +328,7 @@ class Recipe:
     id_block: IdBlockSpec | None = None
     rootfs: RootfsSpec | None = None
     agent: AgentSpec | None = None
+    runtime_policy: RuntimePolicySpec | None = None
 
     @property
     def directory(self) -> Path:
@@ -1017,6 +1038,7 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
         "id_block": "keys and fields of the ID block the bundle carries for every shape",
         "rootfs": "the application's root filesystem (dm-verity protected)",
         "agent": "the attestation agent in the initrd: {listen, app, attester, suite}",
+        "runtime_policy": "what the guest lets the application do: {clients, egress, debug, logs}",
     }, required=("name", "source_date_epoch", "firmware", "kernel", "initrd", "cmdline", "shapes"))
 
     if "schema" in top and top["schema"].int() != SCHEMA:
@@ -1123,6 +1145,7 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
 
     launch = LaunchSpec()
     launch_policy_line = None
+    launch_policy_node: _Node | None = None
     if "launch" in top:
         lf = top["launch"].mapping({"memory_mib": "guest memory in MiB (default 2048)",
                                     "policy": "the SNP guest policy (default 0x30000)"})
@@ -1133,14 +1156,23 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
         if problem is not None:
             raise lf["policy"].error(f"{problem}; the firmware launches no guest with such a policy.")
         launch_policy_line = lf["policy"].line if "policy" in lf else None
+        launch_policy_node = lf.get("policy")
 
     id_block = _id_block(top["id_block"], launch, launch_policy_line) if "id_block" in top else None
 
     agent = _agent(top["agent"], rootfs, top["cmdline"]) if "agent" in top else None
+    runtime_policy = None
+    if "runtime_policy" in top:
+        runtime_policy = _runtime_policy(top["runtime_policy"], rootfs, agent, top["cmdline"], launch_policy_node,
+                                         launch)
+    if any(w == RUNTIME_POLICY_PARAM or w.startswith(RUNTIME_POLICY_PARAM + "=") for w in cmdline.split()):
+        # only the build may commit the command line to a runtime policy, from the recipe's runtime_policy
+        raise top["cmdline"].error(f"{RUNTIME_POLICY_PARAM} is set by the build from runtime_policy; remove it "
+                                   f"from cmdline.")
 
     return Recipe(path=path, sha256=hashlib.sha256(data).hexdigest(), name=name, source_date_epoch=sde,
                   firmware=firmware, kernel=kernel, initrd=initrd, cmdline=cmdline, shape_sets=sets,
-                  launch=launch, id_block=id_block, rootfs=rootfs, agent=agent)
+                  launch=launch, id_block=id_block, rootfs=rootfs, agent=agent, runtime_policy=runtime_policy)
 
 
 def _agent(n: _Node, rootfs: RootfsSpec | None, cmdline_node: _Node) -> AgentSpec:
@@ -1187,6 +1219,76 @@ def _agent(n: _Node, rootfs: RootfsSpec | None, cmdline_node: _Node) -> AgentSpe
         raise cmdline_node.error(f"{ATTESTER_PARAM} is set by the build from agent.attester; remove it from "
                                  f"cmdline.")
     return AgentSpec(line=n.key_line, **kw)
+
+
+def _plain(n: _Node, at: str, lines: dict[str, int]) -> Any:
+    """The YAML value as plain data (mappings with string keys, lists, scalars); ``lines`` gets the line
+    of every key path below ``at`` (``egress[1].port``), so a runtime policy refusal can name it."""
+    if n.kind == "map":
+        out: dict[str, Any] = {}
+        for knode, vnode in n.node.value:
+            kline = knode.start_mark.line + 1
+            if _kind(knode) != "str":
+                raise n.error(f"keys must be names, got {knode.value!r}.", line=kline)
+            name = knode.value
+            full = f"{at}.{name}" if at else name
+            if name in out:
+                raise n.error(f"{name!r} is given twice (first at line {lines[full]}).", key=f"{n.key}.{name}",
+                              line=kline)
+            lines[full] = kline
+            out[name] = _plain(_Node(vnode, n.path, f"{n.key}.{name}", key_line=kline), full, lines)
+        return out
+    if n.kind == "seq":
+        items = []
+        for i, item in enumerate(n.list()):
+            lines[f"{at}[{i}]"] = item.line
+            items.append(_plain(item, f"{at}[{i}]", lines))
+        return items
+    return n.scalar()
+
+
+def _runtime_policy(n: _Node, rootfs: RootfsSpec | None, agent: AgentSpec | None, cmdline_node: _Node,
+                    launch_policy_node: _Node | None, launch: LaunchSpec) -> RuntimePolicySpec:
+    """``runtime_policy:``, checked by :func:`measure.runtime_policy.parse_runtime_policy` at file:line,
+    and against the rest of the recipe (it restricts an application root; debugging off means no
+    debug bit and no kernel debug parameters)."""
+    lines: dict[str, int] = {}
+    doc = {} if n.kind == "null" else _plain(n, "", lines)
+    try:
+        policy = parse_runtime_policy(doc, str(n.path))
+    except RuntimePolicyError as e:
+        path = e.path
+        line = n.key_line
+        while path:
+            if path in lines:
+                line = lines[path]
+                break
+            path = path[:max(path.rfind("."), path.rfind("["), 0)]
+        key = f"runtime_policy.{e.path}" if e.path else "runtime_policy"
+        raise RecipeError(f"{n.path}:{line}: {key} {e.problem}", path=str(n.path), line=line, key=key) from None
+    if rootfs is None:
+        raise n.error("a runtime policy restricts the application in the root filesystem, but the recipe has no "
+                      "rootfs; add one, or remove runtime_policy.", line=n.key_line)
+    if policy.egress and not rootfs.network:
+        raise n.error(f"egress rules need the network, but rootfs (line {rootfs.line}) has no network: true; add "
+                      f"it, or remove the egress rules.", key="runtime_policy.egress", line=lines["egress"])
+    if policy.clients is not None and agent is None:
+        raise n.error("only the attestation agent can check client keys, but the recipe has no agent; add one, "
+                      "or remove clients.", key="runtime_policy.clients", line=lines["clients"])
+    if not policy.debug:
+        if launch.policy & GUEST_POLICY_DEBUG:
+            where = launch_policy_node if launch_policy_node is not None else n
+            raise where.error(f"{launch.policy:#x} sets the SNP guest policy's DEBUG bit (19), which lets the host "
+                              f"read and change the guest's memory, but runtime_policy (line {n.key_line}) has "
+                              f"debug: false; clear bit 19 (e.g. 0x30000), or set runtime_policy.debug: true.")
+        for word in str(cmdline_node.scalar()).split():
+            name = word.split("=", 1)[0]
+            if name in KERNEL_DEBUG_PARAMS or name.endswith(".dyndbg"):
+                raise cmdline_node.error(
+                    f"{word[:60]!r} is a kernel debugging option (or starts something other than the measured "
+                    f"init), but runtime_policy (line {n.key_line}) has debug: false; remove it, or set "
+                    f"runtime_policy.debug: true.")
+    return RuntimePolicySpec(policy=policy, line=n.key_line)
 
 
 def load_recipe(path: str | Path) -> Recipe:

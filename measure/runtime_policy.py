@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +34,12 @@ VERSION = 1
 LOG_SOURCES = ("app", "agent")
 PROTOCOLS = ("tcp", "udp")
 INGRESS = "agent-only"
+#: The kernel parameter that carries the runtime policy's SHA-256 (64 lower-case hex digits) on the
+#: measured command line, so that every launch digest commits to the runtime policy.
+CMDLINE_PARAM = "blindbox.runtime_policy"
+#: Where the measured initrd carries the canonical runtime policy (:func:`canonical_json` bytes); the
+#: attestation agent's root holds a copy at the same path.
+GUEST_PATH = "/etc/blindbox/runtime-policy.json"
 
 Network: TypeAlias = "ipaddress.IPv4Network | ipaddress.IPv6Network"
 Protocol = Literal["tcp", "udp"]
@@ -47,7 +54,17 @@ _MAX_SAFE_INTEGER = 2**53 - 1
 
 
 class RuntimePolicyError(InputError):
-    """A runtime policy is malformed: an unknown key, a wrong type or an unusable value."""
+    """A runtime policy is malformed: an unknown key, a wrong type or an unusable value.
+
+    ``path`` is the key path inside the runtime policy (``egress[1].port``; empty for the whole
+    policy) and ``problem`` the sentence after it, so that a reader which knows where each key
+    came from (the recipe's file:line) can say so.
+    """
+
+    def __init__(self, message: str, *, path: str = "", problem: str = ""):
+        super().__init__(message)
+        self.path = path
+        self.problem = problem
 
 
 @dataclass(frozen=True)
@@ -73,7 +90,7 @@ class RuntimePolicy:
 
 
 def _refuse(where: str, path: str, problem: str) -> RuntimePolicyError:
-    return RuntimePolicyError(f"{where}: runtime_policy.{path} {problem}")
+    return RuntimePolicyError(f"{where}: runtime_policy.{path} {problem}", path=path, problem=problem)
 
 
 def _type_name(value: object) -> str:
@@ -157,8 +174,8 @@ def parse_runtime_policy(doc: Mapping[str, object], where: str) -> RuntimePolicy
     ``where`` names the source (a file, later a file and line) at the start of every message.
     """
     if not isinstance(doc, Mapping):
-        raise RuntimePolicyError(f"{where}: runtime_policy is {_type_name(doc)}; write a mapping with any of "
-                                 f"{', '.join(_KEYS)}.")
+        problem = f"is {_type_name(doc)}; write a mapping with any of {', '.join(_KEYS)}."
+        raise RuntimePolicyError(f"{where}: runtime_policy {problem}", problem=problem)
     for key in doc:
         if key == "ingress":
             raise _refuse(where, "ingress", "cannot be set, because only the attestation agent's port is ever "
@@ -177,8 +194,10 @@ def parse_runtime_policy(doc: Mapping[str, object], where: str) -> RuntimePolicy
         for index, item in enumerate(items):
             if not isinstance(item, str) or not _HEX64.fullmatch(item):
                 shown = repr(item[:70]) if isinstance(item, str) else _type_name(item)
+                quote = "; quote it, so that YAML does not read it as a number" \
+                    if isinstance(item, (int, float)) and not isinstance(item, bool) else ""
                 raise _refuse(where, f"clients[{index}]", f"is {shown}, not 64 lower-case hex digits (the SHA-256 "
-                                                          f"of a TLS client key's SubjectPublicKeyInfo).")
+                                                          f"of a TLS client key's SubjectPublicKeyInfo){quote}.")
             if item in seen:
                 raise _refuse(where, f"clients[{index}]", f"repeats clients[{seen.index(item)}]; list each client "
                                                           f"key once.")
@@ -293,6 +312,54 @@ def canonical_json(policy: RuntimePolicy) -> bytes:
 def runtime_policy_sha256(policy: RuntimePolicy) -> bytes:
     """SHA-256 (32 bytes) of :func:`canonical_json`: the runtime policy digest a guest commits to."""
     return hashlib.sha256(canonical_json(policy)).digest()
+
+
+def cmdline_word(policy: RuntimePolicy) -> str:
+    """The word a build appends to the measured kernel command line: ``blindbox.runtime_policy=<hex>``."""
+    return f"{CMDLINE_PARAM}={runtime_policy_sha256(policy).hex()}"
+
+
+def from_json_value(value: object, where: str) -> RuntimePolicy:
+    """The runtime policy in its canonical object form (:func:`to_json_value`, as a manifest carries it).
+
+    Every member must be there, ``version`` must be 1 and ``ingress`` ``"agent-only"``; the rest is
+    checked as :func:`parse_runtime_policy` checks a recipe's section.
+    """
+    if not isinstance(value, Mapping):
+        problem = f"is {_type_name(value)}, not the canonical runtime policy object."
+        raise RuntimePolicyError(f"{where}: runtime_policy {problem}", problem=problem)
+    members = {"version", "clients", "egress", "ingress", "debug", "logs"}
+    if set(value) != members:
+        extra, missing = sorted(set(map(str, value)) - members), sorted(members - set(value))
+        problem = ("has " + ", ".join(f"the unknown member {k!r}" for k in extra) if extra else
+                   "lacks " + ", ".join(missing)) + f"; the canonical form has exactly {', '.join(sorted(members))}."
+        raise RuntimePolicyError(f"{where}: runtime_policy {problem}", problem=problem)
+    if value["version"] != VERSION or isinstance(value["version"], bool):
+        raise _refuse(where, "version", f"is {value['version']!r}; this blindbox reads runtime policy version "
+                                        f"{VERSION} only.")
+    if value["ingress"] != INGRESS:
+        raise _refuse(where, "ingress", f"is {value['ingress']!r}, not {INGRESS!r}.")
+    return parse_runtime_policy({k: value[k] for k in _KEYS}, where)
+
+
+def parse_canonical(data: bytes, where: str) -> RuntimePolicy:
+    """The runtime policy from its canonical bytes (the guest's copy); bytes that are not exactly the
+    canonical form of what they describe are refused, so the digest of ``data`` is the policy's."""
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        problem = f"is not JSON ({e})."
+        raise RuntimePolicyError(f"{where}: runtime_policy {problem}", problem=problem) from None
+    policy = from_json_value(value, where)
+    if canonical_json(policy) != data:
+        problem = "is not in canonical form (RFC 8785, rules sorted); its digest would not be the runtime policy's."
+        raise RuntimePolicyError(f"{where}: runtime_policy {problem}", problem=problem)
+    return policy
+
+
+def manifest_record(policy: RuntimePolicy) -> dict[str, JsonValue]:
+    """The ``runtime_policy`` section of manifest.json: the canonical object and its SHA-256 (hex)."""
+    return {"sha256": runtime_policy_sha256(policy).hex(), "policy": to_json_value(policy)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -244,3 +244,48 @@ def test_describe_logs(logs, expected):
 def test_describe_ipv6_host():
     lines = rp.describe(parse({"egress": [rule(network="2001:db8::1", protocol="udp", port=53)]}))
     assert "the application may reach [2001:db8::1]:53 over UDP and nothing else" in lines
+
+
+# -- the canonical object, as a manifest and the guest carry it --------------------------------
+
+def test_canonical_bytes_read_back_to_the_same_runtime_policy():
+    policy = parse(SAMPLE)          # read back in canonical order, so compare canonical forms
+    back = rp.parse_canonical(SAMPLE_CANONICAL, "guest")
+    assert rp.canonical_json(back) == rp.canonical_json(policy) and back.clients == (CLIENT_A, CLIENT_B)
+    assert rp.canonical_json(rp.from_json_value(json.loads(SAMPLE_CANONICAL), "m.json")) == SAMPLE_CANONICAL
+    default = rp.RuntimePolicy()
+    assert rp.canonical_json(rp.parse_canonical(rp.canonical_json(default), "guest")) == rp.canonical_json(default)
+
+
+def test_manifest_record_and_cmdline_word():
+    policy = parse(SAMPLE)
+    record = rp.manifest_record(policy)
+    assert record == {"sha256": SAMPLE_SHA256, "policy": json.loads(SAMPLE_CANONICAL)}
+    assert rp.cmdline_word(policy) == f"blindbox.runtime_policy={SAMPLE_SHA256}"
+    assert rp.CMDLINE_PARAM == "blindbox.runtime_policy" and rp.GUEST_PATH == "/etc/blindbox/runtime-policy.json"
+
+
+@pytest.mark.parametrize("data, words", [
+    (SAMPLE_CANONICAL.replace(b'"version":1}', b'"version":1} '), "is not in canonical form"),
+    (SAMPLE_CANONICAL.replace(b",", b", ", 1), "is not in canonical form"),
+    (SAMPLE_CANONICAL.replace(b'"version":1', b'"version":2'), "runtime_policy.version is 2; this blindbox reads"),
+    (SAMPLE_CANONICAL.replace(b'"version":1', b'"version":true'), "runtime_policy.version is True"),
+    (SAMPLE_CANONICAL.replace(b'"agent-only"', b'"any"'), "runtime_policy.ingress is 'any', not 'agent-only'"),
+    (SAMPLE_CANONICAL.replace(b',"version":1', b''), "lacks version; the canonical form has exactly"),
+    (SAMPLE_CANONICAL.replace(b'"version":1', b'"version":1,"zz":0'), "has the unknown member 'zz'"),
+    (SAMPLE_CANONICAL.replace(b'"port":53', b'"port":0'), "runtime_policy.egress[2].port is 0"),
+    (b"[]", "runtime_policy is a list, not the canonical runtime policy object"),
+    (b"{", "runtime_policy is not JSON"),
+    (b"\xff", "runtime_policy is not JSON"),
+])
+def test_canonical_bytes_that_are_not_exactly_canonical_are_refused(data, words):
+    with pytest.raises(rp.RuntimePolicyError) as ei:
+        rp.parse_canonical(data, "initrd:/etc/blindbox/runtime-policy.json")
+    assert str(ei.value).startswith("initrd:/etc/blindbox/runtime-policy.json: runtime_policy")
+    assert words in str(ei.value)
+
+
+def test_refusals_carry_the_key_path_and_the_problem():
+    with pytest.raises(rp.RuntimePolicyError) as ei:
+        parse({"egress": [{"network": "192.0.2.1", "port": 0, "protocol": "tcp"}]})
+    assert (ei.value.path, ei.value.problem) == ("egress[0].port", "is 0; a port is a number from 1 to 65535.")
