@@ -40,6 +40,7 @@ import re
 from pathlib import PurePosixPath
 from typing import Any, NoReturn
 
+from measure import runtime_policy as rp
 from measure import verity
 from measure.cpu import CPU_SIGS
 from measure.errors import InputError
@@ -278,7 +279,8 @@ def check_manifest(doc: Any, source: str = "manifest.json") -> dict[str, Any]:
                                f"{SCHEMA!r})", "nothing in it is checked or trusted; audit it with the "
                                                "blindbox version that built the bundle")
     c.obj(doc, "", ("schema", "name", "tool", "recipe", "lock", "source_date_epoch", "cmdline", "kernel_hashes",
-                    "firmware", "launch", "inputs", "outputs", "measurements"), optional=("rootfs", "agent"))
+                    "firmware", "launch", "inputs", "outputs", "measurements"), optional=("rootfs", "agent",
+                                                                                "runtime_policy"))
     c.plain_name(doc["name"], "name")
     tool = c.obj(doc["tool"], "tool", ("name", "version", "initrd_compressor"))
     for k in tool:
@@ -306,6 +308,7 @@ def check_manifest(doc: Any, source: str = "manifest.json") -> dict[str, Any]:
     _check_cross(doc, outputs, c)
     _check_rootfs(doc, outputs, c)
     _check_agent(doc, c)
+    _check_runtime_policy(doc, c)
     return doc
 
 
@@ -632,6 +635,39 @@ def _check_agent(doc: dict[str, Any], c: _Checker) -> None:
     extra = sorted(i["name"] for i in doc["inputs"] if i["name"].startswith("agent:") and i["name"][6:] not in names)
     if extra:
         raise c.fail("agent.packages", f"does not list {extra[0][6:]}, which the inputs pin as {extra[0]}")
+
+
+def _check_runtime_policy(doc: dict[str, Any], c: _Checker) -> None:
+    """The runtime policy: its canonical object, its digest, and the digest the measured cmdline carries."""
+    words = [w for w in doc["cmdline"].split(" ") if w.startswith(rp.CMDLINE_PARAM + "=") or w == rp.CMDLINE_PARAM]
+    if "runtime_policy" not in doc:
+        if words:
+            raise c.fail("cmdline", f"carries {words[0][:100]}, but the manifest has no runtime_policy")
+        return
+    rec = c.obj(doc["runtime_policy"], "runtime_policy", ("sha256", "policy"))
+    sha = c.hex_digest(rec["sha256"], "runtime_policy.sha256", 64)
+    try:
+        policy = rp.from_json_value(rec["policy"], "")
+    except rp.RuntimePolicyError as e:
+        raise c.fail("runtime_policy.policy" + (f".{e.path}" if e.path else ""), e.problem.rstrip(".")) from None
+    if rp.runtime_policy_sha256(policy).hex() != sha:
+        raise c.fail("runtime_policy.sha256", f"is {sha}, but the SHA-256 of the canonical form of "
+                                              f"runtime_policy.policy is {rp.runtime_policy_sha256(policy).hex()}")
+    if words != [f"{rp.CMDLINE_PARAM}={sha}"]:
+        raise c.fail("runtime_policy.sha256", f"is {sha}, but the measured cmdline does not carry exactly one "
+                                              f"{rp.CMDLINE_PARAM}={sha}, so the launch digests do not commit to it")
+    if "rootfs" not in doc:
+        raise c.fail("runtime_policy", "is given, but the manifest has no rootfs for it to restrict")
+    if policy.clients is not None and "agent" not in doc:
+        raise c.fail("runtime_policy.policy.clients", "lists client keys, but the manifest has no agent to check "
+                                                      "them")
+
+
+def runtime_policy_of(doc: dict[str, Any]) -> rp.RuntimePolicy | None:
+    """The runtime policy of a manifest :func:`check_manifest` accepted (None: the bundle has none)."""
+    if "runtime_policy" not in doc:
+        return None
+    return rp.from_json_value(doc["runtime_policy"]["policy"], "manifest")
 
 
 def _uuid(value: Any, path: str, c: _Checker) -> str:

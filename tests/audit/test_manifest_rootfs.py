@@ -30,14 +30,15 @@ def bundle(tmp_path):
     return _make_bundle(tmp_path)
 
 
-def _make_bundle(tmp_path):
-    """A bundle directory with a 7-block image and its hash file, and a manifest doc describing them."""
+def _make_bundle(tmp_path, cmdline_tail: str = ""):
+    """A bundle directory with a 7-block image and its hash file, and a manifest doc describing them
+    (``cmdline_tail`` is appended to the measured cmdline)."""
     image = bytes((i * 7) & 0xFF for i in range(7 * 4096))
     (tmp_path / "rootfs.erofs").write_bytes(image)
     params = verity.VerityParams(salt=SALT, uuid=VUUID)
     tree = verity.format_files(tmp_path / "rootfs.erofs", tmp_path / "rootfs.verity", params)
     table = tree.table("/dev/vda", "/dev/vdb")
-    cmdline = f'console=ttyS0 {verity.CMDLINE_PARAM}="{table}"'
+    cmdline = f'console=ttyS0 {verity.CMDLINE_PARAM}="{table}"{cmdline_tail}'
     doc = manifest_doc([entry(1, "EPYC-v4", 1, "ab" * 48)], cmdline=cmdline)
     hashes = (tmp_path / "rootfs.verity").read_bytes()
     doc["outputs"] += [{"file": "rootfs.erofs", "role": "rootfs", "sha256": _sha(image), "size": len(image)},
