@@ -7,10 +7,11 @@ import pytest
 from builder.steps.init import AgentLaunch, AppConfig, InitError, PolicyLaunch, render_rootfs_init
 
 SHA = "ab" * 32
+POLICY = PolicyLaunch(SHA)
 APP = AppConfig(argv=("/bin/app",), uid=1000, gid=1000)
 
 
-def init(policy=PolicyLaunch(SHA), agent=None, app=APP):
+def init(policy=POLICY, agent=None, app=APP):
     return render_rootfs_init(modules=[], app=app, network=True, agent=agent, policy=policy).decode()
 
 
