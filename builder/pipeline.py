@@ -16,9 +16,11 @@ agent    with a recipe agent: the attestation agent's tree (builder.steps.agent)
 initrd   the deterministic initrd: busybox, init, modules, files, binaries and libraries (with a
          rootfs: dmsetup, the verity and disk modules, and the init that verifies the root and
          switch_roots into the application; with an agent: its tree under /agent, started before
-         the application)
+         the application; with a runtime policy: its canonical JSON, its nft rule set, Debian's nft,
+         nf_tables and nft_ct, and the init that loads the rules before the agent and the application)
 cmdline  the command line bytes (the recipe's; with a simulated attester ``blindbox.attester=...``;
-         with a rootfs ``blindbox.root="<verity table>"``)
+         with a runtime policy ``blindbox.runtime_policy=<sha256>``; with a rootfs
+         ``blindbox.root="<verity table>"``)
 measure  launch digests for every shape, the firmware hashed once (measure.snp.SnpLaunch)
 idblock  with a recipe id_block: ID_BLOCK and ID_AUTH_INFO for every shape (deterministic ECDSA)
 launch   launch-snp.sh
@@ -73,7 +75,7 @@ from measure.vmm import PROFILES
 
 if TYPE_CHECKING:  # imported by the steps that use them
     from builder.steps.agent import AgentTree
-    from builder.steps.initrd import Initrd
+    from builder.steps.initrd import Initrd, RuntimePolicyFiles
     from builder.steps.kernel import KernelImage, PreflightReport
     from builder.steps.rootfs import RootfsTree
 
@@ -466,7 +468,7 @@ class RootRuntimePolicy(BuildError):
     """The application would run as root under a runtime policy (root could remove the rule set)."""
 
 
-def _runtime_policy_files(b: Build):
+def _runtime_policy_files(b: Build) -> RuntimePolicyFiles:
     """The runtime policy's canonical bytes, nft rule set and init settings; refuses an application that runs as
     uid 0 (it could flush the rules or read the agent's key)."""
     from builder.steps.init import PolicyLaunch

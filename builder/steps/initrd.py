@@ -13,6 +13,8 @@ Layout (every entry uid/gid 0, mtime SOURCE_DATE_EPOCH, fixed modes):
 ``dev``, ``proc``, ``sys``     0755    mount points; ``tmp`` is 1777, ``root`` 0700
 ``lib/modules/<release>/...``  0644    modules (decompressed ``.ko``), ``modules.dep``,
                                        ``modules.alias``
+``etc/blindbox/...``           0644    with a runtime policy: ``runtime-policy.json`` (its
+                                       canonical form) and ``runtime-policy.nft`` (:mod:`.nft`)
 files and binaries             given   at their destinations; libraries 0644 and the
                                        program interpreter 0755 at the guest paths the
                                        dynamic loader opens (a second path to the same
