@@ -17,6 +17,10 @@ measured command line as ``blindbox.attester=simulated:HOST:PORT``) and ``packag
 version, sha256 of each Debian package of its runtime).  They are claims about the measured
 initrd, which carries the agent and the init that starts it.
 
+A bundle with a runtime policy has a ``runtime_policy`` section, ``{sha256, policy}``
+(:func:`measure.runtime_policy.manifest_record`): the policy the measured initrd carries and
+enforces, whose digest the measured command line names (``blindbox.runtime_policy=<sha256>``).
+
 The schema is checked by the auditor's reader, :mod:`blindbox.audit.manifest`, both when a
 manifest is read back and when one is written (:meth:`Manifest.checked_json`).
 
@@ -108,6 +112,8 @@ class Manifest:
     rootfs: dict | None = None
     #: with an attestation agent: {listen, app, attester, packages} (claims about the measured initrd)
     agent: dict | None = None
+    #: with a runtime policy: measure.runtime_policy.manifest_record ({sha256, policy})
+    runtime_policy: dict | None = None
     schema: str = field(default=SCHEMA)
 
     def to_dict(self) -> dict:
@@ -130,6 +136,8 @@ class Manifest:
             out["rootfs"] = self.rootfs
         if self.agent is not None:
             out["agent"] = self.agent
+        if self.runtime_policy is not None:
+            out["runtime_policy"] = self.runtime_policy
         return out
 
     def to_json(self) -> bytes:
@@ -177,7 +185,8 @@ class Manifest:
                    launch=_plain(doc["launch"]), inputs=tuple(InputRecord(**d) for d in doc["inputs"]),
                    outputs=tuple(OutputRecord(**d) for d in doc["outputs"]), measurements=tuple(ms),
                    rootfs=_plain(doc["rootfs"]) if "rootfs" in doc else None,
-                   agent=_plain(doc["agent"]) if "agent" in doc else None)
+                   agent=_plain(doc["agent"]) if "agent" in doc else None,
+                   runtime_policy=_plain(doc["runtime_policy"]) if "runtime_policy" in doc else None)
 
 
 def _plain(value):

@@ -16,9 +16,11 @@ agent    with a recipe agent: the attestation agent's tree (builder.steps.agent)
 initrd   the deterministic initrd: busybox, init, modules, files, binaries and libraries (with a
          rootfs: dmsetup, the verity and disk modules, and the init that verifies the root and
          switch_roots into the application; with an agent: its tree under /agent, started before
-         the application)
+         the application; with a runtime policy: its canonical JSON, its nft rule set, Debian's nft,
+         nf_tables and nft_ct, and the init that loads the rules before the agent and the application)
 cmdline  the command line bytes (the recipe's; with a simulated attester ``blindbox.attester=...``;
-         with a rootfs ``blindbox.root="<verity table>"``)
+         with a runtime policy ``blindbox.runtime_policy=<sha256>``; with a rootfs
+         ``blindbox.root="<verity table>"``)
 measure  launch digests for every shape, the firmware hashed once (measure.snp.SnpLaunch)
 idblock  with a recipe id_block: ID_BLOCK and ID_AUTH_INFO for every shape (deterministic ECDSA)
 launch   launch-snp.sh
@@ -63,6 +65,8 @@ from measure.inputs import read_bounded, read_input
 from measure.limits import MAX_FIRMWARE_BYTES
 from blindbox.audit.limits import MAX_MANIFEST_BYTES
 from measure import verity
+from measure.runtime_policy import CMDLINE_PARAM as RUNTIME_POLICY_PARAM
+from measure.runtime_policy import cmdline_word, manifest_record
 from measure.kernel_hashes import KernelHashes, cmdline_bytes
 from measure.ovmf import Firmware
 from measure.snp import SnpLaunch, VmShape
@@ -71,7 +75,7 @@ from measure.vmm import PROFILES
 
 if TYPE_CHECKING:  # imported by the steps that use them
     from builder.steps.agent import AgentTree
-    from builder.steps.initrd import Initrd
+    from builder.steps.initrd import Initrd, RuntimePolicyFiles
     from builder.steps.kernel import KernelImage, PreflightReport
     from builder.steps.rootfs import RootfsTree
 
@@ -168,9 +172,6 @@ class BuildResult:
 
 def step_recipe(b: Build) -> None:
     b.recipe = load_recipe(b.request.recipe)
-    if b.recipe.runtime_policy is not None:
-        raise BuildError(f"{b.recipe.path}:{b.recipe.runtime_policy.line}: this blindbox reads runtime_policy but "
-                         f"cannot enforce it in the guest yet, so it builds no image with one; remove it.")
     b.lock = read_lock(b.recipe.lock_path)
     check_lock(b.recipe, b.lock)
     check_id_keys(b.recipe)
@@ -440,6 +441,12 @@ def step_initrd(b: Build) -> None:
         network = b.recipe.rootfs is not None and b.recipe.rootfs.network
         modules += [m for m in ROOTFS_MODULES + (NET_MODULES if network else ()) if m not in modules]
         app = (b.rootfs.tree.app, network)
+    policy = None
+    if b.recipe.runtime_policy is not None:
+        policy = _runtime_policy_files(b)
+        from builder.steps import nft
+
+        modules += [m for m in nft.NFT_MODULES if m not in modules]
     agent = None
     if b.agent is not None:
         from builder.steps import agent as agent_step
@@ -454,7 +461,41 @@ def step_initrd(b: Build) -> None:
         busybox=b.inputs["busybox"], source_date_epoch=b.recipe.source_date_epoch, compression=spec.compression,
         init_script=init_script, app_command=spec.app_command, kernel_tree=b.kernel.tree,
         kernel_release=b.kernel.release, modules=modules, files=files, binaries=binaries, rootfs_app=app,
-        agent=agent)
+        agent=agent, runtime_policy=policy)
+
+
+class RootRuntimePolicy(BuildError):
+    """The application would run as root under a runtime policy (root could remove the rule set)."""
+
+
+def _runtime_policy_files(b: Build) -> RuntimePolicyFiles:
+    """The runtime policy's canonical bytes, nft rule set and init settings; refuses an application that runs as
+    uid 0 (it could flush the rules or read the agent's key)."""
+    from builder.steps.init import PolicyLaunch
+    from builder.steps.initrd import RuntimePolicyFiles
+    from builder.steps.nft import render_ruleset
+    from builder.recipe import SIMULATED_ATTESTER
+    from measure.runtime_policy import canonical_json, runtime_policy_sha256
+
+    spec, rootfs = b.recipe.runtime_policy, b.recipe.rootfs
+    assert spec is not None and rootfs is not None and b.rootfs is not None  # the recipe requires a rootfs
+    if b.rootfs.tree.app.uid == 0:
+        if rootfs.user_line is not None:
+            where = f"{b.recipe.path}:{rootfs.user_line}: rootfs.user {rootfs.user!r} runs the application as root"
+        else:
+            where = f"{b.recipe.path}:{rootfs.line}: the image's default user is root, so the application runs as root"
+        raise RootRuntimePolicy(f"{where}, which could remove the rule set of runtime_policy (line {spec.line}) or "
+                                f"read the attestation agent's key; set rootfs.user to a non-root uid:gid such as "
+                                f"\"65534:65534\".")
+    agent = b.recipe.agent
+    attester = None
+    if agent is not None and agent.attester == "simulated":
+        host, port = SIMULATED_ATTESTER.rsplit(":", 1)
+        attester = (host, int(port))
+    ruleset = render_ruleset(spec.policy, agent_listen=None if agent is None else agent.listen,
+                             simulated_attester=attester)
+    return RuntimePolicyFiles(canonical_json(spec.policy), ruleset,
+                              PolicyLaunch(runtime_policy_sha256(spec.policy).hex(), spec.policy.logs))
 
 
 def step_agent(b: Build) -> None:
@@ -503,6 +544,13 @@ def step_cmdline(b: Build) -> None:
             raise CmdlineTooLong(f"the kernel command line with {param} is {len(b.cmdline)} bytes, more than the "
                                  f"{MAX_CMDLINE} the kernel keeps; shorten the recipe's cmdline in "
                                  f"{b.recipe.path}.")
+    if b.recipe.runtime_policy is not None:    # every launch digest commits to the runtime policy
+        word = cmdline_word(b.recipe.runtime_policy.policy)
+        b.cmdline += f" {word}".encode()
+        if len(b.cmdline) > MAX_CMDLINE:
+            raise CmdlineTooLong(f"the kernel command line with {RUNTIME_POLICY_PARAM}=<sha256> is {len(b.cmdline)} "
+                                 f"bytes, more than the {MAX_CMDLINE} the kernel keeps; shorten the recipe's cmdline "
+                                 f"in {b.recipe.path}.")
     if b.rootfs is not None:
         b.cmdline += f' {verity.CMDLINE_PARAM}="{b.rootfs.table}"'.encode()
         if len(b.cmdline) > MAX_CMDLINE:
@@ -634,7 +682,8 @@ def step_manifest(b: Build) -> None:
         inputs=tuple(InputRecord(e.name, e.kind, e.version, e.sha256, e.size, e.origin) for e in b.lock.inputs),
         outputs=tuple(outputs),
         measurements=tuple(b.measurements),
-        rootfs=rootfs, agent=agent)
+        rootfs=rootfs, agent=agent,
+        runtime_policy=None if b.recipe.runtime_policy is None else manifest_record(b.recipe.runtime_policy.policy))
     b.files[MANIFEST] = (b.manifest.checked_json(), 0o644)
 
 

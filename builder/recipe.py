@@ -20,7 +20,7 @@ import builtins
 import hashlib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -228,6 +228,7 @@ class RootfsSpec:
     env: tuple[tuple[str, str], ...] = ()
     workdir: str | None = None
     user: str | None = None
+    user_line: int | None = None                  # the line of ``user:``, for messages
     network: bool = False
     on_corruption: str = "eio"
     dmsetup: BinaryEntry | None = None
@@ -297,10 +298,16 @@ class AgentSpec:
 
 @dataclass(frozen=True)
 class RuntimePolicySpec:
-    """The recipe's ``runtime_policy:`` (docs/runtime-policy.md), validated, and the line it starts on."""
+    """The recipe's ``runtime_policy:`` (docs/runtime-policy.md), validated, and the line it starts on;
+    ``nft`` is the initrd binary that loads its rule set (also in ``Recipe.initrd.binaries``)."""
 
     policy: RuntimePolicy
     line: int
+    nft: BinaryEntry | None = None
+
+
+#: where the initrd carries Debian's nft (package nftables), which loads the runtime policy's rule set
+NFT_DEST = "/usr/sbin/nft"
 
 
 #: SNP GUEST_POLICY bit 19: the hypervisor may debug the guest (read and change its memory)
@@ -850,6 +857,7 @@ def _rootfs(n: _Node, kernel: InputSpec, seen: dict[str, int]) -> tuple[RootfsSp
             raise un.error(f"{user!r} is not a user: write a name or uid, optionally with ':' and a group name "
                            f"or gid (\"app\", \"1000\", \"1000:1000\", \"app:app\").")
         kw["user"] = user
+        kw["user_line"] = un.line
     if "network" in fields:
         kw["network"] = fields["network"].bool()
     if "on_corruption" in fields:
@@ -1165,6 +1173,17 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
     if "runtime_policy" in top:
         runtime_policy = _runtime_policy(top["runtime_policy"], rootfs, agent, top["cmdline"], launch_policy_node,
                                          launch)
+        rp_node = top["runtime_policy"]
+        if NFT_DEST in seen:
+            raise rp_node.error(f"the initrd already places {NFT_DEST} (line {seen[NFT_DEST]}), but with "
+                                f"runtime_policy the initrd carries nft from Debian's nftables; remove it from the "
+                                f"initrd.", key="runtime_policy", line=rp_node.key_line)
+        assert kernel_src.suite is not None  # the kernel comes from a Debian package
+        nft_src = InputSpec(f"binary:{NFT_DEST}", "debian", rp_node.key_line, package="nftables",
+                            suite=kernel_src.suite, arch=kernel_src.arch, member=NFT_DEST)
+        nft = BinaryEntry(NFT_DEST, NFT_DEST, nft_src, rp_node.key_line)
+        runtime_policy = replace(runtime_policy, nft=nft)
+        initrd = replace(initrd, binaries=initrd.binaries + (nft,))
     if any(w == RUNTIME_POLICY_PARAM or w.startswith(RUNTIME_POLICY_PARAM + "=") for w in cmdline.split()):
         # only the build may commit the command line to a runtime policy, from the recipe's runtime_policy
         raise top["cmdline"].error(f"{RUNTIME_POLICY_PARAM} is set by the build from runtime_policy; remove it "

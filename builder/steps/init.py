@@ -51,6 +51,18 @@ The application root's init (:func:`render_rootfs_init`) prints the lines above 
     with network: the DHCP lease on eth0 (address and default route set).
 ``BLINDBOX-NET-FAILED <reason>``
     with network: no eth0 or no lease; then ``BLINDBOX-POWEROFF``, no application.
+``BLINDBOX-NFT <line>``
+    with a runtime policy: each line of ``nft list ruleset`` after the rule set was loaded (the
+    kernel's own account of what it enforces, tabs as printed).
+``BLINDBOX-RUNTIME-POLICY-OK <sha256>``
+    with a runtime policy: the SHA-256 of the initrd's ``/etc/blindbox/runtime-policy.json``
+    equals the command line's ``blindbox.runtime_policy`` value, and its rule set
+    (``/etc/blindbox/runtime-policy.nft``, default drop) is loaded; printed after the
+    ``BLINDBOX-NFT`` lines, before the agent or the application starts.
+``BLINDBOX-RUNTIME-POLICY-FAILED <reason>``
+    the command line names no runtime policy or another one than the initrd carries, or ``nft``
+    refused the rule set (its error text follows on the same line); then ``BLINDBOX-POWEROFF``:
+    neither the agent nor the application starts (fail closed).
 ``BLINDBOX-APP-START <argv0>``
     just before ``switch_root`` (with an attestation agent: in stage 2, after the agent's ready
     line, just before the application starts); control characters and backslashes of the program path
@@ -84,7 +96,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from builder.errors import BuildError
+from measure.runtime_policy import CMDLINE_PARAM as RUNTIME_POLICY_PARAM
+from measure.runtime_policy import GUEST_PATH as RUNTIME_POLICY_PATH
 from measure.verity import CMDLINE_PARAM
+
+from .nft import NFT_DEST, NFT_MODULES, RULESET_PATH
 
 MARKER_BOOT = "BLINDBOX-BOOT-OK"
 MARKER_CMDLINE_SHA256 = "BLINDBOX-CMDLINE-SHA256"
@@ -245,6 +261,9 @@ MARKER_ROOT_FAILED = "BLINDBOX-ROOT-FAILED"
 MARKER_NET = "BLINDBOX-NET"
 MARKER_NET_FAILED = "BLINDBOX-NET-FAILED"
 MARKER_APP_START = "BLINDBOX-APP-START"
+MARKER_NFT = "BLINDBOX-NFT"
+MARKER_POLICY_OK = "BLINDBOX-RUNTIME-POLICY-OK"
+MARKER_POLICY_FAILED = "BLINDBOX-RUNTIME-POLICY-FAILED"
 MARKER_AGENT_START = "BLINDBOX-AGENT-START"
 MARKER_AGENT_FAILED = "BLINDBOX-AGENT-FAILED"
 MARKER_AGENT_EXIT = "BLINDBOX-AGENT-EXIT"
@@ -347,6 +366,29 @@ addr=$(cat /run/blindbox-net 2>/dev/null)
 echo "{net} $addr"
 """
 
+@dataclass(frozen=True)
+class PolicyLaunch:
+    """What the init enforces of a runtime policy: its digest (hex, as on the command line) and the log
+    sources whose own output may reach the console (``app``, ``agent``)."""
+
+    sha256: str
+    logs: tuple[str, ...] = ("app", "agent")
+
+
+_POLICY = """\
+policy_failed() {{ echo "{failed} $(flat "$*")"; stop; }}
+# the build appends the word after the recipe's cmdline, so a space always precedes it
+want=$(busybox sed -n 's/^.* {param_re}=\\([0-9a-f]\\{{64\\}}\\)\\( .*\\)\\{{0,1\\}}$/\\1/p' /proc/cmdline)
+[ -n "$want" ] || policy_failed "/proc/cmdline has no {param}=<sha256>"
+set -- $(sha256sum {path} 2>/dev/null)
+[ "$1" = "$want" ] || policy_failed "{path} has sha256 ${{1:-(missing)}}, the command line says $want"
+out=$({nft} -f {ruleset} 2>&1) || policy_failed "nft -f {ruleset}: $out"
+out=$({nft} list ruleset 2>&1) || policy_failed "nft list ruleset: $out"
+[ -n "$out" ] || policy_failed "nft list ruleset shows no rules after loading {ruleset}"
+printf '%s\\n' "$out" | while IFS= read -r line; do printf '%s %s\\n' "{nft_marker}" "$line"; done
+echo "{ok} $want"
+"""
+
 _SWITCH = """\
 mkdir -p /newroot{dir}
 busybox cp /bin/busybox /newroot{dir}/busybox || root_failed "cannot copy busybox into {dir}"
@@ -374,7 +416,7 @@ cd -- {workdir} || {{
   printf '%s %s\\n' "{root_failed}" "cannot enter the working directory "{workdir_shown}
   stop
 }}
-{agent}$b env -i {env}$b nsenter -F -S {uid} -G {gid} -- {argv}
+{agent}$b env -i {env}$b nsenter -F -S {uid} -G {gid} -- {argv}{app_output}
 status=$?
 printf '\\n%s %s\\n' "{app_exit}" "$status"
 seen=0
@@ -426,6 +468,11 @@ def _check_app(app: AppConfig) -> None:
 _AGENT_COPY = """\
 busybox cp -a {initrd_dir} /newroot{dir}/ || root_failed "cannot copy the attestation agent into {agent_dir}"
 busybox chmod 0700 /newroot{agent_dir}
+{policy_copy}"""
+
+_POLICY_COPY = """\
+busybox mkdir -p /newroot{agent_dir}{parent} || root_failed "cannot make {parent} in the agent's root"
+busybox cp {path} /newroot{agent_dir}{path} || root_failed "cannot copy the runtime policy into the agent's root"
 """
 
 _AGENT = """\
@@ -441,8 +488,8 @@ $b mount -t tmpfs -o mode=0700,nosuid,nodev tmpfs $A/tmp || agent_failed "cannot
 [ -d $A/sys/kernel/config ] && $b mount -t configfs configfs $A/sys/kernel/config 2>/dev/null
 printf '%s %s\\n' "{start}" {listen}
 ( $b chroot $A {python} -I {launcher} --listen 0.0.0.0:{listen} --app 127.0.0.1:{app} --attester {attester} \\
-    --state-dir /tmp --openssl {openssl} 2>&1
-  echo "{exit} $?" ) | $b tee {dir}/agent.log &
+    --state-dir /tmp --openssl {openssl}{policy_option} 2>&1
+  echo "{exit} $?" ) | $b tee {dir}/agent.log{agent_output} &
 agent=$!
 n=0
 while :; do
@@ -474,21 +521,30 @@ def _check_agent(agent: AgentLaunch) -> None:
                             f"such as 'auto' or '/usr/bin/openssl'.")
 
 
-def _render_agent(agent: AgentLaunch, argv0: str) -> str:
+def _render_agent(agent: AgentLaunch, argv0: str, policy: PolicyLaunch | None = None) -> str:
     _check_agent(agent)
-    return _AGENT.format(app_start=MARKER_APP_START, argv0=_quote(_shown(argv0)),
+    # without "agent" in the runtime policy's logs only the agent's marker lines reach the console
+    # (the init reads agent.log, which stays in the guest's memory)
+    quiet = policy is not None and "agent" not in policy.logs
+    return _AGENT.format(
+        policy_option="" if policy is None else f" --runtime-policy {RUNTIME_POLICY_PATH}",
+        agent_output=" | $b grep '^BLINDBOX-AGENT-'" if quiet else "",
+        app_start=MARKER_APP_START, argv0=_quote(_shown(argv0)),
         agent_dir=AGENT_DIR, dir=STAGE2_DIR, failed=MARKER_AGENT_FAILED, start=MARKER_AGENT_START,
         listen=agent.listen, app=agent.app, attester=agent.attester, python=agent.python, launcher=agent.launcher,
         openssl=agent.openssl, exit=MARKER_AGENT_EXIT, ready=MARKER_AGENT_READY, refused=MARKER_AGENT_REFUSED,
         tries=AGENT_WAIT_SECONDS * 5, seconds=AGENT_WAIT_SECONDS)
 
 
-def render_stage2(app: AppConfig, agent: AgentLaunch | None = None) -> bytes:
+def render_stage2(app: AppConfig, agent: AgentLaunch | None = None, policy: PolicyLaunch | None = None) -> bytes:
     """The script that runs as PID 1 in the verified root and starts ``app`` (see :func:`render_rootfs_init`);
-    with ``agent``, it first starts the attestation agent and waits for its ready line."""
+    with ``agent``, it first starts the attestation agent and waits for its ready line.  With ``policy``
+    the agent gets ``--runtime-policy``, and the log sources it leaves out do not reach the console."""
     _check_app(app)
     env = "".join(_quote(f"{k}={v}") + " " for k, v in app.env)
-    return _STAGE2.format(agent="" if agent is None else _render_agent(agent, app.argv[0]),
+    quiet_app = policy is not None and "app" not in policy.logs
+    return _STAGE2.format(agent="" if agent is None else _render_agent(agent, app.argv[0], policy),
+        app_output=" >/dev/null 2>&1" if quiet_app else "",
         dir=STAGE2_DIR, poweroff=MARKER_POWEROFF, root_failed=MARKER_ROOT_FAILED, workdir=_quote(app.workdir),
         workdir_shown=_quote(_shown(app.workdir)), env=env, uid=app.uid, gid=app.gid,
         argv=" ".join(_quote(w) for w in app.argv), app_exit=MARKER_APP_EXIT, dmesg=MARKER_DMESG,
@@ -500,7 +556,8 @@ def _same_module(a: str, b: str) -> bool:
 
 
 def render_rootfs_init(*, modules: Sequence[str], app: AppConfig, network: bool, builtin: Sequence[str] = (),
-                       sev_guest: str = "carried", agent: AgentLaunch | None = None) -> bytes:
+                       sev_guest: str = "carried", agent: AgentLaunch | None = None,
+                       policy: PolicyLaunch | None = None) -> bytes:
     """The ``/init`` that verifies the application root, mounts it and starts the application.
 
     ``modules``, ``builtin`` and ``sev_guest`` as for :func:`render_init`;
@@ -517,11 +574,25 @@ def render_rootfs_init(*, modules: Sequence[str], app: AppConfig, network: bool,
     ``switch_root``, and stage 2 starts it (``chroot``, with ``/dev``, ``/proc``, ``/sys``
     bound into it and a tmpfs ``/tmp`` for its key) before the application, which starts only
     after the agent's ready line.
+
+    ``policy`` (a runtime policy): :data:`.nft.NFT_MODULES` are loaded too, and after the network
+    (before ``switch_root``) the init checks the initrd's runtime policy against the command line's
+    ``blindbox.runtime_policy``, loads the rule set with the initrd's ``nft`` (:data:`.nft.NFT_DEST`)
+    and prints it; any failure powers off before the agent and the application start.  The
+    application must not run as uid 0 (it could remove the rules).
     """
     if agent is not None and not network:
         raise InitError("the attestation agent needs the network; build the root with network: true.")
-    stage2 = render_stage2(app, agent).decode("utf-8")
-    wanted = list(ROOTFS_MODULES) + (list(NET_MODULES) if network else [])
+    if policy is not None:
+        if not isinstance(policy.sha256, str) or len(policy.sha256) != 64 \
+                or any(c not in "0123456789abcdef" for c in policy.sha256):
+            raise InitError(f"the runtime policy digest {policy.sha256!r} is not 64 lower-case hex digits.")
+        if app.uid == 0:
+            raise InitError("the application would run as uid 0 under a runtime policy, and root could remove the "
+                            "rule set; give it a non-root uid.")
+    stage2 = render_stage2(app, agent, policy).decode("utf-8")
+    wanted = list(ROOTFS_MODULES) + (list(NET_MODULES) if network else []) + \
+        (list(NFT_MODULES) if policy is not None else [])
     extra = [m for m in wanted if not any(_same_module(m, n) for n in list(modules) + list(builtin))]
     parts = _checks(list(modules) + extra, builtin, sev_guest)
     tries = DEVICE_WAIT_SECONDS * 10
@@ -532,11 +603,17 @@ def render_rootfs_init(*, modules: Sequence[str], app: AppConfig, network: bool,
     if network:
         parts.append(_NET.format(net_failed=MARKER_NET_FAILED, net=MARKER_NET, tries=tries,
                                  seconds=DEVICE_WAIT_SECONDS))
+    if policy is not None:
+        parts.append(_POLICY.format(failed=MARKER_POLICY_FAILED, param=RUNTIME_POLICY_PARAM,
+                                    param_re=RUNTIME_POLICY_PARAM.replace(".", "\\."), path=RUNTIME_POLICY_PATH,
+                                    nft=NFT_DEST, ruleset=RULESET_PATH, nft_marker=MARKER_NFT, ok=MARKER_POLICY_OK))
     end = "BLINDBOX_STAGE2_END_" + hashlib.sha256(stage2.encode("utf-8")).hexdigest()[:16]
     if end in stage2.split("\n"):
         raise InitError("the application settings contain the stage-2 script's end line; change them.")
+    policy_copy = "" if policy is None else _POLICY_COPY.format(path=RUNTIME_POLICY_PATH, agent_dir=AGENT_DIR,
+                                                                     parent=RUNTIME_POLICY_PATH.rsplit("/", 1)[0])
     agent_copy = "" if agent is None else _AGENT_COPY.format(initrd_dir=AGENT_INITRD_DIR, dir=STAGE2_DIR,
-                                                               agent_dir=AGENT_DIR)
+                                                               agent_dir=AGENT_DIR, policy_copy=policy_copy)
     # with an agent, stage 2 says when the application starts: after the agent's ready line
     app_start = "" if agent is not None else \
         f"printf '%s %s\\n' \"{MARKER_APP_START}\" {_quote(_shown(app.argv[0]))}\n"

@@ -13,6 +13,8 @@ Layout (every entry uid/gid 0, mtime SOURCE_DATE_EPOCH, fixed modes):
 ``dev``, ``proc``, ``sys``     0755    mount points; ``tmp`` is 1777, ``root`` 0700
 ``lib/modules/<release>/...``  0644    modules (decompressed ``.ko``), ``modules.dep``,
                                        ``modules.alias``
+``etc/blindbox/...``           0644    with a runtime policy: ``runtime-policy.json`` (its
+                                       canonical form) and ``runtime-policy.nft`` (:mod:`.nft`)
 files and binaries             given   at their destinations; libraries 0644 and the
                                        program interpreter 0755 at the guest paths the
                                        dynamic loader opens (a second path to the same
@@ -35,10 +37,13 @@ from pathlib import Path
 from builder.errors import BuildError
 from builder.limits import MAX_INITRD_FILE_BYTES
 from measure.inputs import read_bounded
+from measure.runtime_policy import GUEST_PATH as RUNTIME_POLICY_PATH
 
 from . import cpio
 from .elf import SharedObject, library_closure, read_elf
-from .init import AGENT_INITRD_DIR, INIT_APPLETS, AgentLaunch, AppConfig, render_init, render_rootfs_init
+from .init import (AGENT_INITRD_DIR, INIT_APPLETS, AgentLaunch, AppConfig, PolicyLaunch, render_init,
+                   render_rootfs_init)
+from .nft import RULESET_PATH
 from .kernel import ModuleClosure, module_closure
 
 #: Applets linked in ``bin/`` besides those the default init uses.
@@ -72,6 +77,16 @@ class Initrd:
         return hashlib.sha256(self.data).hexdigest()
 
 
+@dataclass(frozen=True)
+class RuntimePolicyFiles:
+    """What an initrd carries of a runtime policy: its canonical JSON, its nft rule set, and how the init
+    enforces it."""
+
+    canonical: bytes
+    ruleset: str
+    launch: PolicyLaunch
+
+
 def _read(path: Path, what: str) -> bytes:
     try:
         path = Path(path)
@@ -97,7 +112,8 @@ def build_initrd(*, busybox: Path, source_date_epoch: int, compression: str = "g
                  binaries: Sequence[tuple[Path, str, Path | Sequence[Path]]] = (),
                  applets: Sequence[str] = DEFAULT_APPLETS,
                  rootfs_app: tuple[AppConfig, bool] | None = None,
-                 agent: tuple[Path, AgentLaunch] | None = None) -> Initrd:
+                 agent: tuple[Path, AgentLaunch] | None = None,
+                 runtime_policy: RuntimePolicyFiles | None = None) -> Initrd:
     """Build a deterministic initrd.
 
     ``busybox``: a statically linked busybox (Debian ``busybox-static``: ``/bin/busybox``).
@@ -114,7 +130,10 @@ def build_initrd(*, busybox: Path, source_date_epoch: int, compression: str = "g
     :data:`.init.ROOTFS_MODULES`, and ``binaries`` dmsetup).  ``agent``: (the attestation
     agent's staging tree, how to start it): the tree goes to :data:`.init.AGENT_INITRD_DIR`
     (:meth:`.cpio.Archive.add_tree`) and the rootfs init starts it before the application (needs
-    ``rootfs_app`` with network).  The output depends only on these arguments' contents.
+    ``rootfs_app`` with network).  ``runtime_policy``: its canonical bytes go to
+    ``/etc/blindbox/runtime-policy.json`` and its rule set to :data:`.nft.RULESET_PATH` (0644), and
+    the rootfs init enforces it (``binaries`` must carry nft at :data:`.nft.NFT_DEST`, ``modules``
+    :data:`.nft.NFT_MODULES`).  The output depends only on these arguments' contents.
     """
     if compression not in cpio.COMPRESSIONS:
         raise InitrdError(f"initrd compression {compression!r} is not supported; use one of "
@@ -164,17 +183,26 @@ def build_initrd(*, busybox: Path, source_date_epoch: int, compression: str = "g
                 raise InitrdError("an app command was given with a root filesystem; the application's entrypoint "
                                   "is what runs, so drop the app command.")
             init_script = render_rootfs_init(modules=loaded, builtin=built_in, sev_guest=sev, app=rootfs_app[0],
-                                             network=rootfs_app[1], agent=None if agent is None else agent[1])
+                                             network=rootfs_app[1], agent=None if agent is None else agent[1],
+                                             policy=None if runtime_policy is None else runtime_policy.launch)
         else:
             init_script = render_init(modules=loaded, builtin=built_in, sev_guest=sev, app_command=app_command)
     elif app_command is not None:
         raise InitrdError("both an init script and an app command were given; the app command only applies to the "
                           "default init, so put it into your init script.")
+    if runtime_policy is not None and rootfs_app is None:
+        raise InitrdError("the runtime policy is enforced by the root filesystem's init; give rootfs_app too.")
     if agent is not None and rootfs_app is None:
         raise InitrdError("the attestation agent is started by the root filesystem's init; give rootfs_app too.")
     archive.add_file("init", bytes(init_script), 0o755)
     if agent is not None:
         archive.add_tree(AGENT_INITRD_DIR, agent[0])
+
+    if runtime_policy is not None:
+        archive.add_dir(posixpath.dirname(RUNTIME_POLICY_PATH).lstrip("/"), 0o755)
+        archive.add_dir(posixpath.dirname(RULESET_PATH).lstrip("/"), 0o755)
+        archive.add_file(RUNTIME_POLICY_PATH.lstrip("/"), runtime_policy.canonical, 0o644)
+        archive.add_file(RULESET_PATH.lstrip("/"), runtime_policy.ruleset.encode("utf-8"), 0o644)
 
     for src, dest, mode in files:
         guest = _guest(dest, f"file {src}")

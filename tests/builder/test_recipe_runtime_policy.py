@@ -145,3 +145,50 @@ def test_cli_exits_2_on_a_bad_runtime_policy(tmp_path):
     assert p.returncode == 2, p.stderr
     assert f"{bad}:27: runtime_policy.egress[0].network is '10.0.0.1/8', which has host bits set" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_a_runtime_policy_brings_debians_nft_into_the_initrd():
+    recipe = parse(ROOTFS + "runtime_policy: {}\n")
+    nft = recipe.runtime_policy.nft
+    assert nft is not None and recipe.initrd.binaries[-1] == nft
+    assert (nft.path, nft.dest, nft.line) == ("/usr/sbin/nft", "/usr/sbin/nft", POLICY_LINE)
+    src = nft.source
+    assert (src.name, src.kind, src.package, src.suite, src.arch, src.member) == (
+        "binary:/usr/sbin/nft", "debian", "nftables", "bookworm", "amd64", "/usr/sbin/nft")
+    assert src in recipe.inputs()
+    assert all(b.dest != "/usr/sbin/nft" for b in parse(ROOTFS).initrd.binaries)
+
+
+def test_an_initrd_that_places_nft_itself_is_refused():
+    text = ROOTFS.replace('  init:\n', '  binaries:\n    - {debian: nftables, suite: bookworm, path: /usr/sbin/nft}\n'
+                                       '  init:\n', 1) + "runtime_policy: {}\n"
+    msg = str(error(text))
+    assert f"r.yaml:{POLICY_LINE + 2}: " in msg
+    assert "the initrd already places /usr/sbin/nft (line 15)" in msg and "remove it from the initrd" in msg
+
+
+def test_the_lock_pins_nft_and_its_libraries(tmp_path):
+    from builder.lock import check_lock, lock_recipe
+    from builder.recipe import load_recipe
+
+    from .fakes import FakeArchive
+
+    a = FakeArchive(tmp_path / "archive")
+    a.add("ovmf-amdsev", "2026.08-1", "sid", {"/usr/share/ovmf/OVMF.amdsev.fd": b"fw1"})
+    a.add("linux-image-6.1.0-1-amd64", "6.1.1-1", "bookworm", {"/boot/vmlinuz-6.1.0-1-amd64": b"k1"})
+    a.add("linux-image-amd64", "6.1.1-1", "bookworm", {}, depends=["linux-image-6.1.0-1-amd64"])
+    a.add("busybox-static", "1:1.35-4", "bookworm", {"/bin/busybox": b"bb"})
+    a.add("dmsetup", "2:1.02.185-2", "bookworm", {"/sbin/dmsetup": b"dm"}, depends=["libc6"])
+    a.add("nftables", "1.0.6-2", "bookworm", {"/usr/sbin/nft": b"nft"}, depends=["libnftables1", "libc6"])
+    a.add("libnftables1", "1.0.6-2", "bookworm", {"/usr/lib/libnftables.so.1": b"l"}, depends=["libc6"])
+    a.add("libc6", "2.36-9", "bookworm", {"/lib/x86_64-linux-gnu/libc.so.6": b"libc"})
+    d = tmp_path / "r"
+    (d / "app").mkdir(parents=True)
+    (d / "app" / "run").write_text("#!/bin/sh\n")
+    (d / "r.yaml").write_text(ROOTFS.replace("agent: {}\n", "") + "runtime_policy: {}\n")
+    recipe = load_recipe(d / "r.yaml")
+    lock = lock_recipe(recipe, a).lock
+    names = lock.names()
+    assert "binary:/usr/sbin/nft" in names and "library:libnftables1" in names, names
+    assert lock.get("binary:/usr/sbin/nft").version == "1.0.6-2"
+    check_lock(recipe, lock)
