@@ -240,7 +240,8 @@ def test_openssl_s_client_fetches_evidence_bound_to_the_certificate_it_saw(agent
     # what docs show: a nonce in, the evidence out, with nothing but openssl (then verify-report)
     nonce = os.urandom(32)
     proc = subprocess.run([OPENSSL, "s_client", "-connect", f"127.0.0.1:{agent.port}", "-tls1_3", "-quiet",
-                           "-ign_eof"], input=at.encode_hello(nonce) + at.encode_client(b"") + b"GET /after HTTP/1.0\r\n\r\n",
+                           "-ign_eof"],
+                          input=at.encode_hello(nonce) + at.encode_client(b"") + b"GET /after HTTP/1.0\r\n\r\n",
                           capture_output=True, timeout=30)
     evidence = at.read_evidence(io.BytesIO(proc.stdout).read)
     assert proc.stdout.endswith(b"app saw: GET /after HTTP/1.0")
