@@ -603,3 +603,25 @@ def test_cli_listen_forwards_through_verified_sessions(agent_factory, chain, pub
         proc.communicate(timeout=10)
     agent.join()
     assert agent.received[0].startswith(b"GET /through HTTP/1.1")
+
+
+def test_a_report_binding_another_runtime_policy_is_refused(agent_factory, chain, published, capfd):
+    # the evidence names the manifest's (no) runtime policy, but REPORT_DATA binds another one
+    agent = agent_factory(policy_bound=b"\x11" * 32)
+    rc, out, err = cli(_argv(agent, chain, published), capfd)
+    agent.join()
+    assert rc == 3 and out == ""
+    assert f"failed the check '{BINDING_CHECK}'" in err and "binds another runtime policy" in err
+    assert agent.nothing_sent() and agent.client_certs == []
+
+
+def test_evidence_naming_a_runtime_policy_the_manifest_lacks_is_refused(agent_factory, chain, published, capfd):
+    agent = agent_factory(policy_claimed=b"\x11" * 32, policy_bound=b"\x11" * 32)
+    rc, out, err = cli(_argv(agent, chain, published, "--json"), capfd)
+    agent.join()
+    assert rc == 3
+    doc = json.loads(out)
+    assert doc["error"]["check"] == "runtime_policy" and doc["runtime_policy"] is None
+    assert "the evidence names runtime policy sha256 " + "11" * 32 + ", but the manifest's runtime policy is none" \
+        in doc["error"]["message"]
+    assert agent.nothing_sent() and agent.client_certs == []
