@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -128,6 +129,17 @@ def no_policy(tmp_path_factory):
         yield bundle, sim
 
 
+def _wait_for_line(run: Running, suffix: str, timeout: float = 10) -> str:
+    """The agent's console line ending with ``suffix`` (the agent writes it when the connection ends)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [line for line in list(run.lines) if line.endswith(suffix)]
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no agent line ending with {suffix!r}: {run.lines}")
+
+
 def argv(bundle: Path, port: int, *extra) -> list:
     return ["connect", f"https://127.0.0.1:{port}/hello", "--manifest", bundle / "manifest.json",
             "--key", bundle / "pub.pem", "--key-sha256", (bundle / "fingerprint").read_text(),
@@ -183,8 +195,7 @@ def test_an_unlisted_key_is_refused_with_the_agents_reason(listing, keys, capfd)
     assert (f"blindbox: error: the attested endpoint refused this client: the agent says: client key {digest} is "
             f"not listed in the runtime policy; nothing was sent to the application.") in err
     assert len(listing.app.seen) == before
-    assert any(line.endswith(f"client refused: client key {digest} is not listed in the runtime policy")
-               for line in listing.lines)
+    _wait_for_line(listing, f"client refused: client key {digest} is not listed in the runtime policy")
 
 
 def test_no_key_is_refused_before_connecting(listing, capfd):
