@@ -1,4 +1,4 @@
-"""Attested TLS, protocol version 1: what REPORT_DATA binds, and the two messages around it.
+"""Attested TLS, protocol version 2: what REPORT_DATA binds, and the messages around it.
 
 One TLS 1.3 connection, from a client to a guest's attestation agent:
 
@@ -10,8 +10,17 @@ One TLS 1.3 connection, from a client to a guest's attestation agent:
    is :func:`report_data` of *this* connection's certificate key and *this* nonce, the
    certificate table the host supplied with an extended report (maybe empty), which
    attester produced it, and the SHA-256 of the runtime policy bound into it (or null).
-4. The client verifies everything; only then does it send a byte of application data.  From
-   here on the agent relays the connection to the application, byte for byte.
+4. The client verifies everything.  Only then: client -> agent: :data:`CLIENT`, a 4-byte
+   big-endian length and the DER of the client's TLS certificate (length 0: none)
+   (:func:`encode_client`).
+5. If the runtime policy lists client keys and this certificate's key is one of them, the agent
+   requests TLS 1.3 post-handshake authentication and sends :data:`PROVE`; the client, whose
+   TLS stack answers the request with that certificate and a signature of its key, replies
+   :data:`PROVEN`; the agent checks that the certificate TLS verified is the one claimed.
+6. agent -> client: :data:`VERDICT`, a 4-byte length and UTF-8 JSON ``{"accepted": bool,
+   "client_sha256": hex | null, "reason": text}`` (:func:`encode_verdict`).  Refused: the
+   agent closes; accepted: from here on it relays the connection to the application, byte
+   for byte, and the client sends its first byte of application data.
 
 REPORT_DATA (64 bytes), domain-separated so that no other use of a report can be replayed
 as this one::
@@ -23,7 +32,10 @@ as this one::
 
 A proxy that relays a genuine guest's evidence over its own TLS connection presents its own
 key, so the first hash differs and the report does not match; a replayed report carries an
-old nonce.  docs/attested-tls.md has the threat model and a worked test vector.
+old nonce.  docs/attested-tls.md has the threat model and a worked test vector.  The domain
+still says v1 on purpose: version 2 added the client's certificate after the evidence, and
+REPORT_DATA binds the same three values as before, so its published vector stands; the
+protocol's version is in every message's first line, so a version-1 peer never gets that far.
 
 Part of the calculator: it may import only the standard library and :mod:`measure`, never
 ``cryptography``, ``yaml``, ``click``, ``elftools``, :mod:`builder` or :mod:`blindbox`
@@ -42,9 +54,18 @@ from typing import Protocol
 
 from .errors import InputError
 
-VERSION = 1
-HELLO = b"BLINDBOX-ATTEST/1\n"
-EVIDENCE = b"BLINDBOX-EVIDENCE/1\n"
+VERSION = 2
+HELLO = b"BLINDBOX-ATTEST/2\n"
+EVIDENCE = b"BLINDBOX-EVIDENCE/2\n"
+CLIENT = b"BLINDBOX-CLIENT/2\n"
+PROVE = b"BLINDBOX-PROVE/2\n"
+PROVEN = b"BLINDBOX-PROVEN/2\n"
+VERDICT = b"BLINDBOX-VERDICT/2\n"
+#: The largest client certificate the agent reads (a P-256 or P-384 self-signed certificate is
+#: about 500 bytes; an RSA-4096 one with a few extensions under 2 KiB).
+MAX_CLIENT_CERT_BYTES = 16 * 1024
+#: The largest verdict message a client reads.
+MAX_VERDICT_BYTES = 4 * 1024
 NONCE_SIZE = 32
 DOMAIN = b"blindbox-guest attested-tls v1\0"
 REPORT_DATA_SIZE = 64
@@ -188,6 +209,68 @@ def read_evidence(read_exactly: Callable[[int], bytes]) -> Evidence:
     return parse_evidence(body)
 
 
+def _read_sized(read_exactly: Callable[[int], bytes], magic: bytes, limit: int, who: str, what: str) -> bytes:
+    head = read_exactly(len(magic))
+    if head != magic:
+        raise ProtocolError(f"the {who} sent {head[:24]!r} where {magic[:-1].decode()} belongs; it does not speak "
+                            f"blindbox attested TLS version {VERSION}.")
+    size_bytes = read_exactly(4)
+    if len(size_bytes) != 4:
+        raise ProtocolError(f"the {who}'s {what} ended before its length.")
+    size = int.from_bytes(size_bytes, "big")
+    if size > limit:
+        raise ProtocolError(f"the {who} announces a {what} of {size} bytes, more than the {limit} accepted.")
+    body = read_exactly(size)
+    if len(body) != size:
+        raise ProtocolError(f"the {who}'s {what} ended after {len(body)} of {size} bytes.")
+    return body
+
+
+def encode_client(cert_der: bytes) -> bytes:
+    """The client's certificate message (``b""``: the client has no key)."""
+    if len(cert_der) > MAX_CLIENT_CERT_BYTES:
+        raise ProtocolError(f"the client certificate is {len(cert_der)} bytes, more than the {MAX_CLIENT_CERT_BYTES} "
+                            f"an agent accepts.")
+    return CLIENT + len(cert_der).to_bytes(4, "big") + cert_der
+
+
+def read_client(read_exactly: Callable[[int], bytes]) -> bytes:
+    """The DER certificate of a client's certificate message (``b""``: none)."""
+    return _read_sized(read_exactly, CLIENT, MAX_CLIENT_CERT_BYTES, "client", "certificate")
+
+
+@dataclass(frozen=True)
+class ClientVerdict:
+    """What the agent decided about the client (after :data:`CLIENT`, and :data:`PROVE` if asked)."""
+
+    accepted: bool
+    client_sha256: str | None      # SHA-256 (hex) of the client certificate's SubjectPublicKeyInfo, if any
+    reason: str
+
+
+def encode_verdict(verdict: ClientVerdict) -> bytes:
+    doc = {"accepted": verdict.accepted, "client_sha256": verdict.client_sha256, "reason": verdict.reason[:1000]}
+    body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    return VERDICT + len(body).to_bytes(4, "big") + body
+
+
+def read_verdict(read_exactly: Callable[[int], bytes]) -> ClientVerdict:
+    """The agent's verdict about this client; malformed is a ProtocolError."""
+    body = _read_sized(read_exactly, VERDICT, MAX_VERDICT_BYTES, "server", "verdict")
+    try:
+        doc = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ProtocolError("the agent's verdict is not UTF-8 JSON.") from None
+    if not isinstance(doc, dict) or set(doc) != {"accepted", "client_sha256", "reason"}:
+        raise ProtocolError("the agent's verdict is not an object with exactly accepted, client_sha256 and reason.")
+    digest = doc["client_sha256"]
+    if not isinstance(doc["accepted"], bool) or not isinstance(doc["reason"], str) or not (
+            digest is None or isinstance(digest, str) and len(digest) == 64
+            and all(c in "0123456789abcdef" for c in digest)):
+        raise ProtocolError("the agent's verdict has a member of the wrong type.")
+    return ClientVerdict(accepted=doc["accepted"], client_sha256=digest, reason=doc["reason"])
+
+
 # ---------------------------------------------------------------------------------------
 # the SubjectPublicKeyInfo of a certificate (a minimal DER walk, enough for X.509 v1-v3)
 
@@ -235,6 +318,8 @@ def certificate_spki(cert_der: bytes) -> bytes:
     raise ProtocolError("the TLS certificate has no subjectPublicKeyInfo.")
 
 
-__all__ = ["SIM_MAGIC", "ATTESTERS", "DOMAIN", "EVIDENCE", "Evidence", "HELLO", "MAX_EVIDENCE_BYTES", "NONCE_SIZE",
-           "ProtocolError", "REPORT_DATA_SIZE", "VERSION", "certificate_spki", "encode_evidence", "encode_hello",
-           "parse_evidence", "read_evidence", "read_hello", "recv_exactly", "report_data"]
+__all__ = ["SIM_MAGIC", "ATTESTERS", "CLIENT", "ClientVerdict", "DOMAIN", "EVIDENCE", "Evidence", "HELLO",
+           "MAX_CLIENT_CERT_BYTES", "MAX_EVIDENCE_BYTES", "MAX_VERDICT_BYTES", "NONCE_SIZE", "PROVE", "PROVEN",
+           "ProtocolError", "REPORT_DATA_SIZE", "VERDICT", "VERSION", "certificate_spki", "encode_client",
+           "encode_evidence", "encode_hello", "encode_verdict", "parse_evidence", "read_client", "read_evidence",
+           "read_hello", "read_verdict", "recv_exactly", "report_data"]

@@ -1,7 +1,13 @@
 """The agent's command line: ``python -m blindbox.agent`` (or ``/opt/blindbox/agent.py`` in the guest).
 
     agent --listen 0.0.0.0:8443 --app 127.0.0.1:8080 --attester auto|simulated:HOST:PORT
-          --state-dir DIR --openssl /usr/bin/openssl
+          --state-dir DIR --openssl /usr/bin/openssl [--runtime-policy /etc/blindbox/runtime-policy.json]
+
+With ``--runtime-policy``, the file must hold a runtime policy in canonical form
+(:func:`measure.runtime_policy.parse_canonical`); its SHA-256 is bound into every report and
+named in every evidence message, and its ``clients`` list decides who is relayed.  A file
+that is missing or not exactly canonical is a REFUSED line: the agent does not start, and the
+guest then never starts the application.
 
 Console lines, one each, on standard output (the guest's console):
 
@@ -29,7 +35,7 @@ from types import FrameType
 from measure.errors import BlindboxError, InputError
 
 from .attesters import open_attester
-from .server import Agent, make_identity, parse_address
+from .server import Agent, load_runtime_policy, make_identity, parse_address
 
 READY = "BLINDBOX-AGENT-READY"
 REFUSED = "BLINDBOX-AGENT-REFUSED"
@@ -58,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--attester", default="auto", help="auto, or simulated:HOST:PORT (tests only)")
     p.add_argument("--state-dir", required=True, type=Path, help="where the TLS key lives (a tmpfs)")
     p.add_argument("--openssl", default="/usr/bin/openssl", help="the openssl binary that makes the key")
+    p.add_argument("--runtime-policy", type=Path, help="the runtime policy's canonical JSON (bound into reports)")
     p.add_argument("--max-connections", type=int, default=64, help=argparse.SUPPRESS)
     p.add_argument("--hello-timeout", type=float, default=10.0, help=argparse.SUPPRESS)
     return p
@@ -70,11 +77,12 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError("--max-connections must be at least 1 and --hello-timeout from 0 to 600 seconds.")
         listen = parse_address(args.listen, "--listen")
         app = parse_address(args.app, "--app")
+        runtime_policy = None if args.runtime_policy is None else load_runtime_policy(args.runtime_policy)
         attester = open_attester(args.attester)
         identity = make_identity(args.openssl, args.state_dir)
         agent = Agent(listen=listen, app=app, attester=attester, identity=identity,
                       log=lambda text: say(CONNECTION, text), max_connections=args.max_connections,
-                      hello_timeout=args.hello_timeout)
+                      hello_timeout=args.hello_timeout, runtime_policy=runtime_policy)
         agent.self_test()
         address = agent.bind()
     except BlindboxError as e:

@@ -5,9 +5,20 @@ given ``openssl`` in the state directory (a tmpfs in the guest; the key file is 
 bytes are never logged).  For each connection (:meth:`Agent.handle`): TLS 1.3 handshake, the
 client's hello and nonce (within :attr:`Agent.hello_timeout`), a report whose REPORT_DATA is
 :func:`measure.attested_tls.report_data` of this certificate's SubjectPublicKeyInfo and that
-nonce, the evidence message, then every byte relayed between the client and the application on
-loopback until either side closes.  One bad connection never stops the server; each one is
-described by exactly one log line.
+nonce and the runtime policy's digest, the evidence message, the client's certificate message,
+and the verdict about the client; then every byte relayed between the client and the
+application on loopback until either side closes.  One bad connection never stops the server;
+each one is described by exactly one log line.
+
+When the runtime policy lists client keys, each connection gets its own TLS context, set for
+TLS 1.3 post-handshake authentication: the client's claimed certificate is refused unless its
+key's digest is listed; otherwise that one certificate becomes the only trust anchor of this
+connection's context, the agent requests the client's certificate with
+``verify_client_post_handshake`` (the client's TLS stack must answer with a certificate that
+verifies against that anchor and a CertificateVerify signed by its key), and checks that the
+certificate TLS verified is the one claimed.  Python's ``ssl`` has no verification callback,
+so this is how a TLS stack that only knows trust stores checks one exact key.  A refused
+client never reaches the application.
 
 Part of the attestation agent: it may import only the standard library and :mod:`measure`,
 never ``cryptography``, :mod:`builder` or another part of :mod:`blindbox` (docs/architecture.md).
@@ -30,14 +41,20 @@ from pathlib import Path
 
 from measure.attested_tls import (
     DOMAIN,
+    PROVE,
+    PROVEN,
+    ClientVerdict,
     Evidence,
     ProtocolError,
     certificate_spki,
     encode_evidence,
+    encode_verdict,
+    read_client,
     read_hello,
     report_data,
 )
 from measure.errors import BlindboxError, InputError
+from measure.runtime_policy import RuntimePolicy, parse_canonical, runtime_policy_sha256
 
 from .attesters import Attester
 
@@ -48,6 +65,9 @@ OPENSSL_CONFIG = "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = blindb
 #: REPORT_DATA of the report requested once at start to show that reports can be had; it binds
 #: no key and no nonce, so no client accepts it.
 SELF_TEST = hashlib.sha512(DOMAIN + b"agent self-test, binds nothing").digest()
+#: The largest runtime policy file the agent reads (a canonical policy with a thousand rules is
+#: under 100 KiB).
+MAX_RUNTIME_POLICY_BYTES = 1024 * 1024
 
 
 class AgentError(InputError):
@@ -107,13 +127,35 @@ def make_identity(openssl: str, state_dir: Path, *, timeout: float = 60.0) -> Id
     return Identity(cert_path=cert, key_path=key, cert_der=cert_der, spki=spki)
 
 
-def server_context(identity: Identity) -> ssl.SSLContext:
-    """TLS 1.3 only, no session tickets (no resumption across attestations)."""
+def load_runtime_policy(path: Path) -> RuntimePolicy:
+    """The runtime policy in ``path`` (its canonical bytes, as the guest stores them); anything else is
+    an :class:`AgentError` or a :class:`~measure.runtime_policy.RuntimePolicyError`, and the agent does not start."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_RUNTIME_POLICY_BYTES + 1)
+    except OSError as e:
+        raise AgentError(f"cannot read the runtime policy {path}: {e.strerror or e}; the guest must carry it "
+                         f"there.") from None
+    if len(data) > MAX_RUNTIME_POLICY_BYTES:
+        raise AgentError(f"the runtime policy {path} is larger than {MAX_RUNTIME_POLICY_BYTES} bytes; it is not "
+                         f"one the build wrote.")
+    return parse_canonical(data, str(path))
+
+
+def server_context(identity: Identity, *, client_auth: bool = False) -> ssl.SSLContext:
+    """TLS 1.3 only, no session tickets (no resumption across attestations).
+
+    ``client_auth``: a context for one connection, ready for post-handshake client authentication
+    (nothing is asked of the client during the handshake itself; its trust store starts empty).
+    """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.maximum_version = ssl.TLSVersion.TLSv1_3
     context.options |= ssl.OP_NO_TICKET
     context.num_tickets = 0
+    if client_auth:
+        context.post_handshake_auth = True
+        context.verify_mode = ssl.CERT_REQUIRED
     try:
         context.load_cert_chain(identity.cert_path, identity.key_path)
     except (OSError, ssl.SSLError) as e:
@@ -135,8 +177,10 @@ class Agent:
 
     def __init__(self, *, listen: tuple[str, int], app: tuple[str, int], attester: Attester, identity: Identity,
                  log: Callable[[str], None], max_connections: int = 64, hello_timeout: float = 10.0,
-                 io_timeout: float = 300.0, vmpl: int = 0) -> None:
+                 io_timeout: float = 300.0, vmpl: int = 0, runtime_policy: RuntimePolicy | None = None) -> None:
         self.listen, self.app, self.attester, self.identity = listen, app, attester, identity
+        self.runtime_policy = runtime_policy
+        self.policy_sha256 = None if runtime_policy is None else runtime_policy_sha256(runtime_policy)
         self.log = log
         self.hello_timeout = hello_timeout
         self.io_timeout = io_timeout
@@ -203,12 +247,14 @@ class Agent:
         tls_or_why = self._hello(conn)
         if isinstance(tls_or_why, str):
             return tls_or_why
-        tls, nonce = tls_or_why
+        tls, nonce, context = tls_or_why
         try:
             try:
                 with self._attest_lock:
-                    got = self.attester.get_report(report_data(self.identity.spki, nonce), self.vmpl)
-                message = encode_evidence(Evidence(report=got.report, certs=got.certs, attester=self.attester.name))
+                    got = self.attester.get_report(report_data(self.identity.spki, nonce, self.policy_sha256),
+                                                   self.vmpl)
+                message = encode_evidence(Evidence(report=got.report, certs=got.certs, attester=self.attester.name,
+                                                   policy_sha256=self.policy_sha256))
             except BlindboxError as e:
                 return f"not attested: {e}"
             tls.settimeout(self.io_timeout)
@@ -216,11 +262,22 @@ class Agent:
                 tls.sendall(message)
             except (ssl.SSLError, OSError) as e:
                 return f"dropped: the evidence could not be sent ({_why(e)})"
+            verdict_or_why = self._client(tls, context)
+            if isinstance(verdict_or_why, str):
+                return verdict_or_why
+            who = "any attested client" if verdict_or_why.client_sha256 is None or self.runtime_policy is None \
+                or self.runtime_policy.clients is None else f"client key {verdict_or_why.client_sha256}"
+            try:
+                tls.sendall(encode_verdict(verdict_or_why))
+            except (ssl.SSLError, OSError) as e:
+                return f"dropped: the verdict could not be sent ({_why(e)})"
+            if not verdict_or_why.accepted:
+                return f"attested ({self.attester.name}), client refused: {verdict_or_why.reason}"
             try:
                 app = socket.create_connection(self.app, timeout=self.io_timeout)
             except OSError as e:
-                return (f"attested ({self.attester.name}), but the application at {self.app[0]}:{self.app[1]} "
-                        f"cannot be reached ({_why(e)})")
+                return (f"attested ({self.attester.name}), {who} accepted, but the application at "
+                        f"{self.app[0]}:{self.app[1]} cannot be reached ({_why(e)})")
             with app:
                 ended = _relay(tls, app, self.io_timeout)
             try:                       # send close_notify (the client sees a clean end); do not wait for its own
@@ -228,11 +285,74 @@ class Agent:
                 tls.unwrap()
             except (ssl.SSLError, OSError, ValueError):
                 pass
-            return f"attested ({self.attester.name}), relayed to {self.app[0]}:{self.app[1]}: {ended}"
+            return f"attested ({self.attester.name}), {who} accepted, relayed to {self.app[0]}:{self.app[1]}: {ended}"
         finally:
             _close(tls)
 
-    def _hello(self, conn: socket.socket) -> tuple[ssl.SSLSocket, bytes] | str:
+    def _client(self, tls: ssl.SSLSocket, context: ssl.SSLContext) -> ClientVerdict | str:
+        """Read the client's certificate message and decide; a string is a connection dropped without a verdict."""
+        deadline = time.monotonic() + self.io_timeout
+        try:
+            cert_der = read_client(lambda n: _read_exactly(tls, n, deadline))
+        except TimeoutError:
+            return f"dropped: no client certificate message within {self.io_timeout:g} seconds"
+        except ProtocolError as e:
+            return f"dropped: {e}"
+        except (ssl.SSLError, OSError) as e:
+            return f"dropped: the client closed after the evidence ({_why(e)})"
+        digest: str | None = None
+        if cert_der:
+            try:
+                digest = hashlib.sha256(certificate_spki(cert_der)).hexdigest()
+            except ProtocolError as e:
+                if self.runtime_policy is not None and self.runtime_policy.clients is not None:
+                    return ClientVerdict(False, None, f"the client certificate cannot be read: {e}")
+        listed = None if self.runtime_policy is None else self.runtime_policy.clients
+        if listed is None:
+            return ClientVerdict(True, digest, "the runtime policy admits any client that completes attestation")
+        if digest is None:
+            return ClientVerdict(False, None, "no client key was presented, and the runtime policy admits only "
+                                              "listed client keys; connect with a listed key")
+        if digest not in listed:
+            return ClientVerdict(False, digest, f"client key {digest} is not listed in the runtime policy")
+        refused = f"attested ({self.attester.name}), client refused: client key {digest}"
+        try:
+            context.load_verify_locations(cadata=cert_der)
+        except ssl.SSLError as e:
+            return ClientVerdict(False, digest, f"the certificate of client key {digest} cannot be loaded "
+                                                f"({_why(e)})")
+        try:
+            tls.verify_client_post_handshake()
+            tls.sendall(PROVE)
+        except ssl.SSLError as e:
+            return ClientVerdict(False, digest, f"the client did not offer TLS 1.3 post-handshake authentication, "
+                                                f"so it cannot prove it holds client key {digest} ({_why(e)})")
+        except OSError as e:
+            return f"{refused}: the connection failed ({_why(e)})"
+        try:
+            answer = _read_exactly(tls, len(PROVEN), deadline)
+        except TimeoutError:
+            return f"{refused}: no proof of possession within {self.io_timeout:g} seconds"
+        except ssl.SSLError as e:
+            return f"{refused}: the client did not prove it holds that key ({_why(e)})"
+        except OSError as e:
+            return f"{refused}: the connection failed ({_why(e)})"
+        if answer != PROVEN:
+            return f"{refused}: the client did not answer {PROVEN[:-1].decode()}"
+        proven = tls.getpeercert(binary_form=True)
+        if proven != cert_der:
+            return ClientVerdict(False, digest, f"the certificate the client proved with is not the one it "
+                                                f"presented for client key {digest}")
+        return ClientVerdict(True, digest, f"client key {digest} is listed in the runtime policy and its holder "
+                                           f"proved possession")
+
+    def _context(self) -> ssl.SSLContext:
+        """The shared context, or a fresh one for this connection when client keys are checked."""
+        if self.runtime_policy is None or self.runtime_policy.clients is None:
+            return self.context
+        return server_context(self.identity, client_auth=True)
+
+    def _hello(self, conn: socket.socket) -> tuple[ssl.SSLSocket, bytes, ssl.SSLContext] | str:
         """The TLS handshake and the client's hello, within hello_timeout in all.
 
         The ssl module bounds a whole handshake, and each read, by the socket's timeout (not
@@ -242,13 +362,17 @@ class Agent:
         deadline = time.monotonic() + self.hello_timeout
         conn.settimeout(self.hello_timeout)
         try:
-            tls = self.context.wrap_socket(conn, server_side=True)
+            context = self._context()
+        except AgentError as e:
+            return f"dropped: {e}"
+        try:
+            tls = context.wrap_socket(conn, server_side=True)
         except TimeoutError:
             return too_late
         except (ssl.SSLError, OSError) as e:
             return f"dropped: no TLS 1.3 handshake ({_why(e)})"
         try:
-            return tls, read_hello(lambda n: _read_exactly(tls, n, deadline))
+            return tls, read_hello(lambda n: _read_exactly(tls, n, deadline)), context
         except TimeoutError:
             _close(tls)
             return too_late

@@ -10,8 +10,14 @@ certificate key, the nonce just sent and the evidence's policy digest.  The chec
   from the evidence's certificate table, the caller, the KDS cache or the KDS;
 * ``measurement.manifest``: MEASUREMENT is a digest the (already verified) manifest
   publishes, for the shape asked for if any;
-* ``report_data binds this TLS key and nonce``;
-* ``policy.debug`` (debug off unless allowed), ``vmpl``, ``min_tcb.*`` when asked for.
+* ``runtime_policy``: the evidence's ``policy_sha256`` is the SHA-256 of the manifest's runtime
+  policy (null when the manifest has none);
+* ``runtime_policy.debug`` (a manifest with a runtime policy only): the runtime policy does not
+  allow debugging, unless allowed;
+* ``report_data binds this TLS key and nonce``: computed with the *manifest's* runtime policy
+  digest, so the guest's report itself commits to the policy the client expects;
+* ``policy.debug`` (the SNP guest policy's DEBUG bit off unless allowed), ``vmpl``, ``min_tcb.*``
+  when asked for.
 
 A failure is returned in the verdict; :meth:`AttestedVerdict.raise_for_failure` turns the
 first one into :class:`AttestationFailed` (exit status 3), whose message names the check.
@@ -32,11 +38,13 @@ from typing import Any
 
 from measure.attested_tls import Evidence, ProtocolError, certificate_spki, report_data
 from measure.errors import InputError
+from measure.runtime_policy import RuntimePolicy, runtime_policy_sha256
 
 from .certs import Certificate, CertificateError, load_certificates
 from .certtable import parse_cert_table
 from .errors import VerificationError
 from .kds import Fetched, KdsClient, KdsUnavailable, fetch_missing
+from .manifest import read_manifest, runtime_policy_of
 from .report import cpuid_product, parse_report
 from .verify import (FAIL, PASS, Check, ManifestEntry, Requirements, Verdict, VerifyRequest, load_manifest,
                      verify_report)
@@ -45,6 +53,9 @@ from .verify import (FAIL, PASS, Check, ManifestEntry, Requirements, Verdict, Ve
 BINDING_CHECK = "report_data binds this TLS key and nonce"
 #: The name of the check that fails when the evidence cannot even be read.
 EVIDENCE_CHECK = "evidence"
+#: The checks that the evidence names the manifest's runtime policy, and that it allows no debugging.
+RUNTIME_POLICY_CHECK = "runtime_policy"
+RUNTIME_POLICY_DEBUG_CHECK = "runtime_policy.debug"
 
 
 class AttestationFailed(VerificationError):
@@ -68,6 +79,37 @@ def manifest_entries(manifest: Mapping[str, Any] | bytes, *, source: str = "mani
     """The measurements of a manifest (its bytes, or the document already read), through the one reader."""
     data = manifest if isinstance(manifest, bytes) else json.dumps(dict(manifest)).encode()
     return load_manifest(data, source=source)
+
+
+def manifest_runtime_policy(manifest: Mapping[str, Any] | bytes, *, source: str = "manifest.json"
+                            ) -> RuntimePolicy | None:
+    """The runtime policy a manifest (its bytes, or the document) publishes, through the one reader; None: none."""
+    data = manifest if isinstance(manifest, bytes) else json.dumps(dict(manifest)).encode()
+    return runtime_policy_of(read_manifest(data, source))
+
+
+def _runtime_policy_checks(evidence: Evidence, policy: RuntimePolicy | None, expected: bytes | None,
+                           allow_debug: bool) -> list[Check]:
+    claimed = "no runtime policy" if evidence.policy_sha256 is None else \
+        f"runtime policy sha256 {evidence.policy_sha256.hex()}"
+    wanted = "none" if expected is None else f"sha256 {expected.hex()}"
+    if evidence.policy_sha256 == expected:
+        checks = [Check(RUNTIME_POLICY_CHECK, PASS, f"the evidence names {claimed}, as the manifest does")]
+    else:
+        err = VerificationError(f"the evidence names {claimed}, but the manifest's runtime policy is {wanted}: "
+                                f"the guest does not enforce the runtime policy the manifest publishes")
+        checks = [Check(RUNTIME_POLICY_CHECK, FAIL, str(err), err)]
+    if policy is not None:
+        if not policy.debug:
+            checks.append(Check(RUNTIME_POLICY_DEBUG_CHECK, PASS, "the runtime policy does not allow debugging"))
+        elif allow_debug:
+            checks.append(Check(RUNTIME_POLICY_DEBUG_CHECK, PASS, "the runtime policy allows debugging, accepted "
+                                                                  "with --allow-debug"))
+        else:
+            err = VerificationError("the manifest's runtime policy allows debugging (debug: true), which exposes "
+                                    "the data inside the guest; pass --allow-debug only for a test guest")
+            checks.append(Check(RUNTIME_POLICY_DEBUG_CHECK, FAIL, str(err), err))
+    return checks
 
 
 @dataclass(frozen=True)
@@ -126,25 +168,31 @@ def verify_evidence(evidence: Evidence, *, peer_cert_der: bytes, nonce: bytes,
                     shape: str | None = None, trust_roots: Sequence[Certificate] = (),
                     certificates: Sequence[Certificate] = (), kds: KdsClient | None = None,
                     allow_debug: bool = False, vmpl: int | None = None,
-                    min_tcb: Mapping[str, int] | None = None, at: datetime | None = None) -> AttestedVerdict:
+                    min_tcb: Mapping[str, int] | None = None, at: datetime | None = None,
+                    runtime_policy: RuntimePolicy | None = None) -> AttestedVerdict:
     """Check ``evidence`` received on a connection whose peer presented ``peer_cert_der``.
 
     ``manifest`` is a manifest whose signature was verified (the document, its bytes or its
-    measurements); ``kds``,
+    measurements); the runtime policy expected is the document's, or ``runtime_policy`` when
+    only measurements are given (None: the guest must bind none); ``kds``,
     when given, supplies a missing VCEK from its cache (or the KDS unless offline).
     Malformed evidence is a failed ``evidence`` check, not an error: it came from the peer.
     An option that cannot apply (``shape`` not in the manifest) is :class:`InputError`.
     """
     if isinstance(manifest, (bytes, Mapping)):
+        if runtime_policy is not None:
+            raise InputError("give a runtime policy only with bare measurements; a manifest document carries its own.")
+        runtime_policy = manifest_runtime_policy(manifest, source=manifest_source)
         manifest = manifest_entries(manifest, source=manifest_source)
     if shape is not None and shape not in {e.shape for e in manifest}:
         raise InputError(f"--shape {shape!r} is not in {manifest_source}; its shapes are "
                          f"{', '.join(sorted({e.shape for e in manifest}))}.")
+    policy_sha256 = None if runtime_policy is None else runtime_policy_sha256(runtime_policy)
     try:
         spki = certificate_spki(peer_cert_der)
     except ProtocolError as e:
         return _evidence_failure(evidence.attester, f"the server's TLS certificate cannot be read: {e}")
-    expected = report_data(spki, nonce, evidence.policy_sha256)
+    expected = report_data(spki, nonce, policy_sha256)
     try:
         table = parse_cert_table(evidence.certs, source="the evidence's certificate table")
         from_table = [c for name, data in table.items()
@@ -184,20 +232,23 @@ def verify_evidence(evidence: Evidence, *, peer_cert_der: bytes, nonce: bytes,
     checks = []
     for check in verdict.checks:
         if check.name == "report_data":
+            checks += _runtime_policy_checks(evidence, runtime_policy, policy_sha256, allow_debug)
             if check.status == PASS:
                 check = Check(BINDING_CHECK, PASS,
                               f"REPORT_DATA is SHA-512 of this connection's key (SPKI sha256 "
-                              f"{hashlib.sha256(spki).hexdigest()[:16]}...), the nonce sent and the policy digest")
+                              f"{hashlib.sha256(spki).hexdigest()[:16]}...), the nonce sent and the manifest's "
+                              f"runtime policy digest")
             else:
                 err = VerificationError(
                     f"REPORT_DATA {report.report_data.hex()[:32]}... is not {expected.hex()[:32]}..., the binding "
-                    f"of this TLS connection's key and the nonce just sent: the evidence was made for another "
-                    f"connection (a relaying proxy or a replayed report)")
+                    f"of this TLS connection's key, the nonce just sent and the manifest's runtime policy digest: "
+                    f"the evidence was made for another connection (a relaying proxy or a replayed report) or "
+                    f"binds another runtime policy")
                 check = Check(BINDING_CHECK, FAIL, str(err), err)
         checks.append(check)
     return AttestedVerdict(checks=tuple(checks), attester=evidence.attester, report=verdict,
                            table=tuple(table), fetched=fetched)
 
 
-__all__ = ["AttestationFailed", "AttestedVerdict", "BINDING_CHECK", "EVIDENCE_CHECK", "failed", "manifest_entries",
-           "verify_evidence"]
+__all__ = ["AttestationFailed", "AttestedVerdict", "BINDING_CHECK", "EVIDENCE_CHECK", "RUNTIME_POLICY_CHECK",
+           "RUNTIME_POLICY_DEBUG_CHECK", "failed", "manifest_entries", "manifest_runtime_policy", "verify_evidence"]

@@ -35,6 +35,8 @@ COMMANDS = {
     "sign-manifest": "blindbox.cli.audit:sign_manifest_cmd",
     "verify-manifest": "blindbox.cli.audit:verify_manifest_cmd",
     "connect": "blindbox.cli.connect:connect",
+    "show-policy": "blindbox.cli.policy:show_policy",
+    "client-key": "blindbox.cli.policy:client_key",
 }
 
 

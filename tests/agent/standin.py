@@ -92,6 +92,7 @@ class _AppHandler(socketserver.StreamRequestHandler):
             if not chunk:
                 return
             request += chunk
+        self.server.seen.append(request)  # type: ignore[attr-defined]
         body = b"app saw: " + request.split(b"\r\n", 1)[0]
         self.wfile.write(b"HTTP/1.0 200 OK\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
 
@@ -102,6 +103,7 @@ class LoopbackApp(socketserver.ThreadingTCPServer):
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _AppHandler)
+        self.seen: list[bytes] = []          # every request the application received
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property

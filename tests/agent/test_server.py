@@ -104,6 +104,9 @@ def attest(port: int) -> tuple[ssl.SSLSocket, at.Evidence, bytes, bytes]:
     tls.sendall(at.encode_hello(nonce))
     reader = tls.makefile("rb")
     evidence = at.read_evidence(reader.read)
+    tls.sendall(at.encode_client(b""))          # no client key: this agent's runtime policy lists none
+    verdict = at.read_verdict(reader.read)
+    assert verdict == at.ClientVerdict(True, None, "the runtime policy admits any client that completes attestation")
     return tls, evidence, nonce, at.certificate_spki(tls.getpeercert(binary_form=True))
 
 
@@ -124,7 +127,7 @@ def test_evidence_binds_the_key_this_client_saw_and_its_nonce_then_relays(agent)
         assert tls.session is None or not tls.session.has_ticket      # nothing to resume with
         peer = f"127.0.0.1:{tls.getsockname()[1]}"
     line = agent.wait_line(f"BLINDBOX-AGENT-CONNECTION {peer} ")
-    assert f"{peer} attested (simulated), relayed to 127.0.0.1:" in line
+    assert f"{peer} attested (simulated), any attested client accepted, relayed to 127.0.0.1:" in line
     assert line.endswith(": the application closed the connection")
 
 
@@ -152,7 +155,7 @@ def test_a_client_that_does_not_speak_the_protocol_is_dropped(agent):
         assert tls.recv(100) == b""
         peer = tls.getsockname()[1]
     line = agent.wait_line(f"BLINDBOX-AGENT-CONNECTION 127.0.0.1:{peer} ")
-    assert "dropped: the client did not start with BLINDBOX-ATTEST/1" in line
+    assert "dropped: the client did not start with BLINDBOX-ATTEST/2" in line
 
 
 def test_a_silent_client_is_dropped_after_the_hello_timeout(agent):
@@ -228,7 +231,8 @@ def test_an_unreachable_application_is_one_line(tmp_path):
             line = run.wait_line(f"BLINDBOX-AGENT-CONNECTION 127.0.0.1:{peer} ")
         finally:
             run.stop()
-    assert line.endswith(f"attested (simulated), but the application at 127.0.0.1:{app_port} cannot be reached "
+    assert line.endswith(f"attested (simulated), any attested client accepted, but the application at "
+                         f"127.0.0.1:{app_port} cannot be reached "
                          f"(Connection refused)")
 
 
@@ -236,7 +240,8 @@ def test_openssl_s_client_fetches_evidence_bound_to_the_certificate_it_saw(agent
     # what docs show: a nonce in, the evidence out, with nothing but openssl (then verify-report)
     nonce = os.urandom(32)
     proc = subprocess.run([OPENSSL, "s_client", "-connect", f"127.0.0.1:{agent.port}", "-tls1_3", "-quiet",
-                           "-ign_eof"], input=at.encode_hello(nonce) + b"GET /after HTTP/1.0\r\n\r\n",
+                           "-ign_eof"],
+                          input=at.encode_hello(nonce) + at.encode_client(b"") + b"GET /after HTTP/1.0\r\n\r\n",
                           capture_output=True, timeout=30)
     evidence = at.read_evidence(io.BytesIO(proc.stdout).read)
     assert proc.stdout.endswith(b"app saw: GET /after HTTP/1.0")

@@ -71,6 +71,10 @@ class Agent:
     tls12: bool = False
     psp: object = None          # a tests.simattester.SimulatedPsp: it makes the reports instead
     empty_table: bool = False   # a host that supplies no certificates
+    policy_claimed: bytes | None = None   # the runtime policy digest the evidence names
+    policy_bound: bytes | None = None     # the one REPORT_DATA binds
+    refuse_client: str | None = None      # a reason: the verdict refuses every client
+    client_certs: list[bytes] = field(default_factory=list)   # what each client presented
     nonces: list[bytes] = field(default_factory=list)
     received: list[bytes] = field(default_factory=list)   # application bytes, per connection
 
@@ -125,7 +129,7 @@ class Agent:
             nonce = self.old_nonce
         if self.mode == "relay":
             spki = self.other_spki
-        rd = at.report_data(spki, nonce)
+        rd = at.report_data(spki, nonce, self.policy_bound)
         report = make_report(self.chain, measurement=self.measurement, policy=self.policy, report_data=rd)
         if self.signer is not None:
             from blindbox.audit.report import parse_report
@@ -137,7 +141,17 @@ class Agent:
             report, table = self.psp.report(rd), self.psp.cert_table()
         if self.empty_table:
             table = b""
-        sock.sendall(at.encode_evidence(at.Evidence(report=report, certs=table, attester="simulated")))
+        sock.sendall(at.encode_evidence(at.Evidence(report=report, certs=table, attester="simulated",
+                                                    policy_sha256=self.policy_claimed)))
+        try:
+            presented = at.read_client(lambda n: at.recv_exactly(sock, n))
+        except at.ProtocolError:
+            return                                  # the client refused the evidence and closed
+        self.client_certs.append(presented)
+        accepted = self.refuse_client is None
+        sock.sendall(at.encode_verdict(at.ClientVerdict(accepted, None, self.refuse_client or "any client")))
+        if not accepted:
+            return
         # the application: record everything, answer one HTTP request
         while b"\r\n\r\n" not in got:
             chunk = sock.recv(4096)
@@ -576,6 +590,7 @@ def test_cli_listen_forwards_through_verified_sessions(agent_factory, chain, pub
         line = proc.stderr.readline()
         assert line.startswith("blindbox: forwarding 127.0.0.1:"), line
         port = int(line.split()[2].rsplit(":", 1)[1])
+        assert "test has no runtime policy: its application is not restricted" in proc.stderr.readline()
         with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
             c.sendall(b"GET /through HTTP/1.1\r\nHost: x\r\n\r\n")
             reply = b""
@@ -588,3 +603,25 @@ def test_cli_listen_forwards_through_verified_sessions(agent_factory, chain, pub
         proc.communicate(timeout=10)
     agent.join()
     assert agent.received[0].startswith(b"GET /through HTTP/1.1")
+
+
+def test_a_report_binding_another_runtime_policy_is_refused(agent_factory, chain, published, capfd):
+    # the evidence names the manifest's (no) runtime policy, but REPORT_DATA binds another one
+    agent = agent_factory(policy_bound=b"\x11" * 32)
+    rc, out, err = cli(_argv(agent, chain, published), capfd)
+    agent.join()
+    assert rc == 3 and out == ""
+    assert f"failed the check '{BINDING_CHECK}'" in err and "binds another runtime policy" in err
+    assert agent.nothing_sent() and agent.client_certs == []
+
+
+def test_evidence_naming_a_runtime_policy_the_manifest_lacks_is_refused(agent_factory, chain, published, capfd):
+    agent = agent_factory(policy_claimed=b"\x11" * 32, policy_bound=b"\x11" * 32)
+    rc, out, err = cli(_argv(agent, chain, published, "--json"), capfd)
+    agent.join()
+    assert rc == 3
+    doc = json.loads(out)
+    assert doc["error"]["check"] == "runtime_policy" and doc["runtime_policy"] is None
+    assert "the evidence names runtime policy sha256 " + "11" * 32 + ", but the manifest's runtime policy is none" \
+        in doc["error"]["message"]
+    assert agent.nothing_sent() and agent.client_certs == []

@@ -136,6 +136,8 @@ def test_simulated_attester_ready_before_the_app_then_attested_relay(simulated, 
             expected = manifest.measurement(f"qemu:{SHAPE[0]}:{SHAPE[1]}:0x1")
             assert expected is not None and report.measurement.hex() == expected.measurement
             assert report.chip_id.startswith(b"BLINDBOX SIMULATED PSP - NOT AMD")
+            tls.sendall(at.encode_client(b""))        # protocol 2: no client key (this recipe lists none)
+            assert at.read_verdict(lambda n: at.recv_exactly(tls, n)).accepted
             tls.sendall(b"GET /exit?status=3 HTTP/1.0\r\nHost: app\r\n\r\n")   # relayed to the app on loopback
             while chunk := tls.recv(65536):
                 reply += chunk

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 
 import pytest
 from cryptography import x509
@@ -60,7 +61,7 @@ def test_hello_and_evidence_round_trip():
 
 
 @pytest.mark.parametrize("data, message", [
-    (b"GET / HTTP/1.1\r\n\r\n" + bytes(40), "did not start with BLINDBOX-ATTEST/1"),
+    (b"GET / HTTP/1.1\r\n\r\n" + bytes(40), "did not start with BLINDBOX-ATTEST/2"),
     (at.HELLO + bytes(5), "ended after 5 of 32 nonce bytes"),
 ])
 def test_bad_hello(data, message):
@@ -78,10 +79,10 @@ def _msg(body: bytes, size: int | None = None) -> bytes:
     (_msg(b"{}", size=10), "ended after 2 of 10 bytes"),
     (_msg(b"\xff"), "not UTF-8 JSON"),
     (_msg(b"[]"), "exactly version, attester"),
-    (_msg(b'{"version":2,"attester":"simulated","report":"","certs":"","policy_sha256":null}'), "version 2"),
-    (_msg(b'{"version":1,"attester":"hw","report":"","certs":"","policy_sha256":null}'), "attester 'hw'"),
-    (_msg(b'{"version":1,"attester":"simulated","report":"!!","certs":"","policy_sha256":null}'), "not valid base64"),
-    (_msg(b'{"version":1,"attester":"simulated","report":"","certs":"","policy_sha256":"AB"}'), "policy_sha256"),
+    (_msg(b'{"version":1,"attester":"simulated","report":"","certs":"","policy_sha256":null}'), "version 1"),
+    (_msg(b'{"version":2,"attester":"hw","report":"","certs":"","policy_sha256":null}'), "attester 'hw'"),
+    (_msg(b'{"version":2,"attester":"simulated","report":"!!","certs":"","policy_sha256":null}'), "not valid base64"),
+    (_msg(b'{"version":2,"attester":"simulated","report":"","certs":"","policy_sha256":"AB"}'), "policy_sha256"),
 ])
 def test_bad_evidence(data, message):
     with pytest.raises(at.ProtocolError, match=message):
@@ -132,3 +133,45 @@ def test_recv_exactly_collects_short_reads_and_stops_at_the_end():
     assert at.recv_exactly(Trickle(b"0123"), 8) == b"0123"
     hello = Trickle(at.encode_hello(NONCE))
     assert at.read_hello(lambda n: at.recv_exactly(hello, n)) == NONCE
+
+
+# -- version 2: the client's certificate and the agent's verdict
+
+
+def test_client_and_verdict_messages_round_trip():
+    cert = b"0\x82 some DER"
+    message = at.encode_client(cert)
+    assert message == b"BLINDBOX-CLIENT/2\n" + len(cert).to_bytes(4, "big") + cert
+    assert at.read_client(io.BytesIO(message).read) == cert
+    assert at.read_client(io.BytesIO(at.encode_client(b"")).read) == b""
+    verdict = at.ClientVerdict(False, "ab" * 32, "client key abab... is not listed")
+    encoded = at.encode_verdict(verdict)
+    assert encoded.startswith(b"BLINDBOX-VERDICT/2\n")
+    assert at.read_verdict(io.BytesIO(encoded).read) == verdict
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"BLINDBOX-CLIENT/1\n\0\0\0\0", "where BLINDBOX-CLIENT/2 belongs"),
+    (at.CLIENT + (at.MAX_CLIENT_CERT_BYTES + 1).to_bytes(4, "big"), "more than the 16384 accepted"),
+    (at.CLIENT + b"\0\0", "ended before its length"),
+    (at.CLIENT + b"\0\0\0\x09abc", "ended after 3 of 9 bytes"),
+])
+def test_bad_client_message(data, message):
+    with pytest.raises(at.ProtocolError, match=message):
+        at.read_client(io.BytesIO(data).read)
+
+
+def _verdict(body: bytes) -> bytes:
+    return at.VERDICT + len(body).to_bytes(4, "big") + body
+
+
+@pytest.mark.parametrize("data, message", [
+    (_verdict(b"\xff"), "not UTF-8 JSON"),
+    (_verdict(b'{"accepted":true}'), "exactly accepted, client_sha256 and reason"),
+    (_verdict(b'{"accepted":1,"client_sha256":null,"reason":""}'), "wrong type"),
+    (_verdict(b'{"accepted":true,"client_sha256":"AB","reason":""}'), "wrong type"),
+    (at.VERDICT + (at.MAX_VERDICT_BYTES + 1).to_bytes(4, "big"), "more than the 4096 accepted"),
+])
+def test_bad_verdict(data, message):
+    with pytest.raises(at.ProtocolError, match=message):
+        at.read_verdict(io.BytesIO(data).read)
