@@ -192,26 +192,20 @@ def parse_evidence(body: bytes) -> Evidence:
 
 def read_evidence(read_exactly: Callable[[int], bytes]) -> Evidence:
     """Read one evidence message; ``read_exactly(n)`` returns n bytes or fewer at the end."""
-    head = read_exactly(len(EVIDENCE))
-    if head != EVIDENCE:
-        raise ProtocolError(f"the server did not answer with {EVIDENCE[:-1].decode()} (got {head[:24]!r}); it is "
-                            f"not a blindbox attestation agent (version {VERSION}).")
-    size_bytes = read_exactly(4)
-    if len(size_bytes) != 4:
-        raise ProtocolError("the server's evidence ended before its length.")
-    size = int.from_bytes(size_bytes, "big")
-    if size > MAX_EVIDENCE_BYTES:
-        raise ProtocolError(f"the server announces {size} bytes of evidence, more than the {MAX_EVIDENCE_BYTES} "
-                            f"accepted.")
-    body = read_exactly(size)
-    if len(body) != size:
-        raise ProtocolError(f"the server's evidence ended after {len(body)} of {size} bytes.")
-    return parse_evidence(body)
+    return parse_evidence(_read_sized(
+        read_exactly, EVIDENCE, MAX_EVIDENCE_BYTES, "server", "evidence",
+        stranger=f"the server did not answer with {EVIDENCE[:-1].decode()}; it is not a blindbox attestation "
+                 f"agent (version {VERSION})"))
 
 
-def _read_sized(read_exactly: Callable[[int], bytes], magic: bytes, limit: int, who: str, what: str) -> bytes:
+def _read_sized(read_exactly: Callable[[int], bytes], magic: bytes, limit: int, who: str, what: str, *,
+                stranger: str | None = None) -> bytes:
+    """The body of one length-prefixed message: ``magic``, a 4-byte big-endian length, that many bytes;
+    ``stranger`` replaces the sentence said when the magic is wrong (it gets `` (got ...).`` appended)."""
     head = read_exactly(len(magic))
     if head != magic:
+        if stranger is not None:
+            raise ProtocolError(f"{stranger} (got {head[:24]!r}).")
         raise ProtocolError(f"the {who} sent {head[:24]!r} where {magic[:-1].decode()} belongs; it does not speak "
                             f"blindbox attested TLS version {VERSION}.")
     size_bytes = read_exactly(4)
@@ -219,7 +213,7 @@ def _read_sized(read_exactly: Callable[[int], bytes], magic: bytes, limit: int, 
         raise ProtocolError(f"the {who}'s {what} ended before its length.")
     size = int.from_bytes(size_bytes, "big")
     if size > limit:
-        raise ProtocolError(f"the {who} announces a {what} of {size} bytes, more than the {limit} accepted.")
+        raise ProtocolError(f"the {who} announces {size} bytes of {what}, more than the {limit} accepted.")
     body = read_exactly(size)
     if len(body) != size:
         raise ProtocolError(f"the {who}'s {what} ended after {len(body)} of {size} bytes.")

@@ -74,9 +74,11 @@ def _msg(body: bytes, size: int | None = None) -> bytes:
 
 
 @pytest.mark.parametrize("data, message", [
-    (b"HTTP/1.1 200 OK\r\n", "not a blindbox attestation agent"),
-    (_msg(b"", size=1 << 20), "more than the 65536 accepted"),
-    (_msg(b"{}", size=10), "ended after 2 of 10 bytes"),
+    (b"HTTP/1.1 200 OK\r\n", r"did not answer with BLINDBOX-EVIDENCE/2; it is not a blindbox attestation agent "
+                             r"\(version 2\) \(got b'HTTP/1.1 200 OK\\r\\n'\)\.$"),
+    (_msg(b"", size=1 << 20), r"the server announces 1048576 bytes of evidence, more than the 65536 accepted\.$"),
+    (at.EVIDENCE + b"\0\0", r"the server's evidence ended before its length\.$"),
+    (_msg(b"{}", size=10), r"the server's evidence ended after 2 of 10 bytes\.$"),
     (_msg(b"\xff"), "not UTF-8 JSON"),
     (_msg(b"[]"), "exactly version, attester"),
     (_msg(b'{"version":1,"attester":"simulated","report":"","certs":"","policy_sha256":null}'), "version 1"),
