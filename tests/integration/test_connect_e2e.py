@@ -1,5 +1,10 @@
 """``blindbox connect``, end to end: python-app with its attestation agent under TCG, a signed manifest.
 
+The guest is built with a runtime policy that admits one TLS client key (``clients``) and lets the
+application reach nothing (``egress: []``): its nftables rules let in only the agent's port and
+let out only the agent's connection to the simulated PSP, the agent binds the runtime policy's
+digest into REPORT_DATA, and only the listed key is served.
+
 The guest reaches the simulated PSP (tests/simattester.py, MEASUREMENT computed with
 sev-snp-measure from exactly the files QEMU was given) through a guestfwd; the agent's port is
 forwarded to 127.0.0.1 on a free port (``restrict=on``).  The manifest is signed with a test
@@ -7,7 +12,9 @@ publisher key, and ``connect`` checks it as ``verify-manifest`` does.
 
 One boot serves the success and the refusals that need no other guest:
 
-- ``connect`` verifies and prints the application's answer;
+- ``connect`` with the listed key verifies, prints the runtime policy and the application's answer;
+- without a client key ``connect`` refuses before connecting (exit 2); with another key the
+  agent refuses it (exit 3, the key's digest named) and the application sees nothing;
 - the same guest against another bundle's manifest fails ``measurement.manifest``;
 - a relaying proxy with its own TLS key, passing on the genuine agent's evidence for the
   client's own nonce, fails ``report_data binds this TLS key and nonce``;
@@ -54,9 +61,34 @@ BOOT_TIMEOUT = 300
 BINDING = "report_data binds this TLS key and nonce"
 
 
+def _client_key(name: str, directory: Path) -> tuple[Path, str]:
+    """A TLS client key derived from ``name`` (the same in every run, so the recipe is too): (PEM path, digest)."""
+    secret = int.from_bytes(hashlib.sha256(f"blindbox test client {name}".encode()).digest(), "big")
+    key = ec.derive_private_key(secret, ec.SECP256R1())
+    path = directory / f"{name}.pem"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return path, hashlib.sha256(der).hexdigest()
+
+
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    return built_app(tmp_path_factory, "python-app-agent-sim", recipe_text=variant("simulated"))
+def clients(tmp_path_factory):
+    """(listed key, its digest, an unlisted key)."""
+    d = tmp_path_factory.mktemp("clients")
+    listed, digest = _client_key("listed", d)
+    other, _ = _client_key("other", d)
+    return listed, digest, other
+
+
+def policy_variant(digest: str) -> str:
+    """python-app behind a simulated-attester agent, under a runtime policy admitting the key ``digest``."""
+    return variant("simulated") + f"\nruntime_policy:\n  clients: [\"{digest}\"]\n  egress: []\n"
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, clients):
+    return built_app(tmp_path_factory, "python-app-agent-sim-policy", recipe_text=policy_variant(clients[1]))
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +120,12 @@ def _signed(manifest: Path, publisher, directory: Path) -> Path:
     return copy
 
 
-def _connect(port: int, manifest: Path, publisher, chain_dir: Path | None, *extra: str):
+def _connect(port: int, manifest: Path, publisher, chain_dir: Path | None, *extra: str, client: Path | None = None):
+    """``blindbox connect`` to the agent on ``port``, presenting the TLS client key ``client``."""
     args = ["connect", f"https://127.0.0.1:{port}/", "--manifest", str(manifest), "--key", str(publisher[1]),
             "--key-sha256", publisher[2], "--shape", f"qemu:{SHAPE[0]}:{SHAPE[1]}:0x1", *extra]
+    if client is not None:
+        args += ["--client-key", str(client)]
     if chain_dir is not None:
         args += ["--trust-root", str(chain_dir / "milan" / "ark.pem")]
     return _cli(*args)
@@ -159,7 +194,7 @@ class RelayingProxy:
                 pass
 
 
-def test_connect_verifies_the_guest_then_talks_and_refuses_impostors(app, publisher, tmp_path):
+def test_connect_verifies_the_guest_then_talks_and_refuses_impostors(app, clients, publisher, tmp_path):
     bundle, manifest, _ = app
     published = _signed(bundle / "manifest.json", publisher, tmp_path / "published")
     guest_ctx, port, chain_dir = _boot(bundle, tmp_path)
@@ -167,7 +202,7 @@ def test_connect_verifies_the_guest_then_talks_and_refuses_impostors(app, publis
         guest.wait_for("BLINDBOX-AGENT-READY", BOOT_TIMEOUT)
         guest.wait_for("BLINDBOX-APP-START", 120)
         _wait_console(guest, "python-app: listening on")                 # Python starts slowly under TCG
-        ok = _connect(port, published, publisher, chain_dir, "--json")
+        ok = _connect(port, published, publisher, chain_dir, "--json", client=clients[0])
         assert ok.returncode == 0, ok.stderr + guest.console[-2000:]
         doc = json.loads(ok.stdout)
         failed = [c for c in doc["checks"] if c["status"] != "pass"]
@@ -175,12 +210,34 @@ def test_connect_verifies_the_guest_then_talks_and_refuses_impostors(app, publis
         assert json.loads(doc["response"]["body"])["service"] == "python-app"
         names = {c["name"] for c in doc["checks"]}
         assert {"measurement.manifest", BINDING, "chain"} <= names
+        # the runtime policy: published, bound into REPORT_DATA (the binding check above), loaded in the guest
+        sha = json.loads((bundle / "manifest.json").read_text())["runtime_policy"]["sha256"]
+        assert doc["runtime_policy"]["sha256"] == sha and doc["client_key"] == clients[1]
+        assert f"blindbox.runtime_policy={sha}" in (bundle / "cmdline").read_text()
+        assert f"BLINDBOX-RUNTIME-POLICY-OK {sha}" in guest.console
+        nft = [line.split(" ", 1)[1].strip() for line in guest.console.splitlines()
+               if line.startswith("BLINDBOX-NFT ")]
+        assert "tcp dport 8443 ct state new accept" in nft                  # the agent's port, and only it, in
+        assert "ip daddr 10.0.2.100 tcp dport 4050 meta skuid 0 ct state new accept" in nft   # the PSP, agent only
 
-        no_root = _connect(port, published, publisher, None)
+        human = _connect(port, published, publisher, chain_dir, client=clients[0])
+        assert human.returncode == 0, human.stderr
+        assert f"Runtime policy of python-app (sha256 {sha}):" in human.stderr
+        assert "only clients presenting one of these TLS keys may query" in human.stderr
+        assert "the application may reach nothing outside the guest" in human.stderr
+
+        no_key = _connect(port, published, publisher, chain_dir)
+        assert no_key.returncode == 2 and "admits only listed client keys" in no_key.stderr, no_key.stderr
+        other = _connect(port, published, publisher, chain_dir, client=clients[2])
+        assert other.returncode == 3, other.stderr
+        assert "is not listed in the runtime policy" in other.stderr, other.stderr
+        assert _wait_console(guest, "client refused", 30) is None
+
+        no_root = _connect(port, published, publisher, None, client=clients[0])
         assert no_root.returncode == 3 and "'chain'" in no_root.stderr and "nothing was sent" in no_root.stderr
 
         hello = built_app_hello_manifest(tmp_path, publisher)
-        wrong = _connect(port, hello, publisher, chain_dir)
+        wrong = _connect(port, hello, publisher, chain_dir, client=clients[0])
         assert wrong.returncode == 3, wrong.stderr
         assert "measurement" in wrong.stderr and "nothing was sent" in wrong.stderr
 
@@ -188,17 +245,17 @@ def test_connect_verifies_the_guest_then_talks_and_refuses_impostors(app, publis
         for fault, check in (("other-chip", "signature"), ("expired-vcek", "chain"),
                              ("policy=0xb0000", "policy.debug")):          # 0xb0000: DEBUG (bit 19) allowed
             (tmp_path / "fault").write_text(fault)
-            bad = _connect(port, published, publisher, chain_dir)
+            bad = _connect(port, published, publisher, chain_dir, client=clients[0])
             assert bad.returncode == 3, (fault, bad.stderr)
             assert f"failed the check '{check}'" in bad.stderr and "nothing was sent" in bad.stderr, (fault, bad.stderr)
         (tmp_path / "fault").write_text("")
 
         proxy = RelayingProxy(tmp_path, port)
-        relayed = _connect(proxy.port, published, publisher, chain_dir)
+        relayed = _connect(proxy.port, published, publisher, chain_dir, client=clients[0])
         assert relayed.returncode == 3 and BINDING in relayed.stderr, relayed.stderr
         assert proxy.relayed_after_evidence == 0                     # the client sent nothing after the evidence
         requests = guest.console.count('"GET / HTTP/1.1" 200')
-    assert requests == 1, "only the verified session reached the application"
+    assert requests == 2, "only the two verified sessions with the listed key reached the application"
 
 
 def built_app_hello_manifest(tmp_path: Path, publisher) -> Path:
@@ -207,7 +264,7 @@ def built_app_hello_manifest(tmp_path: Path, publisher) -> Path:
     return _signed(built_hello().out / "manifest.json", publisher, tmp_path / "hello-published")
 
 
-def test_a_changed_initrd_is_refused_by_its_measurement(app, publisher, tmp_path):
+def test_a_changed_initrd_is_refused_by_its_measurement(app, clients, publisher, tmp_path):
     bundle, _, _ = app
     published = _signed(bundle / "manifest.json", publisher, tmp_path / "published")
     extra = cpio.Archive()
@@ -217,14 +274,14 @@ def test_a_changed_initrd_is_refused_by_its_measurement(app, publisher, tmp_path
     guest_ctx, port, chain_dir = _boot(bundle, tmp_path, initrd=changed)
     with guest_ctx as guest:
         guest.wait_for("BLINDBOX-AGENT-READY", BOOT_TIMEOUT)
-        refused = _connect(port, published, publisher, chain_dir)
+        refused = _connect(port, published, publisher, chain_dir, client=clients[0])
         console = guest.console
     assert refused.returncode == 3, refused.stderr
     assert "'measurement.manifest'" in refused.stderr and "nothing was sent" in refused.stderr
     assert '"GET / HTTP/1.1"' not in console
 
 
-def test_a_tampered_root_never_reaches_the_agent(app, publisher, tmp_path):
+def test_a_tampered_root_never_reaches_the_agent(app, clients, publisher, tmp_path):
     bundle, _, _ = app
     published = _signed(bundle / "manifest.json", publisher, tmp_path / "published")
     image = tmp_path / "rootfs.erofs"
@@ -234,6 +291,6 @@ def test_a_tampered_root_never_reaches_the_agent(app, publisher, tmp_path):
     guest_ctx, port, chain_dir = _boot(bundle, tmp_path, image=image)
     with guest_ctx as guest:
         result = guest.finish(BOOT_TIMEOUT)
-        refused = _connect(port, published, publisher, chain_dir)
+        refused = _connect(port, published, publisher, chain_dir, client=clients[0])
     assert "BLINDBOX-VERITY-FAILED" in result.markers and "BLINDBOX-AGENT-READY" not in result.markers
     assert refused.returncode == 3 and "no attested endpoint answered" in refused.stderr, refused.stderr
