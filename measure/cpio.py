@@ -111,8 +111,9 @@ def parse(data: bytes, *, what: str = "cpio archive", max_members: int | None = 
     return members
 
 
-def _inflate(data: bytes, pos: int, method: str, budget: int, what: str) -> tuple[bytes, int]:
-    """Decompress the one stream at ``pos``; returns its content and the offset after the stream."""
+def _inflate(data: bytes, pos: int, method: str, budget: int, what: str, limit: int) -> tuple[bytes, int]:
+    """Decompress the one stream at ``pos`` into at most ``budget`` bytes (what is left of ``limit``); returns its
+    content and the offset after the stream."""
     src = memoryview(data)[pos:]
     out: list[bytes] = []
     total = 0
@@ -141,7 +142,7 @@ def _inflate(data: bytes, pos: int, method: str, budget: int, what: str) -> tupl
         raise CpioError(f"{what} holds a {method} stream at offset {pos} that cannot be decompressed ({e}); the "
                         f"initrd is corrupt.") from None
     if total > budget:
-        raise CpioError(f"{what} decompresses to more than {budget} bytes; that is more than an initrd holds, so "
+        raise CpioError(f"{what} decompresses to more than {limit} bytes; that is more than an initrd holds, so "
                         f"it is refused (docs/limits.md).")
     if not eof:
         raise CpioError(f"{what} ends inside the {method} stream at offset {pos}; the initrd is truncated.")
@@ -155,10 +156,10 @@ def decompress(data: bytes, method: str, *, max_bytes: int | None = None, what: 
         return bytes(data)
     if method not in ("gzip", "xz"):
         raise CpioError(f"initrd compression {method!r} is not supported; use one of {', '.join(COMPRESSIONS)}.")
-    return _inflate(data, 0, method, budget, what)[0]
+    return _inflate(data, 0, method, budget, what, budget)[0]
 
 
-def _unpack(data: bytes, what: str, members: list[Member], budget: list[int], max_members: int,
+def _unpack(data: bytes, what: str, members: list[Member], budget: list[int], limit: int, max_members: int,
             inside: str | None) -> None:
     pos = 0
     while pos < len(data):
@@ -177,9 +178,9 @@ def _unpack(data: bytes, what: str, members: list[Member], budget: list[int], ma
                             f"the kernel refuses it (junk within a compressed archive).")
         if data[pos:pos + 2] in _GZIP_MAGIC or data.startswith(_XZ_MAGIC, pos):
             method = "xz" if data.startswith(_XZ_MAGIC, pos) else "gzip"
-            content, end = _inflate(data, pos, method, budget[0], what)
+            content, end = _inflate(data, pos, method, budget[0], what, limit)
             budget[0] -= len(content)
-            _unpack(content, what, members, budget, max_members, f" of the {method} stream at offset {pos}")
+            _unpack(content, what, members, budget, limit, max_members, f" of the {method} stream at offset {pos}")
             pos = end
             continue
         name = next((n for magic, n in _UNREAD if data.startswith(magic, pos)), None)
@@ -258,7 +259,7 @@ def read_initrd(data: bytes, what: str, *, max_bytes: int, max_members: int) -> 
     if budget[0] < 0:
         raise CpioError(f"{what} is {len(data)} bytes, more than the {max_bytes} an initrd may hold "
                         f"(docs/limits.md).")
-    _unpack(data, what, members, budget, max_members, None)
+    _unpack(data, what, members, budget, max_bytes, max_members, None)
     if not members:
         raise CpioError(f"{what} holds no cpio member; it is not an initrd.")
     return Initrd(tuple(members), what)
