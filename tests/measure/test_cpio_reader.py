@@ -146,3 +146,10 @@ def test_dot_dot_is_refused():
 
 def test_parse_reads_one_archive_only():
     assert [m.name for m in parse(archive(a=b"1") + b"garbage")] == ["a"]
+
+
+def test_a_directory_member_replaces_a_symlink_as_the_kernel_does():
+    data = (archive(etc__blindbox__x=b"honest") + member(b"d", b"etc/blindbox", mode=0o120777)
+            + member(b"d", mode=0o040755) + member(b"d/x", b"other") + TRAILER)
+    initrd = read(data)
+    assert initrd.lookup("etc/blindbox/x")[0] == b"honest" and initrd.lookup("d/x")[0] == b"other"
