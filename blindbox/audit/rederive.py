@@ -364,13 +364,17 @@ def _runtime_policy_findings(path: Path, doc: dict[str, Any]) -> list[Finding]:
                             if nft_data == expected_nft else why if nft_data is None else
                             "differs from the rule set rendered from the published runtime policy: "
                             + _first_difference(nft_data, expected_nft)))
-    findings.append(_init_finding(initrd, "agent" in doc))
+    findings.append(_init_finding(initrd, "agent" in doc, doc["cmdline"]))
     return findings
 
 
-def _init_finding(initrd: Initrd, agent: bool) -> Finding:
+def _init_finding(initrd: Initrd, agent: bool, cmdline: str) -> Finding:
     """The init text checks the JSON's digest, loads the rule set and hands the JSON to the agent (a textual
-    check: that the script does what its lines say is what a rebuild proves)."""
+    check: that the script does what its lines say is what a rebuild proves), and the kernel runs it."""
+    other = [w for w in cmdline.split(" ") if w.startswith("rdinit=")]
+    if other:
+        return Finding("initrd init", False, f"the measured cmdline carries {other[0][:100]}, so the kernel does not "
+                                             f"run the initrd's /init")
     data, why = initrd.lookup("init")
     if data is None:
         return Finding("initrd init", False, why)

@@ -153,3 +153,4 @@ def test_a_directory_member_replaces_a_symlink_as_the_kernel_does():
             + member(b"d", mode=0o040755) + member(b"d/x", b"other") + TRAILER)
     initrd = read(data)
     assert initrd.lookup("etc/blindbox/x")[0] == b"honest" and initrd.lookup("d/x")[0] == b"other"
+
