@@ -451,7 +451,10 @@ def rederive(bundle: str | Path) -> list[Finding]:
     if "rootfs" in doc:
         findings.extend(_rootfs_findings(bundle, doc, present))
     if "initrd" in have:
-        findings.extend(_runtime_policy_findings(roles["initrd"], doc))
+        try:
+            findings.extend(_runtime_policy_findings(roles["initrd"], doc))
+        except MeasureError as e:  # an initrd that cannot be read whole cannot show which runtime policy it carries
+            findings.append(Finding("initrd runtime policy", False, f"cannot be read: {e}"))
     return findings
 
 

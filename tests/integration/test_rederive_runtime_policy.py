@@ -213,16 +213,18 @@ def test_a_manifest_without_a_runtime_policy_whose_initrd_carries_one_fails(tmp_
                                                            "carries /etc/blindbox/runtime-policy.nft")
 
 
-def test_a_truncated_initrd_is_bad_input_in_one_sentence(bundle, capsys):
+def test_a_truncated_initrd_fails_its_finding_in_one_sentence(bundle, capsys):
     data = (bundle / "initrd").read_bytes()
-    (bundle / "initrd").write_bytes(data[:len(data) // 2])
-    rc, _, err = rederive(bundle, capsys)
-    assert rc == 2
-    assert "is truncated" in err and err.count("\n") == 1, err
+    attack(bundle, data[:len(data) // 2])
+    rc, findings, out = rederive(bundle, capsys)
+    assert rc == 3 and failed(findings) == ["initrd runtime policy"], out
+    detail = findings["initrd runtime policy"]["detail"]
+    assert detail.startswith("cannot be read: the initrd ") and "is truncated" in detail and "\n" not in detail
 
 
-def test_an_initrd_beyond_the_member_limit_is_bad_input(bundle, capsys, monkeypatch):
+def test_an_initrd_beyond_the_member_limit_fails_its_finding(bundle, capsys, monkeypatch):
     monkeypatch.setattr(rederive_module, "MAX_INITRD_MEMBERS", 100)
-    rc, _, err = rederive(bundle, capsys)
-    assert rc == 2
-    assert "holds more than 100 cpio members; that is more than an initrd holds, so it is refused" in err, err
+    rc, findings, out = rederive(bundle, capsys)
+    assert rc == 3 and failed(findings) == ["initrd runtime policy"], out
+    assert ("holds more than 100 cpio members; that is more than an initrd holds, so it is refused"
+            in findings["initrd runtime policy"]["detail"])
