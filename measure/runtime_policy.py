@@ -9,8 +9,10 @@ This module only defines the runtime policy: the strict reader of a plain mappin
 (:func:`parse_runtime_policy`), the canonical serialisation (:func:`canonical_json`, RFC 8785
 JSON Canonicalization Scheme), its SHA-256 (:func:`runtime_policy_sha256`, the
 ``policy_sha256`` input of :func:`measure.attested_tls.report_data`) and a description in plain
-words (:func:`describe`).  Enforcement inside the guest is not part of it.  docs/runtime-policy.md
-has the schema and the threat model.
+words (:func:`describe`), and the nftables rule set the guest enforces it with
+(:func:`render_ruleset`: one definition for the builder, which puts it into the initrd, and the
+auditor, which checks that the initrd carries exactly it).  docs/runtime-policy.md has the schema
+and the threat model.
 
 Part of the calculator: it may import only the standard library and :mod:`measure`, never
 ``cryptography``, ``yaml``, ``click``, :mod:`builder` or :mod:`blindbox` (docs/architecture.md);
@@ -40,6 +42,14 @@ CMDLINE_PARAM = "blindbox.runtime_policy"
 #: Where the measured initrd carries the canonical runtime policy (:func:`canonical_json` bytes); the
 #: attestation agent's root holds a copy at the same path.
 GUEST_PATH = "/etc/blindbox/runtime-policy.json"
+#: Where the measured initrd carries the rendered rule set (:func:`render_ruleset`), beside GUEST_PATH.
+RULESET_PATH = "/etc/blindbox/runtime-policy.nft"
+#: The nftables table the rule set defines.
+NFT_TABLE = "blindbox"
+#: ICMPv6 types neighbour discovery needs (only with an IPv6 egress rule), in numeric order as
+#: ``nft list ruleset`` prints them (133 router solicit, 134 advert, 135 neighbour solicit, 136 advert)
+ND_OUT = ("nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert")
+ND_IN = ("nd-router-advert", "nd-neighbor-solicit", "nd-neighbor-advert")
 
 Network: TypeAlias = "ipaddress.IPv4Network | ipaddress.IPv6Network"
 Protocol = Literal["tcp", "udp"]
@@ -409,3 +419,55 @@ def describe(policy: RuntimePolicy) -> list[str]:
     lines.append(logs)
     lines.append("kernel errors and init's status lines always reach the console")
     return lines
+
+
+def _egress_rule(rule: EgressRule) -> str:
+    net, port, protocol = ipaddress.ip_network(rule.network), rule.port, rule.protocol
+    family = "ip" if net.version == 4 else "ip6"
+    # a host is written as its address, as `nft list ruleset` prints it
+    dest = str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+    return f"{family} daddr {dest} {protocol} dport {port} ct state new accept"
+
+
+def render_ruleset(policy: RuntimePolicy, *, agent_listen: int | None = None,
+                   simulated_attester: tuple[str, int] | None = None) -> str:
+    """The ``nft -f`` text of ``policy``: one ``table inet`` (IPv4 and IPv6), base chains
+    ``input``, ``forward`` and ``output`` with policy drop.  Input accepts loopback, established
+    flows and the agent's port; output accepts loopback, established flows, the agent's connection
+    to a simulated attester (as uid 0 only) and one rule per egress rule; with an IPv6 egress rule,
+    neighbour discovery too (docs/runtime-policy.md, :mod:`builder.steps.nft`).
+
+    ``agent_listen``: the attestation agent's TCP port (None: no agent, no inbound port);
+    ``simulated_attester``: (IPv4 address, port) the agent reaches for reports in simulation.
+    """
+    # in the canonical form's order (IP version, address, prefix length, port, protocol)
+    egress = sorted(policy.egress, key=lambda r: (r.network.version, int(r.network.network_address),
+                                                  r.network.prefixlen, r.port, r.protocol))
+    rules = [_egress_rule(r) for r in egress]
+    ipv6 = any(r.network.version == 6 for r in egress)
+    lines = [f"table inet {NFT_TABLE} {{",
+             "\tchain input {",
+             "\t\ttype filter hook input priority filter; policy drop;",
+             '\t\tiif "lo" accept',
+             "\t\tct state established,related accept"]
+    if ipv6:
+        lines.append(f"\t\ticmpv6 type {{ {', '.join(ND_IN)} }} accept")
+    if agent_listen is not None:
+        lines.append(f"\t\ttcp dport {agent_listen} ct state new accept")
+    lines += ["\t}",
+              "\tchain forward {",
+              "\t\ttype filter hook forward priority filter; policy drop;",
+              "\t}",
+              "\tchain output {",
+              "\t\ttype filter hook output priority filter; policy drop;",
+              '\t\toif "lo" accept',
+              "\t\tct state established,related accept"]
+    if ipv6:
+        lines.append(f"\t\ticmpv6 type {{ {', '.join(ND_OUT)} }} accept")
+    if simulated_attester is not None:
+        address, port = simulated_attester
+        lines.append(f"\t\tip daddr {ipaddress.IPv4Address(address)} tcp dport {int(port)} meta skuid 0 "
+                     f"ct state new accept")
+    lines += [f"\t\t{r}" for r in rules]
+    lines += ["\t}", "}"]
+    return "\n".join(lines) + "\n"

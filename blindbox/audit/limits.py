@@ -35,3 +35,12 @@ MAX_MANIFEST_SHAPES = 4096
 #: The sum of the vCPU counts of a manifest's shapes: each vCPU is one VMSA page to fold
 #: in (about 10 us).  262,144 is e.g. 1,024 shapes of 256 vCPUs, about 3 s.
 MAX_MANIFEST_VCPUS = 262_144
+
+#: An initrd ``rederive`` opens to read the runtime policy it carries: the file as stored (the
+#: builder's are about 25 MiB with the attestation agent's Python), the archive bytes after
+#: decompression (about 60 MiB there), and its members (about 1,300 there).  The bounds leave
+#: room for large applications while keeping a hostile initrd (a compression bomb, millions of
+#: empty members) from exhausting memory.
+MAX_INITRD_BYTES = 256 * MIB
+MAX_INITRD_UNPACKED_BYTES = 1024 * MIB
+MAX_INITRD_MEMBERS = 200_000

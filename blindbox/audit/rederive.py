@@ -5,8 +5,9 @@ agree with itself (:mod:`blindbox.audit.manifest`, the one reader), do the files
 says, and does every published value that the files determine follow from them — the
 firmware facts and OVMF hash, the command line, the kernel's release (read from its
 bzImage setup header by :mod:`measure.bzimage`, as the builder reads it), the kernel hashes,
-the launch digest of each shape, the ID blocks and their key digests, and what
-``launch-snp.sh`` launches?
+the launch digest of each shape, the ID blocks and their key digests, what
+``launch-snp.sh`` launches, and whether the initrd carries and loads the published runtime policy
+(its canonical JSON, the nftables rule set rendered from it, and the agent's ``--runtime-policy``)?
 It needs no builder code.  Values the files cannot determine (input origins, the recipe
 and lock digests, ...) are listed in docs/auditing.md.
 
@@ -28,15 +29,17 @@ from typing import Any
 
 import uuid
 
+from measure import runtime_policy as rp
 from measure import verity
+from measure.cpio import Initrd, normalize_name, read_initrd
 from measure.bzimage import bzimage_version, kernel_release
 from measure.errors import InputError, MeasureError
 from .errors import VerificationError
 from measure.inputs import file_digest, is_fifo_or_socket, read_input
 from measure.kernel_hashes import KernelHashes
-from .manifest import SINGLE_ROLES, ManifestInvalid, outputs_by_role, read_manifest
+from .manifest import ATTESTER_PARAM, SINGLE_ROLES, ManifestInvalid, outputs_by_role, read_manifest, runtime_policy_of
 from measure.limits import MAX_CMDLINE_FILE_BYTES
-from .limits import MAX_MANIFEST_BYTES
+from .limits import MAX_INITRD_BYTES, MAX_INITRD_MEMBERS, MAX_INITRD_UNPACKED_BYTES, MAX_MANIFEST_BYTES
 from measure.ovmf import Firmware
 from measure.snp import SnpLaunch, VmShape
 from measure.vmm import profile
@@ -299,6 +302,92 @@ def _rootfs_findings(bundle: Path, doc: dict[str, Any], present: set[str]) -> li
     return findings
 
 
+#: what the init does with the runtime policy, as the builder writes it: checks the JSON against the measured
+#: cmdline, loads the rule set, and (with an agent) starts the agent with the JSON
+_INIT_CHECKS = f"sha256sum {rp.GUEST_PATH} "
+_INIT_LOADS = f"nft -f {rp.RULESET_PATH} "
+_AGENT_OPTION = f" --runtime-policy {rp.GUEST_PATH} "
+
+
+def _first_difference(carried: bytes, expected: bytes) -> str:
+    got, want = carried.decode("utf-8", "replace").split("\n"), expected.decode("utf-8").split("\n")
+    for n, (a, b) in enumerate(zip(got, want, strict=False), start=1):
+        if a != b:
+            return f"line {n} is {a[:160]!r}, the manifest's runtime policy gives {b[:160]!r}"
+    n = min(len(got), len(want)) + 1
+    if len(got) > len(want):
+        return f"line {n} is {got[n - 1][:160]!r}, beyond the end of the rule set the manifest's runtime policy gives"
+    return f"it ends before line {n}, which the manifest's runtime policy gives as {want[n - 1][:160]!r}"
+
+
+def _simulated_attester(doc: dict[str, Any]) -> tuple[str, int] | None:
+    """The (address, port) of the cmdline's ``blindbox.attester=simulated:HOST:PORT`` word, if the agent uses one."""
+    if doc.get("agent", {}).get("attester") != "simulated":
+        return None
+    word = next(w for w in doc["cmdline"].split(" ") if w.startswith(ATTESTER_PARAM + "=simulated:"))
+    host, port = word[len(ATTESTER_PARAM + "=simulated:"):].rsplit(":", 1)
+    return host, int(port)
+
+
+def _runtime_policy_findings(path: Path, doc: dict[str, Any]) -> list[Finding]:
+    """The initrd carries exactly the published runtime policy and the rule set rendered from it, and its init
+    checks and loads them (read as the kernel unpacks it: the last occurrence of a path counts)."""
+    initrd = read_initrd(read_input(path, "initrd", limit=MAX_INITRD_BYTES), f"the initrd {str(path)!r}",
+                         max_bytes=MAX_INITRD_UNPACKED_BYTES, max_members=MAX_INITRD_MEMBERS)
+    policy = runtime_policy_of(doc)
+    if policy is None:
+        carried = sorted({normalize_name(m.name, initrd.what) for m in initrd.members}
+                         & {normalize_name(p, initrd.what) for p in (rp.GUEST_PATH, rp.RULESET_PATH)})
+        return [Finding("initrd runtime policy", not carried,
+                        "the manifest publishes no runtime policy and the initrd carries none" if not carried else
+                        f"the manifest publishes no runtime policy, but the initrd carries /{carried[0]}")]
+    findings = []
+    json_data, why = initrd.lookup(rp.GUEST_PATH)
+    expected_json = rp.canonical_json(policy)
+    findings.append(Finding(f"initrd {rp.GUEST_PATH}", json_data == expected_json,
+                            "the canonical JSON of the published runtime policy" if json_data == expected_json else
+                            why if json_data is None else
+                            f"holds {json_data[:200]!r}, the canonical JSON of the published runtime policy is "
+                            f"{expected_json[:200]!r}"))
+    try:
+        attester = _simulated_attester(doc)
+        listen = doc["agent"]["listen"] if "agent" in doc else None
+        expected_nft = rp.render_ruleset(policy, agent_listen=listen, simulated_attester=attester).encode("utf-8")
+    except ValueError as e:
+        return findings + [Finding(f"initrd {rp.RULESET_PATH}", False, f"the manifest's simulated attester "
+                                                                       f"address cannot be rendered: {e}")]
+    nft_data, why = initrd.lookup(rp.RULESET_PATH)
+    findings.append(Finding(f"initrd {rp.RULESET_PATH}", nft_data == expected_nft,
+                            "the rule set rendered from the published runtime policy"
+                            + (f", agent port {listen}" if listen is not None else ", no agent")
+                            + (f", simulated attester {attester[0]}:{attester[1]}" if attester else "")
+                            if nft_data == expected_nft else why if nft_data is None else
+                            "differs from the rule set rendered from the published runtime policy: "
+                            + _first_difference(nft_data, expected_nft)))
+    findings.append(_init_finding(initrd, "agent" in doc, doc["cmdline"]))
+    return findings
+
+
+def _init_finding(initrd: Initrd, agent: bool, cmdline: str) -> Finding:
+    """The init text checks the JSON's digest, loads the rule set and hands the JSON to the agent (a textual
+    check: that the script does what its lines say is what a rebuild proves), and the kernel runs it."""
+    other = [w for w in cmdline.split(" ") if w.startswith("rdinit=")]
+    if other:
+        return Finding("initrd init", False, f"the measured cmdline carries {other[0][:100]}, so the kernel does not "
+                                             f"run the initrd's /init")
+    data, why = initrd.lookup("init")
+    if data is None:
+        return Finding("initrd init", False, why)
+    text = data.decode("utf-8", "replace")
+    wanted = [_INIT_CHECKS, _INIT_LOADS] + ([_AGENT_OPTION] if agent else [])
+    missing = [w.strip() for w in wanted if w not in text]
+    return Finding("initrd init", not missing,
+                   "checks the runtime policy's digest, loads its rule set" + (" and starts the agent with it"
+                                                                                if agent else "")
+                   if not missing else f"the initrd's /init does not contain {missing[0]!r}, so it does not "
+                                       f"enforce the published runtime policy as a blindbox init does")
+
+
 def rederive(bundle: str | Path) -> list[Finding]:
     """One finding per published value; all ``ok`` means the bundle is what its manifest says."""
     bundle = Path(bundle)
@@ -361,6 +450,11 @@ def rederive(bundle: str | Path) -> list[Finding]:
     findings.extend(_id_bin_findings(bundle, doc, present))
     if "rootfs" in doc:
         findings.extend(_rootfs_findings(bundle, doc, present))
+    if "initrd" in have:
+        try:
+            findings.extend(_runtime_policy_findings(roles["initrd"], doc))
+        except MeasureError as e:  # an initrd that cannot be read whole cannot show which runtime policy it carries
+            findings.append(Finding("initrd runtime policy", False, f"cannot be read: {e}"))
     return findings
 
 

@@ -28,6 +28,8 @@ and without names or times; the deflate or LZMA2 stream itself comes from the zl
 liblzma the Python interpreter links, so :func:`compressor_identity` names it for the
 manifest.
 
+Reading (:func:`parse`, :func:`decompress`) is :mod:`measure.cpio`'s, re-exported here.
+
 Part of the builder: it may import the calculator, the auditor, :mod:`blindbox.files`,
 ``yaml`` and ``elftools``, never :mod:`blindbox.cli` or ``click`` (docs/architecture.md).
 """
@@ -42,13 +44,11 @@ import zlib
 from dataclasses import dataclass
 
 from builder.errors import BuildError
+# the reader (and decompression) is the calculator's, so that the auditor reads initrds with the same code
+from measure.cpio import HEADER_SIZE, MAGIC, PATH_MAX, TRAILER, Member, decompress, parse
+from measure.cpio import CpioError as CpioReadError
 
-MAGIC = b"070701"
-HEADER_SIZE = 110
-TRAILER = "TRAILER!!!"
 BLOCK = 512
-#: Longest path the kernel's unpacker accepts (PATH_MAX, NUL included).
-PATH_MAX = 4096
 
 S_IFDIR = 0o040000
 S_IFREG = 0o100000
@@ -57,6 +57,10 @@ S_IFCHR = 0o020000
 S_IFMT = 0o170000
 
 COMPRESSIONS = ("gzip", "xz", "none")
+
+
+__all__ = ["Archive", "COMPRESSIONS", "CpioError", "CpioReadError", "Entry", "HEADER_SIZE", "Kind", "MAGIC", "Member",
+           "PATH_MAX", "TRAILER", "compress", "compressor_identity", "decompress", "normalize_path", "parse"]
 
 
 class CpioError(BuildError):
@@ -241,52 +245,6 @@ def _write(out: bytearray, name: str, *, ino: int, mode: int, nlink: int, mtime:
     out += bytes(-len(out) % 4)
 
 
-# -- reading (for comparisons and tests) ---------------------------------------------------
-@dataclass(frozen=True)
-class Member:
-    """A member as stored: every header field, its name and data, and its offset."""
-
-    offset: int
-    name: str
-    ino: int
-    mode: int
-    uid: int
-    gid: int
-    nlink: int
-    mtime: int
-    rdev: tuple[int, int]
-    data: bytes
-
-
-def parse(data: bytes) -> list[Member]:
-    """Read a newc archive up to its trailer (used to explain differences between builds)."""
-    members: list[Member] = []
-    pos = 0
-    while True:
-        if pos + HEADER_SIZE > len(data):
-            raise CpioError(f"cpio archive ends inside a header at offset {pos}; the archive is truncated.")
-        if data[pos:pos + 6] != MAGIC:
-            raise CpioError(f"no newc header magic at offset {pos}; this is not an uncompressed newc archive.")
-        try:
-            f = [int(data[pos + 6 + 8 * i:pos + 14 + 8 * i], 16) for i in range(13)]
-        except ValueError as e:
-            raise CpioError(f"malformed newc header at offset {pos}.") from e
-        namesize, filesize = f[11], f[6]
-        name_start = pos + HEADER_SIZE
-        if namesize < 1 or name_start + namesize > len(data):
-            raise CpioError(f"cpio header at offset {pos} gives name size {namesize}, which is not within the "
-                            f"{len(data) - name_start} bytes left; the archive is truncated or corrupt.")
-        name = data[name_start:name_start + namesize - 1].decode("utf-8", "surrogateescape")
-        data_start = name_start + namesize + (-(HEADER_SIZE + namesize) % 4)
-        body = data[data_start:data_start + filesize]
-        if len(body) != filesize:
-            raise CpioError(f"cpio member {name!r} at offset {pos} is truncated.")
-        if name == TRAILER:
-            return members
-        members.append(Member(pos, name, f[0], f[1], f[2], f[3], f[4], f[5], (f[9], f[10]), body))
-        pos = data_start + filesize + (-filesize % 4)
-
-
 # -- compression ---------------------------------------------------------------------------
 _GZIP_LEVEL = 9
 _XZ_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6, "dict_size": 1 << 20}]
@@ -308,16 +266,6 @@ def compress(data: bytes, method: str) -> bytes:
         return _gzip(data)
     if method == "xz":
         return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, filters=_XZ_FILTERS)
-    if method == "none":
-        return bytes(data)
-    raise CpioError(f"initrd compression {method!r} is not supported; use one of {', '.join(COMPRESSIONS)}.")
-
-
-def decompress(data: bytes, method: str) -> bytes:
-    if method == "gzip":
-        return zlib.decompress(data, wbits=31)
-    if method == "xz":
-        return lzma.decompress(data, format=lzma.FORMAT_XZ)
     if method == "none":
         return bytes(data)
     raise CpioError(f"initrd compression {method!r} is not supported; use one of {', '.join(COMPRESSIONS)}.")

@@ -18,7 +18,9 @@ With an IPv6 egress rule, ICMPv6 neighbour discovery (solicit and advert, and ro
 solicit/advert) is accepted too: without it no IPv6 destination can be reached at all.
 DHCP needs nothing: the init takes its one lease before it loads the rules and never renews.
 
-The init (:mod:`.init`) loads :data:`NFT_MODULES`, then ``nft -f`` :data:`RULESET_PATH`, and
+The rule set is rendered by :func:`measure.runtime_policy.render_ruleset` (the calculator), so that
+the auditor checks an initrd's rule set against the same definition; this module keeps what only
+the builder needs.  The init (:mod:`.init`) loads :data:`NFT_MODULES`, then ``nft -f`` :data:`RULESET_PATH`, and
 prints ``nft list ruleset`` line by line; a failure stops the guest before the agent and the
 application start.
 
@@ -28,68 +30,12 @@ Part of the builder: it may import the calculator, the auditor, :mod:`blindbox.f
 
 from __future__ import annotations
 
-import ipaddress
-
 from builder.recipe import NFT_DEST
-from measure.runtime_policy import EgressRule, RuntimePolicy
+# one definition of the rule set for the builder and the auditor (blindbox rederive)
+from measure.runtime_policy import ND_IN, ND_OUT, RULESET_PATH, render_ruleset
+from measure.runtime_policy import NFT_TABLE as TABLE
 
-__all__ = ["NFT_DEST", "NFT_MODULES", "RULESET_PATH", "render_ruleset"]
-#: where the initrd carries the rendered rule set (beside measure.runtime_policy.GUEST_PATH)
-RULESET_PATH = "/etc/blindbox/runtime-policy.nft"
+__all__ = ["ND_IN", "ND_OUT", "NFT_DEST", "NFT_MODULES", "RULESET_PATH", "TABLE", "render_ruleset"]
 #: the kernel modules the rule set needs in bookworm's 6.1 (nf_tables with the inet, ipv4 and ipv6
 #: families built in; nft_ct for ``ct state``; their dependencies come with the module closure)
 NFT_MODULES = ("nf_tables", "nft_ct")
-#: the table the rule set defines
-TABLE = "blindbox"
-#: ICMPv6 types neighbour discovery needs (only with an IPv6 egress rule), in numeric order as
-#: ``nft list ruleset`` prints them (133 router solicit, 134 advert, 135 neighbour solicit, 136 advert)
-ND_OUT = ("nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert")
-ND_IN = ("nd-router-advert", "nd-neighbor-solicit", "nd-neighbor-advert")
-
-
-def _egress_rule(rule: EgressRule) -> str:
-    net, port, protocol = ipaddress.ip_network(rule.network), rule.port, rule.protocol
-    family = "ip" if net.version == 4 else "ip6"
-    # a host is written as its address, as `nft list ruleset` prints it
-    dest = str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
-    return f"{family} daddr {dest} {protocol} dport {port} ct state new accept"
-
-
-def render_ruleset(policy: RuntimePolicy, *, agent_listen: int | None = None,
-                   simulated_attester: tuple[str, int] | None = None) -> str:
-    """The ``nft -f`` text of ``policy``: see the module's docstring.
-
-    ``agent_listen``: the attestation agent's TCP port (None: no agent, no inbound port);
-    ``simulated_attester``: (IPv4 address, port) the agent reaches for reports in simulation.
-    """
-    # in the canonical form's order (IP version, address, prefix length, port, protocol)
-    egress = sorted(policy.egress, key=lambda r: (r.network.version, int(r.network.network_address),
-                                                  r.network.prefixlen, r.port, r.protocol))
-    rules = [_egress_rule(r) for r in egress]
-    ipv6 = any(r.network.version == 6 for r in egress)
-    lines = [f"table inet {TABLE} {{",
-             "\tchain input {",
-             "\t\ttype filter hook input priority filter; policy drop;",
-             '\t\tiif "lo" accept',
-             "\t\tct state established,related accept"]
-    if ipv6:
-        lines.append(f"\t\ticmpv6 type {{ {', '.join(ND_IN)} }} accept")
-    if agent_listen is not None:
-        lines.append(f"\t\ttcp dport {agent_listen} ct state new accept")
-    lines += ["\t}",
-              "\tchain forward {",
-              "\t\ttype filter hook forward priority filter; policy drop;",
-              "\t}",
-              "\tchain output {",
-              "\t\ttype filter hook output priority filter; policy drop;",
-              '\t\toif "lo" accept',
-              "\t\tct state established,related accept"]
-    if ipv6:
-        lines.append(f"\t\ticmpv6 type {{ {', '.join(ND_OUT)} }} accept")
-    if simulated_attester is not None:
-        address, port = simulated_attester
-        lines.append(f"\t\tip daddr {ipaddress.IPv4Address(address)} tcp dport {int(port)} meta skuid 0 "
-                     f"ct state new accept")
-    lines += [f"\t\t{r}" for r in rules]
-    lines += ["\t}", "}"]
-    return "\n".join(lines) + "\n"
