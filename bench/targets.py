@@ -24,6 +24,7 @@ ends the run with status 1.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -105,9 +106,12 @@ def built_bundle(recipe: Path, tmp: Path) -> Path:
     def build(path: Path) -> subprocess.CompletedProcess:
         return subprocess.run([str(OURS_CLI), "build", str(path), "--out", str(out), *STALE],
                               capture_output=True, text=True, cwd=ROOT)
-    p = build(recipe)
-    if p.returncode != 0:
-        p = build(bench_build.locked_copy(recipe, tmp / "relocked").path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f"{recipe.stem}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)        # concurrent runs (parallel tests) build it once
+        p = build(recipe)
+        if p.returncode != 0:
+            p = build(bench_build.locked_copy(recipe, tmp / "relocked").path)
     if p.returncode != 0:
         raise SystemExit(f"building {recipe.name} for the benchmark inputs failed: {p.stderr.strip()}")
     return out
