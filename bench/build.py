@@ -65,6 +65,25 @@ def median(fn, repeat: int) -> tuple[float, object]:
     return statistics.median(times), last
 
 
+def locked_copy(recipe_path, tmp: Path):
+    """A copy of the recipe in ``tmp``, locked against what the archive serves today."""
+    src = load_recipe(recipe_path)
+    # the recipe's directory (its local inputs, such as python-app/app.py), without lock files
+    shutil.copytree(src.directory, tmp / "r", ignore=shutil.ignore_patterns("*.lock"))
+    recipe = load_recipe(tmp / "r" / src.path.name)
+    write_lock(recipe.lock_path, lock_recipe(recipe, archive(), fetch_url).lock)
+    return recipe
+
+
+def warm_and_noop(recipe, out: Path, env: dict, repeat: int) -> tuple[float, float, dict]:
+    """Median seconds of a warm build (--force) and of a no-op rebuild, and the warm build's result."""
+    build_once(recipe.path, out, env)                        # warm the cache (downloads, unpacking)
+    t_warm, res = median(lambda: build_once(recipe.path, out, env, "--force"), repeat)
+    t_noop, noop = median(lambda: build_once(recipe.path, out, env), repeat)
+    assert noop["up_to_date"], "the second build was not a no-op"
+    return t_warm, t_noop, res
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("recipe", nargs="?", default=str(ROOT / "recipes" / "hello.yaml"))
@@ -73,18 +92,10 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="blindbox-bench-") as tmp:
         tmp = Path(tmp)
-        src = load_recipe(args.recipe)
-        # the recipe's directory (its local inputs, such as python-app/app.py), without lock files
-        shutil.copytree(src.directory, tmp / "r", ignore=shutil.ignore_patterns("*.lock"))
-        recipe = load_recipe(tmp / "r" / src.path.name)
-        write_lock(recipe.lock_path, lock_recipe(recipe, archive(), fetch_url).lock)
+        recipe = locked_copy(args.recipe, tmp)
         env = {**os.environ}
         out = tmp / "out" / recipe.name
-
-        build_once(recipe.path, out, env)                        # warm the cache (downloads, unpacking)
-        t_warm, res = median(lambda: build_once(recipe.path, out, env, "--force"), args.repeat)
-        t_noop, noop = median(lambda: build_once(recipe.path, out, env), args.repeat)
-        assert noop["up_to_date"], "the second build was not a no-op"
+        t_warm, t_noop, res = warm_and_noop(recipe, out, env, args.repeat)
 
         def debs_only():
             cache = tmp / f"cache-{time.perf_counter_ns()}"

@@ -10,6 +10,8 @@ pair is also compared, so a fast wrong answer cannot hide.
 Inputs: a deterministic 4 MiB firmware image with an AmdSev-like footer table, a
 16 MiB "kernel" and a 64 MiB "initrd" (pseudo-random bytes), unless --real, which uses
 Debian's sid OVMF.amdsev.fd and the bookworm kernel (fetched and cached).
+
+The headline figures, every target on real inputs, come from bench/targets.py.
 """
 
 from __future__ import annotations

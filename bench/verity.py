@@ -31,16 +31,33 @@ SALT = bytes.fromhex("9c1f3a7be0d245866f0c2e9d4b7a1835e6c0f2a9d8b3471560ae2c9f1d
 UUID = uuid.UUID("5f1e8a2c-0d4b-4e6f-9a7c-3b2d1e0f4a5b")
 
 
+def compare(data: Path, repeat: int, tmp: Path) -> tuple[float, float, bool]:
+    """Format ``data`` with both implementations: (best blindbox s, best veritysetup s, identical)."""
+    tool = shutil.which("veritysetup") or "/usr/sbin/veritysetup"
+    params = verity.VerityParams(salt=SALT, uuid=UUID)
+    ours, theirs = tmp / "ours.hash", tmp / "theirs.hash"
+
+    def run_theirs() -> str:
+        theirs.unlink(missing_ok=True)
+        out = subprocess.run([tool, "format", str(data), str(theirs), "--salt", SALT.hex(),
+                              "--uuid", str(UUID)], capture_output=True, text=True, check=True).stdout
+        found = re.search(r"^Root hash:\s*([0-9a-f]+)$", out, re.M)
+        assert found, out
+        return found.group(1)
+
+    t_ours, tree = best_of(repeat, lambda: verity.format_files(data, ours, params))
+    t_theirs, root = best_of(repeat, run_theirs)
+    return t_ours, t_theirs, tree.root_hash.hex() == root and ours.read_bytes() == theirs.read_bytes()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mib", type=int, default=256, help="data image size in MiB")
     ap.add_argument("--image", type=Path, help="hash this image instead (a whole number of 4096-byte blocks)")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    tool = shutil.which("veritysetup") or "/usr/sbin/veritysetup"
-    params = verity.VerityParams(salt=SALT, uuid=UUID)
     with tempfile.TemporaryDirectory(prefix="bench-verity-") as tmp:
-        data, ours, theirs = Path(tmp, "data.img"), Path(tmp, "ours.hash"), Path(tmp, "theirs.hash")
+        data = Path(tmp, "data.img")
         if args.image is not None:
             shutil.copyfile(args.image, data)     # the same file system for both
             args.mib = data.stat().st_size / (1 << 20)
@@ -49,18 +66,7 @@ def main() -> int:
             with open(data, "wb") as f:
                 for _ in range(args.mib):
                     f.write(rng.randbytes(1 << 20))
-
-        def run_theirs() -> str:
-            theirs.unlink(missing_ok=True)
-            out = subprocess.run([tool, "format", str(data), str(theirs), "--salt", SALT.hex(),
-                                  "--uuid", str(UUID)], capture_output=True, text=True, check=True).stdout
-            found = re.search(r"^Root hash:\s*([0-9a-f]+)$", out, re.M)
-            assert found, out
-            return found.group(1)
-
-        t_ours, tree = best_of(args.repeat, lambda: verity.format_files(data, ours, params))
-        t_theirs, root = best_of(args.repeat, run_theirs)
-        same = tree.root_hash.hex() == root and ours.read_bytes() == theirs.read_bytes()
+        t_ours, t_theirs, same = compare(data, args.repeat, Path(tmp))
     what = f"{args.image} ({args.mib:.1f} MiB)" if args.image is not None else f"{args.mib} MiB of pseudo-random bytes"
     print(f"data image        {what}, sha256, 4096-byte blocks, superblock")
     print(f"blindbox          {t_ours:8.3f} s  ({args.mib / t_ours:7.1f} MiB/s)")
