@@ -17,8 +17,9 @@ Part of the calculator: it may import only the standard library and :mod:`measur
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .errors import InputError, UnsupportedFirmware
 from .gctx import LaunchDigest
@@ -191,15 +192,33 @@ class SnpLaunch:
                              f"{shape.guest_features | GuestFeatures.SNP_ACTIVE:#x}.")
         ld = self.after_metadata(shape.profile, hashes)
         bsp, ap = self.vmsa_pages(shape)
+        bsp_digest, ap_digest = hashlib.sha384(bsp).digest(), hashlib.sha384(ap).digest()
         out = {}
-        vmsas = []
-        for i in range(counts[-1]):
-            page = bsp if i == 0 else ap
-            ld.update_vmsa_page(page)
-            vmsas.append(page)
-            if i + 1 in counts:
-                out[i + 1] = Measurement(ld.digest, tuple(vmsas), ld.pages,
-                                         None if ld.log is None else tuple(ld.log))
+        done = 0
+        for n in counts:
+            # One VMSA page per vCPU, each extending the digest of the previous count.
+            if done == 0:
+                ld.update_vmsa_pages(bsp_digest, 1)
+                done = 1
+            ld.update_vmsa_pages(ap_digest, n - done)
+            done = n
+            out[n] = Measurement(ld.digest, (bsp,) + (ap,) * (n - 1), ld.pages,
+                                 None if ld.log is None else tuple(ld.log))
+        return out
+
+    def measure_matrix(self, shapes: Iterable[VmShape], counts: Iterable[int],
+                       hashes: KernelHashes | None = None) -> dict[tuple[VmShape, int], Measurement]:
+        """Digests of every shape in ``shapes`` (their ``vcpus`` ignored) for every vCPU count.
+
+        The firmware pages are hashed once, the metadata once per VMM profile, and each
+        count extends the digest of the previous one, so a matrix of hundreds of launches
+        costs little more than one.  Keys are ``(shape with that vCPU count, count)``.
+        """
+        counts = sorted(set(counts))
+        out: dict[tuple[VmShape, int], Measurement] = {}
+        for shape in shapes:
+            for n, m in self.measure_vcpu_counts(shape, counts, hashes).items():
+                out[(replace(shape, vcpus=n), n)] = m
         return out
 
 
