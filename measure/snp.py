@@ -18,11 +18,12 @@ Part of the calculator: it may import only the standard library and :mod:`measur
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from .errors import InputError, UnsupportedFirmware
 from .gctx import LaunchDigest
+from .inputs import in_background
 from .kernel_hashes import HashTable, KernelHashes
 from .ovmf import Firmware, HashesTableLocation
 from .spec import BSP_RESET_EIP, PAGE_SIZE, GuestFeatures, PageType, SectionType
@@ -127,7 +128,7 @@ def measure_metadata(ld: LaunchDigest, fw: Firmware, profile: VmmProfile,
                 ld.update_cpuid_page(sec.gpa)
 
 
-def firmware_pages(fw: Firmware, *, trace: bool = False) -> LaunchDigest:
+def firmware_pages(fw: Firmware, trace: bool = False) -> LaunchDigest:
     """Stage 1: the firmware image as NORMAL pages.
 
     Its digest is sev-snp-measure's ``snp:ovmf-hash``; any firmware has one, SEV
@@ -153,8 +154,22 @@ class SnpLaunch:
         require_snp_metadata(fw)
         self.fw = fw
         self.ap_eip = fw.require_sev_es_reset_eip()
-        self._firmware = firmware_pages(fw, trace=trace) if ovmf_hash is None else LaunchDigest(ovmf_hash, trace=trace)
+        if ovmf_hash is None:
+            # The firmware pages are hashed in the background, so that hashing the kernel and
+            # initrd (KernelHashes.from_files, typically next) runs beside them; the first use
+            # of the digest waits for it.
+            self._pending: Callable[[], LaunchDigest] | None = in_background(firmware_pages, fw, trace)
+            self._firmware_ld: LaunchDigest | None = None
+        else:
+            self._pending, self._firmware_ld = None, LaunchDigest(ovmf_hash, trace=trace)
         self._metadata: dict[tuple[VmmProfile, KernelHashes | None], LaunchDigest] = {}
+
+    @property
+    def _firmware(self) -> LaunchDigest:
+        if self._firmware_ld is None:
+            assert self._pending is not None
+            self._firmware_ld, self._pending = self._pending(), None
+        return self._firmware_ld
 
     @property
     def firmware_digest(self) -> bytes:
@@ -207,19 +222,16 @@ class SnpLaunch:
         return out
 
     def measure_matrix(self, shapes: Iterable[VmShape], counts: Iterable[int],
-                       hashes: KernelHashes | None = None) -> dict[tuple[VmShape, int], Measurement]:
-        """Digests of every shape in ``shapes`` (their ``vcpus`` ignored) for every vCPU count.
+                       hashes: KernelHashes | None = None) -> list[dict[int, Measurement]]:
+        """For each shape of ``shapes`` (its ``vcpus`` ignored), in order, the digests for
+        every vCPU count, as :meth:`measure_vcpu_counts` gives them.
 
         The firmware pages are hashed once, the metadata once per VMM profile, and each
         count extends the digest of the previous one, so a matrix of hundreds of launches
-        costs little more than one.  Keys are ``(shape with that vCPU count, count)``.
+        costs little more than one.
         """
         counts = sorted(set(counts))
-        out: dict[tuple[VmShape, int], Measurement] = {}
-        for shape in shapes:
-            for n, m in self.measure_vcpu_counts(shape, counts, hashes).items():
-                out[(replace(shape, vcpus=n), n)] = m
-        return out
+        return [self.measure_vcpu_counts(shape, counts, hashes) for shape in shapes]
 
 
 def svsm_launch(ovmf: Firmware, svsm: Firmware, vcpus: int, vcpu_sig: int | None,

@@ -24,7 +24,10 @@ def test_matrix_of_640_matches_the_oracle_on_a_sample(tmp_path):
     append = "console=ttyS0"
     launch = SnpLaunch(Firmware.load(AMDSEV))
     shapes = [VmShape(1, CPU_SIGS[t], 0x1, profile(p)) for t in TYPES for p in VMMS]
-    got = launch.measure_matrix(shapes, range(1, 65), KernelHashes.from_files(kernel, initrd, append))
+    rows = launch.measure_matrix(shapes, range(1, 65), KernelHashes.from_files(kernel, initrd, append))
+    assert [sorted(row) for row in rows] == [list(range(1, 65))] * 10
+    got = {(VmShape(n, s.vcpu_sig, s.guest_features, s.profile), n): m
+           for s, row in zip(shapes, rows, strict=True) for n, m in row.items()}
     assert len(got) == 640
     # EC2 puts 0x600 in rdx whatever the vCPU type, so its five types share their digests.
     assert len({m.digest for m in got.values()}) == 5 * 64 + 64
@@ -43,14 +46,11 @@ def test_matrix_equals_one_digest_at_a_time_traced_or_not():
     shapes = [VmShape(1, CPU_SIGS["EPYC-Milan"], 0x21), VmShape(1, None, 0x1, profile("ec2"))]
     got = SnpLaunch(fw).measure_matrix(shapes, [3, 1, 2])
     traced = SnpLaunch(fw, trace=True).measure_matrix(shapes, [2])
-    for s in shapes:
+    for s, row, traced_row in zip(shapes, got, traced, strict=True):
         for n in (1, 2, 3):
-            one = SnpLaunch(fw).measure(VmShape(n, s.vcpu_sig, s.guest_features, s.profile))
-            key = (VmShape(n, s.vcpu_sig, s.guest_features, s.profile), n)
-            assert got[key] == one
-        key = (VmShape(2, s.vcpu_sig, s.guest_features, s.profile), 2)
-        assert traced[key].digest == got[key].digest
-        assert traced[key].log is not None and len(traced[key].log) == traced[key].pages
+            assert row[n] == SnpLaunch(fw).measure(VmShape(n, s.vcpu_sig, s.guest_features, s.profile))
+        assert traced_row[2].digest == row[2].digest
+        assert traced_row[2].log is not None and len(traced_row[2].log) == traced_row[2].pages
 
 
 def test_matrix_refuses_a_bad_count_like_one_digest():
