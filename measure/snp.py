@@ -150,7 +150,9 @@ class Measurement:
 class SnpLaunch:
     """One firmware image, measured once, extended for any number of VM shapes."""
 
-    def __init__(self, fw: Firmware, *, ovmf_hash: bytes | None = None, trace: bool = False):
+    def __init__(self, fw: Firmware, *, ovmf_hash: bytes | None = None, trace: bool = False,
+                 pages: Callable[[], LaunchDigest] | None = None):
+        """``pages``, if given, waits for ``firmware_pages(fw, trace)`` already started elsewhere."""
         require_snp_metadata(fw)
         self.fw = fw
         self.ap_eip = fw.require_sev_es_reset_eip()
@@ -158,7 +160,8 @@ class SnpLaunch:
             # The firmware pages are hashed in the background, so that hashing the kernel and
             # initrd (KernelHashes.from_files, typically next) runs beside them; the first use
             # of the digest waits for it.
-            self._pending: Callable[[], LaunchDigest] | None = in_background(firmware_pages, fw, trace)
+            self._pending: Callable[[], LaunchDigest] | None = \
+                pages if pages is not None else in_background(firmware_pages, fw, trace)
             self._firmware_ld: LaunchDigest | None = None
         else:
             self._pending, self._firmware_ld = None, LaunchDigest(ovmf_hash, trace=trace)
