@@ -8,14 +8,16 @@ Part of the calculator: it may import only the standard library and :mod:`measur
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .inputs import in_background
 from .kernel_hashes import KernelHashes
 from .ovmf import Firmware
-from .sev import sev_es_launch, sev_launch
 from .snp import Measurement, SnpLaunch, VmShape, firmware_pages, svsm_launch
 from .spec import LD_SIZE, PAGE_SIZE, SevMode
 from .vmm import VmmProfile, profile_for, VmmType
@@ -74,10 +76,10 @@ def _check(req: MeasureRequest) -> None:
 
 
 def _inputs(req: MeasureRequest, fw: Firmware, hashes: KernelHashes | None,
-            svsm: Firmware | None = None) -> dict[str, dict[str, Any]]:
+            svsm: Firmware | None = None, *, sha256: str | None = None) -> dict[str, dict[str, Any]]:
     """Path, sha256 and size of every input, from bytes and digests already in hand (no re-read)."""
     out: dict[str, dict[str, Any]] = {
-        "ovmf": {"path": str(req.ovmf), "sha256": hashlib.sha256(fw.data).hexdigest(), "size": fw.size}}
+        "ovmf": {"path": str(req.ovmf), "sha256": sha256 or _sha256(fw.data), "size": fw.size}}
     if hashes is not None:
         assert req.kernel is not None  # the hashes are the kernel's
         out["kernel"] = {"path": str(req.kernel), "sha256": hashes.kernel.hex(),
@@ -93,8 +95,22 @@ def _inputs(req: MeasureRequest, fw: Firmware, hashes: KernelHashes | None,
 def launch_digest(req: MeasureRequest) -> MeasureResult:
     """Compute the launch digest that ``req`` describes."""
     _check(req)
+    # The kernel and initrd are hashed in the background while the firmware is read and its
+    # pages hashed (hashlib releases the interpreter lock); errors keep their order: the
+    # firmware's, then the kernel's, initrd's and command line's, then the VM shape's.
+    # A kernel that is not a regular file (a pipe) is read after the firmware, as before.
+    pending = None
+    if req.kernel is not None and _is_regular(req.kernel):
+        pending = in_background(KernelHashes.from_files, req.kernel, req.initrd, req.append)
     fw = Firmware.load(req.ovmf)
-    hashes = KernelHashes.from_files(req.kernel, req.initrd, req.append) if req.kernel is not None else None
+    fw_sha256 = in_background(_sha256, fw.data)
+    pages = None
+    if (req.mode is SevMode.SEV_SNP and req.ovmf_hash is None) or req.ovmf_hash_only:
+        pages = in_background(firmware_pages, fw, req.trace and not req.ovmf_hash_only)
+    if pending is not None:
+        hashes: KernelHashes | None = pending()
+    else:
+        hashes = KernelHashes.from_files(req.kernel, req.initrd, req.append) if req.kernel is not None else None
     shape = None
     if req.mode in (SevMode.SEV_ES, SevMode.SEV_SNP, SevMode.SEV_SNP_SVSM) and not req.ovmf_hash_only:
         assert req.vcpus is not None  # _check requires --vcpus here
@@ -102,22 +118,36 @@ def launch_digest(req: MeasureRequest) -> MeasureResult:
         shape.check()
 
     if req.ovmf_hash_only:
-        return MeasureResult(req, firmware_pages(fw).digest, None, fw, _inputs(req, fw, None))
+        assert pages is not None
+        return MeasureResult(req, pages().digest, None, fw, _inputs(req, fw, None, sha256=fw_sha256()))
     svsm = None
     if req.mode is SevMode.SEV_SNP:
         assert shape is not None
-        m = SnpLaunch(fw, ovmf_hash=req.ovmf_hash, trace=req.trace).measure(shape, hashes)
+        m = SnpLaunch(fw, ovmf_hash=req.ovmf_hash, trace=req.trace, pages=pages).measure(shape, hashes)
     elif req.mode is SevMode.SEV_SNP_SVSM:
         assert shape is not None and req.svsm is not None and req.vars_size is not None  # checked by _check
         end = fw.gpa - req.vars_size
         svsm = Firmware.load(req.svsm, end_gpa=end)
         m = svsm_launch(fw, svsm, shape.vcpus, req.vcpu_sig, req.profile, trace=req.trace)
     elif req.mode is SevMode.SEV_ES:
+        from .sev import sev_es_launch
         assert shape is not None
         m = sev_es_launch(fw, shape, hashes)
     else:
+        from .sev import sev_launch
         m = sev_launch(fw, hashes)
-    return MeasureResult(req, m.digest, m, fw, _inputs(req, fw, hashes, svsm))
+    return MeasureResult(req, m.digest, m, fw, _inputs(req, fw, hashes, svsm, sha256=fw_sha256()))
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _is_regular(path: str | Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 def ovmf_hash(path: str | Path) -> bytes:

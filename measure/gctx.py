@@ -14,6 +14,7 @@ Part of the calculator: it may import only the standard library and :mod:`measur
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -22,6 +23,8 @@ from .errors import InputError
 from .spec import LD_SIZE, PAGE_SIZE, VMSA_GPA, PageType
 
 ZERO_DIGEST = bytes(LD_SIZE)
+U64_MAX = (1 << 64) - 1
+_sha384 = hashlib.sha384
 
 #: Guest physical address width per product (gce-tcb-verifier; SNP firmware ABI).
 GPA_BITS = {"milan": 48, "genoa": 52, "turin": 52}
@@ -39,6 +42,22 @@ class PageInfo(layout.Struct):
     vmpl2_perms: int = layout.u8(0x65)
     vmpl1_perms: int = layout.u8(0x66)
     gpa: int = layout.u64(0x68)
+
+
+@functools.lru_cache(maxsize=None)
+def _tail(page_type: PageType) -> bytes:
+    """PAGE_INFO from ``length`` up to ``gpa``: the bytes that depend on the page type only.
+
+    A PAGE_INFO is then ``digest_cur || contents || _tail(type) || gpa`` (little endian),
+    which is what :meth:`PageInfo.to_bytes` writes; the offsets are checked here, once, so
+    the per-page code cannot drift from the declared layout (tests/measure/test_gctx_fast.py
+    compares the two for every page type).
+    """
+    head, gpa_off = PageInfo.offset_of("length"), PageInfo.offset_of("gpa")
+    if (PageInfo.offset_of("digest_cur"), PageInfo.offset_of("contents"), head, gpa_off + 8) != \
+            (0, LD_SIZE, 2 * LD_SIZE, PageInfo.SIZE):
+        raise AssertionError("PAGE_INFO layout no longer matches the per-page fast path")
+    return PageInfo(page_type=page_type).to_bytes()[head:gpa_off]
 
 
 def gpa_range_problem(gpa: int, size: int, *, end: int | None = None, product: str = "milan") -> str | None:
@@ -89,8 +108,10 @@ class LaunchDigest:
 
     def update(self, page_type: PageType, gpa: int, contents: bytes = ZERO_DIGEST) -> None:
         """Fold one PAGE_INFO into the chain."""
-        info = PageInfo(digest_cur=self._ld, contents=contents, page_type=page_type, gpa=gpa)
-        self._ld = hashlib.sha384(info.to_bytes()).digest()
+        if len(contents) != LD_SIZE or not 0 <= gpa <= U64_MAX:
+            # Out of range for PAGE_INFO: let the declared layout name the field.
+            PageInfo(digest_cur=self._ld, contents=contents, page_type=page_type, gpa=gpa).to_bytes()
+        self._ld = _sha384(self._ld + contents + _tail(page_type) + gpa.to_bytes(8, "little")).digest()
         self.pages += 1
         if self.log is not None:
             self.log.append((page_type, gpa, contents, self._ld))
@@ -99,10 +120,21 @@ class LaunchDigest:
         if len(data) % PAGE_SIZE:
             raise InputError(f"data measured at {gpa:#x} is {len(data)} bytes, "
                              f"not a whole number of 4 KiB pages.")
+        if self.log is not None or not 0 <= gpa <= gpa + len(data) <= U64_MAX:
+            view = memoryview(data)
+            for off in range(0, len(data), PAGE_SIZE):
+                self.update(PageType.NORMAL, gpa + off, _sha384(view[off:off + PAGE_SIZE]).digest())
+            return
+        # The hot loop of every launch: one SHA-384 of the page, one of its PAGE_INFO.
         view = memoryview(data)
+        sha384 = _sha384
+        tail = _tail(PageType.NORMAL)
+        ld = self._ld
         for off in range(0, len(data), PAGE_SIZE):
-            self.update(PageType.NORMAL, gpa + off,
-                        hashlib.sha384(view[off:off + PAGE_SIZE]).digest())
+            ld = sha384(b"".join((ld, sha384(view[off:off + PAGE_SIZE]).digest(), tail,
+                                  (gpa + off).to_bytes(8, "little")))).digest()
+        self._ld = ld
+        self.pages += len(data) // PAGE_SIZE
 
     def _update_empty(self, page_type: PageType, gpa: int, size: int) -> None:
         if size % PAGE_SIZE:
@@ -127,3 +159,19 @@ class LaunchDigest:
         if len(page) != PAGE_SIZE:
             raise InputError(f"a VMSA page must be 4096 bytes, got {len(page)}.")
         self.update(PageType.VMSA, VMSA_GPA, hashlib.sha384(page).digest())
+
+    def update_vmsa_pages(self, contents: bytes, count: int) -> None:
+        """``count`` VMSA pages whose contents hash to ``contents`` (the SHA-384 of the page)."""
+        if self.log is not None:
+            for _ in range(count):
+                self.update(PageType.VMSA, VMSA_GPA, contents)
+            return
+        if len(contents) != LD_SIZE:
+            self.update(PageType.VMSA, VMSA_GPA, contents)  # the layout names the bad field
+        suffix = contents + _tail(PageType.VMSA) + VMSA_GPA.to_bytes(8, "little")
+        sha384 = _sha384
+        ld = self._ld
+        for _ in range(count):
+            ld = sha384(ld + suffix).digest()
+        self._ld = ld
+        self.pages += count

@@ -11,12 +11,48 @@ import errno
 import hashlib
 import os
 import stat
-from pathlib import Path
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import InputError
 from .limits import DEFAULT_READ_LIMIT, MAX_STREAM_BYTES
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
 _CHUNK = 1 << 20
+
+T = TypeVar("T")
+
+
+def in_background(fn: Callable[..., T], *args: Any) -> Callable[[], T]:
+    """Start ``fn(*args)`` in a thread; the returned function waits for it and returns its
+    result or raises its exception, as if ``fn`` had been called there.
+
+    hashlib releases the interpreter lock while it hashes a buffer, so hashing one input
+    in the background overlaps with hashing another in the caller.  The thread is a
+    daemon: a caller that fails before waiting does not keep the process alive.
+    """
+    box: list[Any] = []
+
+    def run() -> None:
+        try:
+            box.append((True, fn(*args)))
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting caller as is
+            box.append((False, e))
+
+    thread = threading.Thread(target=run, name=f"blindbox-{getattr(fn, '__name__', 'hash')}", daemon=True)
+    thread.start()
+
+    def wait() -> T:
+        thread.join()
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    return wait
 
 
 def _open_error(path: str | Path, what: str, err: OSError) -> InputError:

@@ -14,15 +14,21 @@ Part of the calculator: it may import only the standard library and :mod:`measur
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import layout
 from .errors import InputError
-from .inputs import file_digest
+from .inputs import file_digest, in_background
 from .spec import (PAGE_SIZE, SEV_CMDLINE_ENTRY_GUID, SEV_HASH_TABLE_HEADER_GUID, SEV_INITRD_ENTRY_GUID,
                    SEV_KERNEL_ENTRY_GUID)
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @layout.struct(size=0x32, spec="QEMU target/i386/sev.c, SevHashTableEntry")
@@ -57,6 +63,26 @@ def cmdline_bytes(append: str | bytes | None) -> bytes:
     return raw + b"\0"
 
 
+def _is_regular(path: str | Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def _settle(wait: Callable[[], bytes]) -> Callable[[], bytes]:
+    """Wait for a background digest now; raise its error only when the result is asked for."""
+    try:
+        value = wait()
+    except BaseException as e:  # noqa: BLE001 - raised again below, in the caller's order
+        error = e
+
+        def fail() -> bytes:
+            raise error
+        return fail
+    return lambda: value
+
+
 @dataclass(frozen=True)
 class KernelHashes:
     """SHA-256 digests of the three measured direct-boot inputs."""
@@ -68,11 +94,22 @@ class KernelHashes:
     @classmethod
     def from_files(cls, kernel: str | Path, initrd: str | Path | None,
                    append: str | bytes | None) -> "KernelHashes":
-        return cls(
-            kernel=file_digest(kernel, "kernel"),
-            initrd=file_digest(initrd, "initrd") if initrd else hashlib.sha256(b"").digest(),
-            cmdline=hashlib.sha256(cmdline_bytes(append)).digest(),
-        )
+        # A regular initrd is hashed beside the kernel (hashlib releases the interpreter lock);
+        # errors still come in the order kernel, initrd, command line.  Anything else (a pipe,
+        # a device) is read after the kernel, as before, so a failing kernel never opens it.
+        initrd_digest = None
+        if initrd and _is_regular(initrd):
+            initrd_digest = in_background(file_digest, initrd, "initrd")
+        try:
+            kernel_digest = file_digest(kernel, "kernel")
+        finally:
+            initrd_result = None if initrd_digest is None else _settle(initrd_digest)
+        if initrd_result is not None:
+            initrd_hash = initrd_result()
+        else:
+            initrd_hash = file_digest(initrd, "initrd") if initrd else hashlib.sha256(b"").digest()
+        return cls(kernel=kernel_digest, initrd=initrd_hash,
+                   cmdline=hashlib.sha256(cmdline_bytes(append)).digest())
 
     def table(self) -> bytes:
         def entry(guid: uuid.UUID, digest: bytes) -> HashTableEntry:

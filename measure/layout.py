@@ -10,7 +10,8 @@ This is the only module that touches :mod:`struct`.  A structure is written as::
         limit:    int = layout.u32(0x4)
         base:     int = layout.u64(0x8)
 
-At import time the decorator checks that fields do not overlap and fit in ``size``;
+On the first use of the class (or :func:`check`) the decorator's layout is checked: fields do not
+overlap and fit in ``size``;
 every byte not covered by a field is *reserved*: written as zero, and rejected with a
 :class:`~measure.errors.LayoutError` naming the offset when it is nonzero on parsing.
 The class gains ``SIZE``, ``from_bytes()``, ``to_bytes()`` and ``offset_of()``; it derives
@@ -113,45 +114,74 @@ def nested(offset: int, cls: type[Struct]) -> Any:
                              metadata={"layout": _Spec(offset, cls.SIZE, "nested", nested=cls)})
 
 
+def _compile(cls: type, size: int) -> tuple[_struct.Struct, list[tuple[str, _Spec] | tuple[None, int, int]]]:
+    """Check the fields of a ``@struct`` class (no overlap, within ``size``) and compile them."""
+    specs = []
+    for f in dataclasses.fields(cls):
+        spec_ = f.metadata.get("layout")
+        if spec_ is None:
+            raise TypeError(f"{cls.__name__}.{f.name}: every field needs a layout declaration")
+        specs.append((spec_.offset, f.name, spec_))
+    specs.sort(key=lambda item: item[0])
+
+    fmt = ["<"]
+    items: list[tuple[str, _Spec] | tuple[None, int, int]] = []
+    pos = 0
+    for offset, name, spec_ in specs:
+        if offset < pos:
+            raise TypeError(f"{cls.__name__}.{name} at {offset:#x} overlaps the previous field")
+        if offset > pos:
+            fmt.append(f"{offset - pos}s")
+            items.append((None, pos, offset - pos))
+        if spec_.kind == "int" and spec_.size in _INT_CODES:
+            fmt.append(_INT_CODES[spec_.size])
+        else:  # raw, nested, and integers struct has no code for (u24): bytes, converted below
+            fmt.append(f"{spec_.size}s")
+        items.append((name, spec_))
+        pos = offset + spec_.size
+    if pos > size:
+        raise TypeError(f"{cls.__name__}: fields end at {pos:#x}, beyond the declared size {size:#x}")
+    if pos < size:
+        fmt.append(f"{size - pos}s")
+        items.append((None, pos, size - pos))
+    compiled = _struct.Struct("".join(fmt))
+    if compiled.size != size:
+        raise TypeError(f"{cls.__name__}: compiled size {compiled.size:#x} != declared {size:#x}")
+    return compiled, items
+
+
+#: every ``@struct`` class declared so far, and the function that checks and compiles its layout
+_CHECKS: dict[type, Callable[[], object]] = {}
+
+
+def check(cls: type[Struct]) -> None:
+    """Check and compile the layout of ``cls`` now (TypeError if it is malformed)."""
+    _CHECKS[cls]()
+
+
+def declared() -> list[type[Struct]]:
+    """Every ``@struct`` class whose module has been imported."""
+    return list(_CHECKS)
+
+
 def struct(*, size: int, spec: str) -> Callable[[type[S]], type[S]]:
-    """Class decorator: compile the layout of a frozen dataclass and check it."""
+    """Class decorator: give a frozen dataclass its layout, checked and compiled on first use."""
 
     def wrap(cls: type[S]) -> type[S]:
         if not dataclasses.is_dataclass(cls):
             raise TypeError(f"{cls.__name__}: apply @layout.struct on top of @dataclass(frozen=True)")
-        specs = []
-        for f in dataclasses.fields(cls):
-            spec_ = f.metadata.get("layout")
-            if spec_ is None:
-                raise TypeError(f"{cls.__name__}.{f.name}: every field needs a layout declaration")
-            specs.append((spec_.offset, f.name, spec_))
-        specs.sort(key=lambda item: item[0])
+        # Checking and compiling the layout waits for the first use of the structure, so
+        # importing a module that declares many (the VMSA has over a hundred fields) costs
+        # no more than its dataclasses; tests/measure/test_layout.py compiles every one.
+        state: list[tuple[_struct.Struct, list[tuple[str, _Spec] | tuple[None, int, int]]]] = []
 
-        fmt = ["<"]
-        items: list[tuple[str, _Spec] | tuple[None, int, int]] = []
-        pos = 0
-        for offset, name, spec_ in specs:
-            if offset < pos:
-                raise TypeError(f"{cls.__name__}.{name} at {offset:#x} overlaps the previous field")
-            if offset > pos:
-                fmt.append(f"{offset - pos}s")
-                items.append((None, pos, offset - pos))
-            if spec_.kind == "int" and spec_.size in _INT_CODES:
-                fmt.append(_INT_CODES[spec_.size])
-            else:  # raw, nested, and integers struct has no code for (u24): bytes, converted below
-                fmt.append(f"{spec_.size}s")
-            items.append((name, spec_))
-            pos = offset + spec_.size
-        if pos > size:
-            raise TypeError(f"{cls.__name__}: fields end at {pos:#x}, beyond the declared size {size:#x}")
-        if pos < size:
-            fmt.append(f"{size - pos}s")
-            items.append((None, pos, size - pos))
-        compiled = _struct.Struct("".join(fmt))
-        if compiled.size != size:
-            raise TypeError(f"{cls.__name__}: compiled size {compiled.size:#x} != declared {size:#x}")
+        def layout_of() -> tuple[_struct.Struct, list[tuple[str, _Spec] | tuple[None, int, int]]]:
+            if not state:
+                state.append(_compile(cls, size))
+            return state[0]
 
         def to_bytes(self: Struct) -> bytes:
+            compiled, items = layout_of()
             values: list[int | bytes] = []
             for item in items:
                 if item[0] is None:
@@ -189,6 +219,7 @@ def struct(*, size: int, spec: str) -> Callable[[type[S]], type[S]]:
             return compiled.pack(*values)
 
         def from_bytes(klass: type[S], data: bytes, *, base: int = 0, what: str | None = None) -> S:
+            compiled, items = layout_of()
             label = what or klass.__name__
             data = bytes(data)
             if len(data) != size:
@@ -228,7 +259,7 @@ def struct(*, size: int, spec: str) -> Callable[[type[S]], type[S]]:
             return klass(**kwargs)
 
         def offset_of(klass: type[Struct], name: str) -> int:
-            for item in items:
+            for item in layout_of()[1]:
                 if item[0] == name:
                     return item[1].offset
             raise KeyError(name)
@@ -238,6 +269,7 @@ def struct(*, size: int, spec: str) -> Callable[[type[S]], type[S]]:
         cls.to_bytes = to_bytes
         cls.from_bytes = classmethod(from_bytes)
         cls.offset_of = classmethod(offset_of)
+        _CHECKS[cls] = layout_of
         return cls
 
     return wrap

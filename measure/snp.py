@@ -17,11 +17,13 @@ Part of the calculator: it may import only the standard library and :mod:`measur
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .errors import InputError, UnsupportedFirmware
 from .gctx import LaunchDigest
+from .inputs import in_background
 from .kernel_hashes import HashTable, KernelHashes
 from .ovmf import Firmware, HashesTableLocation
 from .spec import BSP_RESET_EIP, PAGE_SIZE, GuestFeatures, PageType, SectionType
@@ -126,7 +128,7 @@ def measure_metadata(ld: LaunchDigest, fw: Firmware, profile: VmmProfile,
                 ld.update_cpuid_page(sec.gpa)
 
 
-def firmware_pages(fw: Firmware, *, trace: bool = False) -> LaunchDigest:
+def firmware_pages(fw: Firmware, trace: bool = False) -> LaunchDigest:
     """Stage 1: the firmware image as NORMAL pages.
 
     Its digest is sev-snp-measure's ``snp:ovmf-hash``; any firmware has one, SEV
@@ -148,12 +150,29 @@ class Measurement:
 class SnpLaunch:
     """One firmware image, measured once, extended for any number of VM shapes."""
 
-    def __init__(self, fw: Firmware, *, ovmf_hash: bytes | None = None, trace: bool = False):
+    def __init__(self, fw: Firmware, *, ovmf_hash: bytes | None = None, trace: bool = False,
+                 pages: Callable[[], LaunchDigest] | None = None):
+        """``pages``, if given, waits for ``firmware_pages(fw, trace)`` already started elsewhere."""
         require_snp_metadata(fw)
         self.fw = fw
         self.ap_eip = fw.require_sev_es_reset_eip()
-        self._firmware = firmware_pages(fw, trace=trace) if ovmf_hash is None else LaunchDigest(ovmf_hash, trace=trace)
+        if ovmf_hash is None:
+            # The firmware pages are hashed in the background, so that hashing the kernel and
+            # initrd (KernelHashes.from_files, typically next) runs beside them; the first use
+            # of the digest waits for it.
+            self._pending: Callable[[], LaunchDigest] | None = \
+                pages if pages is not None else in_background(firmware_pages, fw, trace)
+            self._firmware_ld: LaunchDigest | None = None
+        else:
+            self._pending, self._firmware_ld = None, LaunchDigest(ovmf_hash, trace=trace)
         self._metadata: dict[tuple[VmmProfile, KernelHashes | None], LaunchDigest] = {}
+
+    @property
+    def _firmware(self) -> LaunchDigest:
+        if self._firmware_ld is None:
+            assert self._pending is not None
+            self._firmware_ld, self._pending = self._pending(), None
+        return self._firmware_ld
 
     @property
     def firmware_digest(self) -> bytes:
@@ -191,16 +210,31 @@ class SnpLaunch:
                              f"{shape.guest_features | GuestFeatures.SNP_ACTIVE:#x}.")
         ld = self.after_metadata(shape.profile, hashes)
         bsp, ap = self.vmsa_pages(shape)
+        bsp_digest, ap_digest = hashlib.sha384(bsp).digest(), hashlib.sha384(ap).digest()
         out = {}
-        vmsas = []
-        for i in range(counts[-1]):
-            page = bsp if i == 0 else ap
-            ld.update_vmsa_page(page)
-            vmsas.append(page)
-            if i + 1 in counts:
-                out[i + 1] = Measurement(ld.digest, tuple(vmsas), ld.pages,
-                                         None if ld.log is None else tuple(ld.log))
+        done = 0
+        for n in counts:
+            # One VMSA page per vCPU, each extending the digest of the previous count.
+            if done == 0:
+                ld.update_vmsa_pages(bsp_digest, 1)
+                done = 1
+            ld.update_vmsa_pages(ap_digest, n - done)
+            done = n
+            out[n] = Measurement(ld.digest, (bsp,) + (ap,) * (n - 1), ld.pages,
+                                 None if ld.log is None else tuple(ld.log))
         return out
+
+    def measure_matrix(self, shapes: Iterable[VmShape], counts: Iterable[int],
+                       hashes: KernelHashes | None = None) -> list[dict[int, Measurement]]:
+        """For each shape of ``shapes`` (its ``vcpus`` ignored), in order, the digests for
+        every vCPU count, as :meth:`measure_vcpu_counts` gives them.
+
+        The firmware pages are hashed once, the metadata once per VMM profile, and each
+        count extends the digest of the previous one, so a matrix of hundreds of launches
+        costs little more than one.
+        """
+        counts = sorted(set(counts))
+        return [self.measure_vcpu_counts(shape, counts, hashes) for shape in shapes]
 
 
 def svsm_launch(ovmf: Firmware, svsm: Firmware, vcpus: int, vcpu_sig: int | None,

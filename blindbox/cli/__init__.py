@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import importlib
 import os
-import traceback
+import sys
+from collections.abc import Callable
+from typing import Any
 
-import click
-
-from measure import __version__
 from measure.errors import BlindboxError
 
 #: command name -> "module:attribute"
@@ -40,29 +39,52 @@ COMMANDS = {
 }
 
 
-class LazyGroup(click.Group):
-    def list_commands(self, ctx):
-        return sorted(COMMANDS)
-
-    def get_command(self, ctx, name):
-        target = COMMANDS.get(name)
-        if target is None:
-            return None
-        module, attr = target.split(":")
-        return getattr(importlib.import_module(module), attr)
-
-
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="blindbox")
-def cli():
-    """Build reproducible AMD SEV-SNP guests and compute their launch digests."""
-
-
 def main(argv=None) -> int:
+    """Run the ``blindbox`` command with ``argv`` (default: the process's) and return its exit status.
+
+    ``blindbox measure`` in its usual form is parsed with the standard library and never
+    imports click (blindbox.cli.measure_core); everything else goes through click.
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["measure"]:
+        from .measure_core import fast_options, run
+        options = fast_options(args[1:])
+        if options is not None:
+            return _fast(lambda: run(**options))
+    return _with_click(argv)
+
+
+def _fast(work: Callable[[], str]) -> int:
+    """Run a command parsed without click, with the statuses and messages :func:`_with_click` gives."""
     try:
+        text = work()
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+        return 0
+    except (EOFError, KeyboardInterrupt):
+        # What click does with them: a blank line on stderr, then "aborted".
+        return _with_click(None, aborted=True)
+    except BrokenPipeError:
+        # As click does: stop writing to the closed pipe, so exiting does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except BaseException as e:  # noqa: BLE001 - reported exactly as in the click path below
+        return _with_click(None, error=e)
+
+
+def _with_click(argv, *, error: BaseException | None = None, aborted: bool = False) -> int:
+    import click
+
+    try:
+        if aborted:
+            click.echo(file=sys.stderr)
+            raise click.exceptions.Abort()
+        if error is not None:
+            raise error
         # Without standalone mode click returns the code of a click.exceptions.Exit
         # (e.g. a comparison that failed, 3) and None after a normal return.
-        rc = cli.main(args=argv, prog_name="blindbox", standalone_mode=False)
+        rc = _group().main(args=argv, prog_name="blindbox", standalone_mode=False)
         return rc if isinstance(rc, int) else 0
     except click.exceptions.Exit as e:
         return e.exit_code
@@ -86,9 +108,34 @@ def main(argv=None) -> int:
         return 130
     except Exception as e:  # noqa: BLE001 - the one place that turns bugs into exit 1
         if os.environ.get("BLINDBOX_DEBUG"):
+            import traceback
             traceback.print_exc()
         click.echo(f"blindbox: internal error ({type(e).__name__}: {e}). This is a bug in blindbox, "
                    f"not in your input; please report it with the command line you ran "
                    f"(BLINDBOX_DEBUG=1 shows the traceback).", err=True)
         return 1
 
+
+def _group() -> Any:
+    """The click group of every command (click is imported only when it is needed)."""
+    import click
+
+    from measure import __version__
+
+    class LazyGroup(click.Group):
+        def list_commands(self, ctx):
+            return sorted(COMMANDS)
+
+        def get_command(self, ctx, name):
+            target = COMMANDS.get(name)
+            if target is None:
+                return None
+            module, attr = target.split(":")
+            return getattr(importlib.import_module(module), attr)
+
+    @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+    @click.version_option(__version__, prog_name="blindbox")
+    def cli():
+        """Build reproducible AMD SEV-SNP guests and compute their launch digests."""
+
+    return cli

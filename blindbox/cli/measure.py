@@ -6,76 +6,20 @@ Part of the command line, which may import every part; no other part imports it
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
-from typing import Any
 
 import click
 
 from measure import __version__
-from measure.api import MeasureRequest, MeasureResult, launch_digest
-from measure.cpu import CPU_SIGS, cpu_sig, sig_for_type
-from measure.errors import InputError
+from measure.cpu import CPU_SIGS
 from measure.inputs import read_input
-from blindbox.files import refuse_inputs, write_all_atomic
-from measure.limits import MAX_VARS_FILE_BYTES, MAX_VMSA_FILE_BYTES
-from measure.spec import SevMode
-from measure.vmm import PROFILES, VmmType, profile, profile_for
+from measure.limits import MAX_VMSA_FILE_BYTES
+from measure.vmm import PROFILES
 from measure.vmsa import SaveArea, diff
 
+from .measure_core import MODES, run
 from .params import AutoInt
-
-MODES = ["sev", "seves", "snp", "snp:ovmf-hash", "snp:svsm"]
-
-
-def _vcpu_sig(mode: SevMode, vcpu_type, vcpu_sig, family, model, stepping) -> tuple[int | None, str | None]:
-    if mode is SevMode.SEV:
-        return None, None
-    fms = (family, model, stepping)
-    given = [name for name, v in (("--vcpu-type", vcpu_type), ("--vcpu-sig", vcpu_sig)) if v is not None]
-    if any(v is not None for v in fms):
-        given.append("--vcpu-family/--vcpu-model/--vcpu-stepping")
-        if any(v is None for v in fms):
-            raise InputError("--vcpu-family, --vcpu-model and --vcpu-stepping must be given together.")
-    if len(given) > 1:
-        raise InputError(f"give the vCPU type one way only, not {' and '.join(given)}.")
-    if vcpu_type is not None:
-        sig = sig_for_type(vcpu_type)
-        return sig, next(n for n in CPU_SIGS if n.lower() == vcpu_type.lower())
-    if vcpu_sig is not None:
-        return vcpu_sig, None
-    if family is not None:
-        return cpu_sig(family, model, stepping), None
-    return None, None
-
-
-def _json(result: MeasureResult, vcpu_type: str | None, trace: bool) -> dict[str, Any]:
-    req = result.request
-    mode = "snp:ovmf-hash" if req.ovmf_hash_only else req.mode.value
-    out: dict[str, Any] = {
-        "measurement": result.digest.hex(),
-        "measurement_base64": base64.b64encode(result.digest).decode(),
-        "mode": mode,
-        "vcpus": req.vcpus,
-        "vcpu_type": vcpu_type,
-        "vcpu_sig": None if req.vcpu_sig is None else f"{req.vcpu_sig:#x}",
-        "guest_features": f"{req.guest_features:#x}",
-        "vmm_type": req.profile.vmm_type.value,
-        "vmm_profile": {"name": req.profile.name, "summary": req.profile.summary},
-        "append": req.append,
-        "snp_ovmf_hash": None if req.ovmf_hash is None else req.ovmf_hash.hex(),
-        "vars_size": req.vars_size,
-        "inputs": result.inputs,
-        "firmware": result.firmware.describe(),
-        "pages_measured": None if result.measurement is None else result.measurement.pages,
-        "tool": {"name": "blindbox-guest", "version": __version__},
-    }
-    if trace and result.measurement is not None and result.measurement.log is not None:
-        out["trace"] = [{"page_type": t.name, "gpa": f"{gpa:#x}", "contents": c.hex(), "digest": d.hex()}
-                        for t, gpa, c, d in result.measurement.log]
-    return out
-
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="blindbox measure",
@@ -120,50 +64,9 @@ def measure(verbose, mode, vcpus, vcpu_type, vcpu_sig, vcpu_family, vcpu_model, 
     Accepts every option of sev-snp-measure 0.0.13 with the same meaning and prints the
     same line, so switching is a change of program name.
     """
-    mode = mode.lower()
-    ovmf_hash_only = mode == "snp:ovmf-hash"
-    sev_mode = SevMode.SEV_SNP if ovmf_hash_only else SevMode.parse(mode)
-    fmt = "json" if as_json else output_format
-    prof = profile(vmm_profile) if vmm_profile else profile_for(VmmType.parse(vmm_type))
-    if vmm_profile and vmm_type.lower() != "qemu" and VmmType.parse(vmm_type) is not prof.vmm_type:
-        raise InputError(f"--vmm-profile {prof.name} is a {prof.vmm_type.value} profile but "
-                         f"--vmm-type says {vmm_type}; drop one of them.")
-    if vars_size is not None and vars_file is not None:
-        raise InputError("give --vars-size or --vars-file, not both.")
-    if vars_file is not None:
-        vars_size = len(read_input(vars_file, "OVMF variable store", limit=MAX_VARS_FILE_BYTES))
-    if dump_vmsa and sev_mode is SevMode.SEV:
-        raise InputError("--dump-vmsa needs a mode with VMSAs (seves, snp, snp:svsm).")
-    if trace and fmt != "json":
-        raise InputError("--trace lists pages in JSON; add --output-format json.")
-    seed = None
-    if snp_ovmf_hash is not None:
-        try:
-            seed = bytes.fromhex(snp_ovmf_hash)
-        except ValueError:
-            raise InputError(f"--snp-ovmf-hash {snp_ovmf_hash!r} is not hexadecimal; give the 96 hex "
-                             f"digits printed by --mode snp:ovmf-hash.") from None
-    sig, type_name = _vcpu_sig(sev_mode, vcpu_type, vcpu_sig, vcpu_family, vcpu_model, vcpu_stepping)
-    req = MeasureRequest(
-        mode=sev_mode, ovmf=ovmf, vcpus=vcpus, vcpu_sig=sig, guest_features=guest_features,
-        profile=prof, kernel=kernel, initrd=initrd, append=append, ovmf_hash=seed, svsm=svsm,
-        vars_size=vars_size, ovmf_hash_only=ovmf_hash_only, trace=trace)
-    result = launch_digest(req)
-
-    if dump_vmsa and result.measurement is not None:
-        pages = [(Path(f"vmsa{i}.bin"), page) for i, page in enumerate(result.measurement.vmsas)]
-        inputs = [("--ovmf", ovmf), ("--kernel", kernel), ("--initrd", initrd), ("--svsm", svsm),
-                  ("--vars-file", vars_file)]
-        for path, _ in pages:
-            refuse_inputs(path, [(f"input file of {opt}", p) for opt, p in inputs], "--dump-vmsa")
-        write_all_atomic(pages, what="VMSA dump")
-    if fmt == "json":
-        click.echo(json.dumps(_json(result, type_name, trace), indent=2))
-    elif ovmf_hash_only:
-        click.echo(result.digest.hex())
-    else:
-        text = result.digest.hex() if fmt == "hex" else base64.b64encode(result.digest).decode()
-        click.echo(f"Calculated {sev_mode.name} guest measurement: {text}" if verbose else text)
+    click.echo(run(verbose, mode, vcpus, vcpu_type, vcpu_sig, vcpu_family, vcpu_model, vcpu_stepping, vmm_type,
+                   vmm_profile, ovmf, kernel, initrd, append, guest_features, output_format, as_json,
+                   snp_ovmf_hash, dump_vmsa, svsm, vars_size, vars_file, trace))
 
 
 @click.command("explain-vmsa")

@@ -190,8 +190,8 @@ def test_enum_values_are_checked():
 def test_internal_error_is_exit_1_and_says_bug(monkeypatch, capsys):
     import measure.api
     monkeypatch.setattr(measure.api, "launch_digest", lambda req: 1 / 0)
-    import blindbox.cli.measure as cmd
-    monkeypatch.setattr(cmd, "launch_digest", lambda req: 1 / 0)
+    import blindbox.cli.measure_core as cmd
+    monkeypatch.setattr(cmd.api, "launch_digest", lambda req: 1 / 0)
     rc, out, err = run(GOOD + ["--ovmf", str(AMDSEV)], capsys)
     assert rc == 1 and "bug" in err and "Traceback" not in err
 

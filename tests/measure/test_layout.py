@@ -40,3 +40,36 @@ def test_text_refuses_values_that_do_not_fit_or_are_not_ascii():
         Label(count="12345").to_bytes()
     with pytest.raises(LayoutError, match=r"Label.name = 'é' at offset 0x0 is not ASCII"):
         Label(name="é").to_bytes()
+
+
+def test_every_declared_structure_compiles():
+    """Layouts are checked on first use; this checks every one the project declares, used or not."""
+    import importlib
+    import pkgutil
+
+    import blindbox
+    import builder
+    import measure
+    for pkg in (measure, blindbox, builder):
+        for mod in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+            if mod.name.endswith("__main__"):
+                continue
+            importlib.import_module(mod.name)
+    classes = layout.declared()
+    names = {c.__name__ for c in classes}
+    assert {"PageInfo", "SaveArea", "HashTable", "MetadataSection"} <= names, names
+    for cls in classes:
+        layout.check(cls)
+        assert cls.offset_of(next(iter(cls.__dataclass_fields__))) >= 0
+
+
+def test_a_malformed_layout_is_refused_on_first_use():
+    @layout.struct(size=4, spec="test: fields beyond the declared size")
+    @dataclass(frozen=True)
+    class TooBig(layout.Struct):
+        a: int = layout.u64(0)
+
+    with pytest.raises(TypeError, match="TooBig: fields end at 0x8, beyond the declared size 0x4"):
+        TooBig().to_bytes()
+    with pytest.raises(TypeError, match="beyond the declared size"):
+        layout.check(TooBig)

@@ -74,11 +74,13 @@ def test_layout_rejects_overlaps_and_overflow():
         class Bad:
             a: int = layout.u32(0)
             b: int = layout.u32(2)
+        layout.check(Bad)
     with pytest.raises(TypeError, match="beyond"):
         @layout.struct(size=4, spec="test")
         @dataclass(frozen=True)
         class Bad2:
             a: int = layout.u64(0)
+        layout.check(Bad2)
 
 
 def test_layout_values_and_lengths_are_checked():
