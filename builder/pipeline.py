@@ -60,7 +60,6 @@ from builder.recipe import MAX_CMDLINE, FileEntry, Recipe, check_id_keys, load_i
 from measure import __version__
 from measure.cpu import CPU_SIGS
 from measure.errors import MeasureError, UnsupportedFirmware
-from blindbox.audit.idblock import key_digest, make_id_auth
 from measure.inputs import read_bounded, read_input
 from measure.limits import MAX_FIRMWARE_BYTES
 from blindbox.audit.limits import MAX_MANIFEST_BYTES
@@ -593,6 +592,8 @@ def step_idblock(b: Build) -> None:
     spec = b.recipe.id_block
     if spec is None:
         return
+    # imported here: it loads cryptography (about 40 ms), which a recipe without ID blocks never needs
+    from blindbox.audit.idblock import key_digest, make_id_auth
     id_key = load_id_key(b.recipe, spec.id_key, b.inputs[spec.id_key.name])
     author_key = None if spec.author_key is None else \
         load_id_key(b.recipe, spec.author_key, b.inputs[spec.author_key.name])
