@@ -534,29 +534,24 @@ class CmdlineTooLong(BuildError):
     """The measured command line, with the root's verity table, is longer than the kernel takes."""
 
 
+def _append_cmdline(b: Build, word: str, what: str) -> None:
+    """Append `` word`` to the measured command line, refusing a line longer than the kernel keeps."""
+    b.cmdline += f" {word}".encode()
+    if len(b.cmdline) > MAX_CMDLINE:
+        raise CmdlineTooLong(f"the kernel command line with {what} is {len(b.cmdline)} bytes, more than the "
+                             f"{MAX_CMDLINE} the kernel keeps; shorten the recipe's cmdline in {b.recipe.path}.")
+
+
 def step_cmdline(b: Build) -> None:
     b.cmdline = b.recipe.cmdline_bytes
     param = b.recipe.agent.cmdline_parameter if b.recipe.agent is not None else None
     if param is not None:       # a simulation image never has a production image's command line
-        b.cmdline += f" {param}".encode()
-        if len(b.cmdline) > MAX_CMDLINE:
-            raise CmdlineTooLong(f"the kernel command line with {param} is {len(b.cmdline)} bytes, more than the "
-                                 f"{MAX_CMDLINE} the kernel keeps; shorten the recipe's cmdline in "
-                                 f"{b.recipe.path}.")
+        _append_cmdline(b, param, param)
     if b.recipe.runtime_policy is not None:    # every launch digest commits to the runtime policy
-        word = cmdline_word(b.recipe.runtime_policy.policy)
-        b.cmdline += f" {word}".encode()
-        if len(b.cmdline) > MAX_CMDLINE:
-            raise CmdlineTooLong(f"the kernel command line with {RUNTIME_POLICY_PARAM}=<sha256> is {len(b.cmdline)} "
-                                 f"bytes, more than the {MAX_CMDLINE} the kernel keeps; shorten the recipe's cmdline "
-                                 f"in {b.recipe.path}.")
+        _append_cmdline(b, cmdline_word(b.recipe.runtime_policy.policy), f"{RUNTIME_POLICY_PARAM}=<sha256>")
     if b.rootfs is not None:
-        b.cmdline += f' {verity.CMDLINE_PARAM}="{b.rootfs.table}"'.encode()
-        if len(b.cmdline) > MAX_CMDLINE:
-            raise CmdlineTooLong(
-                f"the kernel command line with the root filesystem's verity table is {len(b.cmdline)} bytes, more "
-                f"than the {MAX_CMDLINE} the kernel keeps (the table takes {len(b.rootfs.table) + 17}); shorten "
-                f"the recipe's cmdline in {b.recipe.path}.")
+        word = f'{verity.CMDLINE_PARAM}="{b.rootfs.table}"'
+        _append_cmdline(b, word, f"the root filesystem's verity table (which takes {len(word) + 1})")
 
 
 def step_measure(b: Build) -> None:
