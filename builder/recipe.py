@@ -1184,10 +1184,8 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
         nft = BinaryEntry(NFT_DEST, NFT_DEST, nft_src, rp_node.key_line)
         runtime_policy = replace(runtime_policy, nft=nft)
         initrd = replace(initrd, binaries=initrd.binaries + (nft,))
-    if any(w == RUNTIME_POLICY_PARAM or w.startswith(RUNTIME_POLICY_PARAM + "=") for w in cmdline.split()):
-        # only the build may commit the command line to a runtime policy, from the recipe's runtime_policy
-        raise top["cmdline"].error(f"{RUNTIME_POLICY_PARAM} is set by the build from runtime_policy; remove it "
-                                   f"from cmdline.")
+    # only the build may commit the command line to a runtime policy, from the recipe's runtime_policy
+    _refuse_build_param(top["cmdline"], RUNTIME_POLICY_PARAM, "runtime_policy")
 
     return Recipe(path=path, sha256=hashlib.sha256(data).hexdigest(), name=name, source_date_epoch=sde,
                   firmware=firmware, kernel=kernel, initrd=initrd, cmdline=cmdline, shape_sets=sets,
@@ -1233,11 +1231,14 @@ def _agent(n: _Node, rootfs: RootfsSpec | None, cmdline_node: _Node) -> AgentSpe
             raise fields["suite"].error(f"the agent runs on Python 3.11 ({', '.join(AGENT_PACKAGES)}), which "
                                         f"only bookworm has; use suite: bookworm.")
         kw["suite"] = suite
-    text = cmdline_node.scalar()
-    if any(w == ATTESTER_PARAM or w.startswith(ATTESTER_PARAM + "=") for w in str(text).split()):
-        raise cmdline_node.error(f"{ATTESTER_PARAM} is set by the build from agent.attester; remove it from "
-                                 f"cmdline.")
+    _refuse_build_param(cmdline_node, ATTESTER_PARAM, "agent.attester")
     return AgentSpec(line=n.key_line, **kw)
+
+
+def _refuse_build_param(cmdline_node: _Node, param: str, source: str) -> None:
+    """Refuse a recipe cmdline that writes ``param`` (with or without a value): the build writes it from ``source``."""
+    if any(w == param or w.startswith(param + "=") for w in str(cmdline_node.scalar()).split()):
+        raise cmdline_node.error(f"{param} is set by the build from {source}; remove it from cmdline.")
 
 
 def _plain(n: _Node, at: str, lines: dict[str, int]) -> Any:

@@ -594,9 +594,14 @@ ATTESTER_PARAM = "blindbox.attester"
 AGENT_ATTESTERS = ("hardware", "simulated")
 
 
+def _param_words(cmdline: str, param: str) -> list[str]:
+    """The words of ``cmdline`` that set the kernel parameter ``param`` (``param`` or ``param=...``)."""
+    return [w for w in cmdline.split(" ") if w == param or w.startswith(param + "=")]
+
+
 def _check_agent(doc: dict[str, Any], c: _Checker) -> None:
     """The attestation agent: ports, attester (against the measured cmdline) and runtime packages."""
-    words = [w for w in doc["cmdline"].split(" ") if w == ATTESTER_PARAM or w.startswith(ATTESTER_PARAM + "=")]
+    words = _param_words(doc["cmdline"], ATTESTER_PARAM)
     if "agent" not in doc:
         if words:
             raise c.fail("cmdline", f"carries {words[0]}, but the manifest has no agent")
@@ -639,7 +644,7 @@ def _check_agent(doc: dict[str, Any], c: _Checker) -> None:
 
 def _check_runtime_policy(doc: dict[str, Any], c: _Checker) -> None:
     """The runtime policy: its canonical object, its digest, and the digest the measured cmdline carries."""
-    words = [w for w in doc["cmdline"].split(" ") if w.startswith(rp.CMDLINE_PARAM + "=") or w == rp.CMDLINE_PARAM]
+    words = _param_words(doc["cmdline"], rp.CMDLINE_PARAM)
     if "runtime_policy" not in doc:
         if words:
             raise c.fail("cmdline", f"carries {words[0][:100]}, but the manifest has no runtime_policy")
