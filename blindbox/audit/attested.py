@@ -46,7 +46,7 @@ from .errors import VerificationError
 from .kds import Fetched, KdsClient, KdsUnavailable, fetch_missing
 from .manifest import read_manifest, runtime_policy_of
 from .report import cpuid_product, parse_report
-from .verify import (FAIL, PASS, Check, ManifestEntry, Requirements, Verdict, VerifyRequest, load_manifest,
+from .verify import (FAIL, PASS, Check, ManifestEntry, Requirements, Verdict, VerifyRequest, manifest_entries_of,
                      verify_report)
 
 #: The name of the check that ties the report to this connection.
@@ -74,18 +74,17 @@ def failed(check: str, reason: str, checks: Sequence[Check] = ()) -> Attestation
                              f"to it.", check=check, checks=checks)
 
 
-def manifest_entries(manifest: Mapping[str, Any] | bytes, *, source: str = "manifest.json"
-                     ) -> tuple[ManifestEntry, ...]:
-    """The measurements of a manifest (its bytes, or the document already read), through the one reader."""
+def _read(manifest: Mapping[str, Any] | bytes, source: str) -> dict[str, Any]:
     data = manifest if isinstance(manifest, bytes) else json.dumps(dict(manifest)).encode()
-    return load_manifest(data, source=source)
+    return read_manifest(data, source)
 
 
-def manifest_runtime_policy(manifest: Mapping[str, Any] | bytes, *, source: str = "manifest.json"
-                            ) -> RuntimePolicy | None:
-    """The runtime policy a manifest (its bytes, or the document) publishes, through the one reader; None: none."""
-    data = manifest if isinstance(manifest, bytes) else json.dumps(dict(manifest)).encode()
-    return runtime_policy_of(read_manifest(data, source))
+def manifest_expectations(manifest: Mapping[str, Any] | bytes, *, source: str = "manifest.json"
+                          ) -> tuple[tuple[ManifestEntry, ...], RuntimePolicy | None]:
+    """The measurements and the runtime policy (None: none) a manifest publishes, read once through the one
+    reader."""
+    doc = _read(manifest, source)
+    return manifest_entries_of(doc), runtime_policy_of(doc)
 
 
 def _runtime_policy_checks(evidence: Evidence, policy: RuntimePolicy | None, expected: bytes | None,
@@ -182,8 +181,7 @@ def verify_evidence(evidence: Evidence, *, peer_cert_der: bytes, nonce: bytes,
     if isinstance(manifest, (bytes, Mapping)):
         if runtime_policy is not None:
             raise InputError("give a runtime policy only with bare measurements; a manifest document carries its own.")
-        runtime_policy = manifest_runtime_policy(manifest, source=manifest_source)
-        manifest = manifest_entries(manifest, source=manifest_source)
+        manifest, runtime_policy = manifest_expectations(manifest, source=manifest_source)
     if shape is not None and shape not in {e.shape for e in manifest}:
         raise InputError(f"--shape {shape!r} is not in {manifest_source}; its shapes are "
                          f"{', '.join(sorted({e.shape for e in manifest}))}.")
@@ -251,4 +249,4 @@ def verify_evidence(evidence: Evidence, *, peer_cert_der: bytes, nonce: bytes,
 
 
 __all__ = ["AttestationFailed", "AttestedVerdict", "BINDING_CHECK", "EVIDENCE_CHECK", "RUNTIME_POLICY_CHECK",
-           "RUNTIME_POLICY_DEBUG_CHECK", "failed", "manifest_entries", "manifest_runtime_policy", "verify_evidence"]
+           "RUNTIME_POLICY_DEBUG_CHECK", "failed", "manifest_expectations", "verify_evidence"]

@@ -51,7 +51,7 @@ from measure.attested_tls import (NONCE_SIZE, PROVE, PROVEN, VERDICT, ClientVerd
 from measure.errors import InputError
 from measure.runtime_policy import RuntimePolicy
 
-from .attested import (AttestationFailed, AttestedVerdict, failed, manifest_entries, manifest_runtime_policy,
+from .attested import (AttestationFailed, AttestedVerdict, failed, manifest_expectations,
                        verify_evidence)
 from .certs import Certificate
 from .kds import KdsClient
@@ -218,8 +218,7 @@ class AttestedSession:
             if runtime_policy is not None:
                 raise InputError("give a runtime policy only with bare measurements; a manifest document carries "
                                  "its own.")
-            self.runtime_policy = manifest_runtime_policy(manifest, source=manifest_source)
-            self.manifest = manifest_entries(manifest, source=manifest_source)
+            self.manifest, self.runtime_policy = manifest_expectations(manifest, source=manifest_source)
         else:
             self.runtime_policy = runtime_policy
             self.manifest = tuple(manifest)

@@ -59,7 +59,11 @@ def load_manifest(data: bytes, *, source: str = "manifest.json") -> tuple[Manife
     the schema or contradicts itself (a shape id against the shape's fields, ...) is
     :class:`~blindbox.audit.manifest.ManifestInvalid` (exit 3), naming the field.
     """
-    doc = read_manifest(data, source)
+    return manifest_entries_of(read_manifest(data, source))
+
+
+def manifest_entries_of(doc: dict[str, Any]) -> tuple[ManifestEntry, ...]:
+    """The ``measurements`` of a manifest document the one reader accepted."""
     return tuple(ManifestEntry(e["shape"], bytes.fromhex(e["measurement"]), dict(e)) for e in doc["measurements"])
 
 
@@ -570,4 +574,4 @@ def parse_min_tcb(spec: str) -> dict[str, int]:
 
 
 __all__ = ["Check", "ManifestEntry", "Requirements", "Verdict", "VerifyRequest", "TCB_LAYOUT",
-           "kds_url", "load_manifest", "parse_min_tcb", "select_leaf", "verify_report"]
+           "kds_url", "load_manifest", "manifest_entries_of", "parse_min_tcb", "select_leaf", "verify_report"]
