@@ -54,6 +54,7 @@ from builder.errors import BuildError, ToolMissing
 from builder.limits import MAX_FIRMWARE_VOLUME_BYTES
 from builder.steps import init as markers
 from measure import layout
+from measure.record import record
 from measure.inputs import read_bounded
 from measure.limits import MAX_FIRMWARE_BYTES
 
@@ -88,7 +89,7 @@ class CmdlineError(BuildError):
 
 
 @layout.struct(size=0x18, spec="UEFI PI spec vol. 3, EFI_GUID_DEFINED_SECTION")
-@dataclass(frozen=True)
+@record
 class GuidDefinedSection(layout.Struct):
     size: int = layout.u24(0x00)  # EFI_COMMON_SECTION_HEADER: the whole section, this header included
     type: int = layout.u8(0x03)

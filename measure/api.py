@@ -10,20 +10,23 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .errors import InputError
 from .inputs import in_background
 from .kernel_hashes import KernelHashes
 from .ovmf import Firmware
+from .record import field, record
 from .snp import Measurement, SnpLaunch, VmShape, firmware_pages, svsm_launch
 from .spec import LD_SIZE, PAGE_SIZE, SevMode
 from .vmm import VmmProfile, profile_for, VmmType
 
+TYPE_CHECKING = False  # importing typing costs ~2 ms (bench/targets.py); type checkers read the block
+if TYPE_CHECKING:
+    from typing import Any
 
-@dataclass(frozen=True)
+
+@record
 class MeasureRequest:
     mode: SevMode
     ovmf: Path
@@ -41,7 +44,7 @@ class MeasureRequest:
     trace: bool = False
 
 
-@dataclass(frozen=True)
+@record
 class MeasureResult:
     request: MeasureRequest
     digest: bytes

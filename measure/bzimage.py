@@ -12,11 +12,11 @@ Part of the calculator: it may import only the standard library and :mod:`measur
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import layout
 from .errors import InputError
+from .record import record
 
 
 class BzImageError(InputError):
@@ -25,7 +25,7 @@ class BzImageError(InputError):
 
 @layout.struct(size=0x210, spec="Linux Documentation/arch/x86/boot.rst, the real-mode kernel header "
                                 "(offsets from the start of the bzImage, as there)")
-@dataclass(frozen=True)
+@record
 class BzImageHeader(layout.Struct):
     """The bzImage's first 0x210 bytes: the boot sector, then the setup header fields of protocol 2.00."""
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import dataclass
 
 from . import layout
 from .errors import InputError
+from .record import record
 from .spec import LD_SIZE, PAGE_SIZE, VMSA_GPA, PageType
 
 ZERO_DIGEST = bytes(LD_SIZE)
@@ -31,7 +31,7 @@ GPA_BITS = {"milan": 48, "genoa": 52, "turin": 52}
 
 
 @layout.struct(size=0x70, spec="SEV-SNP Firmware ABI, PAGE_INFO")
-@dataclass(frozen=True)
+@record
 class PageInfo(layout.Struct):
     digest_cur: bytes = layout.raw(0x00, 48)
     contents: bytes = layout.raw(0x30, 48)

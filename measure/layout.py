@@ -1,9 +1,9 @@
-"""Declare a little-endian binary structure once, as a frozen dataclass.
+"""Declare a little-endian binary structure once, as a frozen record (:mod:`measure.record`).
 
 This is the only module that touches :mod:`struct`.  A structure is written as::
 
     @layout.struct(size=0x10, spec="Linux svm.h, struct vmcb_seg")
-    @dataclass(frozen=True)
+    @record
     class Segment(layout.Struct):
         selector: int = layout.u16(0x0)
         attrib:   int = layout.u16(0x2)
@@ -16,7 +16,7 @@ every byte not covered by a field is *reserved*: written as zero, and rejected w
 :class:`~measure.errors.LayoutError` naming the offset when it is nonzero on parsing.
 The class gains ``SIZE``, ``from_bytes()``, ``to_bytes()`` and ``offset_of()``; it derives
 from :class:`Struct`, which declares them for type checkers.
-Unknown field names are impossible by construction: the dataclass constructor rejects
+Unknown field names are impossible by construction: the record constructor rejects
 them (a misspelled ``ctypes`` keyword silently sets nothing).
 
 Part of the calculator: it may import only the standard library and :mod:`measure`, never
@@ -26,24 +26,32 @@ Part of the calculator: it may import only the standard library and :mod:`measur
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import struct as _struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 from .errors import LayoutError
+from .record import field, fields, is_record
+
+TYPE_CHECKING = False  # importing typing costs ~2 ms (bench/targets.py); type checkers read the block
+if TYPE_CHECKING:
+    import enum
+    from typing import Any, ClassVar, Self, TypeVar
 
 _INT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
 
 
-@dataclasses.dataclass(frozen=True)
 class _Spec:
-    offset: int
-    size: int
-    kind: str  # "int", "raw", "text", "nested"
-    enum: type[enum.IntEnum] | None = None
-    nested: type[Struct] | None = None
+    """Where a field lies and how it is read: kind is "int", "raw", "text" or "nested"."""
+
+    __slots__ = ("enum", "kind", "nested", "offset", "size")
+
+    def __init__(self, offset: int, size: int, kind: str, enum: type[enum.IntEnum] | None = None,
+                 nested: type[Struct] | None = None) -> None:
+        self.offset = offset
+        self.size = size
+        self.kind = kind
+        self.enum = enum
+        self.nested = nested
 
 
 class Struct:
@@ -62,13 +70,14 @@ class Struct:
         def offset_of(cls, name: str) -> int: ...
 
 
-S = TypeVar("S", bound=Struct)
+if TYPE_CHECKING:
+    S = TypeVar("S", bound=Struct)
 
 
 def _int_field(offset: int, size: int, enum: type[enum.IntEnum] | None, default: Any) -> Any:
     if default is None:
         default = enum(0) if enum is not None else 0
-    return dataclasses.field(default=default,
+    return field(default=default,
                              metadata={"layout": _Spec(offset, size, "int", enum=enum)})
 
 
@@ -95,7 +104,7 @@ def u64(offset: int, *, enum: type[enum.IntEnum] | None = None, default: Any = N
 
 def raw(offset: int, size: int, *, default: bytes | None = None) -> Any:
     """A fixed-size byte string (digests, GUIDs, opaque arrays); zero-filled by default."""
-    return dataclasses.field(default=bytes(size) if default is None else default,
+    return field(default=bytes(size) if default is None else default,
                              metadata={"layout": _Spec(offset, size, "raw")})
 
 
@@ -105,19 +114,19 @@ def text(offset: int, size: int, *, default: str = "") -> Any:
     Parsing drops the trailing spaces and refuses a byte outside ASCII; writing pads with
     spaces and refuses a value that is not ASCII or does not fit.
     """
-    return dataclasses.field(default=default, metadata={"layout": _Spec(offset, size, "text")})
+    return field(default=default, metadata={"layout": _Spec(offset, size, "text")})
 
 
 def nested(offset: int, cls: type[Struct]) -> Any:
     """Another layout structure embedded at ``offset``."""
-    return dataclasses.field(default_factory=cls,
+    return field(default_factory=cls,
                              metadata={"layout": _Spec(offset, cls.SIZE, "nested", nested=cls)})
 
 
 def _compile(cls: type, size: int) -> tuple[_struct.Struct, list[tuple[str, _Spec] | tuple[None, int, int]]]:
     """Check the fields of a ``@struct`` class (no overlap, within ``size``) and compile them."""
     specs = []
-    for f in dataclasses.fields(cls):
+    for f in fields(cls):
         spec_ = f.metadata.get("layout")
         if spec_ is None:
             raise TypeError(f"{cls.__name__}.{f.name}: every field needs a layout declaration")
@@ -165,14 +174,14 @@ def declared() -> list[type[Struct]]:
 
 
 def struct(*, size: int, spec: str) -> Callable[[type[S]], type[S]]:
-    """Class decorator: give a frozen dataclass its layout, checked and compiled on first use."""
+    """Class decorator: give a frozen record its layout, checked and compiled on first use."""
 
     def wrap(cls: type[S]) -> type[S]:
-        if not dataclasses.is_dataclass(cls):
-            raise TypeError(f"{cls.__name__}: apply @layout.struct on top of @dataclass(frozen=True)")
+        if not is_record(cls):
+            raise TypeError(f"{cls.__name__}: apply @layout.struct on top of @record (measure.record)")
         # Checking and compiling the layout waits for the first use of the structure, so
         # importing a module that declares many (the VMSA has over a hundred fields) costs
-        # no more than its dataclasses; tests/measure/test_layout.py compiles every one.
+        # no more than its records; tests/measure/test_layout.py compiles every one.
         state: list[tuple[_struct.Struct, list[tuple[str, _Spec] | tuple[None, int, int]]]] = []
 
         def layout_of() -> tuple[_struct.Struct, list[tuple[str, _Spec] | tuple[None, int, int]]]:
@@ -252,7 +261,7 @@ def struct(*, size: int, spec: str) -> Callable[[type[S]], type[S]]:
                         raise LayoutError(
                             f"{label}.{name}: byte at offset {base + spec_.offset + e.start:#x} is "
                             f"{value[e.start]:#04x}, not ASCII text.") from None
-                elif spec_.kind == "nested":
+                elif spec_.kind == "nested" and spec_.nested is not None:
                     value = spec_.nested.from_bytes(value, base=base + spec_.offset,
                                                     what=f"{label}.{name}")
                 kwargs[name] = value
@@ -264,11 +273,10 @@ def struct(*, size: int, spec: str) -> Callable[[type[S]], type[S]]:
                     return item[1].offset
             raise KeyError(name)
 
-        cls.SIZE = size
-        cls.SPEC = spec
-        cls.to_bytes = to_bytes
-        cls.from_bytes = classmethod(from_bytes)
-        cls.offset_of = classmethod(offset_of)
+        added: dict[str, object] = {"SIZE": size, "SPEC": spec, "to_bytes": to_bytes,
+                                    "from_bytes": classmethod(from_bytes), "offset_of": classmethod(offset_of)}
+        for attribute, value in added.items():
+            setattr(cls, attribute, value)
         _CHECKS[cls] = layout_of
         return cls
 

@@ -15,31 +15,33 @@ Part of the calculator: it may import only the standard library and :mod:`measur
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from . import layout
 from .errors import FirmwareError, LayoutError, UnsupportedFirmware
 from .gctx import gpa_range_problem
 from .limits import MAX_FIRMWARE_BYTES, MAX_METADATA_BYTES
-from .spec import (FOUR_GIB, GUID_NAMES, OVMF_SEV_METADATA_GUID, OVMF_TABLE_FOOTER_GUID, PAGE_SIZE,
+from .record import record
+from .spec import (FOUR_GIB, GUID_NAMES, Guid, OVMF_SEV_METADATA_GUID, OVMF_TABLE_FOOTER_GUID, PAGE_SIZE,
                    SEV_ES_RESET_BLOCK_GUID, SEV_HASH_TABLE_RV_GUID, SVSM_INFO_GUID, SectionType)
+
+TYPE_CHECKING = False  # importing typing costs ~2 ms (bench/targets.py); type checkers read the block
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Bytes after the footer entry: the reset vector area of the image.
 _RESET_AREA = 32
 
 
 @layout.struct(size=0x12, spec="edk2 ResetVectorVtf0.asm, GUIDed table entry header")
-@dataclass(frozen=True)
+@record
 class FooterEntryHeader(layout.Struct):
     size: int = layout.u16(0x0)
     guid: bytes = layout.raw(0x2, 16)
 
 
 @layout.struct(size=0x10, spec="edk2 OvmfSevMetadata.asm, SEV metadata header")
-@dataclass(frozen=True)
+@record
 class SevMetadataHeader(layout.Struct):
     signature: bytes = layout.raw(0x0, 4)
     size: int = layout.u32(0x4)
@@ -48,14 +50,14 @@ class SevMetadataHeader(layout.Struct):
 
 
 @layout.struct(size=0xC, spec="edk2 OvmfSevMetadata.asm, SEV metadata section descriptor")
-@dataclass(frozen=True)
+@record
 class MetadataSection(layout.Struct):
     gpa: int = layout.u32(0x0)
     size: int = layout.u32(0x4)
     section_type: SectionType = layout.u32(0x8, enum=SectionType, default=SectionType.SNP_SEC_MEM)
 
 
-@dataclass(frozen=True)
+@record
 class HashesTableLocation:
     gpa: int
     size: int
@@ -89,13 +91,13 @@ class Firmware:
         return cls(read_input(path, "firmware", limit=MAX_FIRMWARE_BYTES), name=str(path), end_gpa=end_gpa)
 
     # -- footer table ------------------------------------------------------------------
-    def _parse_footer_table(self) -> dict[uuid.UUID, bytes]:
+    def _parse_footer_table(self) -> dict[Guid, bytes]:
         hdr_size = FooterEntryHeader.SIZE
         footer_off = len(self.data) - _RESET_AREA - hdr_size
         if footer_off < 0:
             return {}
         footer = FooterEntryHeader.from_bytes(self.data[footer_off:footer_off + hdr_size])
-        if uuid.UUID(bytes_le=footer.guid) != OVMF_TABLE_FOOTER_GUID:
+        if Guid(footer.guid) != OVMF_TABLE_FOOTER_GUID:
             return {}
         table_size = footer.size - hdr_size
         if table_size < 0 or table_size > footer_off:
@@ -103,12 +105,12 @@ class Firmware:
                 f"{self.name}: the OVMF footer table at offset {footer_off:#x} declares size "
                 f"{footer.size:#x}, outside the image; the firmware is corrupt.",
                 path=self.name, offset=footer_off)
-        table: dict[uuid.UUID, bytes] = {}
+        table: dict[Guid, bytes] = {}
         end = footer_off
         start = footer_off - table_size
         while end - start >= hdr_size:
             entry = FooterEntryHeader.from_bytes(self.data[end - hdr_size:end])
-            guid = uuid.UUID(bytes_le=entry.guid)
+            guid = Guid(entry.guid)
             if entry.size < hdr_size or entry.size > end - start:
                 raise FirmwareError(
                     f"{self.name}: OVMF footer table entry {guid} at offset {end - hdr_size:#x} has "
@@ -126,7 +128,7 @@ class Firmware:
                 f"table; the firmware is corrupt.", path=self.name, offset=start)
         return table
 
-    def _u32_entry(self, guid: uuid.UUID, index: int = 0) -> int | None:
+    def _u32_entry(self, guid: Guid, index: int = 0) -> int | None:
         entry = self.table.get(guid)
         if entry is None:
             return None

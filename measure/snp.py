@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 from .errors import InputError, UnsupportedFirmware
 from .gctx import LaunchDigest
 from .inputs import in_background
 from .kernel_hashes import HashTable, KernelHashes
 from .ovmf import Firmware, HashesTableLocation
+from .record import field, record
 from .spec import BSP_RESET_EIP, PAGE_SIZE, GuestFeatures, PageType, SectionType
 from .vmm import VmmProfile, profile_for, VmmType
 from .vmsa import reset_vmsa, svsm_vmsa
@@ -34,7 +34,7 @@ MAX_VCPUS = 4096
 U64_MAX = (1 << 64) - 1
 
 
-@dataclass(frozen=True)
+@record
 class VmShape:
     """What the VMM launches: vCPU count and type, SEV features, VMM profile."""
 
@@ -139,7 +139,7 @@ def firmware_pages(fw: Firmware, trace: bool = False) -> LaunchDigest:
     return ld
 
 
-@dataclass(frozen=True)
+@record
 class Measurement:
     digest: bytes
     vmsas: tuple[bytes, ...]

@@ -12,7 +12,6 @@ Part of the calculator: it may import only the standard library and :mod:`measur
 from __future__ import annotations
 
 import enum
-import uuid
 
 PAGE_SIZE = 0x1000
 PAGE_MASK = PAGE_SIZE - 1
@@ -50,12 +49,36 @@ class SectionType(enum.IntEnum):
     SNP_KERNEL_HASHES = 0x10
 
 
+class Guid(bytes):
+    """A GUID as firmware stores it: 16 bytes, the first three groups little-endian.
+
+    The same bytes as ``uuid.UUID(text).bytes_le`` (without importing :mod:`uuid`, which
+    loads :mod:`platform`); ``str()`` gives the usual text form.
+    """
+
+    @classmethod
+    def parse(cls, text: str) -> Guid:
+        b = bytes.fromhex(text.replace("-", ""))
+        if len(b) != 16:
+            raise ValueError(f"a GUID has 32 hex digits, got {text!r}")
+        return cls(b[3::-1] + b[5:3:-1] + b[7:5:-1] + b[8:])
+
+    @property
+    def bytes_le(self) -> bytes:
+        return bytes(self)
+
+    def __str__(self) -> str:
+        b = bytes(self)
+        h = (b[3::-1] + b[5:3:-1] + b[7:5:-1] + b[8:]).hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 # GUIDs of the OVMF footer table (edk2 ResetVector/Ia16/ResetVectorVtf0.asm).
-OVMF_TABLE_FOOTER_GUID = uuid.UUID("96b582de-1fb2-45f7-baea-a366c55a082d")
-SEV_HASH_TABLE_RV_GUID = uuid.UUID("7255371f-3a3b-4b04-927b-1da6efa8d454")
-SEV_ES_RESET_BLOCK_GUID = uuid.UUID("00f771de-1a7e-4fcb-890e-68c77e2fb44e")
-OVMF_SEV_METADATA_GUID = uuid.UUID("dc886566-984a-4798-a75e-5585a7bf67cc")
-SVSM_INFO_GUID = uuid.UUID("a789a612-0597-4c4b-a49f-cbb1fe9d1ddd")
+OVMF_TABLE_FOOTER_GUID = Guid.parse("96b582de-1fb2-45f7-baea-a366c55a082d")
+SEV_HASH_TABLE_RV_GUID = Guid.parse("7255371f-3a3b-4b04-927b-1da6efa8d454")
+SEV_ES_RESET_BLOCK_GUID = Guid.parse("00f771de-1a7e-4fcb-890e-68c77e2fb44e")
+OVMF_SEV_METADATA_GUID = Guid.parse("dc886566-984a-4798-a75e-5585a7bf67cc")
+SVSM_INFO_GUID = Guid.parse("a789a612-0597-4c4b-a49f-cbb1fe9d1ddd")
 
 GUID_NAMES = {
     OVMF_TABLE_FOOTER_GUID: "OVMF_TABLE_FOOTER_GUID",
@@ -66,10 +89,10 @@ GUID_NAMES = {
 }
 
 # GUIDs of the SEV hashes table written by QEMU (target/i386/sev.c).
-SEV_HASH_TABLE_HEADER_GUID = uuid.UUID("9438d606-4f22-4cc9-b479-a793d411fd21")
-SEV_KERNEL_ENTRY_GUID = uuid.UUID("4de79437-abd2-427f-b835-d5b172d2045b")
-SEV_INITRD_ENTRY_GUID = uuid.UUID("44baf731-3a2f-4bd7-9af1-41e29169781d")
-SEV_CMDLINE_ENTRY_GUID = uuid.UUID("97d02dd8-bd20-4c94-aa78-e7714d36ab2a")
+SEV_HASH_TABLE_HEADER_GUID = Guid.parse("9438d606-4f22-4cc9-b479-a793d411fd21")
+SEV_KERNEL_ENTRY_GUID = Guid.parse("4de79437-abd2-427f-b835-d5b172d2045b")
+SEV_INITRD_ENTRY_GUID = Guid.parse("44baf731-3a2f-4bd7-9af1-41e29169781d")
+SEV_CMDLINE_ENTRY_GUID = Guid.parse("97d02dd8-bd20-4c94-aa78-e7714d36ab2a")
 
 
 class SevMode(enum.Enum):

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from . import layout
+from .record import record
 from .errors import InputError, LayoutError
 
 #: Digest sizes of the algorithms supported (names as the kernel's crypto API spells them).
@@ -59,7 +60,7 @@ _CHUNK = 1 << 20  # bytes read or written per system call
 
 
 @layout.struct(size=SUPERBLOCK_SIZE, spec="cryptsetup's dm-verity superblock, version 1 (veritysetup(8))")
-@dataclass(frozen=True)
+@record
 class Superblock(layout.Struct):
     signature: bytes = layout.raw(0x00, 8, default=SIGNATURE)
     version: int = layout.u32(0x08, default=1)

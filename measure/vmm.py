@@ -14,9 +14,9 @@ Part of the calculator: it may import only the standard library and :mod:`measur
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 
 from .errors import InputError
+from .record import record
 from .spec import PageType
 
 
@@ -33,7 +33,7 @@ class VmmType(enum.Enum):
         raise InputError(f"unknown VMM type {text!r}; use one of QEMU, ec2, gce (any case).")
 
 
-@dataclass(frozen=True)
+@record
 class VmmProfile:
     name: str
     vmm_type: VmmType

@@ -67,6 +67,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from blindbox.audit.report import POLICY_RESERVED_ONE, Product
 from measure import layout
+from measure.record import record
 from measure.attested_tls import REPORT_DATA_SIZE, SIM_MAGIC
 from measure.errors import BlindboxError, InputError
 from tests.audit.testchain import TestChain, make_chain, make_report
@@ -92,7 +93,7 @@ GUID_VLEK = uuid.UUID("a8074bc2-a25a-483e-aae6-39c045a0b8a1")
 
 
 @layout.struct(size=24, spec="GHCB specification, SNP extended guest request: certificate table entry")
-@dataclass(frozen=True)
+@record
 class CertTableEntry(layout.Struct):
     guid: bytes = layout.raw(0x00, 16)     # in the order the GUID's text is written (uuid.bytes)
     offset: int = layout.u32(0x10)         # from the start of the table

@@ -389,3 +389,21 @@ def test_every_part_raises_the_readme_base_class():
                    and v.__module__ == module.__name__]
         assert classes and all(issubclass(c, BlindboxError) for c in classes), module.__name__
     assert not issubclass(InternalError, BlindboxError)  # a bug exits 1, not as bad input
+
+
+#: standard modules that cost milliseconds to import and that the calculator does without
+#: (measure.record instead of dataclasses, measure.spec.Guid instead of uuid, typing only for
+#: type checkers, threading when a launch is measured); bench/targets.py times the import
+COSTLY_AT_IMPORT = ("dataclasses", "inspect", "typing", "uuid", "platform", "threading", "ast")
+
+
+def test_importing_the_calculator_loads_no_costly_standard_module():
+    code = ("import json, sys\nbefore = set(sys.modules)\nimport measure\n"
+            "print(json.dumps([sorted(before), sorted(set(sys.modules) - before)]))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    before, loaded = json.loads(proc.stdout)
+    assert not set(COSTLY_AT_IMPORT) & set(before)  # else this test could not see them
+    assert "measure.snp" in loaded and "measure.vmsa" in loaded
+    assert [m for m in loaded if m.split(".")[0] in COSTLY_AT_IMPORT] == []

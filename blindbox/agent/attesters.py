@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Protocol
 
 from measure import layout
+from measure.record import record
 from measure.attested_tls import REPORT_DATA_SIZE, SIM_MAGIC
 from measure.errors import InputError, LayoutError
 
@@ -96,7 +97,7 @@ def _check_report(report: bytes, report_data: bytes, source: str) -> bytes:
 # /dev/sev-guest (linux/sev-guest.h)
 
 @layout.struct(size=96, spec="Linux uapi linux/sev-guest.h, struct snp_report_req")
-@dataclass(frozen=True)
+@record
 class SnpReportReq(layout.Struct):
     user_data: bytes = layout.raw(0, 64)
     vmpl: int = layout.u32(64)
@@ -104,13 +105,13 @@ class SnpReportReq(layout.Struct):
 
 
 @layout.struct(size=4000, spec="Linux uapi linux/sev-guest.h, struct snp_report_resp")
-@dataclass(frozen=True)
+@record
 class SnpReportResp(layout.Struct):
     data: bytes = layout.raw(0, 4000)
 
 
 @layout.struct(size=32, spec="Linux uapi linux/sev-guest.h, struct snp_guest_request_ioctl")
-@dataclass(frozen=True)
+@record
 class SnpGuestRequestIoctl(layout.Struct):
     """``exitinfo2`` is a union with ``{u32 fw_error; u32 vmm_error}``: see the two properties."""
 
@@ -136,7 +137,7 @@ class SnpGuestRequestIoctl(layout.Struct):
 
 
 @layout.struct(size=112, spec="Linux uapi linux/sev-guest.h, struct snp_ext_report_req")
-@dataclass(frozen=True)
+@record
 class SnpExtReportReq(layout.Struct):
     data: SnpReportReq = layout.nested(0, SnpReportReq)
     certs_address: int = layout.u64(96)
@@ -145,7 +146,7 @@ class SnpExtReportReq(layout.Struct):
 
 
 @layout.struct(size=0x20 + REPORT_SIZE, spec="SEV-SNP Firmware ABI, MSG_REPORT_RSP")
-@dataclass(frozen=True)
+@record
 class MsgReportRsp(layout.Struct):
     status: int = layout.u32(0x0)
     report_size: int = layout.u32(0x4)
@@ -184,7 +185,7 @@ def certificate_table_extent(table: bytes) -> int:
 
 
 @layout.struct(size=24, spec="GHCB specification, SNP Extended Guest Request certificate table entry")
-@dataclass(frozen=True)
+@record
 class _CertEntry(layout.Struct):
     guid: bytes = layout.raw(0, 16)
     offset: int = layout.u32(16)

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from measure import layout
+from measure.record import record
 from measure.errors import InputError
 
 #: name -> GUID of the certificates the GHCB specification names.
@@ -49,7 +49,7 @@ class CertTableError(InputError):
 
 
 @layout.struct(size=24, spec="GHCB specification 56421, SNP Extended Guest Request: certificate table entry")
-@dataclass(frozen=True)
+@record
 class CertTableEntry(layout.Struct):
     guid: bytes = layout.raw(0x00, 16)
     offset: int = layout.u32(0x10)

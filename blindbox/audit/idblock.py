@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from measure import layout
+from measure.record import record
 from measure.errors import InputError
 from .errors import SignatureInvalid
 from .keys import read_private_key
@@ -46,7 +47,7 @@ DEFAULT_GUEST_SVN = 0
 
 
 @layout.struct(size=0x404, spec="SEV-SNP Firmware ABI, ECDSA public key format")
-@dataclass(frozen=True)
+@record
 class EcdsaPublicKey(layout.Struct):
     """QX and QY fill 48 bytes of their 72-byte fields; the rest is zero."""
 
@@ -56,7 +57,7 @@ class EcdsaPublicKey(layout.Struct):
 
 
 @layout.struct(size=0x60, spec="SEV-SNP Firmware ABI, ID_BLOCK")
-@dataclass(frozen=True)
+@record
 class IdBlock(layout.Struct):
     ld: bytes = layout.raw(0x00, 48)
     family_id: bytes = layout.raw(0x30, 16)
@@ -67,7 +68,7 @@ class IdBlock(layout.Struct):
 
 
 @layout.struct(size=0x1000, spec="SEV-SNP Firmware ABI, ID_AUTH_INFO")
-@dataclass(frozen=True)
+@record
 class IdAuthInfo(layout.Struct):
     id_key_algo: int = layout.u32(0x000)
     auth_key_algo: int = layout.u32(0x004)

@@ -22,12 +22,12 @@ and the standard library, never :mod:`builder`, :mod:`blindbox.cli`, ``click`` o
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import utils as asym_utils
 
 from measure import layout
+from measure.record import record
 from measure.errors import InputError, LayoutError
 
 REPORT_SIZE = 0x4A0
@@ -78,7 +78,7 @@ class SigningKey(enum.IntEnum):
 
 
 @layout.struct(size=8, spec="SEV-SNP Firmware ABI, TCB_VERSION (Milan, Genoa)")
-@dataclass(frozen=True)
+@record
 class TcbVersionMilan(layout.Struct):
     boot_loader: int = layout.u8(0x0)
     tee: int = layout.u8(0x1)
@@ -87,7 +87,7 @@ class TcbVersionMilan(layout.Struct):
 
 
 @layout.struct(size=8, spec="SEV-SNP Firmware ABI, TCB_VERSION (Turin)")
-@dataclass(frozen=True)
+@record
 class TcbVersionTurin(layout.Struct):
     fmc: int = layout.u8(0x0)
     boot_loader: int = layout.u8(0x1)
@@ -129,7 +129,7 @@ def encode_tcb(product: Product, **components: int) -> int:
 
 
 @layout.struct(size=0x200, spec="SEV-SNP Firmware ABI, ECDSA P-384 with SHA-384 signature format")
-@dataclass(frozen=True)
+@record
 class EcdsaSignature(layout.Struct):
     """R and S as 72-byte little-endian fields; a P-384 value fills 48, the rest is zero."""
 
@@ -162,7 +162,7 @@ class EcdsaSignature(layout.Struct):
 
 
 @layout.struct(size=REPORT_SIZE, spec="SEV-SNP Firmware ABI, ATTESTATION_REPORT version 2")
-@dataclass(frozen=True)
+@record
 class ReportV2(layout.Struct):
     version: int = layout.u32(0x000)
     guest_svn: int = layout.u32(0x004)
@@ -195,7 +195,7 @@ class ReportV2(layout.Struct):
 
 
 @layout.struct(size=REPORT_SIZE, spec="SEV-SNP Firmware ABI, ATTESTATION_REPORT version 3")
-@dataclass(frozen=True)
+@record
 class ReportV3(ReportV2):
     cpuid_fam_id: int = layout.u8(0x188)
     cpuid_mod_id: int = layout.u8(0x189)
@@ -203,7 +203,7 @@ class ReportV3(ReportV2):
 
 
 @layout.struct(size=REPORT_SIZE, spec="SEV-SNP Firmware ABI, ATTESTATION_REPORT version 5")
-@dataclass(frozen=True)
+@record
 class ReportV5(ReportV3):
     launch_mit_vector: int = layout.u64(0x1F8)
     current_mit_vector: int = layout.u64(0x200)

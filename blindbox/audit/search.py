@@ -17,9 +17,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
+from measure import record
 from measure.cpu import CPU_SIGS
 from measure.gctx import LaunchDigest
 from measure.kernel_hashes import KernelHashes
@@ -53,7 +54,7 @@ def feature_names(value: int) -> str:
 
 def _measures_as(p: VmmProfile) -> VmmProfile:
     """What of a profile changes a non-SVSM guest's digest (qemu-svsm-fcw0 measures as qemu)."""
-    return replace(p, name="", summary="", svsm_x87_fcw=0, sev_snp_measure_0_0_13=True)
+    return record.replace(p, name="", summary="", svsm_x87_fcw=0, sev_snp_measure_0_0_13=True)
 
 
 def _distinct_profiles() -> tuple[VmmProfile, ...]:

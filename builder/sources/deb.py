@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from measure import layout
+from measure.record import record
 from measure.errors import LayoutError
 
 from ..errors import SourceError
@@ -65,7 +66,7 @@ AR_FMAG = b"`\n"
 
 
 @layout.struct(size=60, spec="ar(5) member header, as written by dpkg-deb (deb(5))")
-@dataclass(frozen=True)
+@record
 class ArMemberHeader(layout.Struct):
     name: str = layout.text(0, 16)     #: "/"-terminated in GNU ar, space-padded
     mtime: bytes = layout.raw(16, 12)  #: decimal; not read (dpkg does not read it either)

@@ -71,6 +71,7 @@ from blindbox.files import OutputError
 from builder.errors import BuildError
 from builder.limits import MAX_EROFS_IMAGE_BYTES, MAX_EROFS_INODES
 from measure import layout
+from measure.record import record
 
 BLOCK_SIZE = 4096
 BLOCK_BITS = 12
@@ -112,7 +113,7 @@ _FILE_TYPE = {Kind.FILE: 1, Kind.DIR: 2, Kind.SYMLINK: 7}
 
 
 @layout.struct(size=128, spec="Linux fs/erofs/erofs_fs.h, struct erofs_super_block")
-@dataclass(frozen=True)
+@record
 class SuperBlock(layout.Struct):
     magic: int = layout.u32(0x00, default=MAGIC)
     checksum: int = layout.u32(0x04)
@@ -136,7 +137,7 @@ class SuperBlock(layout.Struct):
 
 
 @layout.struct(size=32, spec="Linux fs/erofs/erofs_fs.h, struct erofs_inode_compact")
-@dataclass(frozen=True)
+@record
 class CompactInode(layout.Struct):
     i_format: int = layout.u16(0x00)
     i_xattr_icount: int = layout.u16(0x02)
@@ -152,7 +153,7 @@ class CompactInode(layout.Struct):
 
 
 @layout.struct(size=64, spec="Linux fs/erofs/erofs_fs.h, struct erofs_inode_extended")
-@dataclass(frozen=True)
+@record
 class ExtendedInode(layout.Struct):
     i_format: int = layout.u16(0x00, default=LAYOUT_EXTENDED)
     i_xattr_icount: int = layout.u16(0x02)
@@ -170,7 +171,7 @@ class ExtendedInode(layout.Struct):
 
 
 @layout.struct(size=12, spec="Linux fs/erofs/erofs_fs.h, struct erofs_dirent")
-@dataclass(frozen=True)
+@record
 class Dirent(layout.Struct):
     nid: int = layout.u64(0x00)
     nameoff: int = layout.u16(0x08)

@@ -45,6 +45,7 @@ from builder.errors import BuildError, ToolMissing
 from builder.limits import MAX_KERNEL_TEXT_BYTES, MAX_MODULE_BYTES
 from measure import bzimage as _bzimage
 from measure import layout
+from measure.record import record
 from measure.bzimage import BzImageError, kernel_release
 from measure.bzimage import BzImageHeader as BzImageHeader  # re-exported: declared with the calculator
 from measure.errors import InputError
@@ -399,7 +400,7 @@ def read_module(path: Path, compression: str | None) -> bytes:
 
 
 @layout.struct(size=0x40, spec="System V ABI (gABI) ch. 4, Elf64_Ehdr")
-@dataclass(frozen=True)
+@record
 class Elf64Header(layout.Struct):
     e_ident: bytes = layout.raw(0x00, 16)
     e_type: int = layout.u16(0x10)
@@ -418,7 +419,7 @@ class Elf64Header(layout.Struct):
 
 
 @layout.struct(size=0x40, spec="System V ABI (gABI) ch. 4, Elf64_Shdr")
-@dataclass(frozen=True)
+@record
 class Elf64SectionHeader(layout.Struct):
     sh_name: int = layout.u32(0x00)  # offset of the name in the section-name string table
     sh_type: int = layout.u32(0x04)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 
+from measure import record
 from measure.errors import InputError, LayoutError
 from blindbox.audit.report import (REPORT_SIZE, SIGNED_SIZE, EcdsaSignature, Product, ReportV2, ReportV3, ReportV5,
                                    SigningKey, TcbVersionMilan, TcbVersionTurin, cpuid_product, describe, encode_tcb,
@@ -29,7 +29,7 @@ def load(name: str) -> bytes:
 def covered_offsets(cls) -> set[int]:
     """Byte offsets that belong to a declared field (the rest is reserved)."""
     out = set()
-    for f in dataclasses.fields(cls):
+    for f in record.fields(cls):
         spec = f.metadata["layout"]
         out.update(range(spec.offset, spec.offset + spec.size))
     return out

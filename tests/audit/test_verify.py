@@ -10,6 +10,7 @@ import pytest
 
 from blindbox.audit.certs import load_certificates
 from blindbox.audit.errors import ChainInvalid, MeasurementMismatch, PolicyViolation, SignatureInvalid
+from measure import record
 from measure.errors import InputError, LayoutError
 from blindbox.audit.report import SIGNED_SIZE, EcdsaSignature, Product, SigningKey, parse_report
 from blindbox.audit.verify import (PASS, SKIP, UNAUTHENTICATED, ManifestEntry, Verdict, Requirements, VerifyRequest,
@@ -96,7 +97,7 @@ def test_debug_policy_refused_unless_allowed():
 def _field_offsets(report, names):
     cls = type(report)
     out = set()
-    for f in dataclasses.fields(cls):
+    for f in record.fields(cls):
         if f.name in names:
             spec = f.metadata["layout"]
             out.update(range(spec.offset, spec.offset + spec.size))
@@ -113,7 +114,7 @@ def test_a_flipped_bit_anywhere_in_the_signed_region_is_refused(name):
     rel = REAL[name][0]
     data = parse_report((VECTORS / rel).read_bytes()).to_bytes()
     report = parse_report(data)
-    all_fields = {f.name for f in dataclasses.fields(type(report))}
+    all_fields = {f.name for f in record.fields(type(report))}
     used = _field_offsets(report, all_fields)
     free = _field_offsets(report, FREE_FIELDS)
     outcomes = {"layout": 0, "signature": 0}
@@ -322,7 +323,7 @@ def test_resigned_report_with_changed_measurement_is_refused(chain):
     """Re-signing with a key that is not the VCEK does not help an attacker."""
     from cryptography.hazmat.primitives.asymmetric import ec
     report = parse_report(make_report(chain, measurement=b"\x11" * 48))
-    forged = sign_report(dataclasses.replace(report, measurement=b"\x22" * 48),
+    forged = sign_report(record.replace(report, measurement=b"\x22" * 48),
                          ec.generate_private_key(ec.SECP384R1()))
     verdict = _verify_test(chain, forged, measurement=b"\x22" * 48)
     assert isinstance(verdict.check("signature").error, SignatureInvalid)

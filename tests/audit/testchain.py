@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -20,6 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from blindbox.audit.certs import OID_HW_ID, OID_PRODUCT_NAME, OID_SPL, OID_STRUCT_VERSION
 from blindbox.audit.report import EcdsaSignature, Product, ReportV3, ReportV5, encode_tcb, signed_region
+from measure import record
 
 PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 NOT_BEFORE = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
@@ -128,7 +129,7 @@ def make_report(chain: TestChain, *, measurement: bytes = bytes(48), policy: int
 
 def sign_report(report, key: ec.EllipticCurvePrivateKey) -> bytes:
     sig = key.sign(signed_region(report), ec.ECDSA(hashes.SHA384()))
-    return replace(report, signature=EcdsaSignature.from_der(sig)).to_bytes()
+    return record.replace(report, signature=EcdsaSignature.from_der(sig)).to_bytes()
 
 
 def _chain_tcb(chain: TestChain) -> dict:

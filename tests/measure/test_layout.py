@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from measure.record import fields, record
 
 import pytest
 
@@ -11,7 +11,7 @@ from measure.errors import LayoutError
 
 
 @layout.struct(size=12, spec="test: a name and a decimal number, as in an ar header")
-@dataclass(frozen=True)
+@record
 class Label(layout.Struct):
     name: str = layout.text(0, 8)
     count: str = layout.text(8, 4)
@@ -60,12 +60,12 @@ def test_every_declared_structure_compiles():
     assert {"PageInfo", "SaveArea", "HashTable", "MetadataSection"} <= names, names
     for cls in classes:
         layout.check(cls)
-        assert cls.offset_of(next(iter(cls.__dataclass_fields__))) >= 0
+        assert cls.offset_of(fields(cls)[0].name) >= 0
 
 
 def test_a_malformed_layout_is_refused_on_first_use():
     @layout.struct(size=4, spec="test: fields beyond the declared size")
-    @dataclass(frozen=True)
+    @record
     class TooBig(layout.Struct):
         a: int = layout.u64(0)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from measure.record import record
 
 import pytest
 from sevsnpmeasure.sev_mode import SevMode as OMode
@@ -70,14 +70,14 @@ def test_oracle_dump_matches_ours():
 def test_layout_rejects_overlaps_and_overflow():
     with pytest.raises(TypeError, match="overlaps"):
         @layout.struct(size=8, spec="test")
-        @dataclass(frozen=True)
+        @record
         class Bad:
             a: int = layout.u32(0)
             b: int = layout.u32(2)
         layout.check(Bad)
     with pytest.raises(TypeError, match="beyond"):
         @layout.struct(size=4, spec="test")
-        @dataclass(frozen=True)
+        @record
         class Bad2:
             a: int = layout.u64(0)
         layout.check(Bad2)
@@ -94,7 +94,7 @@ def test_layout_values_and_lengths_are_checked():
 
 def test_layout_u24_round_trips_and_checks_its_range():
     @layout.struct(size=8, spec="test")
-    @dataclass(frozen=True)
+    @record
     class Three(layout.Struct):
         size: int = layout.u24(0)
         kind: int = layout.u8(3)
