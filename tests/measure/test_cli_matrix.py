@@ -143,3 +143,19 @@ def test_an_invalid_matrix_fails_whole_before_printing(extra, message, fast, cap
     assert (rc, out) == (2, "")
     assert err.startswith("blindbox: error: ") and message in err, err
     assert len(err.splitlines()) == 1
+
+
+def test_a_matrix_imports_no_click_and_no_diff():
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    argv = ["measure", "--mode", "snp", "--ovmf", AMDSEV, "--vcpus", "1-4", "--vcpu-type", "EPYC,EPYC-Rome"]
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "blindbox.cli", *argv],
+                          capture_output=True, text=True, cwd=root, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 9
+    loaded = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "measure.matrix" in loaded
+    assert not {m for m in loaded if m.split(".")[0] in ("click", "builder", "cryptography")
+                or m.startswith("blindbox.audit") or m == "measure.diff"}
