@@ -23,6 +23,7 @@ from measure.errors import BlindboxError
 COMMANDS = {
     "measure": "blindbox.cli.measure:measure",
     "explain-vmsa": "blindbox.cli.measure:explain_vmsa",
+    "measure-diff": "blindbox.cli.measure_diff:measure_diff",
     "explain-report": "blindbox.cli.explain:explain_report",
     "rederive": "blindbox.cli.explain:rederive_cmd",
     "fetch": "blindbox.cli.fetch:fetch",

@@ -18,24 +18,42 @@ from measure.limits import MAX_VMSA_FILE_BYTES
 from measure.vmm import PROFILES
 from measure.vmsa import SaveArea, diff
 
-from .measure_core import MODES, run
+from .measure_core import MODES, Many, is_list, run
 from .params import AutoInt
+
+
+class _Listable(click.ParamType):
+    """One value of ``inner``, or (with a comma, or a range where allowed) a list that run() reads."""
+
+    def __init__(self, inner: click.ParamType, *, ranges: bool = False):
+        self.inner, self.ranges, self.name = inner, ranges, inner.name
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and is_list(value, self.ranges):
+            return Many(value)
+        return self.inner.convert(value, param, ctx)
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="blindbox measure",
                       message="%(prog)s %(version)s (sev-snp-measure 0.0.13 compatible)")
 @click.option("-v", "--verbose", is_flag=True, help="Print 'Calculated <MODE> guest measurement: ...'.")
 @click.option("--mode", required=True, type=click.Choice(MODES, case_sensitive=False), help="Guest mode.")
-@click.option("--vcpus", type=int, metavar="N", help="Number of guest vCPUs.")
-@click.option("--vcpu-type", metavar="CPUTYPE", help=f"Type of guest vCPU ({', '.join(CPU_SIGS)}).")
-@click.option("--vcpu-sig", type=AutoInt(), help="Guest vCPU signature value (CPUID Fn0000_0001_EAX).")
+@click.option("--vcpus", type=_Listable(click.INT, ranges=True), metavar="N",
+              help="Number of guest vCPUs; a list or ranges (1-64, 1,2,4,8) give one row per count.")
+@click.option("--vcpu-type", type=_Listable(click.STRING), metavar="CPUTYPE",
+              help=f"Type of guest vCPU ({', '.join(CPU_SIGS)}); a comma list gives one row per type.")
+@click.option("--vcpu-sig", type=_Listable(AutoInt()),
+              help="Guest vCPU signature value (CPUID Fn0000_0001_EAX); a comma list gives one row each.")
 @click.option("--vcpu-family", type=int, metavar="FAMILY", help="Guest vCPU family.")
 @click.option("--vcpu-model", type=int, metavar="MODEL", help="Guest vCPU model.")
 @click.option("--vcpu-stepping", type=int, metavar="STEPPING", help="Guest vCPU stepping.")
-@click.option("--vmm-type", default="QEMU", metavar="VMMTYPE",
-              help="Type of guest VMM (QEMU, ec2, gce; any case); selects that VMM's current profile.")
-@click.option("--vmm-profile", metavar="PROFILE",
-              help=f"Exact VMM profile, older ones included ({', '.join(PROFILES)}); overrides --vmm-type.")
+@click.option("--vmm-type", default="QEMU", type=_Listable(click.STRING), metavar="VMMTYPE",
+              help="Type of guest VMM (QEMU, ec2, gce; any case); selects that VMM's current profile. "
+                   "A comma list gives one row per VMM.")
+@click.option("--vmm-profile", type=_Listable(click.STRING), metavar="PROFILE",
+              help=f"Exact VMM profile, older ones included ({', '.join(PROFILES)}); overrides --vmm-type. "
+                   f"A comma list gives one row per profile; a --vmm-type list with it is refused.")
 @click.option("--ovmf", required=True, type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
               help="OVMF firmware image.")
 @click.option("--kernel", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
@@ -43,8 +61,9 @@ from .params import AutoInt
 @click.option("--initrd", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
               help="Initrd (with --kernel).")
 @click.option("--append", metavar="CMDLINE", help="Kernel command line (with --kernel).")
-@click.option("--guest-features", type=AutoInt(), default=0x1, show_default="0x1",
-              help="SEV_FEATURES of the VMSA (hex), e.g. 0x1 SNPActive, 0x21 SNPActive|DebugSwap.")
+@click.option("--guest-features", type=_Listable(AutoInt()), default=0x1, show_default="0x1",
+              help="SEV_FEATURES of the VMSA (hex), e.g. 0x1 SNPActive, 0x21 SNPActive|DebugSwap; "
+                   "a comma list gives one row each.")
 @click.option("--output-format", type=click.Choice(["hex", "base64", "json"]), default="hex",
               help="hex and base64 print what sev-snp-measure prints; json adds every parameter.")
 @click.option("--json", "as_json", is_flag=True, help="Same as --output-format json.")
@@ -63,6 +82,9 @@ def measure(verbose, mode, vcpus, vcpu_type, vcpu_sig, vcpu_family, vcpu_model, 
 
     Accepts every option of sev-snp-measure 0.0.13 with the same meaning and prints the
     same line, so switching is a change of program name.
+
+    Lists in --vcpus, --vcpu-type, --vcpu-sig, --vmm-type, --vmm-profile and --guest-features
+    (--mode snp) measure every combination: one table row, or with --json one object, per shape.
     """
     click.echo(run(verbose, mode, vcpus, vcpu_type, vcpu_sig, vcpu_family, vcpu_model, vcpu_stepping, vmm_type,
                    vmm_profile, ovmf, kernel, initrd, append, guest_features, output_format, as_json,

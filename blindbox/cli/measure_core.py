@@ -86,6 +86,10 @@ def run(verbose, mode, vcpus, vcpu_type, vcpu_sig, vcpu_family, vcpu_model, vcpu
         vmm_profile, ovmf, kernel, initrd, append, guest_features, output_format, as_json, snp_ovmf_hash,
         dump_vmsa, svsm, vars_size, vars_file, trace) -> str:
     """Compute what ``blindbox measure`` prints (without the final newline)."""
+    if any(isinstance(v, Many) for v in (vcpus, vcpu_type, vcpu_sig, guest_features, vmm_type, vmm_profile)):
+        return _run_matrix(verbose, mode, vcpus, vcpu_type, vcpu_sig, vcpu_family, vcpu_model, vcpu_stepping,
+                           vmm_type, vmm_profile, ovmf, kernel, initrd, append, guest_features, output_format,
+                           as_json, snp_ovmf_hash, dump_vmsa, svsm, vars_size, vars_file, trace)
     mode = mode.lower()
     ovmf_hash_only = mode == "snp:ovmf-hash"
     sev_mode = SevMode.SEV_SNP if ovmf_hash_only else SevMode.parse(mode)
@@ -134,18 +138,166 @@ def run(verbose, mode, vcpus, vcpu_type, vcpu_sig, vcpu_family, vcpu_model, vcpu
     return f"Calculated {sev_mode.name} guest measurement: {text}" if verbose else text
 
 
+class Many(str):
+    """An option value that lists several values (commas, or a range of vCPU counts): one row each."""
+
+
+def is_list(value: str, ranges: bool = False) -> bool:
+    """Whether ``value`` of a shape option lists several values (click and the fast parser agree)."""
+    return "," in value or (ranges and "-" in value.strip()[1:])
+
+
+def _items(option: str, text: str) -> list[str]:
+    items = [t.strip() for t in text.split(",")]
+    if "" in items:
+        raise InputError(f"{option} {text!r} has an empty entry; separate the values with single commas.")
+    return items
+
+
+def _unique(option: str, text: str, values: list[Any], names: list[str] | None = None) -> None:
+    seen: set[Any] = set()
+    for i, v in enumerate(values):
+        if v in seen:
+            raise InputError(f"{option} {text!r} lists {(names or values)[i]} twice; give each value once.")
+        seen.add(v)
+
+
+def _counts(text: str) -> list[int]:
+    from measure.snp import MAX_VCPUS
+    out: list[int] = []
+    for item in _items("--vcpus", text):
+        m = re.fullmatch(r"([0-9]+)(?:\s*-\s*([0-9]+))?", item)
+        if m is None:
+            raise InputError(f"--vcpus {text!r}: {item!r} is neither a count nor a range; write counts and "
+                             f"ranges such as 1-64, 1,2,4,8 or 1-4,8.")
+        lo = int(m[1])
+        hi = lo if m[2] is None else int(m[2])
+        if hi < lo:
+            raise InputError(f"--vcpus {text!r}: the range {item!r} is empty (reversed); write the low end "
+                             f"first, as in {hi}-{lo}.")
+        if lo < 1 or hi > MAX_VCPUS:
+            raise InputError(f"--vcpus {text!r}: {item!r} is out of range; a guest has 1 to {MAX_VCPUS} vCPUs.")
+        out.extend(range(lo, hi + 1))
+    _unique("--vcpus", text, out)
+    return out
+
+
+def _ints(option: str, value: Any) -> list[int]:
+    if not isinstance(value, Many):
+        return [value]
+    out = []
+    for item in _items(option, value):
+        try:
+            out.append(int(item, 0))
+        except ValueError:
+            raise InputError(f"{option} {value!r}: {item!r} is not an integer (use decimal or 0x-prefixed "
+                             f"hex).") from None
+    _unique(option, value, out, [f"{v:#x}" for v in out])
+    return out
+
+
+def _texts(option: str, value: Any) -> list[str]:
+    if not isinstance(value, Many):
+        return [value]
+    return _items(option, value)
+
+
+def _run_matrix(verbose, mode, vcpus, vcpu_type, vcpu_sig, vcpu_family, vcpu_model, vcpu_stepping, vmm_type,
+                vmm_profile, ovmf, kernel, initrd, append, guest_features, output_format, as_json, snp_ovmf_hash,
+                dump_vmsa, svsm, vars_size, vars_file, trace) -> str:
+    """``blindbox measure`` with lists of shape options: a table (or a JSON array), one row per shape.
+
+    Every option is checked and every list read before anything is hashed; an error names the
+    option and the entry, and nothing is printed.
+    """
+    from measure.matrix import MAX_SHAPES, launch_matrix
+    if mode.lower() != "snp":
+        raise InputError(f"lists of shape options need --mode snp (one row per SEV-SNP launch); with "
+                         f"--mode {mode} give single values.")
+    if dump_vmsa:
+        raise InputError("--dump-vmsa writes the VMSA pages of one launch; give single shape values with it, "
+                         "not lists.")
+    fmt = "json" if as_json else output_format
+    if trace and fmt != "json":
+        raise InputError("--trace lists pages in JSON; add --output-format json.")
+    if vcpus is None:
+        raise InputError("--vcpus N is required in guest mode 'snp'.")
+    counts = _counts(vcpus) if isinstance(vcpus, Many) else [vcpus]
+    if vmm_profile is not None:
+        if isinstance(vmm_type, Many):
+            raise InputError("--vmm-profile fixes the VMM, so --vmm-type cannot be a list with it; list the "
+                             "exact profiles in --vmm-profile instead (e.g. --vmm-profile qemu,ec2).")
+        listed = _texts("--vmm-profile", vmm_profile)
+        profiles = [profile(n) for n in listed]
+        for prof in profiles:
+            if vmm_type.lower() != "qemu" and VmmType.parse(vmm_type) is not prof.vmm_type:
+                raise InputError(f"--vmm-profile {prof.name} is a {prof.vmm_type.value} profile but "
+                                 f"--vmm-type says {vmm_type}; drop one of them.")
+        vmm_column, vmm_names = "vmm_profile", [p.name for p in profiles]
+    else:
+        types = [VmmType.parse(t) for t in _texts("--vmm-type", vmm_type)]
+        profiles = [profile_for(t) for t in types]
+        vmm_column, vmm_names = "vmm_type", [t.value for t in types]
+    _unique("--vmm-profile" if vmm_profile is not None else "--vmm-type", str(vmm_profile or vmm_type),
+            [p.name for p in profiles], vmm_names)
+    if vars_size is not None or vars_file is not None or svsm is not None:
+        raise InputError("--svsm, --vars-size and --vars-file only apply to --mode snp:svsm.")
+    seed = None
+    if snp_ovmf_hash is not None:
+        try:
+            seed = bytes.fromhex(snp_ovmf_hash)
+        except ValueError:
+            raise InputError(f"--snp-ovmf-hash {snp_ovmf_hash!r} is not hexadecimal; give the 96 hex "
+                             f"digits printed by --mode snp:ovmf-hash.") from None
+    cpus: list[tuple[int | None, str | None]] = []
+    if isinstance(vcpu_type, Many):
+        for name in _items("--vcpu-type", vcpu_type):
+            cpus.append(_vcpu_sig(SevMode.SEV_SNP, name, vcpu_sig, vcpu_family, vcpu_model, vcpu_stepping))
+        _unique("--vcpu-type", vcpu_type, [n for _, n in cpus], [str(n) for _, n in cpus])
+        cpu_column = "vcpu_type"
+    else:
+        for sig in _ints("--vcpu-sig", vcpu_sig):
+            cpus.append(_vcpu_sig(SevMode.SEV_SNP, vcpu_type, sig, vcpu_family, vcpu_model, vcpu_stepping))
+        cpu_column = "vcpu_sig" if isinstance(vcpu_sig, Many) else ""
+    features = _ints("--guest-features", guest_features)
+    size = len(cpus) * len(profiles) * len(features) * len(counts)
+    if size > MAX_SHAPES:
+        raise InputError(f"the lists give {size:,} shapes, more than the {MAX_SHAPES:,} one command computes; "
+                         f"split the matrix over several commands.")
+    shapes = [(sig, f, prof) for sig, _ in cpus for prof in profiles for f in features]
+    req = MeasureRequest(mode=SevMode.SEV_SNP, ovmf=ovmf, vcpus=counts[0], kernel=kernel, initrd=initrd,
+                         append=append, ovmf_hash=seed, trace=trace)
+    results = launch_matrix(req, shapes, counts)
+    names: list[str | None] = [name for _, name in cpus for _p in profiles for _f in features for _n in sorted(counts)]
+    if fmt == "json":
+        return json.dumps([_json(r, name, trace) for r, name in zip(results, names, strict=True)], indent=2)
+    columns = [c for c, varies in ((cpu_column, bool(cpu_column)), (vmm_column, len(profiles) > 1),
+                                   ("guest_features", len(features) > 1), ("vcpus", len(counts) > 1)) if varies]
+    vmm_name = dict(zip((p.name for p in profiles), vmm_names, strict=True))
+    table = [columns + ["measurement"]]
+    for r, type_name in zip(results, names, strict=True):
+        q = r.request
+        cells = {"vcpu_type": str(type_name), "vcpu_sig": f"{q.vcpu_sig or 0:#x}", "vmm_type": vmm_name[q.profile.name],
+                 "vmm_profile": q.profile.name, "guest_features": f"{q.guest_features:#x}", "vcpus": str(q.vcpus)}
+        digest = r.digest.hex() if fmt == "hex" else base64.b64encode(r.digest).decode()
+        table.append([cells[c] for c in columns] + [digest])
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+    return "\n".join("  ".join([cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)] + [row[-1]])
+                     for row in table)
+
+
 #: Options the fast parser reads: name -> (keyword, kind).  The rest go to click.
 _FAST: dict[str, tuple[str, str]] = {
     "-v": ("verbose", "flag"), "--verbose": ("verbose", "flag"),
     "--mode": ("mode", "mode"),
     "--vcpus": ("vcpus", "int"),
-    "--vcpu-type": ("vcpu_type", "str"),
+    "--vcpu-type": ("vcpu_type", "strs"),
     "--vcpu-sig": ("vcpu_sig", "autoint"),
     "--vcpu-family": ("vcpu_family", "int"),
     "--vcpu-model": ("vcpu_model", "int"),
     "--vcpu-stepping": ("vcpu_stepping", "int"),
-    "--vmm-type": ("vmm_type", "str"),
-    "--vmm-profile": ("vmm_profile", "str"),
+    "--vmm-type": ("vmm_type", "strs"),
+    "--vmm-profile": ("vmm_profile", "strs"),
     "--ovmf": ("ovmf", "path"),
     "--kernel": ("kernel", "path"),
     "--initrd": ("initrd", "path"),
@@ -203,16 +355,24 @@ def fast_options(args: list[str]) -> dict[str, Any] | None:
                 return None
             value = args[i]
             i += 1
-        if value.startswith("-") or not value.isascii() and kind != "str":
+        if value.startswith("-") or not value.isascii() and kind not in ("str", "strs"):
             return None
         if kind == "int":
+            if is_list(value, ranges=True):  # a list or range of counts, read by run() as click passes it
+                out[key] = Many(value)
+                continue
             if not _DECIMAL.fullmatch(value):
                 return None
             out[key] = int(value)
         elif kind == "autoint":
+            if is_list(value):
+                out[key] = Many(value)
+                continue
             if not _AUTOINT.fullmatch(value):
                 return None
             out[key] = int(value, 0)
+        elif kind == "strs":
+            out[key] = Many(value) if is_list(value) else value
         elif kind == "mode":
             if value.lower() not in MODES:
                 return None

@@ -41,7 +41,22 @@ CASES = [a for a in ARGVS] + [BASE + a for a in (
     ["--mode", "snp:ovmf-hash", "--ovmf", AMDSEV, "--kernel", "/dev/null"],
     ["--mode", "seves", "--vcpus", "1", "--vcpu-type", "EPYC", "--ovmf", AMDSEV, "--snp-ovmf-hash", "00" * 48],
     ["--mode", "snp", "--vcpus", "1", "--vcpu-type", "EPYC", "--ovmf", "/nonexistent.fd"],
-]
+] + [["--mode", "snp", "--ovmf", AMDSEV] + a for a in (
+    # lists and ranges of shape options (tests/measure/test_cli_matrix.py)
+    ["--vcpus", "1-3"] + TYPE, ["--vcpus", " 1 - 3 ,5"] + TYPE, ["--vcpus=2,1"] + TYPE, ["--vcpus", "3-1"] + TYPE,
+    ["--vcpus", "1-4096", "--vcpu-type", "EPYC,EPYC-Rome", "--guest-features", ",".join(map(hex, range(1, 50, 2)))],
+    ["--vcpus", "1,"] + TYPE, ["--vcpus", "1-２"] + TYPE, ["--vcpus", "1--2"] + TYPE, ["--vcpus", "+1-2"] + TYPE,
+    ["--vcpus", "1", "--vcpu-type", "EPYC-v4,EPYC-Turin", "--json"], ["--vcpus", "1", "--vcpu-type", "EPYC,é"],
+    ["--vcpus", "1-2", "--vcpu-sig", "0x800f12,0o17"], ["--vcpus", "1-2", "--vcpu-sig", "0x800f12,08"],
+    ["--vcpus", "2", "--vmm-type", "ec2,gce"], ["--vcpus", "2", "--vmm-type", "ec2,gce"] + TYPE,
+    ["--vcpus", "1", "--vmm-profile", "qemu,ec2-rdx0"] + TYPE, ["--vcpus", "1", "--vmm-profile", "qemu,"] + TYPE,
+    ["--vcpus", "1", "--guest-features", "0x1,0x21", "--output-format", "base64"] + TYPE,
+    ["--vcpus", "1-2", "--snp-ovmf-hash", SEED] + TYPE, ["--vcpus", "1-2", "--kernel", "/dev/null"] + TYPE,
+    ["--vcpus", "1-2", "--mode", "snp:svsm", "--svsm", "/dev/null", "--vars-size", "4096"] + TYPE,
+    ["--vcpus", "1-2", "--vcpu-family", "25", "--vcpu-model", "1", "--vcpu-stepping", "1"],
+    ["--vcpus", "1-2", "--vcpu-family", "25", "--vcpu-model", "1", "--vcpu-stepping", "1"] + TYPE,
+    ["--vcpus", "1-2", "--dump-vmsa"] + TYPE, ["--vcpus", "1-2", "-v"] + TYPE,
+)]
 
 
 def run(argv, capsys, monkeypatch, *, fast: bool):
@@ -63,6 +78,11 @@ def test_common_invocations_take_the_fast_path():
     assert len(taken) == len(ARGVS)
     for argv in (["-h"], ["--version"], BASE + ["--dump-vmsa"], BASE + ["--vcpus=+3"], BASE + ["--kernel", "/tmp"]):
         assert core.fast_options(argv) is None, argv
+    lists = core.fast_options(["--mode", "snp", "--ovmf", AMDSEV, "--vcpus", "1-64", "--vcpu-type", "EPYC,EPYC-Rome",
+                               "--vmm-type", "QEMU,ec2", "--guest-features", "0x1,0x21", "--vcpu-sig", "1,2"])
+    assert lists is not None
+    for key in ("vcpus", "vcpu_type", "vmm_type", "guest_features", "vcpu_sig"):
+        assert isinstance(lists[key], core.Many), key
 
 
 def test_fast_options_are_those_click_passes():
