@@ -48,7 +48,7 @@ def test_hello_builds_are_byte_identical_under_varied_conditions():
                       for suffix in (".id-auth.b64", ".id-auth.bin", ".id-block.b64", ".id-block.bin"))
     assert len(id_files) == 48
     assert res.files == sorted(["OVMF.amdsev.fd", "bzImage", "cmdline", "initrd", "launch-snp.sh",
-                                "manifest.json", *id_files])
+                                "manifest.json", "provenance.intoto.json", *id_files])
     varied = {c: (a, b) for c, a, b in res.variations}
     assert varied["umask"] == ("022", "077") and varied["SOURCE_DATE_EPOCH env"] == ("unset", "1")
     assert varied["TZ"][0] != varied["TZ"][1]
@@ -113,7 +113,7 @@ def test_python_app_builds_are_byte_identical_under_varied_conditions(tmp_path_f
     bundle, _, recipe = built_app(tmp_path_factory)
     res = check_repro(recipe, cache=cache_root(), allow_stale=ALLOW_STALE, reference=bundle)
     assert res.identical, [d.describe() for d in res.differences]
-    assert {"rootfs.erofs", "rootfs.verity", "manifest.json"} <= set(res.files)
+    assert {"rootfs.erofs", "rootfs.verity", "manifest.json", "provenance.intoto.json"} <= set(res.files)
 
 
 def test_python_app_from_two_fresh_clones_is_byte_identical(tmp_path, tmp_path_factory):
