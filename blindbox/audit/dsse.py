@@ -85,7 +85,7 @@ def _b64(text: object, field: str, source: str) -> bytes:
         try:
             raw = text.encode("ascii")
             if "-" in text or "_" in text:       # DSSE allows the URL-safe alphabet too
-                return base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
+                return base64.b64decode(raw + b"=" * (-len(raw) % 4), altchars=b"-_", validate=True)
             return base64.b64decode(raw, validate=True)
         except (UnicodeEncodeError, binascii.Error, ValueError):
             pass

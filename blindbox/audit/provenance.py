@@ -146,7 +146,7 @@ def first_difference(got: object, want: object, path: str = "") -> str | None:
             return f"{path} has {len(got)} entries, the manifest gives {len(want)}"
         return None
     if type(got) is not type(want) or got != want:
-        return f"{path} is {_short(got)}, the manifest gives {_short(want)}"
+        return f"{path or 'the statement'} is {_short(got)}, the manifest gives {_short(want)}"
     return None
 
 

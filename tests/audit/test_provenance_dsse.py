@@ -15,6 +15,7 @@ from blindbox.audit.dsse import IN_TOTO_PAYLOAD_TYPE, envelope_path_for, pae, si
 from blindbox.audit.errors import SignatureInvalid
 from blindbox.audit.manifest_sig import ECDSA_P384, ED25519, public_key_fingerprint, public_key_pem
 from blindbox.audit.provenance import PROVENANCE
+from measure.errors import InputError
 from blindbox.cli import main
 from tests.tools import require
 
@@ -211,3 +212,14 @@ def test_bad_input_exits_2(published, capsys, argv, message):
     rc, out, err = cli([a.format(**names) for a in argv], capsys)
     assert rc == 2 and out == "" and message.format(**names) in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_the_url_safe_alphabet_is_read_and_other_characters_are_not(key):
+    statement = STATEMENT.replace("grüße".encode(), b"~~~~~~")   # "~~~" is "fn5+" in base64, "fn5-" URL-safe
+    doc = json.loads(sign_envelope(statement, key).data)
+    doc["payload"] = base64.urlsafe_b64encode(statement).decode().rstrip("=")
+    assert "-" in doc["payload"]
+    assert verify_envelope(json.dumps(doc).encode(), key.public_key()).payload == statement
+    doc["payload"] = "-" + doc["payload"][1:].replace("A", "*", 1)
+    with pytest.raises(InputError, match="envelope: payload is not base64; give a DSSE envelope"):
+        verify_envelope(json.dumps(doc).encode(), key.public_key())

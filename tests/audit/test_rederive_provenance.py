@@ -133,3 +133,10 @@ def test_a_provenance_that_is_not_json_is_a_failed_finding(bundle, capsys, data,
     rc, line, failed = rederive(bundle, capsys)
     assert failed == [PROVENANCE, *STAND_IN_FAILURES]
     assert rc == 3 and message in line
+
+
+def test_a_statement_that_is_not_an_object_is_named(bundle, capsys):
+    (bundle / PROVENANCE).write_text("[]\n")
+    rc, line, _ = rederive(bundle, capsys)
+    assert rc == 3 and "differs from the statement of the published manifest: the statement is [], the manifest " \
+                       "gives {" in line
