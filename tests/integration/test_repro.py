@@ -7,6 +7,7 @@ files of every shape are covered too: their ECDSA signatures must be determinist
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -83,11 +84,16 @@ def test_injected_difference_is_named_with_file_and_offset():
         marker = (a / "launch-snp.sh").read_bytes().index(b"# built by process ")
         assert marker < offset < marker + 30                      # inside the leaked process id
         manifest_offset = first_difference(a / "manifest.json", b / "manifest.json")
-        # the script, and its sha256 in the manifest; nothing else
+        provenance_offset = first_difference(a / "provenance.intoto.json", b / "provenance.intoto.json")
+        # the script, its sha256 in the manifest, and the two sha256 in the provenance; nothing else
         assert report == [
             f"NOT REPRODUCIBLE: launch-snp.sh: first differing byte at offset {offset} ({offset:#x})",
             f"NOT REPRODUCIBLE: manifest.json: first differing byte at offset {manifest_offset} "
-            f"({manifest_offset:#x})"]
+            f"({manifest_offset:#x})",
+            f"NOT REPRODUCIBLE: provenance.intoto.json: first differing byte at offset {provenance_offset} "
+            f"({provenance_offset:#x})"]
+        provenance = [json.loads((d / "provenance.intoto.json").read_bytes())["subject"] for d in (a, b)]
+        assert [s["name"] for s in provenance[0] if s not in provenance[1]] == ["launch-snp.sh", "manifest.json"]
         assert "built by process" in p.stdout                     # diffoscope's explanation follows
     finally:
         shutil.rmtree(work, ignore_errors=True)
