@@ -24,7 +24,7 @@ cmdline  the command line bytes (the recipe's; with a simulated attester ``blind
 measure  launch digests for every shape, the firmware hashed once (measure.snp.SnpLaunch)
 idblock  with a recipe id_block: ID_BLOCK and ID_AUTH_INFO for every shape (deterministic ECDSA)
 launch   launch-snp.sh
-manifest manifest.json
+manifest manifest.json, and provenance.intoto.json beside it (blindbox.audit.provenance)
 write    the bundle, atomically (builder.bundle)
 ======== ===================================================================================
 
@@ -63,6 +63,7 @@ from measure.errors import MeasureError, UnsupportedFirmware
 from measure.inputs import read_bounded, read_input
 from measure.limits import MAX_FIRMWARE_BYTES
 from blindbox.audit.limits import MAX_MANIFEST_BYTES
+from blindbox.audit.provenance import PROVENANCE, provenance_json
 from measure import verity
 from measure.runtime_policy import CMDLINE_PARAM as RUNTIME_POLICY_PARAM
 from measure.runtime_policy import cmdline_word, manifest_record
@@ -229,14 +230,18 @@ def step_current(b: Build) -> None:
         return
     path = b.out / MANIFEST
     try:
-        manifest = Manifest.from_json(read_bounded(path, "manifest", MAX_MANIFEST_BYTES), str(path))
+        data = read_bounded(path, "manifest", MAX_MANIFEST_BYTES)
+        manifest = Manifest.from_json(data, str(path))
+        provenance = (b.out / PROVENANCE).read_bytes()
     except (OSError, MeasureError, ManifestError):
+        return
+    if provenance != provenance_json(manifest.to_dict(), data):
         return
     if (manifest.recipe.get("sha256") != b.recipe.sha256 or manifest.lock.get("sha256") != b.lock.sha256
             or manifest.tool.get("version") != TOOL["version"] or manifest.name != b.recipe.name):
         return
     expected = {o.file: o for o in manifest.outputs}
-    present = {p.name for p in b.out.iterdir()} - {MANIFEST}
+    present = {p.name for p in b.out.iterdir()} - {MANIFEST, PROVENANCE}
     if present != set(expected):
         return
     for name, rec in expected.items():
@@ -364,7 +369,7 @@ def step_firmware(b: Build) -> None:
     check_firmware(fw, what)
     base = source.rsplit("/", 1)[-1]
     b.firmware_file = base if _SAFE_NAME.fullmatch(base) and base not in (
-        KERNEL_FILE, INITRD_FILE, CMDLINE_FILE, LAUNCH_FILE, MANIFEST) else "firmware.fd"
+        KERNEL_FILE, INITRD_FILE, CMDLINE_FILE, LAUNCH_FILE, MANIFEST, PROVENANCE) else "firmware.fd"
     b.firmware, b.firmware_bytes = fw, data
 
 
@@ -680,7 +685,9 @@ def step_manifest(b: Build) -> None:
         measurements=tuple(b.measurements),
         rootfs=rootfs, agent=agent,
         runtime_policy=None if b.recipe.runtime_policy is None else manifest_record(b.recipe.runtime_policy.policy))
-    b.files[MANIFEST] = (b.manifest.checked_json(), 0o644)
+    data = b.manifest.checked_json()
+    b.files[MANIFEST] = (data, 0o644)
+    b.files[PROVENANCE] = (provenance_json(b.manifest.to_dict(), data), 0o644)
 
 
 def _rootfs_record(b: Build) -> dict:

@@ -28,6 +28,12 @@ MAX_SIGNATURE_FILE_BYTES = 1 * KIB
 #: 2 MiB.
 MAX_MANIFEST_BYTES = 16 * MIB
 
+#: ``provenance.intoto.json``: it restates the manifest's inputs and outputs, never more than it.
+MAX_PROVENANCE_BYTES = MAX_MANIFEST_BYTES
+
+#: Its DSSE envelope: the statement in base64 (4/3 of its size) and a few signatures.
+MAX_ENVELOPE_BYTES = MAX_PROVENANCE_BYTES * 4 // 3 + 64 * KIB
+
 #: Measurement entries (shapes) in one manifest.  Recipes publish a dozen; 4096 shapes
 #: of a few vCPUs re-derive in about a second.
 MAX_MANIFEST_SHAPES = 4096

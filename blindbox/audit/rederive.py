@@ -6,8 +6,9 @@ says, and does every published value that the files determine follow from them â
 firmware facts and OVMF hash, the command line, the kernel's release (read from its
 bzImage setup header by :mod:`measure.bzimage`, as the builder reads it), the kernel hashes,
 the launch digest of each shape, the ID blocks and their key digests, what
-``launch-snp.sh`` launches, and whether the initrd carries and loads the published runtime policy
-(its canonical JSON, the nftables rule set rendered from it, and the agent's ``--runtime-policy``)?
+``launch-snp.sh`` launches, whether the initrd carries and loads the published runtime policy
+(its canonical JSON, the nftables rule set rendered from it, and the agent's ``--runtime-policy``), and
+whether provenance.intoto.json is the in-toto statement of the manifest (:mod:`blindbox.audit.provenance`)?
 It needs no builder code.  Values the files cannot determine (input origins, the recipe
 and lock digests, ...) are listed in docs/auditing.md.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -39,7 +41,9 @@ from measure.inputs import file_digest, is_fifo_or_socket, read_input
 from measure.kernel_hashes import KernelHashes
 from .manifest import ATTESTER_PARAM, SINGLE_ROLES, ManifestInvalid, outputs_by_role, read_manifest, runtime_policy_of
 from measure.limits import MAX_CMDLINE_FILE_BYTES
-from .limits import MAX_INITRD_BYTES, MAX_INITRD_MEMBERS, MAX_INITRD_UNPACKED_BYTES, MAX_MANIFEST_BYTES
+from .limits import (MAX_INITRD_BYTES, MAX_INITRD_MEMBERS, MAX_INITRD_UNPACKED_BYTES, MAX_MANIFEST_BYTES,
+                     MAX_PROVENANCE_BYTES)
+from .provenance import PROVENANCE, first_difference, statement, to_json
 from measure.ovmf import Firmware
 from measure.snp import SnpLaunch, VmShape
 from measure.vmm import profile
@@ -54,13 +58,17 @@ class Finding:
     detail: str
 
 
-def _manifest(bundle: Path) -> dict[str, Any]:
+def _manifest_bytes(bundle: Path) -> bytes:
     path = bundle / MANIFEST
     if is_fifo_or_socket(path):
         # reading a FIFO nobody writes to waits for ever; a bundle holds its manifest as a file
         raise InputError(f"the manifest {str(path)!r} is a FIFO or socket, not a file; a bundle's "
                          f"manifest.json is a regular file, so rebuild or re-download the bundle.")
-    return read_manifest(read_input(path, "manifest", limit=MAX_MANIFEST_BYTES), str(path))
+    return read_input(path, "manifest", limit=MAX_MANIFEST_BYTES)
+
+
+def _manifest(bundle: Path) -> dict[str, Any]:
+    return read_manifest(_manifest_bytes(bundle), str(bundle / MANIFEST))
 
 
 def _inside(bundle: Path, name: str, field: str, source: str) -> Path:
@@ -106,6 +114,40 @@ def _file_findings(bundle: Path, doc: dict[str, Any], source: str) -> tuple[list
         findings.append(Finding(f"file {name}", ok, f"sha256 {actual}, {actual_size} bytes" if ok else
                                 f"sha256 {actual} ({actual_size} bytes), manifest says {sha} ({size} bytes)"))
     return findings, present
+
+
+def _provenance_finding(bundle: Path, doc: dict[str, Any], manifest_bytes: bytes) -> Finding:
+    """provenance.intoto.json is the in-toto statement of the published manifest, field for field and byte for byte."""
+    path = bundle / PROVENANCE
+    if is_fifo_or_socket(path) or not path.is_file():
+        return Finding(PROVENANCE, False, f"{path} is missing (or not a regular file); a blindbox bundle carries its "
+                                          f"build provenance beside manifest.json, so rebuild the bundle or ask its "
+                                          f"publisher for the file")
+    data = read_input(path, "provenance", limit=MAX_PROVENANCE_BYTES)
+    try:
+        got = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        return Finding(PROVENANCE, False, f"{path} is not UTF-8 JSON with unique keys ({e}), so not the in-toto "
+                                          f"statement blindbox writes")
+    want = statement(doc, manifest_bytes)
+    wrong = first_difference(got, want)
+    if wrong is not None:
+        return Finding(PROVENANCE, False, f"differs from the statement of the published manifest: {wrong}")
+    if data != to_json(want):
+        return Finding(PROVENANCE, False, "holds the statement of the published manifest, but not in the bytes "
+                                          "blindbox writes (sorted keys, two-space indentation, one final newline)")
+    deps = want["predicate"]["buildDefinition"]["resolvedDependencies"]
+    return Finding(PROVENANCE, True, f"the in-toto statement of the published manifest: {len(want['subject'])} "
+                                     f"subjects, {len(deps)} resolved dependencies")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"the key {key!r} appears twice in one object")
+        obj[key] = value
+    return obj
 
 
 def _compare(name: str, published: object, derived: object, what: str) -> Finding:
@@ -392,10 +434,13 @@ def rederive(bundle: str | Path) -> list[Finding]:
     """One finding per published value; all ``ok`` means the bundle is what its manifest says."""
     bundle = Path(bundle)
     source = str(bundle / MANIFEST)
-    doc, roles = load_bundle(bundle)
+    manifest_bytes = _manifest_bytes(bundle)
+    doc = read_manifest(manifest_bytes, source)
+    roles = bundle_role_files(bundle, doc)
     # Everything below is derived from the files as they are, so that a changed file shows
     # which published values it changes (its own finding above already fails).
     findings, present = _file_findings(bundle, doc, source)
+    findings.append(_provenance_finding(bundle, doc, manifest_bytes))
     files = outputs_by_role(doc)
     have = {role for role in SINGLE_ROLES if files[role]["file"] in present}
 

@@ -10,6 +10,7 @@ Part of the command line, which may import every part; no other part imports it
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,8 +22,10 @@ from blindbox.audit.certs import collect_certificates, load_certificates
 from measure.errors import InputError
 from blindbox.audit.idblock import DEFAULT_GUEST_SVN, DEFAULT_POLICY, create_id_block, load_private_key
 from measure.inputs import read_input
-from blindbox.audit.limits import (MAX_CERTIFICATE_FILE_BYTES, MAX_MANIFEST_BYTES, MAX_REPORT_FILE_BYTES,
-                                   MAX_SIGNATURE_FILE_BYTES)
+from blindbox.audit.limits import (MAX_CERTIFICATE_FILE_BYTES, MAX_ENVELOPE_BYTES, MAX_MANIFEST_BYTES,
+                                   MAX_PROVENANCE_BYTES, MAX_REPORT_FILE_BYTES, MAX_SIGNATURE_FILE_BYTES)
+from blindbox.audit.dsse import ENVELOPE_SUFFIX, envelope_path_for, read_envelope, sign_envelope, verify_envelope
+from blindbox.audit.provenance import STATEMENT_TYPE
 from blindbox.audit.kds import Fetched, KdsClient, fetch_missing
 from blindbox.audit.manifest_sig import (SIGNATURE_SUFFIX, load_private_key as load_signing_key, load_public_key,
                                          public_key_fingerprint, sign_manifest, verify_manifest)
@@ -251,72 +254,170 @@ def id_block_cmd(measurement_arg, measurement, id_key, author_key, family_id, im
         click.echo(f"author_key_digest: {result.author_key_digest.hex()}")
 
 
+def _statement(path: Path) -> bytes:
+    """The bytes of an in-toto statement file (refused when it is not one)."""
+    data = read_input(path, "provenance", limit=MAX_PROVENANCE_BYTES)
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise InputError(f"--provenance {str(path)!r} is not UTF-8 JSON ({e}); give a bundle's "
+                         f"provenance.intoto.json.") from None
+    if not isinstance(doc, dict) or doc.get("_type") != STATEMENT_TYPE:
+        raise InputError(f"--provenance {str(path)!r} is not an in-toto statement (its _type is not "
+                         f"{STATEMENT_TYPE}); give a bundle's provenance.intoto.json.")
+    return data
+
+
 @click.command("sign-manifest", context_settings=_CTX)
-@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("manifest", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--key", required=True, type=click.Path(dir_okay=False, path_type=Path), metavar="PEM",
               help="Publisher's private key: ECDSA P-384 or Ed25519.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help=f"Signature file (default: MANIFEST{SIGNATURE_SUFFIX}).")
+@click.option("--provenance", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Also (or only) sign this provenance.intoto.json, as a DSSE envelope.")
+@click.option("--envelope", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help=f"With --provenance: the envelope file (default: provenance.intoto{ENVELOPE_SUFFIX} beside it).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def sign_manifest_cmd(manifest, key, output, as_json):
-    """Write a detached signature over the exact bytes of MANIFEST.
+def sign_manifest_cmd(manifest, key, output, provenance, envelope, as_json):
+    """Write a detached signature over the exact bytes of MANIFEST, and with --provenance
+    a DSSE envelope around the bundle's in-toto provenance statement.
 
     ECDSA P-384 signatures are DER over SHA-384 (deterministic, RFC 6979); Ed25519
-    signatures are the raw 64 bytes. openssl alone verifies both (docs/auditing.md).
+    signatures are the raw 64 bytes. openssl alone verifies both (docs/auditing.md). The
+    envelope (docs/provenance.md) is signed with the same key over DSSE's PAE encoding.
     """
-    output = output or manifest.with_name(manifest.name + SIGNATURE_SUFFIX)
-    refuse_inputs(output, [("manifest", manifest), ("signing key", key)], "--output")
-    data = read_input(manifest, "manifest", limit=MAX_MANIFEST_BYTES)
-    result = sign_manifest(data, load_signing_key(key))
-    write_atomic(output, result.signature, what="signature file")
+    if manifest is None and provenance is None:
+        raise InputError("give the MANIFEST to sign, --provenance FILE, or both.")
+    if output is not None and manifest is None:
+        raise InputError("--output names the manifest's signature file; give MANIFEST too, or drop --output.")
+    if envelope is not None and provenance is None:
+        raise InputError("--envelope names the provenance's envelope file; give --provenance too, or drop "
+                         "--envelope.")
+    inputs = [("manifest", manifest), ("signing key", key), ("provenance", provenance)]
+    if manifest is not None:
+        output = output or manifest.with_name(manifest.name + SIGNATURE_SUFFIX)
+        refuse_inputs(output, inputs, "--output")
+    if provenance is not None:
+        envelope = envelope or provenance.with_name(envelope_path_for(provenance.name))
+        refuse_inputs(envelope, inputs, "--envelope")
+        if output is not None:
+            refuse_inputs(envelope, [("manifest signature file", output)], "--envelope")
+    signing_key = load_signing_key(key)
+    result = None
+    if manifest is not None:
+        data = read_input(manifest, "manifest", limit=MAX_MANIFEST_BYTES)
+        result = sign_manifest(data, signing_key)
+    sealed = None
+    if provenance is not None:
+        statement = _statement(provenance)
+        sealed = sign_envelope(statement, signing_key)
+    if result is not None:
+        write_atomic(output, result.signature, what="signature file")
+    if sealed is not None:
+        write_atomic(envelope, sealed.data, what="envelope file")
     if as_json:
-        click.echo(json.dumps({"manifest": str(manifest), "manifest_sha256": result.manifest_sha256,
-                               "signature": str(output), "algorithm": result.algorithm,
-                               "key_sha256": result.key_sha256}, indent=2))
-    else:
+        out: dict = {}
+        if result is not None:
+            out.update({"manifest": str(manifest), "manifest_sha256": result.manifest_sha256,
+                        "signature": str(output), "algorithm": result.algorithm, "key_sha256": result.key_sha256})
+        if sealed is not None:
+            out["provenance"] = {"statement": str(provenance),
+                                 "statement_sha256": hashlib.sha256(sealed.payload).hexdigest(),
+                                 "envelope": str(envelope), "payload_type": sealed.payload_type,
+                                 "algorithm": sealed.algorithm, "key_sha256": sealed.key_sha256}
+        click.echo(json.dumps(out, indent=2))
+        return
+    if result is not None:
         click.echo(f"signed {manifest} (sha256 {result.manifest_sha256}) with {result.algorithm} key "
                    f"sha256:{result.key_sha256}; signature written to {output}")
+    if sealed is not None:
+        click.echo(f"signed {provenance} (sha256 {hashlib.sha256(sealed.payload).hexdigest()}) as a DSSE envelope "
+                   f"({sealed.payload_type}) with {sealed.algorithm} key sha256:{sealed.key_sha256}; envelope "
+                   f"written to {envelope}")
 
 
 @click.command("verify-manifest", context_settings=_CTX)
-@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("manifest", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--key", required=True, type=click.Path(dir_okay=False, path_type=Path), metavar="PEM",
               help="Publisher's public key (PEM or DER SubjectPublicKeyInfo).")
 @click.option("--signature", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help=f"Signature file (default: MANIFEST{SIGNATURE_SUFFIX}).")
+@click.option("--provenance", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Also (or only) check that this provenance.intoto.json is what its DSSE envelope signs.")
+@click.option("--envelope", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help=f"The DSSE envelope (default with --provenance: provenance.intoto{ENVELOPE_SUFFIX} beside it); "
+                   f"alone, check the envelope's signature only.")
 @click.option("--key-sha256", type=HexBytes(32, prefix="sha256:"), metavar="HEX",
               help="Also require the public key to have this SHA-256 fingerprint (DER SubjectPublicKeyInfo).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def verify_manifest_cmd(manifest, key, signature, key_sha256, as_json):
-    """Check the detached signature over MANIFEST with the publisher's public key.
+def verify_manifest_cmd(manifest, key, signature, provenance, envelope, key_sha256, as_json):
+    """Check the detached signature over MANIFEST with the publisher's public key, and with
+    --provenance (or --envelope) the DSSE envelope of the bundle's provenance statement.
 
-    Exit 0 when it verifies, 3 when any byte of the manifest or signature changed or the
-    key differs, 2 when a file is unreadable.
+    Exit 0 when everything asked verifies, 3 when any byte of the manifest, statement,
+    signature or envelope changed or the key differs, 2 when a file is unreadable.
     """
     from blindbox.audit.errors import SignatureInvalid
 
-    data = read_input(manifest, "manifest", limit=MAX_MANIFEST_BYTES)
-    sig_path = signature or manifest.with_name(manifest.name + SIGNATURE_SUFFIX)
-    sig = read_input(sig_path, "signature", limit=MAX_SIGNATURE_FILE_BYTES)
+    if manifest is None and provenance is None and envelope is None:
+        raise InputError("give the MANIFEST to check, --provenance FILE (or --envelope FILE), or both.")
+    if signature is not None and manifest is None:
+        raise InputError("--signature is the manifest's signature file; give MANIFEST too, or drop --signature.")
+    data = sig = statement = sealed = None
+    sig_path = env_path = None
+    if manifest is not None:
+        data = read_input(manifest, "manifest", limit=MAX_MANIFEST_BYTES)
+        sig_path = signature or manifest.with_name(manifest.name + SIGNATURE_SUFFIX)
+        sig = read_input(sig_path, "signature", limit=MAX_SIGNATURE_FILE_BYTES)
+    if provenance is not None or envelope is not None:
+        statement = _statement(provenance) if provenance is not None else None
+        env_path = envelope or provenance.with_name(envelope_path_for(provenance.name))
+        sealed = read_input(env_path, "envelope", limit=MAX_ENVELOPE_BYTES)
+        read_envelope(sealed, str(env_path))   # malformed: bad input, before any verdict
     public = load_public_key(key)
     fingerprint = public_key_fingerprint(public)
-    error = None
+    error = env_error = None
     algorithm = None
     if key_sha256 is not None and fingerprint != key_sha256.hex():
-        error = SignatureInvalid(f"the public key {str(key)!r} has fingerprint sha256:{fingerprint}, not "
-                                 f"the pinned sha256:{key_sha256.hex()}; get the publisher's key from a "
-                                 f"trusted source.")
+        error = env_error = SignatureInvalid(
+            f"the public key {str(key)!r} has fingerprint sha256:{fingerprint}, not the pinned "
+            f"sha256:{key_sha256.hex()}; get the publisher's key from a trusted source.")
     else:
-        try:
-            algorithm = verify_manifest(data, sig, public, source=str(manifest))
-        except SignatureInvalid as e:
-            error = e
+        if data is not None and sig is not None:
+            try:
+                algorithm = verify_manifest(data, sig, public, source=str(manifest))
+            except SignatureInvalid as e:
+                error = e
+        if sealed is not None:
+            try:
+                opened = verify_envelope(sealed, public, source=str(env_path))
+                algorithm = algorithm or opened.algorithm
+                if statement is not None and opened.payload != statement:
+                    raise SignatureInvalid(
+                        f"{env_path} is signed by the key, but over another statement than {provenance} "
+                        f"(sha256 {hashlib.sha256(opened.payload).hexdigest()}, the file has "
+                        f"{hashlib.sha256(statement).hexdigest()}): the provenance was changed after it was "
+                        f"signed; do not trust it.")
+            except SignatureInvalid as e:
+                env_error = e
+    failed = error if data is not None and error is not None else env_error
     if as_json:
-        click.echo(json.dumps({"verdict": FAIL if error else PASS, "manifest": str(manifest),
-                               "signature": str(sig_path), "algorithm": algorithm,
-                               "key_sha256": fingerprint, "error": None if error is None else str(error)},
-                              indent=2))
-    elif error is None:
-        click.echo(f"OK: {manifest} is signed by {algorithm} key sha256:{fingerprint}")
-    if error is not None:
-        raise error
+        out: dict = {"verdict": FAIL if failed else PASS}
+        if data is not None:
+            out.update({"manifest": str(manifest), "signature": str(sig_path)})
+        out.update({"algorithm": algorithm, "key_sha256": fingerprint,
+                    "error": None if failed is None else str(failed)})
+        if sealed is not None:
+            out["provenance"] = {"verdict": FAIL if env_error else PASS,
+                                 "statement": None if provenance is None else str(provenance),
+                                 "envelope": str(env_path), "error": None if env_error is None else str(env_error)}
+        click.echo(json.dumps(out, indent=2))
+    else:
+        if data is not None and error is None:
+            click.echo(f"OK: {manifest} is signed by {algorithm} key sha256:{fingerprint}")
+        if sealed is not None and env_error is None:
+            what = f"{provenance} is the statement" if provenance is not None else "it holds a statement"
+            click.echo(f"OK: {env_path} verifies with {algorithm} key sha256:{fingerprint}; {what} it signs")
+    if failed is not None:
+        raise failed

@@ -143,8 +143,9 @@ def rederive_cmd(bundle, as_json):
 
     Checks the manifest against its schema and itself, each file's sha256 and size, the
     firmware facts and OVMF hash, the cmdline, the kernel hashes, the launch digest of
-    every published shape, the ID blocks and key digests, and what launch-snp.sh
-    launches, with the auditor and calculator alone (no builder code). Exit 0 when all agree, 3 when anything
+    every published shape, the ID blocks and key digests, what launch-snp.sh
+    launches, and provenance.intoto.json (the in-toto statement of the manifest),
+    with the auditor and calculator alone (no builder code). Exit 0 when all agree, 3 when anything
     differs or the manifest states something false (naming the field), 2 when BUNDLE has
     no readable blindbox manifest or it holds a malformed value (naming the field).
     """

@@ -163,7 +163,8 @@ def test_every_shape_gets_a_signed_id_block_and_the_manifest_names_it(env):
     m = json.loads((env.out / "manifest.json").read_bytes())
     shapes = [e["shape"] for e in m["measurements"]]
     assert len(shapes) == 8
-    expected = {"OVMF.amdsev.fd", "bzImage", "cmdline", "initrd", "launch-snp.sh", "manifest.json"}
+    expected = {"OVMF.amdsev.fd", "bzImage", "cmdline", "initrd", "launch-snp.sh", "manifest.json",
+                "provenance.intoto.json"}
     expected |= {stem(s) + suffix for s in shapes
                  for suffix in (".id-block.b64", ".id-auth.b64", ".id-block.bin", ".id-auth.bin")}
     assert {p.name for p in env.out.iterdir()} == expected

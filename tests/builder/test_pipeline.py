@@ -93,7 +93,8 @@ def test_build_writes_bundle_with_measurements(env):
     assert not res.up_to_date
     assert [n for n, _ in res.timings] == [n for n, _ in pipeline.STEPS]
     names = sorted(p.name for p in env.out.iterdir())
-    assert names == ["OVMF.amdsev.fd", "bzImage", "cmdline", "initrd", "launch-snp.sh", "manifest.json"]
+    assert names == ["OVMF.amdsev.fd", "bzImage", "cmdline", "initrd", "launch-snp.sh", "manifest.json",
+                     "provenance.intoto.json"]
     assert (env.out / "cmdline").read_bytes() == "console=ttyS0 wörld".encode()
     assert (env.out / "launch-snp.sh").stat().st_mode & 0o777 == 0o755
     assert (env.out / "bzImage").stat().st_mode & 0o777 == 0o644

@@ -45,7 +45,8 @@ def hello():
 def test_bundle_matches_manifest_and_lock(hello):
     res, m = hello
     names = sorted(p.name for p in res.out.iterdir())
-    assert names == ["OVMF.amdsev.fd", "bzImage", "cmdline", "initrd", "launch-snp.sh", "manifest.json"]
+    assert names == ["OVMF.amdsev.fd", "bzImage", "cmdline", "initrd", "launch-snp.sh", "manifest.json",
+                     "provenance.intoto.json"]
     for o in m.outputs:
         data = (res.out / o.file).read_bytes()
         assert (hashlib.sha256(data).hexdigest(), len(data)) == (o.sha256, o.size), o.file

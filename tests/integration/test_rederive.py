@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from blindbox.audit.provenance import PROVENANCE, provenance_json
 from blindbox.cli import main
 from tests.measure import oracle
 
@@ -67,10 +68,32 @@ def test_a_changed_published_digest_is_named(bundle, capsys):
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     rc, out, _ = run([bundle], capsys)
     failed = [line.split()[1:3] for line in out.splitlines() if line.startswith("  FAIL")]
-    # the recomputed digest, the shapes table of launch-snp.sh and the signed ID block all disagree
-    assert rc == 3 and failed == [["launch-snp.sh", "shapes"], ["shape", "qemu:EPYC-v4:1:0x1"],
-                                  ["id_block", "qemu:EPYC-v4:1:0x1"]]
+    # the recomputed digest, the shapes table of launch-snp.sh and the signed ID block all disagree, and the
+    # provenance names the manifest's bytes as they were built
+    assert rc == 3 and failed == [["provenance.intoto.json", "differs"], ["launch-snp.sh", "shapes"],
+                                  ["shape", "qemu:EPYC-v4:1:0x1"], ["id_block", "qemu:EPYC-v4:1:0x1"]]
     assert "manifest says " + "00" * 48 in out
+
+
+def test_the_provenance_is_the_manifest_s_and_a_changed_one_is_named(bundle, capsys):
+    rc, out, _ = run([bundle, "--json"], capsys)
+    finding = next(f for f in json.loads(out)["findings"] if f["name"] == "provenance.intoto.json")
+    subjects = len(list(bundle.iterdir())) - 1
+    inputs = len(json.loads((bundle / "manifest.json").read_text())["inputs"])
+    assert rc == 0 and finding["ok"] and finding["detail"] == (
+        f"the in-toto statement of the published manifest: {subjects} subjects, {inputs + 2} resolved dependencies")
+    doc = json.loads((bundle / "provenance.intoto.json").read_text())
+    kernel = next(d for d in doc["predicate"]["buildDefinition"]["resolvedDependencies"] if d["name"] == "kernel")
+    kernel["uri"] = kernel["uri"].replace("@6.", "@9.")
+    (bundle / "provenance.intoto.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    rc, out, _ = run([bundle], capsys)
+    failed = [line for line in out.splitlines() if line.startswith("  FAIL")]
+    assert rc == 3 and len(failed) == 1 and "resolvedDependencies[3].uri is \"pkg:deb/debian/linux-image-" in failed[0]
+    assert failed[0].endswith("(the entry for 'kernel')")
+    (bundle / "provenance.intoto.json").unlink()
+    rc, out, _ = run([bundle], capsys)
+    failed = [line for line in out.splitlines() if line.startswith("  FAIL")]
+    assert rc == 3 and len(failed) == 1 and "provenance.intoto.json is missing (or not a regular file)" in failed[0]
 
 
 def test_not_a_bundle_is_bad_input(tmp_path, capsys):
@@ -84,9 +107,12 @@ def test_not_a_bundle_is_bad_input(tmp_path, capsys):
 # --- a published value edited in manifest.json: exit 3, naming the field -------------------------
 
 def _edit(bundle, change):
+    """Change the manifest and, as its publisher would, write the provenance of the changed manifest."""
     doc = json.loads((bundle / "manifest.json").read_text())
     change(doc)
-    (bundle / "manifest.json").write_text(json.dumps(doc, indent=2) + "\n")
+    data = (json.dumps(doc, indent=2) + "\n").encode()
+    (bundle / "manifest.json").write_bytes(data)
+    (bundle / PROVENANCE).write_bytes(provenance_json(doc, data))
     return doc
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from blindbox.audit import rederive as rederive_module
+from blindbox.audit.provenance import PROVENANCE, provenance_json
 from blindbox.cli import main
 from builder.steps.cpio import Archive, Kind
 from measure import runtime_policy as rp
@@ -95,6 +96,8 @@ def attack(bundle: Path, initrd: bytes) -> None:
     before = json.loads((bundle / "manifest.json").read_text())
     republish(bundle, initrd)
     republish_launch_rows(bundle, before)
+    data = (bundle / "manifest.json").read_bytes()
+    (bundle / PROVENANCE).write_bytes(provenance_json(json.loads(data), data))  # and the provenance
 
 
 def repacked(bundle: Path, replace: dict[str, bytes]) -> bytes:

@@ -7,6 +7,7 @@ files of every shape are covered too: their ECDSA signatures must be determinist
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -48,7 +49,7 @@ def test_hello_builds_are_byte_identical_under_varied_conditions():
                       for suffix in (".id-auth.b64", ".id-auth.bin", ".id-block.b64", ".id-block.bin"))
     assert len(id_files) == 48
     assert res.files == sorted(["OVMF.amdsev.fd", "bzImage", "cmdline", "initrd", "launch-snp.sh",
-                                "manifest.json", *id_files])
+                                "manifest.json", "provenance.intoto.json", *id_files])
     varied = {c: (a, b) for c, a, b in res.variations}
     assert varied["umask"] == ("022", "077") and varied["SOURCE_DATE_EPOCH env"] == ("unset", "1")
     assert varied["TZ"][0] != varied["TZ"][1]
@@ -83,11 +84,16 @@ def test_injected_difference_is_named_with_file_and_offset():
         marker = (a / "launch-snp.sh").read_bytes().index(b"# built by process ")
         assert marker < offset < marker + 30                      # inside the leaked process id
         manifest_offset = first_difference(a / "manifest.json", b / "manifest.json")
-        # the script, and its sha256 in the manifest; nothing else
+        provenance_offset = first_difference(a / "provenance.intoto.json", b / "provenance.intoto.json")
+        # the script, its sha256 in the manifest, and the two sha256 in the provenance; nothing else
         assert report == [
             f"NOT REPRODUCIBLE: launch-snp.sh: first differing byte at offset {offset} ({offset:#x})",
             f"NOT REPRODUCIBLE: manifest.json: first differing byte at offset {manifest_offset} "
-            f"({manifest_offset:#x})"]
+            f"({manifest_offset:#x})",
+            f"NOT REPRODUCIBLE: provenance.intoto.json: first differing byte at offset {provenance_offset} "
+            f"({provenance_offset:#x})"]
+        provenance = [json.loads((d / "provenance.intoto.json").read_bytes())["subject"] for d in (a, b)]
+        assert [s["name"] for s in provenance[0] if s not in provenance[1]] == ["launch-snp.sh", "manifest.json"]
         assert "built by process" in p.stdout                     # diffoscope's explanation follows
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -113,7 +119,7 @@ def test_python_app_builds_are_byte_identical_under_varied_conditions(tmp_path_f
     bundle, _, recipe = built_app(tmp_path_factory)
     res = check_repro(recipe, cache=cache_root(), allow_stale=ALLOW_STALE, reference=bundle)
     assert res.identical, [d.describe() for d in res.differences]
-    assert {"rootfs.erofs", "rootfs.verity", "manifest.json"} <= set(res.files)
+    assert {"rootfs.erofs", "rootfs.verity", "manifest.json", "provenance.intoto.json"} <= set(res.files)
 
 
 def test_python_app_from_two_fresh_clones_is_byte_identical(tmp_path, tmp_path_factory):
