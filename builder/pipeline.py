@@ -292,6 +292,10 @@ def _member_of(b: Build, name: str) -> str | None:
 
 
 def step_fetch(b: Build) -> None:
+    if b.lock.snapshot is not None and hasattr(b.archive, "fallback"):   # the lock's snapshot archive
+        from builder.sources.snapshot import fallback
+
+        b.archive.fallback = fallback(b.lock.snapshot, b.cache)
     for entry in b.lock.inputs:
         try:
             if entry.kind == "debian":

@@ -135,8 +135,11 @@ def check_repro(recipe, allow_stale, keep, as_json):
                    "library:* pins). Repeatable.")
 @click.option("--offline", is_flag=True, help="Resolve from cached package lists only.")
 @click.option("--allow-stale", multiple=True, metavar="SUITE", help=STALE_HELP)
+@click.option("--snapshot", metavar="URL@TIMESTAMP",
+              help="Record a snapshot archive (e.g. https://snapshot.debian.org@20261030T000000Z) that serves "
+                   "pinned packages once the Debian archive no longer does. See docs/rebuilding.md.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result on stdout.")
-def lock(recipe, update, only, offline, allow_stale, as_json):
+def lock(recipe, update, only, offline, allow_stale, snapshot, as_json):
     """Pin every input of RECIPE to an exact version and sha256 in the lock file beside it.
 
     Existing pins are kept unless the recipe now declares that input differently or
@@ -145,11 +148,13 @@ def lock(recipe, update, only, offline, allow_stale, as_json):
     from builder.lock import LockMissing, lock_recipe, read_lock, write_lock
     from builder.recipe import load_recipe
     from builder.sources import ContentCache, DebianArchive, fetch_url
+    from builder.sources.snapshot import Snapshot
     from measure.errors import InputError
     from blindbox.files import same_file
 
     if only and not update:
         raise click.UsageError("--input selects what --update re-pins; add --update.")
+    pinned_snapshot = Snapshot.parse(snapshot) if snapshot is not None else None
     r = load_recipe(recipe)
     if same_file(r.lock_path, r.path):
         raise InputError(f"{r.path}: the lock file of a recipe is its path with .lock ({r.lock_path}), which is "
@@ -161,7 +166,7 @@ def lock(recipe, update, only, offline, allow_stale, as_json):
     cache = ContentCache()
     archive = DebianArchive(cache=cache, offline=offline, allow_stale=tuple(allow_stale))
     res = lock_recipe(r, archive, lambda url, sha: fetch_url(url, sha, cache=cache, offline=offline),
-                      previous=previous, update=update, only=only)
+                      previous=previous, update=update, only=only, snapshot=pinned_snapshot)
     new_bytes = res.lock.to_json()
     rewritten = previous is None or previous.sha256 != hashlib.sha256(new_bytes).hexdigest()
     if rewritten:
@@ -183,6 +188,8 @@ def lock(recipe, update, only, offline, allow_stale, as_json):
         return
     assert written.path is not None  # write_lock records where it wrote
     rel = os.path.relpath(written.path)
+    if pinned_snapshot is not None and (previous is None or previous.snapshot != pinned_snapshot):
+        click.echo(f"{rel}: records the snapshot archive {pinned_snapshot}.")
     if not res.changes and not rewritten:
         click.echo(f"{rel}: unchanged; every input of {r.path} is pinned.")
     elif not res.changes:
