@@ -412,7 +412,7 @@ class DebianArchive:
                               f"(invalid since {m.group(2)}), which means the archive reachable from here "
                               f"lags behind; {self._stale_advice(tree.suite)}.",
                               source=src, suite=tree.suite)
-        if re.search(r"\b404\b.*\bRelease\b|\bRelease\b.*\b404\b", out):
+        if re.search(r"\b404\b", out) and "does not have a Release file" in out:
             return SourceGone(f"The Debian archive no longer serves the suite {tree.suite} "
                               f"({_last_lines(out, 1)}); pin inputs of a served suite, or name a snapshot archive "
                               f"in the lock (docs/rebuilding.md).", source=src)

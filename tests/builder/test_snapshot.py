@@ -210,3 +210,15 @@ def test_offline_never_asks_the_snapshot(tmp_path):
         with pytest.raises(OfflineMiss):
             archive.download(_pkg())
     assert snap.requests == []
+
+
+def test_a_suite_gone_from_the_mirror_falls_back_to_the_snapshot(tmp_path):
+    """The mirror serves nothing at all (an old release moved away): apt-get update answers 404 for the
+    Release file, which is a package no longer served, so the snapshot serves the pinned file."""
+    with serve({}) as gone, serve(snapshot_routes(TS, {POOL: DEB})) as snap:
+        archive = _local_archive(tmp_path, gone)
+        with pytest.raises(SourceGone, match="The Debian archive no longer serves the suite sid"):
+            archive.download(_pkg())
+        archive.fallback = fallback(Snapshot(snap.base, TS), archive.cache)
+        assert archive.download(_pkg()).read_bytes() == DEB
+        assert snap.requests == [f"/archive/debian/{TS}/{POOL}"]
