@@ -13,8 +13,9 @@ or absent.  An existing directory is replaced only when it is empty or a vendor 
 of the same lock.
 
 The root filesystem's OCI images and directory trees (lock kinds ``oci`` and ``tree``) are
-read from the recipe's directory, like the recipe itself; the index lists them without a
-file.  Nothing here prints or exits.
+read from the recipe's directory, like the recipe itself, and so are the ID block's keys
+(``id_key``, ``author_key``: private keys have no place in a directory that is published);
+the index lists them without a file.  Nothing here prints or exits.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from builder.errors import BuildError, InputDigestMismatch
-from builder.lock import Lock, LockedInput
+from builder.lock import ID_KEY_INPUTS, Lock, LockedInput
 from builder.recipe import Recipe, local_path
 
 from .cache import ContentCache, sha256_file
@@ -116,7 +117,7 @@ def vendor(recipe: Recipe, lock: Lock, out: os.PathLike | str, *, archive: Debia
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         for entry in lock.inputs:
-            if entry.kind not in VENDORED_KINDS:
+            if not _vendored(entry):
                 entries.append(_index_entry(entry, None))
                 continue
             src = _fetch(recipe, entry, archive, fetch_url)
@@ -226,7 +227,7 @@ def seed(lock: Lock, directory: os.PathLike | str, cache: ContentCache) -> dict[
     where = lock.path or "the lock file"
     out: dict[str, Path] = {}
     for entry in lock.inputs:
-        if entry.kind not in VENDORED_KINDS:
+        if not _vendored(entry):
             continue
         label = f"input {entry.name!r} ({entry.describe()}, pinned in {where})"
         item = by_name.get(entry.name)
@@ -247,6 +248,12 @@ def seed(lock: Lock, directory: os.PathLike | str, cache: ContentCache) -> dict[
         # local files are read where they are; packages and downloads go where the build looks for them
         out[entry.name] = path if entry.kind == "file" else cache.put_file(path, entry.sha256)
     return out
+
+
+def _vendored(entry: LockedInput) -> bool:
+    """Whether ``entry``'s bytes go into a vendor directory: never an ID block's private keys, which a
+    vendor directory (shipped with the bundle) must not carry."""
+    return entry.kind in VENDORED_KINDS and entry.name not in ID_KEY_INPUTS
 
 
 def _inside(rel: str) -> bool:

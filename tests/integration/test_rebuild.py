@@ -25,7 +25,7 @@ from builder.sources import ContentCache, DebianPackage
 from tests.builder.localarchive import serve, sid_archive_routes, snapshot_routes
 from tests.realinputs import ALLOW_STALE
 
-from .hellobuild import ROOT, built_hello, locked_hello, scratch
+from .hellobuild import ROOT, built_hello, locked_hello, locked_hello_with_id_block, scratch
 
 pytestmark = [pytest.mark.integration, pytest.mark.network]
 STALE = [a for s in ALLOW_STALE for a in ("--allow-stale", s)]
@@ -220,3 +220,16 @@ def test_quick_start_survives_a_package_the_archive_no_longer_serves(tmp_path):
         env = {"BLINDBOX_CACHE": str(fresh2), "BLINDBOX_DEBIAN_MIRROR": f"{archive.base}/debian"}
         p = cli("build", str(d / "hello.yaml"), "--out", str(tmp_path / "c"), "--allow-stale", "sid", env=env)
     assert p.returncode == 2 and "input 'firmware'" in p.stderr and "no longer serves its file" in p.stderr
+
+
+def test_vendor_never_copies_the_id_block_keys(tmp_path):
+    recipe = locked_hello_with_id_block()
+    out = tmp_path / "inputs"
+    p = cli("vendor", str(recipe.path), "--out", str(out), "--offline")
+    assert p.returncode == 0, p.stderr
+    index = json.loads((out / "inputs.json").read_bytes())
+    keys = {i["name"]: i["file"] for i in index["inputs"] if i["name"] in ("id_key", "author_key")}
+    assert keys == {"id_key": None, "author_key": None}
+    assert not [f for f in out.rglob("*") if f.suffix == ".pem"]
+    private = {(recipe.directory / "keys" / n).read_bytes() for n in ("id.pem", "author.pem")}
+    assert not [f for f in out.rglob("*") if f.is_file() and f.read_bytes() in private]
