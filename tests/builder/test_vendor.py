@@ -6,12 +6,13 @@ tests/integration/test_rebuild.py; here the pieces that need no Debian archive.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from types import SimpleNamespace
 
 import pytest
 
-from builder.errors import InputDigestMismatch
+from builder.errors import InputDigestMismatch, OfflineMiss
 from builder.lock import read_lock
 from builder.sources import ContentCache
 from builder.sources.vendor import INDEX, VendorError, seed, vendor
@@ -96,3 +97,34 @@ def test_index_that_is_not_json_and_out_that_is_a_file(env, tmp_path):
         _vendor(env, tmp_path / "f")
     with pytest.raises(VendorError, match="holds 1 entries that blindbox did not write"):
         _vendor(env, tmp_path / "v")
+
+
+def test_url_inputs_are_vendored_and_an_offline_build_finds_them(tmp_path):
+    """A URL input (https, never reachable from a test) is vendored from the cache and seeded back."""
+    body = b"fetched once from the publisher\n"
+    sha = hashlib.sha256(body).hexdigest()
+    archive = hello_archive(tmp_path)
+    d = tmp_path / "recipe"
+    d.mkdir()
+    (d / "t.yaml").write_text(RECIPE.replace(
+        "    - {path: /etc/app.conf, file: app.conf}\n",
+        f"    - {{path: /etc/app.conf, file: app.conf}}\n"
+        f"    - {{path: /etc/remote.conf, url: 'https://files.invalid/conf/remote.conf', sha256: {sha}}}\n"))
+    (d / "app.conf").write_text("greeting=hello\n")
+    cache = ContentCache(tmp_path / "cache")
+    served = cache.put_bytes(body)
+
+    def fetch(url, pinned):
+        assert url == "https://files.invalid/conf/remote.conf" and pinned == sha
+        return served
+
+    recipe = load_recipe(d / "t.yaml")
+    write_lock(recipe.lock_path, lock_recipe(recipe, archive, fetch).lock)
+    lock = read_lock(recipe.lock_path)
+    res = vendor(recipe, lock, tmp_path / "v", archive=archive, cache=cache, fetch_url=fetch)
+    item = next(i for i in res.index["inputs"] if i["kind"] == "url")
+    assert item["file"] == "url/remote.conf" and (tmp_path / "v" / "url" / "remote.conf").read_bytes() == body
+    env = SimpleNamespace(archive=archive, recipe=recipe, out=tmp_path / "out" / "t", cache=tmp_path / "empty")
+    with pytest.raises(OfflineMiss, match="files.invalid"):
+        run(env, offline=True)                  # an empty cache, offline: the URL cannot be had
+    run(env, offline=True, inputs=tmp_path / "v")
