@@ -31,8 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from builder.errors import BuildError, InputDigestMismatch
+from builder.limits import MAX_LOCK_BYTES
 from builder.lock import ID_KEY_INPUTS, Lock, LockedInput
 from builder.recipe import Recipe, local_path
+from measure.inputs import is_fifo_or_socket, read_bounded
 
 from .cache import ContentCache, sha256_file
 from .debian import DebianArchive, DebianPackage
@@ -41,8 +43,8 @@ from .debian import DebianArchive, DebianPackage
 INDEX = "inputs.json"
 FORMAT = "blindbox-vendored-inputs"
 FORMAT_VERSION = 1
-#: an index larger than this is not one blindbox wrote (a lock holds at most a few thousand inputs)
-MAX_INDEX_BYTES = 16 << 20
+#: an index is smaller than the lock it lists (docs/limits.md)
+MAX_INDEX_BYTES = MAX_LOCK_BYTES
 _SAFE = re.compile(r"[^A-Za-z0-9._+~-]")
 #: lock kinds whose bytes are vendored (oci and tree are read from the recipe's directory)
 VENDORED_KINDS = ("debian", "url", "file")
@@ -78,17 +80,16 @@ def read_index(directory: Path) -> dict:
     """``directory``'s ``inputs.json``, checked for the form :func:`vendor` writes."""
     path = directory / INDEX
     fix = "give a directory written by `blindbox vendor`"
+    if is_fifo_or_socket(path):     # opening a FIFO nobody writes to would wait for ever
+        raise VendorError(f"{path} is a FIFO or socket, not an index file; {fix}.")
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_INDEX_BYTES + 1)
+        data = read_bounded(path, "vendored inputs index", MAX_INDEX_BYTES)
     except FileNotFoundError:
         raise VendorError(f"{directory} has no {INDEX}, so it is not a directory of vendored inputs; {fix}.") \
             from None
     except OSError as e:
         raise VendorError(f"Cannot read {path} ({e.strerror or e}); check its permissions.") from None
     try:
-        if len(data) > MAX_INDEX_BYTES:
-            raise ValueError("too large")
         doc = json.loads(data.decode("utf-8"))
         ok = (isinstance(doc, dict) and doc.get("format") == FORMAT and doc.get("version") == FORMAT_VERSION
               and isinstance(doc.get("inputs"), list) and all(isinstance(i, dict) for i in doc["inputs"]))

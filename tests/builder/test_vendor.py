@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from builder.errors import InputDigestMismatch, OfflineMiss
+from measure.errors import InputError
 from builder.lock import read_lock
 from builder.sources import ContentCache
 from builder.sources.vendor import INDEX, VendorError, seed, vendor
@@ -128,3 +129,18 @@ def test_url_inputs_are_vendored_and_an_offline_build_finds_them(tmp_path):
     with pytest.raises(OfflineMiss, match="files.invalid"):
         run(env, offline=True)                  # an empty cache, offline: the URL cannot be had
     run(env, offline=True, inputs=tmp_path / "v")
+
+
+def test_an_endless_or_fifo_index_is_refused(env, tmp_path):
+    import os
+
+    lock = read_lock(env.recipe.lock_path)
+    (tmp_path / "big").mkdir()
+    with open(tmp_path / "big" / INDEX, "wb") as f:
+        f.truncate(5 << 20)                     # sparse: refused by its size, never read
+    with pytest.raises(InputError, match="vendored inputs index"):
+        seed(lock, tmp_path / "big", ContentCache(tmp_path / "c"))
+    (tmp_path / "fifo").mkdir()
+    os.mkfifo(tmp_path / "fifo" / INDEX)
+    with pytest.raises(VendorError, match="is a FIFO or socket, not an index file"):
+        seed(lock, tmp_path / "fifo", ContentCache(tmp_path / "c"))
