@@ -23,12 +23,16 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from builder.errors import BuildError, InputDigestMismatch, RecipeError, SourceError
 from builder.limits import MAX_LOCK_BYTES
 from builder.recipe import SUITES, InputSpec, Recipe, check_id_keys, local_path
 from measure.inputs import file_digest, is_fifo_or_socket, read_bounded
 from blindbox.files import write_atomic
+
+if TYPE_CHECKING:
+    from builder.sources.snapshot import Snapshot
 
 #: lock entries of the id_block keys: they sign ID blocks and are not part of the launch digest
 ID_KEY_INPUTS = frozenset({"id_key", "author_key"})
@@ -37,7 +41,7 @@ LOCK_VERSION = 1
 _KERNEL_PKG = re.compile(r"linux-image-\d[\w.+-]*")
 _ENTRY_KEYS = frozenset({"name", "kind", "wants", "version", "sha256", "size", "origin", "via", "debian", "path",
                          "url"})
-_LOCK_KEYS = frozenset({"lock_version", "recipe", "comment", "inputs"})
+_LOCK_KEYS = frozenset({"lock_version", "recipe", "comment", "snapshot", "inputs"})
 _NAME = re.compile(r"[a-z_]+(:[^\x00-\x1f\x7f]+)?")
 _PACKAGE = re.compile(r"[a-z0-9][a-z0-9.+-]+")
 _DEB_VERSION = re.compile(r"[0-9A-Za-z.+~:-]+")
@@ -217,6 +221,8 @@ class Lock:
     inputs: tuple[LockedInput, ...]
     path: Path | None = None
     sha256: str | None = None       # of the file's bytes, once written or read
+    #: the snapshot archive pinned Debian packages are fetched from when the archive no longer serves them
+    snapshot: Snapshot | None = None
 
     def get(self, name: str) -> LockedInput | None:
         return next((i for i in self.inputs if i.name == name), None)
@@ -230,8 +236,10 @@ class Lock:
             "recipe": self.recipe,
             "comment": "Written by `blindbox lock`; every pin here is part of the launch measurement. "
                        "Change pins with `blindbox lock RECIPE --update`, never by hand.",
-            "inputs": [i.to_dict() for i in self.inputs],
         }
+        if self.snapshot is not None:
+            doc["snapshot"] = self.snapshot.to_dict()
+        doc["inputs"] = [i.to_dict() for i in self.inputs]
         return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
@@ -337,7 +345,22 @@ def parse_lock(data: bytes, path: Path) -> Lock:
     if dupes:
         raise RecipeError(f"{where}: input {dupes[0]!r} is pinned twice.", path=where, key="inputs")
     return Lock(recipe=str(doc.get("recipe", "")), inputs=inputs, path=path,
-                sha256=hashlib.sha256(data).hexdigest())
+                sha256=hashlib.sha256(data).hexdigest(), snapshot=_parse_snapshot(doc.get("snapshot"), where))
+
+
+def _parse_snapshot(raw: object, where: str) -> Snapshot | None:
+    """The lock's ``snapshot``: ``{"base": URL, "timestamp": "YYYYMMDDTHHMMSSZ"}``, or absent."""
+    from builder.sources.snapshot import Snapshot
+
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) != {"base", "timestamp"}:
+        raise RecipeError(f"{where}: 'snapshot' must be a mapping with exactly 'base' and 'timestamp'; set it with "
+                          f"`blindbox lock RECIPE --snapshot URL@TIMESTAMP`.", path=where, key="snapshot")
+    try:
+        return Snapshot(raw["base"], raw["timestamp"])
+    except SourceError as e:
+        raise RecipeError(f"{where}: 'snapshot': {e}", path=where, key="snapshot") from None
 
 
 def write_lock(path: str | Path, lock: Lock) -> Lock:
@@ -345,7 +368,7 @@ def write_lock(path: str | Path, lock: Lock) -> Lock:
     path = Path(path)
     data = lock.to_json()
     write_atomic(path, data, what="lock file", mode=0o644)
-    return Lock(lock.recipe, lock.inputs, path, hashlib.sha256(data).hexdigest())
+    return Lock(lock.recipe, lock.inputs, path, hashlib.sha256(data).hexdigest(), lock.snapshot)
 
 
 # --------------------------------------------------------------------------------------
@@ -662,12 +685,13 @@ def resolve_rootfs(recipe: Recipe, archive) -> list[LockedInput]:
 
 
 def lock_recipe(recipe: Recipe, archive, fetch_url=None, *, previous: Lock | None = None, update: bool = False,
-                only: Iterable[str] = ()) -> LockResult:
+                only: Iterable[str] = (), snapshot: Snapshot | None = None) -> LockResult:
     """Pin every input of ``recipe``, keeping the pins of ``previous`` that still apply.
 
     ``update`` re-pins every input (or, with ``only``, the named ones) to what is served
     now.  ``archive`` is a builder.sources.DebianArchive; ``fetch_url(url, sha256) -> path``
-    fetches URL inputs (builder.sources.fetch_url).
+    fetches URL inputs (builder.sources.fetch_url).  ``snapshot`` names the snapshot archive
+    the lock records (default: the one ``previous`` records).
     """
     check_id_keys(recipe)        # a key that cannot sign an ID block is refused before it is pinned
     only = set(only)
@@ -721,7 +745,9 @@ def lock_recipe(recipe: Recipe, archive, fetch_url=None, *, previous: Lock | Non
         changes += [Change(i.name, i, None, "removed") for i in previous.inputs
                     if i.name not in kept and i.name not in reported and not i.name.startswith("library:")]
     rel = os.path.relpath(recipe.path, recipe.lock_path.parent)
-    return LockResult(Lock(recipe=rel, inputs=tuple(out)), changes)
+    if snapshot is None and previous is not None:
+        snapshot = previous.snapshot
+    return LockResult(Lock(recipe=rel, inputs=tuple(out), snapshot=snapshot), changes)
 
 
 def _closure_changes(old: list[LockedInput], new: list[LockedInput], reason: str) -> list[Change]:

@@ -118,6 +118,7 @@ class BuildRequest:
     allow_stale: tuple[str, ...] = ()
     force: bool = False              # rebuild even when the bundle is current
     cache_root: Path | None = None   # default: builder.sources.cache_root()
+    inputs: Path | None = None       # a directory written by `blindbox vendor`: the pinned inputs, verified
 
 
 @dataclass
@@ -296,7 +297,22 @@ def _member_of(b: Build, name: str) -> str | None:
     return None
 
 
+def _prepare_sources(b: Build) -> dict[str, Path]:
+    """The lock's snapshot archive as the Debian archive's fallback, and the vendored inputs (verified, in the
+    cache) of ``--inputs``: the local files among them by name."""
+    if b.lock.snapshot is not None and hasattr(b.archive, "fallback"):
+        from builder.sources.snapshot import fallback
+
+        b.archive.fallback = fallback(b.lock.snapshot, b.cache)
+    if b.request.inputs is None:
+        return {}
+    from builder.sources.vendor import seed
+
+    return seed(b.lock, b.request.inputs, b.cache)
+
+
 def step_fetch(b: Build) -> None:
+    vendored = _prepare_sources(b)
     for entry in b.lock.inputs:
         try:
             if entry.kind == "debian":
@@ -313,6 +329,8 @@ def step_fetch(b: Build) -> None:
                     b.inputs[entry.name] = b.archive.unpack(pkg)
             elif entry.kind in ("oci", "tree"):
                 continue  # read from the recipe's directory and checked against its pin by step_rootfs
+            elif entry.kind == "file" and entry.name in vendored:
+                b.inputs[entry.name] = vendored[entry.name]
             elif entry.kind == "file":
                 b.inputs[entry.name] = sources.local_file(_local_file(b, entry), entry.sha256)
             else:

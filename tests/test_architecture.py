@@ -69,7 +69,12 @@ RULES = {
                                    deny=("builder.sources.deb", "builder.sources.debian", "blindbox.cli", "click")),
     "builder.sources.debian": Rule("the Debian archive `builder.sources.debian`",
                                    "never depends on the URL inputs or the command line",
-                                   deny=("builder.sources.remote", "blindbox.cli", "click")),
+                                   deny=("builder.sources.remote", "builder.sources.snapshot", "builder.sources.vendor",
+                                         "blindbox.cli", "click")),
+    "builder.sources.snapshot": Rule("the snapshot archive `builder.sources.snapshot`",
+                                     "needs only the cache and the URL fetcher, never apt or the command line",
+                                     deny=("builder.sources.debian", "builder.sources.deb", "builder.sources.vendor",
+                                           "blindbox.cli", "click")),
 }
 
 

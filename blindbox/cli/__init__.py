@@ -30,6 +30,7 @@ COMMANDS = {
     "build": "blindbox.cli.build:build",
     "lock": "blindbox.cli.build:lock",
     "check-repro": "blindbox.cli.build:check_repro",
+    "vendor": "blindbox.cli.build:vendor",
     "verify-report": "blindbox.cli.audit:verify_report_cmd",
     "id-block": "blindbox.cli.audit:id_block_cmd",
     "sign-manifest": "blindbox.cli.audit:sign_manifest_cmd",

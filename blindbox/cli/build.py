@@ -50,8 +50,11 @@ def _result_json(res) -> dict:
 @click.option("--allow-stale", multiple=True, metavar="SUITE", help=STALE_HELP)
 @click.option("--check-repro", "check_repro_flag", is_flag=True,
               help="Then build twice more under varied conditions (see check-repro) and compare all three.")
+@click.option("--inputs", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Take the pinned inputs from DIR, written by `blindbox vendor`; each file is checked against "
+                   "the lock's sha256. With --offline, builds from DIR alone.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result on stdout.")
-def build(recipe, out, offline, force, allow_stale, check_repro_flag, as_json):
+def build(recipe, out, offline, force, allow_stale, check_repro_flag, inputs, as_json):
     """Build the guest bundle of RECIPE from its lock file.
 
     Uses only the inputs pinned in the lock file next to RECIPE (run `blindbox lock`
@@ -60,7 +63,7 @@ def build(recipe, out, offline, force, allow_stale, check_repro_flag, as_json):
     from builder.pipeline import BuildRequest, build as run_build
 
     res = run_build(BuildRequest(recipe=recipe, out=out, offline=offline, allow_stale=tuple(allow_stale),
-                                 force=force), progress=_progress())
+                                 force=force, inputs=inputs), progress=_progress())
     if as_json and not check_repro_flag:
         click.echo(json.dumps(_result_json(res), indent=2, ensure_ascii=False))
     elif not as_json:
@@ -135,8 +138,11 @@ def check_repro(recipe, allow_stale, keep, as_json):
                    "library:* pins). Repeatable.")
 @click.option("--offline", is_flag=True, help="Resolve from cached package lists only.")
 @click.option("--allow-stale", multiple=True, metavar="SUITE", help=STALE_HELP)
+@click.option("--snapshot", metavar="URL@TIMESTAMP",
+              help="Record a snapshot archive (e.g. https://snapshot.debian.org@20261030T000000Z) that serves "
+                   "pinned packages once the Debian archive no longer does. See docs/rebuilding.md.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result on stdout.")
-def lock(recipe, update, only, offline, allow_stale, as_json):
+def lock(recipe, update, only, offline, allow_stale, snapshot, as_json):
     """Pin every input of RECIPE to an exact version and sha256 in the lock file beside it.
 
     Existing pins are kept unless the recipe now declares that input differently or
@@ -145,11 +151,13 @@ def lock(recipe, update, only, offline, allow_stale, as_json):
     from builder.lock import LockMissing, lock_recipe, read_lock, write_lock
     from builder.recipe import load_recipe
     from builder.sources import ContentCache, DebianArchive, fetch_url
+    from builder.sources.snapshot import Snapshot
     from measure.errors import InputError
     from blindbox.files import same_file
 
     if only and not update:
         raise click.UsageError("--input selects what --update re-pins; add --update.")
+    pinned_snapshot = Snapshot.parse(snapshot) if snapshot is not None else None
     r = load_recipe(recipe)
     if same_file(r.lock_path, r.path):
         raise InputError(f"{r.path}: the lock file of a recipe is its path with .lock ({r.lock_path}), which is "
@@ -161,7 +169,7 @@ def lock(recipe, update, only, offline, allow_stale, as_json):
     cache = ContentCache()
     archive = DebianArchive(cache=cache, offline=offline, allow_stale=tuple(allow_stale))
     res = lock_recipe(r, archive, lambda url, sha: fetch_url(url, sha, cache=cache, offline=offline),
-                      previous=previous, update=update, only=only)
+                      previous=previous, update=update, only=only, snapshot=pinned_snapshot)
     new_bytes = res.lock.to_json()
     rewritten = previous is None or previous.sha256 != hashlib.sha256(new_bytes).hexdigest()
     if rewritten:
@@ -183,6 +191,8 @@ def lock(recipe, update, only, offline, allow_stale, as_json):
         return
     assert written.path is not None  # write_lock records where it wrote
     rel = os.path.relpath(written.path)
+    if pinned_snapshot is not None and (previous is None or previous.snapshot != pinned_snapshot):
+        click.echo(f"{rel}: records the snapshot archive {pinned_snapshot}.")
     if not res.changes and not rewritten:
         click.echo(f"{rel}: unchanged; every input of {r.path} is pinned.")
     elif not res.changes:
@@ -199,3 +209,44 @@ def lock(recipe, update, only, offline, allow_stale, as_json):
         click.echo(f"note: {len(res.key_changes)} ID key pin(s) changed: the ID blocks and the key digests a "
                    f"report carries change, the launch measurement does not; rebuild and publish the new "
                    f"manifest.json.")
+
+
+@click.command("vendor")
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), metavar="DIR",
+              help="Directory to write (new, empty, or a previous vendor directory of the same lock).")
+@click.option("--offline", is_flag=True, help="Use only the local cache; fail if an input is not there.")
+@click.option("--allow-stale", multiple=True, metavar="SUITE", help=STALE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result on stdout.")
+def vendor(recipe, out, offline, allow_stale, as_json):
+    """Write every pinned input of RECIPE's lock into DIR, with an index (DIR/inputs.json).
+
+    The .deb files, URL inputs and local files are fetched through the cache and checked
+    against the lock's sha256. `blindbox build RECIPE --inputs DIR --offline` then builds
+    from DIR alone, with an empty cache. See docs/rebuilding.md.
+    """
+    from builder.lock import check_lock, read_lock
+    from builder.recipe import load_recipe
+    from builder.sources import ContentCache, DebianArchive, fetch_url
+    from builder.sources.snapshot import fallback
+    from builder.sources.vendor import vendor as run_vendor
+
+    r = load_recipe(recipe)
+    lk = read_lock(r.lock_path)
+    check_lock(r, lk)
+    cache = ContentCache()
+    archive = DebianArchive(cache=cache, offline=offline, allow_stale=tuple(allow_stale))
+    if lk.snapshot is not None:
+        archive.fallback = fallback(lk.snapshot, cache)
+    res = run_vendor(r, lk, out, archive=archive, cache=cache,
+                     fetch_url=lambda url, sha: fetch_url(url, sha, cache=cache, offline=offline))
+    if as_json:
+        click.echo(json.dumps({"out": str(res.out), "replaced": res.replaced, **res.index}, indent=2,
+                              ensure_ascii=False))
+        return
+    files = [i for i in res.index["inputs"] if i["file"] is not None]
+    size = sum(i["size"] for i in files)
+    click.echo(f"{res.out}: {len(files)} pinned input(s), {size} bytes, of lock sha256 {res.index['lock_sha256']}"
+               f"{' (replaced the previous copy)' if res.replaced else ''}")
+    for i in res.index["inputs"]:
+        click.echo(f"  {i['name']:<28} {i['file'] or '(read from the recipe directory)'}")

@@ -9,9 +9,13 @@ on different machines see the same bytes or fail.  One module per concern:
 * :mod:`.deb`    -- the ar container, member tars and control stanzas of a .deb file;
 * :mod:`.remote` -- sha256-pinned URLs and local files;
 * :mod:`.debian` -- the private apt configuration that resolves and downloads packages;
-* :mod:`.oci`    -- container images on disk (OCI layouts and archives, ``docker save``).
+* :mod:`.oci`    -- container images on disk (OCI layouts and archives, ``docker save``);
+* :mod:`.snapshot` -- a lock's snapshot archive: pinned .deb files Debian no longer serves;
+* :mod:`.vendor` -- every pinned input of a lock in one directory, and a build's use of it.
 
-The arrows point one way: ``debian -> deb, cache`` and ``remote -> cache``; ``deb``,
+The arrows point one way: ``debian -> deb, cache``, ``remote -> cache`` and
+``snapshot -> remote, cache`` (the archive reaches the snapshot only through the callable in
+``DebianArchive.fallback``); ``vendor`` may use them all and :mod:`builder.lock`; ``deb``,
 ``oci`` and ``cache`` import no other module of this package.  The builder never imports the command
 line (``blindbox.cli``).  This file only re-exports the public names.
 """

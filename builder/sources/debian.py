@@ -49,7 +49,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,6 +207,9 @@ class DebianArchive:
         self.fetched: list[DebianPackage] = []
         #: suite families whose lists this object refreshed with ``apt-get update``
         self.updated: list[str] = []
+        #: where a pinned package the archive no longer serves is fetched from instead (e.g. the
+        #: lock's snapshot archive, :func:`.snapshot.fallback`): ``fallback(pkg) -> verified path``
+        self.fallback: Callable[[DebianPackage], Path] | None = None
 
     def __repr__(self) -> str:
         return (f"DebianArchive(cache={self.cache!r}, offline={self.offline}, "
@@ -409,6 +412,10 @@ class DebianArchive:
                               f"(invalid since {m.group(2)}), which means the archive reachable from here "
                               f"lags behind; {self._stale_advice(tree.suite)}.",
                               source=src, suite=tree.suite)
+        if re.search(r"\b404\b", out) and "does not have a Release file" in out:
+            return SourceGone(f"The Debian archive no longer serves the suite {tree.suite} "
+                              f"({_last_lines(out, 1)}); pin inputs of a served suite, or name a snapshot archive "
+                              f"in the lock (docs/rebuilding.md).", source=src)
         if "is not valid yet" in out:
             return SourceError(f"apt refuses Debian {tree.suite} because its Release file is dated in the "
                                f"future; check this machine's clock.", source=src)
@@ -583,6 +590,23 @@ class DebianArchive:
             raise OfflineMiss(f"{pkg} (sha256 {pkg.sha256}) is not in the cache at {self.cache.root} and "
                               f"offline mode forbids downloading it; run once without --offline.",
                               source=pkg.source)
+        try:
+            path = self._download(pkg)
+        except SourceGone as gone:
+            if self.fallback is None:
+                raise
+            try:
+                path = self.fallback(pkg)
+            except InputDigestMismatch:
+                raise
+            except SourceError as e:
+                raise SourceGone(f"{str(gone).rstrip('.')}; the lock's snapshot archive did not serve it either "
+                                 f"({str(e).rstrip('.')}).", source=pkg.source) from None
+            self.fetched.append(pkg)
+        return path
+
+    def _download(self, pkg: DebianPackage) -> Path:
+        """``download`` from the archive through apt; SourceGone when it no longer serves ``pkg``."""
         with self.cache.lock(f"fetch-{pkg.sha256}"):
             hit = self.cache.path(pkg.sha256)
             if hit is not None:
@@ -607,6 +631,11 @@ class DebianArchive:
                     proc = self._apt(tree, ["apt-get", "-q", "download", f"{pkg.name}={pkg.version}"],
                                      cwd=tmp)
                 debs = sorted(tmp.glob("*.deb"))
+                if proc.returncode != 0 and re.search(r"\b(404|410)\b", proc.stderr + proc.stdout):
+                    raise SourceGone(f"Debian {pkg.suite} lists {pkg.name} {pkg.version} but no longer serves "
+                                     f"its file {pkg.filename} ({_last_lines(proc.stderr + proc.stdout, 1)}); "
+                                     f"run `blindbox lock --update RECIPE` to pin the current version; this "
+                                     f"changes the measurement.", source=pkg.source)
                 if proc.returncode != 0 or len(debs) != 1:
                     raise SourceError(f"apt-get download {pkg.name}={pkg.version} from Debian {pkg.suite} "
                                       f"failed ({_last_lines(proc.stderr + proc.stdout)}); check the "
