@@ -98,6 +98,12 @@ class InputSpec:
         return f"URL {self.url}"
 
 
+#: the input every gzip initrd needs beyond what the recipe declares: the Debian package whose zlib
+#: compresses it (builder.steps.deflate), pinned in the lock like any other package so that the
+#: initrd's bytes do not depend on the zlib of the building host
+COMPRESSOR = InputSpec(name="compressor", kind="debian", line=0, package="zlib1g", suite="bookworm", arch="amd64")
+
+
 @dataclass(frozen=True)
 class FileEntry:
     """A file placed in the initrd: inline ``content`` or an input (local file, URL, package member)."""
@@ -359,6 +365,8 @@ class Recipe:
         out += [b.source for b in self.initrd.binaries]
         if self.rootfs is not None:
             out += [f.source for f in self.rootfs.files if f.source is not None]
+        if self.initrd.compression == "gzip":
+            out.append(COMPRESSOR)      # not declared: every gzip initrd needs it
         if self.id_block is not None:
             out += self.id_block.keys()
         return tuple(out)
