@@ -93,7 +93,7 @@ class FakeArchive:
 
     def add_compressor(self) -> FakePackage:
         """Serve the initrd compressor's package (zlib1g from bookworm) with the real pinned library,
-        which the builder loads to write a gzip initrd; it counts as no download of the test's own."""
+        which the builder loads to write a gzip initrd (every gzip recipe's lock pins it)."""
         from builder.recipe import COMPRESSOR
         from builder.steps.deflate import find_library
         from tests.realinputs import pinned_compressor
