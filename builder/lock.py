@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from builder.errors import BuildError, InputDigestMismatch, RecipeError, SourceError
 from builder.limits import MAX_LOCK_BYTES
-from builder.recipe import SUITES, InputSpec, Recipe, check_id_keys, local_path
+from builder.recipe import COMPRESSOR, SUITES, InputSpec, Recipe, check_id_keys, local_path
 from measure.inputs import file_digest, is_fifo_or_socket, read_bounded
 from blindbox.files import write_atomic
 
@@ -391,6 +391,12 @@ def check_lock(recipe: Recipe, lock: Lock) -> None:
                            f"restore it from version control or {fix}.")
     for spec in recipe.inputs():
         entry = lock.get(spec.name)
+        if entry is None and spec == COMPRESSOR:
+            raise LockMismatch(
+                f"{lock_file} does not pin the initrd's compressor (Debian package {spec.package} from {spec.suite}, "
+                f"whose zlib writes the gzip initrd on every host alike); it was written by an older blindbox. Run "
+                f"`blindbox lock {recipe.path}` to add that pin: the other pins stay as they are and the launch "
+                f"digests do not change.")
         if entry is None:
             raise LockMismatch(f"input {spec.name!r} ({spec.describe()}) is declared in {recipe.path} but not "
                                f"pinned in {lock_file}; {fix}.")

@@ -483,7 +483,16 @@ def step_initrd(b: Build) -> None:
         busybox=b.inputs["busybox"], source_date_epoch=b.recipe.source_date_epoch, compression=spec.compression,
         init_script=init_script, app_command=spec.app_command, kernel_tree=b.kernel.tree,
         kernel_release=b.kernel.release, modules=modules, files=files, binaries=binaries, rootfs_app=app,
-        agent=agent, runtime_policy=policy)
+        agent=agent, runtime_policy=policy, deflate=_deflate(b) if spec.compression == "gzip" else None)
+
+
+def _deflate(b: Build):
+    """The pinned zlib that compresses a gzip initrd (check_lock made sure the lock pins it)."""
+    from builder.steps import deflate
+
+    entry = b.lock.get(deflate.INPUT)
+    assert entry is not None and entry.version is not None  # check_lock requires the pin for a gzip initrd
+    return deflate.load(b.inputs[entry.name], entry.version, entry.sha256)
 
 
 class RootRuntimePolicy(BuildError):

@@ -44,6 +44,8 @@ MAX_CMDLINE = 2047
 #: The Debian suites a recipe may name: exactly those the fetcher resolves.
 SUITES = tuple(FETCHER_SUITES)
 COMPRESSIONS = ("gzip", "xz", "none")
+#: the compressions a recipe may ask for: xz's stream would come from the host's liblzma
+RECIPE_COMPRESSIONS = ("gzip", "none")
 #: SEV features a QEMU launch can ask for: SNPActive, and DebugSwap (QEMU >= 10.2, debug-swap=on).
 SNP_ACTIVE = 0x1
 DEBUG_SWAP = 0x20
@@ -96,6 +98,12 @@ class InputSpec:
         if self.kind == "file":
             return f"local file {self.file}"
         return f"URL {self.url}"
+
+
+#: the input every gzip initrd needs beyond what the recipe declares: the Debian package whose zlib
+#: compresses it (builder.steps.deflate), pinned in the lock like any other package so that the
+#: initrd's bytes do not depend on the zlib of the building host
+COMPRESSOR = InputSpec(name="compressor", kind="debian", line=0, package="zlib1g", suite="bookworm", arch="amd64")
 
 
 @dataclass(frozen=True)
@@ -359,6 +367,8 @@ class Recipe:
         out += [b.source for b in self.initrd.binaries]
         if self.rootfs is not None:
             out += [f.source for f in self.rootfs.files if f.source is not None]
+        if self.initrd.compression == "gzip":
+            out.append(COMPRESSOR)      # not declared: every gzip initrd needs it
         if self.id_block is not None:
             out += self.id_block.keys()
         return tuple(out)
@@ -1087,7 +1097,7 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
         "modules": "kernel modules to load-ready in the initrd",
         "files": "extra files",
         "binaries": "ELF binaries from Debian packages, with their libraries",
-        "compression": f"one of {', '.join(COMPRESSIONS)}",
+        "compression": f"one of {', '.join(RECIPE_COMPRESSIONS)}",
     }, required=("busybox",))
     bb_node = i_fields["busybox"]
     bb_fields = bb_node.mapping({**_SOURCE_KEYS, "path": "the busybox binary inside the package"})
@@ -1138,9 +1148,13 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
     compression = "gzip"
     if "compression" in i_fields:
         compression = i_fields["compression"].str()
-        if compression not in COMPRESSIONS:
+        if compression == "xz":
+            raise i_fields["compression"].error(
+                "compression 'xz' is not offered: its stream would come from this host's liblzma, so another host "
+                "could build another initrd; use gzip (compressed by the zlib the lock pins) or none.")
+        if compression not in RECIPE_COMPRESSIONS:
             raise i_fields["compression"].error(f"unknown compression {compression!r}; use one of "
-                                                f"{', '.join(COMPRESSIONS)}.")
+                                                f"{', '.join(RECIPE_COMPRESSIONS)}.")
     rootfs = None
     if "rootfs" in top:
         rootfs, dmsetup = _rootfs(top["rootfs"], kernel_src, seen)

@@ -95,3 +95,24 @@ def busybox_static() -> tuple[Path, DebianPackage]:
     """bookworm ``busybox-static``: the static ``/bin/busybox``."""
     pkg = _current("busybox-static", "bookworm")
     return archive().member(pkg, "/bin/busybox"), pkg
+
+
+@functools.lru_cache(maxsize=None)
+def pinned_compressor() -> tuple[Path, DebianPackage]:
+    """The initrd compressor's package exactly as ``recipes/hello.lock`` pins it (not the current
+    version: the golden tests check the bytes that pin writes) and its unpacked tree."""
+    import json
+
+    lock = json.loads((Path(__file__).parent.parent / "recipes" / "hello.lock").read_text())
+    entry = next(e for e in lock["inputs"] if e["name"] == "compressor")
+    pkg = DebianPackage.from_dict(entry["debian"])
+    return archive().unpack(pkg), pkg
+
+
+@functools.lru_cache(maxsize=None)
+def pinned_deflate():
+    """The pinned zlib, loaded as the builder loads it (builder.steps.deflate.load)."""
+    from builder.steps import deflate
+
+    tree, pkg = pinned_compressor()
+    return deflate.load(tree, pkg.version, pkg.sha256)

@@ -4,6 +4,7 @@ Each module is one stage with explicit arguments (paths, lists, ints) and a retu
 value (bytes or a frozen dataclass); none reads a recipe, prints or exits:
 
 - :mod:`.cpio`    deterministic cpio "newc" archives and their fixed-parameter compression
+- :mod:`.deflate` the initrd's deflate compressor: the zlib the lock pins, loaded by path
 - :mod:`.kernel`  a Debian kernel package: release, bzImage, config preflight, module closure
 - :mod:`.elf`     shared-library closure of dynamically linked ELF binaries
 - :mod:`.init`    the default ``/init`` script and the marker lines it prints

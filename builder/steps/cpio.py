@@ -21,12 +21,13 @@ Compression (:func:`compress`): ``gzip`` is the default.  Both gzip and xz are b
 Debian's 6.1 kernel (``CONFIG_RD_GZIP=y``, ``CONFIG_RD_XZ=y``) and into every mainstream
 distribution kernel; gzip decompresses several times faster, which matters under QEMU's
 software emulation, and an initrd of busybox plus a few modules is small enough that
-xz's better ratio buys little.  xz is offered with the parameters the kernel's own
-build uses for an initramfs (``--check=crc32 --lzma2=dict=1MiB``: the kernel's XZ
-decoder supports no other integrity check).  Both are written with fixed parameters
-and without names or times; the deflate or LZMA2 stream itself comes from the zlib or
-liblzma the Python interpreter links, so :func:`compressor_identity` names it for the
-manifest.
+xz's better ratio buys little.  The gzip member is written with fixed parameters and
+without a name or time, and its deflate stream comes from the zlib the lock pins
+(:mod:`builder.steps.deflate`), never from the host's, so it is the same on every host;
+:func:`compressor_identity` names that library for the manifest.  xz (with the kernel's
+own initramfs parameters, ``--check=crc32 --lzma2=dict=1MiB``) comes from the liblzma the
+interpreter links, so recipes cannot ask for it (:mod:`builder.recipe`); it stays here for
+tests of the kernel's decoders.
 
 Reading (:func:`parse`, :func:`decompress`) is :mod:`measure.cpio`'s, re-exported here.
 
@@ -40,10 +41,10 @@ import enum
 import lzma
 import os
 import stat
-import zlib
 from dataclasses import dataclass
 
 from builder.errors import BuildError
+from builder.steps.deflate import Deflate
 # the reader (and decompression) is the calculator's, so that the auditor reads initrds with the same code
 from measure.cpio import HEADER_SIZE, MAGIC, PATH_MAX, TRAILER, Member, decompress, parse
 from measure.cpio import CpioError as CpioReadError
@@ -246,24 +247,31 @@ def _write(out: bytearray, name: str, *, ino: int, mode: int, nlink: int, mtime:
 
 
 # -- compression ---------------------------------------------------------------------------
-_GZIP_LEVEL = 9
 _XZ_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6, "dict_size": 1 << 20}]
 
 
-def _gzip(data: bytes) -> bytes:
+def _gzip(data: bytes, deflate: Deflate) -> bytes:
     # RFC 1952 member written by hand so that the header does not depend on the Python
     # version: no FNAME, MTIME 0, XFL 2 (maximum compression), OS 255 (unknown).
     header = b"\x1f\x8b\x08\x00" + bytes(4) + b"\x02\xff"
-    co = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY)
-    body = co.compress(data) + co.flush()
-    trailer = (zlib.crc32(data) & 0xFFFFFFFF).to_bytes(4, "little") + (len(data) & 0xFFFFFFFF).to_bytes(4, "little")
-    return header + body + trailer
+    trailer = deflate.crc32(data).to_bytes(4, "little") + (len(data) & 0xFFFFFFFF).to_bytes(4, "little")
+    return header + deflate.raw(data) + trailer
 
 
-def compress(data: bytes, method: str) -> bytes:
-    """Compress an initrd with fixed parameters; ``method`` is one of :data:`COMPRESSIONS`."""
+def _need_deflate(deflate: Deflate | None) -> Deflate:
+    if deflate is None:
+        raise ValueError("gzip compression needs the pinned zlib (builder.steps.deflate.load); none was given")
+    return deflate
+
+
+def compress(data: bytes, method: str, deflate: Deflate | None = None) -> bytes:
+    """Compress an initrd with fixed parameters; ``method`` is one of :data:`COMPRESSIONS`.
+
+    ``gzip`` needs ``deflate``, the pinned zlib (:func:`builder.steps.deflate.load`): the
+    host's own zlib is never used, so the bytes do not depend on the host.
+    """
     if method == "gzip":
-        return _gzip(data)
+        return _gzip(data, _need_deflate(deflate))
     if method == "xz":
         return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, filters=_XZ_FILTERS)
     if method == "none":
@@ -271,10 +279,10 @@ def compress(data: bytes, method: str) -> bytes:
     raise CpioError(f"initrd compression {method!r} is not supported; use one of {', '.join(COMPRESSIONS)}.")
 
 
-def compressor_identity(method: str) -> str:
+def compressor_identity(method: str, deflate: Deflate | None = None) -> str:
     """What produced the compressed stream, for the manifest (the stream depends on it)."""
     if method == "gzip":
-        return f"gzip: deflate level {_GZIP_LEVEL}, zlib {zlib.ZLIB_RUNTIME_VERSION}, mtime 0, no name, OS 255"
+        return _need_deflate(deflate).describe()
     if method == "xz":
         return "xz: LZMA2 preset 6, dict 1 MiB, check CRC32, Python lzma (liblzma)"
     if method == "none":

@@ -113,8 +113,11 @@ def build_initrd(*, busybox: Path, source_date_epoch: int, compression: str = "g
                  applets: Sequence[str] = DEFAULT_APPLETS,
                  rootfs_app: tuple[AppConfig, bool] | None = None,
                  agent: tuple[Path, AgentLaunch] | None = None,
-                 runtime_policy: RuntimePolicyFiles | None = None) -> Initrd:
+                 runtime_policy: RuntimePolicyFiles | None = None,
+                 deflate: cpio.Deflate | None = None) -> Initrd:
     """Build a deterministic initrd.
+
+    ``deflate``: the pinned zlib (:func:`.deflate.load`) that ``gzip`` compression needs.
 
     ``busybox``: a statically linked busybox (Debian ``busybox-static``: ``/bin/busybox``).
     ``init_script``: the ``/init`` bytes; when None, :func:`.init.render_init` writes one
@@ -138,6 +141,8 @@ def build_initrd(*, busybox: Path, source_date_epoch: int, compression: str = "g
     if compression not in cpio.COMPRESSIONS:
         raise InitrdError(f"initrd compression {compression!r} is not supported; use one of "
                           f"{', '.join(cpio.COMPRESSIONS)}.")
+    if compression == "gzip" and deflate is None:
+        raise ValueError("build_initrd: gzip compression needs the pinned zlib (deflate=); none was given")
     archive = cpio.Archive()
 
     busybox_bytes = _read(busybox, "busybox binary")
@@ -221,7 +226,8 @@ def build_initrd(*, busybox: Path, source_date_epoch: int, compression: str = "g
 
     raw = archive.to_bytes(mtime=source_date_epoch)
     listing = tuple(_describe(e) for e in archive.entries())
-    return Initrd(cpio.compress(raw, compression), compression, cpio.compressor_identity(compression),
+    compressed = cpio.compress(raw, compression, deflate)
+    return Initrd(compressed, compression, cpio.compressor_identity(compression, deflate),
                   hashlib.sha256(raw).hexdigest(), listing, bytes(init_script), closure,
                   tuple(sorted(libraries, key=lambda s: s.guest_path)))
 

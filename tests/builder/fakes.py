@@ -89,6 +89,20 @@ class FakeArchive:
         self.cache: dict[str, bytes] = {}
         self.downloads = 0
         self.offline = False
+        self.add_compressor()
+
+    def add_compressor(self) -> FakePackage:
+        """Serve the initrd compressor's package (zlib1g from bookworm) with the real pinned library,
+        which the builder loads to write a gzip initrd (every gzip recipe's lock pins it)."""
+        from builder.recipe import COMPRESSOR
+        from builder.steps.deflate import find_library
+        from tests.realinputs import pinned_compressor
+
+        tree, pkg = pinned_compressor()
+        lib = find_library(tree)
+        assert COMPRESSOR.package is not None and COMPRESSOR.suite is not None
+        return self.add(COMPRESSOR.package, pkg.version, COMPRESSOR.suite,
+                        {"/" + lib.relative_to(tree).as_posix(): lib.read_bytes()})
 
     def add(self, name: str, version: str, suite: str, files: dict[str, bytes], depends=()) -> FakePackage:
         blob = _deb_bytes(files)

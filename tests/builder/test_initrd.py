@@ -13,6 +13,7 @@ from builder.errors import BuildError
 from builder.steps import cpio
 from builder.steps.init import InitError, render_init
 from builder.steps.initrd import InitrdError, build_initrd
+from tests.realinputs import pinned_deflate
 from tests.tools import require
 
 from .stepfakes import make_elf, make_kernel_tree
@@ -49,7 +50,7 @@ def build(inputs, **kw):
     args = dict(busybox=inputs["busybox"], source_date_epoch=EPOCH, kernel_tree=inputs["tree"],
                 kernel_release=REL, modules=["sev-guest", "virtio-blk", "squashfs"],
                 files=[(inputs["conf"], "/etc/app.conf", 0o600)],
-                binaries=[(inputs["app"], "/usr/bin/app", inputs["root"])])
+                binaries=[(inputs["app"], "/usr/bin/app", inputs["root"])], deflate=pinned_deflate())
     args.update(kw)
     return build_initrd(**args)
 
@@ -108,7 +109,7 @@ def test_reproducible_whatever_the_input_order_names_and_times(inputs, tmp_path)
     c = build_initrd(busybox=other / "busybox", source_date_epoch=EPOCH, kernel_tree=other / "kernel",
                      kernel_release=REL, modules=["sev-guest", "virtio-blk", "squashfs"],
                      files=[(other / "app", "opt/copy", 0o644), (other / "conf", "etc/app.conf", 0o600)],
-                     binaries=[(other / "app", "usr/bin/app", other / "root")])
+                     binaries=[(other / "app", "usr/bin/app", other / "root")], deflate=pinned_deflate())
     assert c.data == a.data and c.sha256 == a.sha256
     assert build(inputs, source_date_epoch=EPOCH + 1).data != build(inputs).data
 
@@ -145,7 +146,8 @@ def test_errors(inputs, tmp_path):
 
 
 def test_custom_init_and_no_modules(inputs):
-    r = build_initrd(busybox=inputs["busybox"], source_date_epoch=0, init_script=b"#!/bin/sh\nexec sh\n")
+    r = build_initrd(busybox=inputs["busybox"], source_date_epoch=0, init_script=b"#!/bin/sh\nexec sh\n",
+                     deflate=pinned_deflate())
     m = members(r)
     assert m["init"].data == b"#!/bin/sh\nexec sh\n"
     assert not any(name.startswith("lib/modules") for name in m) and r.modules is None

@@ -55,7 +55,7 @@ def recipe(tmp_path):
 def test_lock_pins_every_input(recipe, archive):
     res = lock_recipe(recipe, archive)
     lock = res.lock
-    assert lock.names() == ["firmware", "kernel", "busybox", "init", "binary:/usr/bin/sha256sum",
+    assert lock.names() == ["firmware", "kernel", "busybox", "init", "binary:/usr/bin/sha256sum", "compressor",
                             "library:libc6", "library:libgcc-s1"]
     k = lock.get("kernel")
     assert k.debian["name"] == "linux-image-6.1.0-1-amd64" and k.version == "6.1.1-1"
@@ -64,7 +64,7 @@ def test_lock_pins_every_input(recipe, archive):
     assert k.origin.startswith("debian:bookworm/linux-image-6.1.0-1-amd64=6.1.1-1")
     init = lock.get("init")
     assert init.kind == "file" and init.path == "init.sh" and init.size == len("#!/bin/sh\necho hi\n")
-    assert all(c.old is None for c in res.changes) and len(res.changes) == 7
+    assert all(c.old is None for c in res.changes) and len(res.changes) == 8
     check_lock(recipe, lock)
 
 

@@ -99,7 +99,7 @@ def test_build_writes_bundle_with_measurements(env):
     assert (env.out / "launch-snp.sh").stat().st_mode & 0o777 == 0o755
     assert (env.out / "bzImage").stat().st_mode & 0o777 == 0o644
     m = json.loads((env.out / "manifest.json").read_bytes())
-    assert [i["name"] for i in m["inputs"]] == ["firmware", "kernel", "busybox", "file:/etc/app.conf"]
+    assert [i["name"] for i in m["inputs"]] == ["firmware", "kernel", "busybox", "file:/etc/app.conf", "compressor"]
     assert m["recipe"] == {"file": "t.yaml", "sha256": env.recipe.sha256}
     assert m["lock"]["sha256"] == hashlib.sha256(env.recipe.lock_path.read_bytes()).hexdigest()
     for o in m["outputs"]:

@@ -103,7 +103,8 @@ def test_dependencies_and_parameters_are_the_manifest_s(built):
         "pkg:deb/debian/ovmf-amdsev@2026.08-1?arch=amd64&distro=sid",
         "pkg:deb/debian/linux-image-6.1.0-1-amd64@6.1.1-1?arch=amd64&distro=bookworm",
         "pkg:deb/debian/busybox-static@1:1.35-4?arch=amd64&distro=bookworm",
-        "file:app.conf"]
+        "file:app.conf",
+        "pkg:deb/debian/zlib1g@1:1.2.13.dfsg-1?arch=amd64&distro=bookworm"]  # the initrd's pinned deflate
     ext = json_format.MessageToDict(pred.build_definition.external_parameters)
     assert ext == {"recipe": {"name": "t", "path": "t.yaml", "sha256": recipe_sha},
                    "lock": {"path": "t.lock", "sha256": lock_sha}}

@@ -83,7 +83,8 @@ def guest_inputs(tmp_path_factory):
     init = render_rootfs_init(modules=modules, app=app_config(), network=True, sev_guest="absent")
     built = build_initrd(busybox=busybox, source_date_epoch=EPOCH, kernel_tree=tree, kernel_release=kernel.release,
                          modules=modules, init_script=init,
-                         binaries=[(trees[0] / "sbin/dmsetup", DMSETUP_PATH, trees)])
+                         binaries=[(trees[0] / "sbin/dmsetup", DMSETUP_PATH, trees)],
+                         deflate=realinputs.pinned_deflate())
     out = tmp_path_factory.mktemp("guest")
     initrd = out / "initrd.gz"
     initrd.write_bytes(built.data)

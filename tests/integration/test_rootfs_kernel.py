@@ -132,7 +132,8 @@ def initrd(tmp_path_factory):
     built = build_initrd(busybox=busybox, source_date_epoch=EPOCH, kernel_tree=tree, kernel_release=kernel.release,
                          modules=MODULES, init_script=render_init(),
                          binaries=[(trees[0] / "sbin/dmsetup", "/sbin/dmsetup", trees)],
-                         applets=sorted(set(DEFAULT_APPLETS) | {"sort", "readlink", "find", "sed", "tr"}))
+                         applets=sorted(set(DEFAULT_APPLETS) | {"sort", "readlink", "find", "sed", "tr"}),
+                         deflate=realinputs.pinned_deflate())
     assert built.modules is not None and not built.modules.builtin  # all are modules in bookworm's kernel
     path = tmp_path_factory.mktemp("initrd") / "initrd.gz"
     path.write_bytes(built.data)

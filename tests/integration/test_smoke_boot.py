@@ -40,7 +40,7 @@ def guest(tmp_path_factory):
     kernel = find_kernel(tree)
     busybox, _ = realinputs.busybox_static()
     initrd = build_initrd(busybox=busybox, source_date_epoch=EPOCH, kernel_tree=tree,
-                          kernel_release=kernel.release, modules=MODULES)
+                          kernel_release=kernel.release, modules=MODULES, deflate=realinputs.pinned_deflate())
     path = tmp_path_factory.mktemp("guest") / "initrd.gz"
     path.write_bytes(initrd.data)
     return kernel, path

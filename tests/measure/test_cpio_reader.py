@@ -8,6 +8,7 @@ import lzma
 import pytest
 
 from builder.steps.cpio import Archive, compress
+from tests.realinputs import pinned_deflate
 from measure.cpio import CpioError, parse, read_initrd
 
 EPOCH = 1_700_000_000
@@ -41,7 +42,7 @@ def read(data: bytes, **kw: int):
 
 
 def test_a_builder_archive_reads_back_whole():
-    initrd = read(compress(archive(etc__x=b"one", bin__y=b"two"), "gzip"))
+    initrd = read(compress(archive(etc__x=b"one", bin__y=b"two"), "gzip", pinned_deflate()))
     assert initrd.lookup("/etc/x") == (b"one", "/etc/x (3 bytes)")
     assert initrd.lookup("bin/y")[0] == b"two"
     assert initrd.lookup("/etc/z") == (None, "the initrd has no /etc/z")
@@ -49,8 +50,8 @@ def test_a_builder_archive_reads_back_whole():
 
 @pytest.mark.parametrize("method", ["gzip", "xz", "none"])
 def test_an_appended_archive_overrides_earlier_members_in_any_compression(method):
-    first = compress(archive(etc__x=b"honest", etc__y=b"kept"), "gzip")
-    second = compress(archive(etc__x=b"permissive"), method)
+    first = compress(archive(etc__x=b"honest", etc__y=b"kept"), "gzip", pinned_deflate())
+    second = compress(archive(etc__x=b"permissive"), method, pinned_deflate())
     # the kernel reads an uncompressed archive only at an offset that is a multiple of 4
     initrd = read(first + bytes(-len(first) % 4) + second)
     assert initrd.lookup("etc/x")[0] == b"permissive"

@@ -93,14 +93,14 @@ def kernel_inputs(tmp_path_factory):
             else:
                 from builder.steps.initrd import build_initrd
                 from builder.steps.kernel import find_kernel
-                from tests.realinputs import busybox_static, debian_kernel, kernel_tree
+                from tests.realinputs import busybox_static, debian_kernel, kernel_tree, pinned_deflate
                 kernel = debian_kernel("bookworm")[0]
                 image = find_kernel(kernel_tree("bookworm"))
                 # a real initrd: busybox, the default init and sev-guest with its dependencies
                 initrd = tmp_path_factory.mktemp("initrd") / "initrd.img"
                 initrd.write_bytes(build_initrd(busybox=busybox_static()[0], source_date_epoch=0,
                                                 kernel_tree=image.tree, kernel_release=image.release,
-                                                modules=["sev-guest"]).data)
+                                                modules=["sev-guest"], deflate=pinned_deflate()).data)
                 cache[name] = (str(kernel), str(initrd), NON_ASCII_CMDLINE)
         return cache[name]
     return get
