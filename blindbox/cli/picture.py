@@ -182,12 +182,15 @@ def bands(result: MeasureResult) -> list[Band]:
 
 # -- parameters and inputs ------------------------------------------------------------------
 
+def _cpu(sig: int | None) -> str | None:
+    names = [n for n, s in CPU_SIGS.items() if s == sig]
+    return None if sig is None else (f"{names[0]} ({sig:#x})" if names else f"{sig:#x}")
+
+
 def parameters(result: MeasureResult) -> list[tuple[str, str]]:
     """What the launch was, as (name, value) rows."""
     req = result.request
-    sig = req.vcpu_sig
-    names = [n for n, s in CPU_SIGS.items() if s == sig]
-    cpu = "not used by this VMM" if sig is None else (f"{names[0]} ({sig:#x})" if names else f"{sig:#x}")
+    cpu = _cpu(req.vcpu_sig) or "not used by this VMM"
     m = result.measurement
     append = req.append.decode("utf-8", "replace") if isinstance(req.append, bytes) else req.append
     rows = [
@@ -205,7 +208,9 @@ def parameters(result: MeasureResult) -> list[tuple[str, str]]:
 
 def _title(result: MeasureResult) -> str:
     req = result.request
-    return (f"{req.mode.value} · {req.vcpus} vCPU(s) · guest features {req.guest_features:#x} · "
+    cpu = _cpu(req.vcpu_sig)
+    return (f"{req.mode.value} · {req.vcpus} vCPU(s){f' of {cpu}' if cpu else ''} · "
+            f"guest features {req.guest_features:#x} · "
             f"VMM profile {req.profile.name}")
 
 

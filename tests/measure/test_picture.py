@@ -30,7 +30,7 @@ def measured(tmp_path: Path, vcpus: int = 3, *, kernel: bool = True, ovmf: Path 
     k = tmp_path / name
     k.write_bytes(b"a kernel")
     return launch_digest(MeasureRequest(
-        mode=SevMode.SEV_SNP, ovmf=ovmf, vcpus=vcpus, vcpu_sig=0xA10F11, profile=profile("qemu"),
+        mode=SevMode.SEV_SNP, ovmf=ovmf, vcpus=vcpus, vcpu_sig=CPU_SIGS["EPYC-Genoa"], profile=profile("qemu"),
         kernel=k if kernel else None, append="console=ttyS0" if kernel else None, trace=True))
 
 
@@ -94,7 +94,8 @@ def test_svg_bands_follow_the_gpa_axis_and_hold_every_page(tmp_path):
     # the title holds the final digest and the parameters
     texts = [t.text for t in root.iter(f"{SVG}text")]
     assert result.digest.hex() in texts
-    assert "snp · 3 vCPU(s) · guest features 0x1 · VMM profile qemu · 35 pages measured" in texts
+    assert ("snp · 3 vCPU(s) of EPYC-Genoa (0xa10f10) · guest features 0x1 · VMM profile qemu · "
+            "35 pages measured") in texts
 
 
 def test_a_band_per_coalesced_range_in_measurement_order(tmp_path):
