@@ -22,7 +22,7 @@ import bisect
 import html
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from measure import layout
 from measure.api import MeasureResult
@@ -141,7 +141,6 @@ class Band:
     kind: str
     pages: int
     first: int          # position of the first page in the measurement (0-based)
-    highlight: bool = field(default=False)
 
 
 def bands(result: MeasureResult) -> list[Band]:
@@ -306,7 +305,7 @@ def render_svg(result: MeasureResult, *, highlight: Mapping[str, str] | None = N
         mark = b.kind in highlight
         stroke = f'stroke="{HIGHLIGHT}" stroke-width="3"' if mark else 'stroke="#fff" stroke-width="1"'
         emphasis = f' fill="{HIGHLIGHT}" font-weight="bold"' if mark else ""
-        last = b.end - 1 if b.kind != VMSA else b.start + PAGE_SIZE - 1
+        last = b.end - 1
         addr = f"{b.start:#x}–{last:#x}"
         body.append(
             f'<g class="band{" differs" if mark else ""}" data-gpa="{b.start:#x}" data-end="{b.end:#x}" '
@@ -409,7 +408,7 @@ def render_html(result: MeasureResult, *, heading: str = "SEV-SNP launch measure
                          for k, v in result.inputs.items()], cls="inputs", mono=(1, 2), num=(3,)))
     parts.append("<h2>Measured ranges</h2>")
     total = sum(b.pages for b in rows)
-    table_rows = [[_e(f"{b.start:#x}–{(b.end if b.kind != VMSA else b.start + PAGE_SIZE) - 1:#x}"),
+    table_rows = [[_e(f"{b.start:#x}–{b.end - 1:#x}"),
                    f'<span class="swatch" style="background:{COLOURS[b.page_type]}"></span>{_e(b.page_type)}',
                    _e(b.region), f"{b.pages:,}"] for b in rows]
     table_rows.append(["", "", "total", f"{total:,}"])
