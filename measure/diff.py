@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from pathlib import Path
 from typing import Any
 
-from . import layout
 from .errors import InputError
 from .inputs import file_digest, read_input
 from .kernel_hashes import cmdline_bytes
@@ -30,46 +28,11 @@ from .record import field, record
 from .spec import BSP_RESET_EIP, PAGE_SIZE
 from .vmm import profile
 from .vmsa import SaveArea, diff, reset_vmsa
+from .volumes import firmware_volumes
 
 #: A measure JSON file with its trace (a 4 MiB firmware gives ~1,100 pages, ~300 KiB).
 MAX_TRACE_JSON_BYTES = 64 << 20
 
-FILE_SYSTEMS = {
-    uuid.UUID("8c8ce578-8a3d-4f1c-9935-896185c32dd3"): "FFS2",
-    uuid.UUID("5473c07a-3dcb-4dca-bd6f-1e9689e7349a"): "FFS3",
-    uuid.UUID("fff12b8d-7696-4c8b-a985-2747075b4f50"): "NV variable store",
-}
-
-
-@layout.struct(size=0x38, spec="UEFI PI spec vol. 3, EFI_FIRMWARE_VOLUME_HEADER (up to the block map)")
-@record
-class VolumeHeader(layout.Struct):
-    zero_vector: bytes = layout.raw(0x00, 16)
-    file_system_guid: bytes = layout.raw(0x10, 16)
-    fv_length: int = layout.u64(0x20)
-    signature: bytes = layout.raw(0x28, 4)
-    attributes: int = layout.u32(0x2C)
-    header_length: int = layout.u16(0x30)
-    checksum: int = layout.u16(0x32)
-    ext_header_offset: int = layout.u16(0x34)
-    reserved: int = layout.u8(0x36)
-    revision: int = layout.u8(0x37)
-
-
-def firmware_volumes(data: bytes) -> list[tuple[int, int, str]]:
-    """(file offset, length, file system name) of each firmware volume on a 4 KiB boundary."""
-    out = []
-    off = 0
-    while off + VolumeHeader.SIZE <= len(data):
-        if data[off + 0x28:off + 0x2C] == b"_FVH":
-            h = VolumeHeader.from_bytes(data[off:off + VolumeHeader.SIZE])
-            if 0 < h.fv_length <= len(data) - off:
-                guid = uuid.UUID(bytes_le=h.file_system_guid)
-                out.append((off, h.fv_length, FILE_SYSTEMS.get(guid, str(guid))))
-                off += -(-h.fv_length // PAGE_SIZE) * PAGE_SIZE
-                continue
-        off += PAGE_SIZE
-    return out
 
 
 @record
@@ -214,9 +177,9 @@ def _firmware_cause(a: Side, b: Side, gpa: int) -> tuple[str, tuple[str, ...]]:
     data = a.firmware_data if a.firmware_data is not None else b.firmware_data
     region = "the firmware image"
     if data is not None:
-        for start, length, kind in firmware_volumes(data):
-            if start <= offset < start + length:
-                region = f"firmware volume {start:#x}+{length:#x} ({kind})"
+        for v in firmware_volumes(data):
+            if v.offset <= offset < v.offset + v.length:
+                region = f"firmware volume {v.offset:#x}+{v.length:#x} ({v.kind})"
                 break
         else:
             region = "the firmware image, outside its firmware volumes"

@@ -30,15 +30,19 @@ def _bundle_inputs(bundle: Path) -> tuple[Path, Path, Path | None, bytes, list[d
     return roles["firmware"], roles["kernel"], roles.get("initrd"), cmdline, list(doc["measurements"])
 
 
+def _compared(launch, entry: dict) -> list[tuple[str, object, object]]:
+    """(what, the launch's value, the published shape's value) for what the search varies."""
+    return [("VMM profile", launch.profile.name, entry.get("vmm_profile")),
+            ("vCPU count", launch.vcpus, entry.get("vcpus")),
+            ("vCPU type", None if launch.vcpu_sig is None else f"{launch.vcpu_sig:#x}", entry.get("vcpu_sig")),
+            ("guest features", f"{launch.guest_features:#x}", entry.get("guest_features"))]
+
+
 def _nearest(launch, published: list[dict]) -> tuple[dict, list[str]] | None:
     best = None
     for entry in published:
-        diffs = [name for name, ours, theirs in (
-            ("VMM profile", launch.profile.name, entry.get("vmm_profile")),
-            ("vCPU count", launch.vcpus, entry.get("vcpus")),
-            ("vCPU type", None if launch.vcpu_sig is None else f"{launch.vcpu_sig:#x}", entry.get("vcpu_sig")),
-            ("guest features", f"{launch.guest_features:#x}", entry.get("guest_features")))
-            if theirs is not None and ours is not None and ours != theirs]
+        diffs = [name for name, ours, theirs in _compared(launch, entry)
+                 if theirs is not None and ours is not None and ours != theirs]
         if not launch.kernel_hashes:
             diffs.append("kernel hashes")
         rank = (len(diffs), abs(launch.vcpus - int(entry.get("vcpus") or 0)))
@@ -59,7 +63,10 @@ def _nearest(launch, published: list[dict]) -> tuple[dict, list[str]] | None:
 @click.option("--append", help="Kernel command line (with --kernel).")
 @click.option("--max-vcpus", type=int, default=256, show_default=True, help="Largest vCPU count to try.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def explain_report(report, measurement, bundle, ovmf, kernel, initrd, append, max_vcpus, as_json):
+@click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path), metavar="HTML",
+              help="Also write a self-contained page drawing the launch found, with its differences from the "
+                   "nearest published shape highlighted.")
+def explain_report(report, measurement, bundle, ovmf, kernel, initrd, append, max_vcpus, as_json, html_out):
     """Find which launch of the given inputs produces a report's MEASUREMENT.
 
     Tries every VMM profile, vCPU type, common SEV-features combination, vCPU count up to
@@ -90,6 +97,10 @@ def explain_report(report, measurement, bundle, ovmf, kernel, initrd, append, ma
     if bundle is not None:
         ovmf, kernel, initrd, cmdline, published = _bundle_inputs(bundle)
         append = cmdline
+    if html_out is not None:
+        from blindbox.files import refuse_inputs
+        refuse_inputs(html_out, [("report", report), ("firmware", ovmf), ("kernel", kernel), ("initrd", initrd),
+                                 ("manifest", None if bundle is None else bundle / "manifest.json")], "--html")
     hashes = KernelHashes.from_files(kernel, initrd, append) if kernel is not None else None
     space = SearchSpace(max_vcpus=max_vcpus)
     result = find_launches(Firmware.load(ovmf), target, hashes, space)
@@ -129,10 +140,58 @@ def explain_report(report, measurement, bundle, ovmf, kernel, initrd, append, ma
         for c in contradictions:
             click.echo(f"  CONTRADICTION: {c.describe()}")
         click.echo(f"  ({result.tried:,} launches tried in {result.seconds:.1f} s)")
+    if html_out is not None:
+        if result.found:
+            _write_page(html_out, target, result.found[0], ovmf, kernel, initrd, append, published, published_hit)
+        else:
+            click.echo(f"blindbox: {html_out} not written: no launch of these inputs produces the measurement, "
+                       f"so there is nothing to draw.", err=True)
     if contradictions:
         click.echo(f"blindbox: error: {contradictions[0].describe()}.", err=True)
     if not result.found or contradictions:
         raise click.exceptions.Exit(3)
+
+
+def _write_page(out: Path, target: bytes, launch, ovmf, kernel, initrd, append, published: list[dict],
+                published_hit: list[str]) -> None:
+    """The page of ``blindbox measure --html`` for ``launch``, with its differences from the nearest
+    published shape."""
+    from blindbox.files import write_atomic
+    from measure.api import MeasureRequest, launch_digest
+    from measure.spec import SevMode
+
+    from . import picture
+
+    measured = launch.kernel_hashes
+    result = launch_digest(MeasureRequest(
+        mode=SevMode.SEV_SNP, ovmf=ovmf, vcpus=launch.vcpus, vcpu_sig=launch.vcpu_sig,
+        guest_features=launch.guest_features, profile=launch.profile, kernel=kernel if measured else None,
+        initrd=initrd if measured else None, append=append if measured else None, trace=True))
+    if result.digest != target:
+        raise AssertionError(f"the launch found ({launch.describe()}) measures {result.digest.hex()}")
+    intro = f"Produced by: {launch.describe()}."
+    differences = nearest_shape = None
+    highlight: dict[str, str] = {}
+    if published_hit:
+        intro += f" Published in the bundle's manifest for {', '.join(published_hit)}."
+    elif published:
+        near = _nearest(launch, published)
+        if near is not None:
+            entry, diffs = near
+            nearest_shape = str(entry.get("shape"))
+            rows = [(name, str(ours), str(theirs)) for name, ours, theirs in _compared(launch, entry)
+                    if name in diffs]
+            if "kernel hashes" in diffs:
+                rows.append(("kernel hashes", "not measured (the hashes page is ZERO)", "measured"))
+            differences = rows
+            for name in diffs:
+                kinds = {"kernel hashes": [picture.KERNEL_HASHES],
+                         "VMM profile": [picture.VMSA, picture.METADATA]}.get(name, [picture.VMSA])
+                for kind in kinds:
+                    highlight[kind] = f"{highlight[kind]}, {name}" if kind in highlight else name
+    write_atomic(out, picture.render_html(result, heading="The launch behind a MEASUREMENT", intro=intro,
+                                          differences=differences, nearest=nearest_shape,
+                                          highlight=highlight).encode(), what="HTML page")
 
 
 @click.command("rederive")

@@ -75,9 +75,13 @@ class _Listable(click.ParamType):
 @click.option("--vars-file", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
               help="OVMF_VARS file (snp:svsm; conflicts with --vars-size).")
 @click.option("--trace", is_flag=True, help="With JSON output: list every PAGE_INFO folded into the digest.")
+@click.option("--map", "map_out", type=click.Path(dir_okay=False, path_type=Path), metavar="SVG",
+              help="Also draw the measured guest-physical layout into this SVG file (--mode snp).")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path), metavar="HTML",
+              help="Also write a self-contained page: map, measured ranges, inputs, parameters (--mode snp).")
 def measure(verbose, mode, vcpus, vcpu_type, vcpu_sig, vcpu_family, vcpu_model, vcpu_stepping, vmm_type,
             vmm_profile, ovmf, kernel, initrd, append, guest_features, output_format, as_json, snp_ovmf_hash,
-            dump_vmsa, svsm, vars_size, vars_file, trace):
+            dump_vmsa, svsm, vars_size, vars_file, trace, map_out, html_out):
     """Calculate the launch measurement of an AMD SEV, SEV-ES or SEV-SNP guest.
 
     Accepts every option of sev-snp-measure 0.0.13 with the same meaning and prints the
@@ -88,7 +92,7 @@ def measure(verbose, mode, vcpus, vcpu_type, vcpu_sig, vcpu_family, vcpu_model, 
     """
     click.echo(run(verbose, mode, vcpus, vcpu_type, vcpu_sig, vcpu_family, vcpu_model, vcpu_stepping, vmm_type,
                    vmm_profile, ovmf, kernel, initrd, append, guest_features, output_format, as_json,
-                   snp_ovmf_hash, dump_vmsa, svsm, vars_size, vars_file, trace))
+                   snp_ovmf_hash, dump_vmsa, svsm, vars_size, vars_file, trace, map_out=map_out, html_out=html_out))
 
 
 @click.command("explain-vmsa")

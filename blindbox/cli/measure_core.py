@@ -84,9 +84,17 @@ def _json(result: MeasureResult, vcpu_type: str | None, trace: bool) -> dict[str
 
 def run(verbose, mode, vcpus, vcpu_type, vcpu_sig, vcpu_family, vcpu_model, vcpu_stepping, vmm_type,
         vmm_profile, ovmf, kernel, initrd, append, guest_features, output_format, as_json, snp_ovmf_hash,
-        dump_vmsa, svsm, vars_size, vars_file, trace) -> str:
-    """Compute what ``blindbox measure`` prints (without the final newline)."""
+        dump_vmsa, svsm, vars_size, vars_file, trace, *, map_out=None, html_out=None) -> str:
+    """Compute what ``blindbox measure`` prints (without the final newline).
+
+    ``map_out`` and ``html_out`` (paths) also draw the launch (blindbox.cli.picture); what is
+    printed stays the same.
+    """
     if any(isinstance(v, Many) for v in (vcpus, vcpu_type, vcpu_sig, guest_features, vmm_type, vmm_profile)):
+        asked = [opt for opt, p in (("--map", map_out), ("--html", html_out)) if p is not None]
+        if asked:
+            raise InputError(f"{' and '.join(asked)} {'draw' if len(asked) > 1 else 'draws'} one launch; give "
+                             f"single shape values, not lists, or drop {' and '.join(asked)}.")
         return _run_matrix(verbose, mode, vcpus, vcpu_type, vcpu_sig, vcpu_family, vcpu_model, vcpu_stepping,
                            vmm_type, vmm_profile, ovmf, kernel, initrd, append, guest_features, output_format,
                            as_json, snp_ovmf_hash, dump_vmsa, svsm, vars_size, vars_file, trace)
@@ -113,12 +121,26 @@ def run(verbose, mode, vcpus, vcpu_type, vcpu_sig, vcpu_family, vcpu_model, vcpu
         except ValueError:
             raise InputError(f"--snp-ovmf-hash {snp_ovmf_hash!r} is not hexadecimal; give the 96 hex "
                              f"digits printed by --mode snp:ovmf-hash.") from None
+    pictures = [(opt, p) for opt, p in (("--map", map_out), ("--html", html_out)) if p is not None]
+    if pictures:
+        _check_pictures(mode, seed, pictures)
     sig, type_name = _vcpu_sig(sev_mode, vcpu_type, vcpu_sig, vcpu_family, vcpu_model, vcpu_stepping)
     req = MeasureRequest(
         mode=sev_mode, ovmf=ovmf, vcpus=vcpus, vcpu_sig=sig, guest_features=guest_features,
         profile=prof, kernel=kernel, initrd=initrd, append=append, ovmf_hash=seed, svsm=svsm,
-        vars_size=vars_size, ovmf_hash_only=ovmf_hash_only, trace=trace)
+        vars_size=vars_size, ovmf_hash_only=ovmf_hash_only, trace=trace or bool(pictures))
     result = api.launch_digest(req)
+    if pictures:
+        from pathlib import Path
+
+        from blindbox.files import refuse_inputs, write_all_atomic
+
+        from . import picture
+        inputs = [("--ovmf", ovmf), ("--kernel", kernel), ("--initrd", initrd)]
+        for opt, path in pictures:
+            refuse_inputs(Path(path), [(f"input file of {o}", p) for o, p in inputs], opt)
+        drawn = {"--map": lambda: picture.render_svg(result), "--html": lambda: picture.render_html(result)}
+        write_all_atomic([(path, drawn[opt]().encode()) for opt, path in pictures], what="picture")
 
     if dump_vmsa and result.measurement is not None:
         from pathlib import Path
@@ -284,6 +306,19 @@ def _run_matrix(verbose, mode, vcpus, vcpu_type, vcpu_sig, vcpu_family, vcpu_mod
     widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
     return "\n".join("  ".join([cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)] + [row[-1]])
                      for row in table)
+
+
+def _check_pictures(mode: str, seed: bytes | None, pictures: list) -> None:
+    """--map and --html draw every page of one SEV-SNP launch."""
+    opts = " and ".join(opt for opt, _ in pictures)
+    draw = "draw" if len(pictures) > 1 else "draws"
+    if mode != "snp":
+        raise InputError(f"{opts} {draw} the pages of an SEV-SNP launch; use --mode snp (not {mode}) or drop {opts}.")
+    if seed is not None:
+        raise InputError(f"{opts} {draw} every measured page, but with --snp-ovmf-hash the firmware pages are not "
+                         f"measured here; give the firmware with --ovmf alone.")
+    if len(pictures) == 2 and os.path.abspath(pictures[0][1]) == os.path.abspath(pictures[1][1]):
+        raise InputError(f"--map and --html name the same file {pictures[0][1]}; give each its own.")
 
 
 #: Options the fast parser reads: name -> (keyword, kind).  The rest go to click.
