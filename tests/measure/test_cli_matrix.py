@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -130,6 +131,10 @@ BAD = [
     (["--vcpus", "1-4000", "--guest-features", ",".join(hex(2 * i + 1) for i in range(26))],
      "the lists give 104,000 shapes, more than the 100,000 one command computes"),
     (["--vcpus", "1-2", "--trace"], "--trace lists pages in JSON"),
+    (["--vcpus", "1-2", "--map", "never-written.svg"],
+     "--map draws one launch; give single shape values, not lists, or drop --map."),
+    (["--vcpus", "1", "--vmm-type", "QEMU,ec2", "--map", "never-written.svg", "--html", "never-written.html"],
+     "--map and --html draw one launch; give single shape values, not lists"),
 ]
 
 
@@ -143,6 +148,7 @@ def test_an_invalid_matrix_fails_whole_before_printing(extra, message, fast, cap
     assert (rc, out) == (2, "")
     assert err.startswith("blindbox: error: ") and message in err, err
     assert len(err.splitlines()) == 1
+    assert not any(Path(a).exists() for a in extra if a.startswith("never-written"))
 
 
 def test_a_matrix_imports_no_click_and_no_diff():
