@@ -84,6 +84,7 @@ class TerminalProgress(Progress):
         self.downloads: dict[str, _Download] = {}
         self.current_download: str | None = None
         self.closed = False
+        self.dirty = False               # something changed that throttling kept off the screen
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -141,20 +142,28 @@ class TerminalProgress(Progress):
                 return
             now = self.clock()
             if not force and self.last_draw is not None and now - self.last_draw < self.INTERVAL:
+                self.dirty = True           # the ticking thread draws it when the interval has passed
                 return
-            self.last_draw = now
+            self.last_draw, self.dirty = now, False
             text = self.line()[:max(10, self._columns() - 1)]   # never wrap: \r only returns within one row
             self.stream.write("\r" + text + " " * max(0, self.shown - len(text)))
             self.stream.flush()
             self.shown = len(text)
 
-    def start_ticking(self, every: float = 0.5) -> None:
-        """Redraw every ``every`` seconds from a daemon thread, so that the elapsed time moves
-        during a long step that sends no events (until :meth:`close`)."""
-        def tick() -> None:
-            while not self._stop.wait(every):
-                self._draw()
-        threading.Thread(target=tick, name="blindbox-progress", daemon=True).start()
+    def start_ticking(self) -> None:
+        """Until :meth:`close`, a daemon thread draws what throttling held back once the interval
+        has passed, and redraws every second, so that the elapsed time moves during a long step
+        that sends no events."""
+        def ticking() -> None:
+            while not self._stop.wait(self.INTERVAL):
+                self.tick()
+        threading.Thread(target=ticking, name="blindbox-progress", daemon=True).start()
+
+    def tick(self) -> None:
+        """Draw a change that throttling held back, or the same line a second later."""
+        last = self.last_draw
+        if self.dirty or last is None or self.clock() - last >= 1.0:
+            self._draw()
 
     def close(self, ok: bool = True) -> None:
         """Wipe the status line (the command's own output follows on a clean line)."""

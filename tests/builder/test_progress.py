@@ -82,6 +82,25 @@ def test_terminal_redraws_at_most_ten_times_a_second():
     assert "\n" not in out.getvalue() and "\x1b" not in out.getvalue()
 
 
+def test_terminal_tick_draws_what_throttling_held_back_and_moves_the_clock():
+    clock, out = Clock(), io.StringIO()
+    t = TerminalProgress(out, "blindbox build", clock=clock, width=200)
+    t.step("fetch")
+    clock.advance(0.01)
+    t.step("initrd")                                  # held back: 0.01 s after the last draw
+    assert not out.getvalue().endswith("initrd")
+    clock.advance(0.1)
+    t.tick()
+    assert out.getvalue().endswith("\rblindbox build [0:00] initrd")
+    before = out.getvalue()
+    clock.advance(0.5)
+    t.tick()                                          # nothing new, less than a second: no redraw
+    assert out.getvalue() == before
+    clock.advance(0.5)
+    t.tick()                                          # a long step without events: the time moves
+    assert out.getvalue() == before + "\rblindbox build [0:01] initrd"
+
+
 def test_terminal_line_shows_elapsed_step_bytes_total_and_rate():
     clock, out = Clock(), io.StringIO()
     t = TerminalProgress(out, "blindbox build", clock=clock, width=200)
