@@ -294,6 +294,7 @@ def _member_of(b: Build, name: str) -> str | None:
 
 def step_fetch(b: Build) -> None:
     for entry in b.lock.inputs:
+        current_progress().step(f"fetch {entry.name}")      # which input (and how long, when it is slow)
         try:
             if entry.kind == "debian":
                 assert entry.debian is not None  # LockedInput.from_dict requires it
