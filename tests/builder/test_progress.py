@@ -27,6 +27,8 @@ from builder import progress, repro
 from builder.progress import NULL, Progress, encode_event, forward_event
 from builder.sources import ContentCache, fetch_url
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 class Clock:
     def __init__(self, t: float = 1000.0):
@@ -261,14 +263,19 @@ def test_check_repro_forwards_a_child_builds_events_and_keeps_its_other_stderr(t
                                                         {"ok": True})
 
 
-def test_check_repro_asks_children_for_events_only_when_someone_listens(tmp_path):
-    child = "import os; print('{\"v\": \"%s\"}' % os.environ.get('BLINDBOX_PROGRESS', ''))"
-    run = repro.BuildRun("A", tmp_path / "out", [sys.executable, "-c", child], {}, 0o022, None)
-    repro._run(run, tmp_path)
-    assert run.result == {"v": ""}
-    with progress.using(Recorder()):
-        repro._run(run, tmp_path)
-    assert run.result == {"v": "events"}
+def test_check_repro_children_write_events_even_when_nobody_listens(tmp_path):
+    # A child's stderr is a pipe; without events it would write log lines, which would end up in
+    # check-repro's error message.  With --quiet they are dropped.
+    child = ("import os, sys\n"
+             "from blindbox.cli.progress import renderer\n"
+             "r = renderer('build', quiet=False)\n"
+             "r.step('fetch'); r.task('resolving sid package lists')\n"
+             "sys.stderr.write('blindbox: error: the real problem\\n')\n"
+             "print('{\"v\": \"%s\"}' % os.environ.get('BLINDBOX_PROGRESS', ''))\n")
+    run = repro.BuildRun("A", tmp_path / "out", [sys.executable, "-c", child], {"PYTHONPATH": str(ROOT)},
+                         0o022, None)
+    repro._run(run, tmp_path)                                  # the default receiver: NULL
+    assert (run.result, run.stderr) == ({"v": "events"}, "blindbox: error: the real problem\n")
 
 
 # ---------------------------------------------------------------------- a real HTTP download
