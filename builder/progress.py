@@ -67,6 +67,8 @@ def using(receiver: Progress) -> Iterator[Progress]:
         _current.reset(token)
 
 
+#: The environment variable that asks a blindbox command for event lines on stderr ("events").
+EVENTS_ENV = "BLINDBOX_PROGRESS"
 #: The start of an event line; what follows is a JSON array ``[kind, *arguments]``.
 EVENT_PREFIX = "blindbox-progress: "
 _KINDS = {"step": 1, "task": 1, "download": 3, "downloaded": 2}

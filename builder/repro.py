@@ -244,7 +244,7 @@ def _run(run: BuildRun, cwd: Path) -> None:
     argv = list(run.argv)
     if run.faketime:
         argv = ["faketime", run.faketime, *argv]
-    env = {**run.env, "BLINDBOX_PROGRESS": "events"}   # always: no progress text may reach an error message
+    env = {**run.env, progress.EVENTS_ENV: "events"}   # always: no progress text may reach an error message
     with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as out, \
             subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.PIPE, text=True,
                              errors="replace", preexec_fn=lambda: os.umask(run.umask)) as p:

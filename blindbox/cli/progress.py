@@ -37,7 +37,7 @@ from builder import progress
 from builder.progress import Progress
 
 #: Environment variable that makes a command write progress events for a parent process.
-EVENTS_ENV = "BLINDBOX_PROGRESS"
+EVENTS_ENV = progress.EVENTS_ENV
 
 
 def human_bytes(n: float) -> str:
