@@ -146,8 +146,12 @@ class TerminalProgress(Progress):
                 return
             self.last_draw, self.dirty = now, False
             text = self.line()[:max(10, self._columns() - 1)]   # never wrap: \r only returns within one row
-            self.stream.write("\r" + text + " " * max(0, self.shown - len(text)))
-            self.stream.flush()
+            try:
+                self.stream.write("\r" + text + " " * max(0, self.shown - len(text)))
+                self.stream.flush()
+            except (OSError, ValueError):   # the terminal went away: stop drawing, let the work finish
+                self.closed = True
+                return
             self.shown = len(text)
 
     def start_ticking(self) -> None:
@@ -169,11 +173,11 @@ class TerminalProgress(Progress):
         """Wipe the status line (the command's own output follows on a clean line)."""
         self._stop.set()
         with self._lock:
-            self.closed = True
-            if self.shown:
-                self.stream.write("\r" + " " * self.shown + "\r")
-                self.stream.flush()
-                self.shown = 0
+            if self.shown and not self.closed:
+                with contextlib.suppress(OSError, ValueError):
+                    self.stream.write("\r" + " " * self.shown + "\r")
+                    self.stream.flush()
+            self.closed, self.shown = True, 0
 
 
 class LineProgress(Progress):

@@ -340,3 +340,18 @@ def test_url_download_on_a_terminal_renderer(tmp_path: Path):
     done = re.compile(re.escape(f"fetch: {url} 1.0 MB / 1.0 MB, ") + r"[0-9.]+ [kM]B/s, done")
     assert any(done.search(d) for d in draws), draws
     assert draws[-1] == "" and set(draws[-2]) == {" "}   # wiped at the end
+
+
+class _Gone(io.StringIO):
+    def write(self, text):
+        raise OSError(5, "Input/output error")
+
+
+def test_terminal_that_went_away_stops_drawing_without_failing_the_work():
+    clock = Clock()
+    t = TerminalProgress(_Gone(), "blindbox build", clock=clock, width=80)
+    t.step("fetch")                 # no exception reaches the builder
+    clock.advance(1)
+    t.tick()
+    t.close()
+    assert t.closed
