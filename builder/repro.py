@@ -249,8 +249,12 @@ def _run(run: BuildRun, cwd: Path) -> None:
             subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.PIPE, text=True,
                              errors="replace", preexec_fn=lambda: os.umask(run.umask)) as p:
         assert p.stderr is not None
-        kept = [line for line in p.stderr
-                if not progress.forward_event(line.rstrip("\n"), report, f"build {run.label}: ")]
+        try:
+            kept = [line for line in p.stderr
+                    if not progress.forward_event(line.rstrip("\n"), report, f"build {run.label}: ")]
+        except BaseException:          # e.g. an interrupt: do not leave the build running (as subprocess.run)
+            p.kill()
+            raise
         p.wait()
         out.seek(0)
         stdout = out.read()

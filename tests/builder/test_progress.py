@@ -18,6 +18,7 @@ import io
 import re
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -355,3 +356,20 @@ def test_terminal_that_went_away_stops_drawing_without_failing_the_work():
     t.tick()
     t.close()
     assert t.closed
+
+
+def test_check_repro_stops_a_build_it_is_interrupted_in(tmp_path):
+    child = (f"import sys, time\nsys.stderr.write({encode_event('step', 'fetch')!r} + '\\n')\n"
+             "sys.stderr.flush()\ntime.sleep(120)\n")
+
+    class Interrupting(Recorder):
+        def step(self, name):
+            if name == "build A: fetch":
+                raise KeyboardInterrupt
+            super().step(name)
+
+    run = repro.BuildRun("A", tmp_path / "out", [sys.executable, "-c", child], {}, 0o022, None)
+    started = time.monotonic()
+    with progress.using(Interrupting()), pytest.raises(KeyboardInterrupt):
+        repro._run(run, tmp_path)
+    assert time.monotonic() - started < 60            # the child was killed, not waited for
