@@ -10,8 +10,10 @@ The builder sends events (:mod:`builder.progress`); this module draws them:
   no ``\\r`` and no escape sequences, only for what is slow or uses the network: each
   task announced (``resolving sid package lists``, check-repro's builds), each download
   as it starts and when it ends (size, time, rate), and each step that took at least
-  :attr:`LineProgress.SLOW` seconds, when it ends.  Quick local work writes nothing, so a
-  command that fails on bad input still writes its one error line and nothing else;
+  :attr:`LineProgress.SLOW` seconds, with its time, before the next of those lines or at the
+  end.  Quick local work writes nothing, and a failed command drops the step lines held
+  back, so bad input still gets its one error line and nothing else (unless the network was
+  used first);
 * with ``--quiet``, nothing (errors are still written).
 
 ``check-repro`` runs its builds as child processes: with ``BLINDBOX_PROGRESS=events`` in
@@ -191,16 +193,23 @@ class LineProgress(Progress):
         self.step_name: str | None = None
         self.step_started = self.started
         self.downloads: dict[str, _Download] = {}
+        self.pending: list[str] = []     # slow steps' lines not written yet
+
+    def _line(self, text: str) -> str:
+        return f"{self.command}: [{human_time(self.clock() - self.started)}] {text}\n"
 
     def _say(self, text: str) -> None:
-        self.stream.write(f"{self.command}: [{human_time(self.clock() - self.started)}] {text}\n")
+        self.stream.write("".join(self.pending) + self._line(text))
         self.stream.flush()
+        self.pending.clear()
 
     def _end_step(self) -> None:
+        # Held back until the next line or a successful end: bad input found late in a build
+        # is still the one line on stderr.
         if self.step_name is not None:
             took = self.clock() - self.step_started
             if took >= self.SLOW:
-                self._say(f"{self.step_name}: done in {took:.1f} s")
+                self.pending.append(self._line(f"{self.step_name}: done in {took:.1f} s"))
         self.step_name = None
 
     def step(self, name: str) -> None:
@@ -225,9 +234,14 @@ class LineProgress(Progress):
         self._say(f"downloaded {name}: {human_bytes(size)} in {took:.1f} s{rate}")
 
     def close(self, ok: bool = True) -> None:
-        """End the last step (its line if it was slow); after a failure, write nothing more."""
+        """End the last step and write the slow steps' lines held back; after a failure, drop them
+        (the error is the line that matters)."""
         if ok:
             self._end_step()
+            if self.pending:
+                self.stream.write("".join(self.pending))
+                self.stream.flush()
+        self.pending.clear()
 
 
 class EventWriter(Progress):

@@ -171,6 +171,23 @@ def test_lines_for_tasks_downloads_and_slow_steps_only():
         "blindbox: [0:02] fetch: done in 2.0 s\n")
 
 
+def test_slow_step_lines_wait_for_the_next_line_and_vanish_after_a_failure():
+    clock, out = Clock(), io.StringIO()
+    p = LineProgress(out, "blindbox", clock=clock)
+    p.step("agent")
+    clock.advance(3.4)
+    p.step("initrd")
+    assert out.getvalue() == ""                      # held back
+    p.download("https://example.org/x", 0, None)     # the next line writes it first
+    assert out.getvalue() == ("blindbox: [0:03] agent: done in 3.4 s\n"
+                              "blindbox: [0:03] downloading https://example.org/x\n")
+    p.step("rootfs")
+    clock.advance(2)
+    p.step("cmdline")
+    p.close(ok=False)                                # bad input found in cmdline: rootfs's line is dropped
+    assert out.getvalue().count("\n") == 2
+
+
 def test_lines_after_a_failure_say_nothing_more():
     clock, out = Clock(), io.StringIO()
     p = LineProgress(out, "blindbox", clock=clock)
