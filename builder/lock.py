@@ -25,6 +25,7 @@ from pathlib import Path
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from builder import progress
 from builder.errors import BuildError, InputDigestMismatch, RecipeError, SourceError
 from builder.limits import MAX_LOCK_BYTES
 from builder.recipe import COMPRESSOR, SUITES, InputSpec, Recipe, check_id_keys, local_path
@@ -728,6 +729,7 @@ def lock_recipe(recipe: Recipe, archive, fetch_url=None, *, previous: Lock | Non
             out.append(old)
             continue
         reason = "new input" if old is None else ("recipe changed" if old.wants != spec.wants() else "update")
+        progress.current().step(f"pin {spec.name}")
         new = resolve_input(spec, recipe, archive, fetch_url)
         out.append(new)
         changes.append(Change(spec.name, old, new, reason))
@@ -738,6 +740,7 @@ def lock_recipe(recipe: Recipe, archive, fetch_url=None, *, previous: Lock | Non
         if libs_ok and not any(wants_update(i.name) for i in old_libs):
             out += old_libs
         else:
+            progress.current().step("pin libraries")
             new_libs = resolve_libraries(recipe, archive)
             changes += _closure_changes(old_libs, new_libs, "update")
             out += new_libs

@@ -55,6 +55,7 @@ from builder.errors import BuildError, InputDigestMismatch, OfflineMiss, SourceE
 from builder.launch import LaunchFiles, LaunchShape, render as render_launch
 from builder.limits import MAX_INITRD_FILE_BYTES, MAX_KERNEL_BYTES
 from builder.lock import Lock, LockedInput, LockMismatch, check_lock, read_lock
+from builder.progress import current as current_progress
 from builder.manifest import InputRecord, Manifest, ManifestError, MeasurementRecord, OutputRecord
 from builder.recipe import MAX_CMDLINE, FileEntry, Recipe, check_id_keys, load_id_key, load_recipe, local_path
 from measure import __version__
@@ -314,6 +315,7 @@ def _prepare_sources(b: Build) -> dict[str, Path]:
 def step_fetch(b: Build) -> None:
     vendored = _prepare_sources(b)
     for entry in b.lock.inputs:
+        current_progress().step(f"fetch {entry.name}")      # which input (and how long, when it is slow)
         try:
             if entry.kind == "debian":
                 assert entry.debian is not None  # LockedInput.from_dict requires it
@@ -775,11 +777,13 @@ STEPS: tuple[Step, ...] = (
 
 def build(request: BuildRequest, *, steps: tuple[Step, ...] = STEPS,
           progress: Callable[[str], None] | None = None, archive=None) -> BuildResult:
-    """Run ``steps`` for ``request``; ``progress(step name)`` is called before each.
+    """Run ``steps`` for ``request``; ``progress(step name)`` is called before each, and so is
+    :meth:`builder.progress.Progress.step` of the current progress receiver.
 
     ``archive`` replaces the Debian archive (tests pass an in-memory one).
     """
     b = Build(request)
+    report = current_progress()      # the command line's renderer, or one that ignores everything
     b.cache = sources.ContentCache(request.cache_root)
     b.archive = archive if archive is not None else sources.DebianArchive(
         cache=b.cache, offline=request.offline, allow_stale=request.allow_stale)
@@ -788,6 +792,7 @@ def build(request: BuildRequest, *, steps: tuple[Step, ...] = STEPS,
         for name, fn in steps:
             if b.current:
                 break
+            report.step(name)
             if progress is not None:
                 progress(name)
             t0 = time.perf_counter()

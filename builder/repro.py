@@ -41,6 +41,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from builder import progress
 from builder.errors import BuildError
 
 _CHUNK = 1 << 20
@@ -235,14 +236,31 @@ def _locale_label(name: str | None) -> str:
 
 
 def _run(run: BuildRun, cwd: Path) -> None:
+    """Run one build; its progress events (see builder.progress) go to the current receiver as
+    ``build A: <step>``, and the rest of its stderr is kept for the error message."""
+    report = progress.current()
+    report.step(f"build {run.label}")
+    report.task("building " + ("as usual" if run.label == "A" else "under varied conditions"))
     argv = list(run.argv)
     if run.faketime:
         argv = ["faketime", run.faketime, *argv]
-    p = subprocess.run(argv, cwd=cwd, env=run.env, capture_output=True, text=True, errors="replace",
-                       preexec_fn=lambda: os.umask(run.umask))
-    run.returncode, run.stderr = p.returncode, p.stderr
+    env = {**run.env, progress.EVENTS_ENV: "events"}   # always: no progress text may reach an error message
+    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as out, \
+            subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.PIPE, text=True,
+                             errors="replace", preexec_fn=lambda: os.umask(run.umask)) as p:
+        assert p.stderr is not None
+        try:
+            kept = [line for line in p.stderr
+                    if not progress.forward_event(line.rstrip("\n"), report, f"build {run.label}: ")]
+        except BaseException:          # e.g. an interrupt: do not leave the build running (as subprocess.run)
+            p.kill()
+            raise
+        p.wait()
+        out.seek(0)
+        stdout = out.read()
+    run.returncode, run.stderr = p.returncode, "".join(kept)
     try:
-        run.result = json.loads(p.stdout) if p.stdout.strip() else None
+        run.result = json.loads(stdout) if stdout.strip() else None
     except json.JSONDecodeError:
         run.result = None
 
@@ -343,6 +361,7 @@ def _check_repro(recipe, cache: Path, workdir: Path, allow_stale, explain: bool,
     if run_b.returncode != 0:
         raise _build_failed(run_b, recipe, copies)
 
+    progress.current().step("compare")
     result = ReproResult(recipe.path, workdir, [run_a, run_b])
     result.variations = [
         ("directory", str(dir_a), str(dir_b)),

@@ -9,20 +9,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import click
+
+from .progress import reporting
 
 
 STALE_HELP = ("Accept an expired Release file for this Debian suite (sid, trixie, bookworm); apt's signature "
               "checks stay on. Repeatable. See docs/recipes.md.")
 
 
-def _progress():
-    if not sys.stderr.isatty():
-        return None
-    return lambda step: click.echo(f"blindbox: {step} ...", err=True)
+QUIET_HELP = "Show no progress on stderr (errors are still shown). See docs/progress.md."
 
 
 def _result_json(res) -> dict:
@@ -54,7 +52,8 @@ def _result_json(res) -> dict:
               help="Take the pinned inputs from DIR, written by `blindbox vendor`; each file is checked against "
                    "the lock's sha256. With --offline, builds from DIR alone.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result on stdout.")
-def build(recipe, out, offline, force, allow_stale, check_repro_flag, inputs, as_json):
+@click.option("--quiet", "-q", is_flag=True, help=QUIET_HELP)
+def build(recipe, out, offline, force, allow_stale, check_repro_flag, inputs, as_json, quiet):
     """Build the guest bundle of RECIPE from its lock file.
 
     Uses only the inputs pinned in the lock file next to RECIPE (run `blindbox lock`
@@ -62,8 +61,9 @@ def build(recipe, out, offline, force, allow_stale, check_repro_flag, inputs, as
     """
     from builder.pipeline import BuildRequest, build as run_build
 
-    res = run_build(BuildRequest(recipe=recipe, out=out, offline=offline, allow_stale=tuple(allow_stale),
-                                 force=force, inputs=inputs), progress=_progress())
+    with reporting("build", quiet):
+        res = run_build(BuildRequest(recipe=recipe, out=out, offline=offline, allow_stale=tuple(allow_stale),
+                                     force=force, inputs=inputs))
     if as_json and not check_repro_flag:
         click.echo(json.dumps(_result_json(res), indent=2, ensure_ascii=False))
     elif not as_json:
@@ -73,16 +73,17 @@ def build(recipe, out, offline, force, allow_stale, check_repro_flag, inputs, as
             click.echo(f"  {m.shape:<28} {m.measurement}")
     if check_repro_flag:
         _check_repro(recipe, allow_stale, keep=False, as_json=as_json, extra={"build": _result_json(res)},
-                     reference=res.out)
+                     reference=res.out, quiet=quiet)
 
 
-def _check_repro(recipe, allow_stale, keep, as_json, extra=None, reference=None):
+def _check_repro(recipe, allow_stale, keep, as_json, extra=None, reference=None, quiet=False):
     from builder.recipe import load_recipe
     from builder.repro import check_repro as run_check
     from builder.sources import cache_root
 
     r = load_recipe(recipe)
-    res = run_check(r, cache=cache_root(), allow_stale=tuple(allow_stale), keep=keep, reference=reference)
+    with reporting("check-repro", quiet):
+        res = run_check(r, cache=cache_root(), allow_stale=tuple(allow_stale), keep=keep, reference=reference)
     if as_json:
         doc = dict(extra or {})
         doc.update({
@@ -115,7 +116,8 @@ def _check_repro(recipe, allow_stale, keep, as_json, extra=None, reference=None)
 @click.option("--allow-stale", multiple=True, metavar="SUITE", help=STALE_HELP)
 @click.option("--keep", is_flag=True, help="Keep both bundles (and the work directory) even if identical.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result on stdout.")
-def check_repro(recipe, allow_stale, keep, as_json):
+@click.option("--quiet", "-q", is_flag=True, help=QUIET_HELP)
+def check_repro(recipe, allow_stale, keep, as_json, quiet):
     """Build RECIPE twice in separate processes under varied conditions and compare.
 
     The second build runs in another directory, with another clock (if faketime is
@@ -125,7 +127,7 @@ def check_repro(recipe, allow_stale, keep, as_json):
     when every file is byte-identical, 3 when not, naming each differing file and its
     first differing offset.
     """
-    _check_repro(recipe, allow_stale, keep, as_json)
+    _check_repro(recipe, allow_stale, keep, as_json, quiet=quiet)
 
 
 @click.command("lock")
@@ -142,7 +144,8 @@ def check_repro(recipe, allow_stale, keep, as_json):
               help="Record a snapshot archive (e.g. https://snapshot.debian.org@20261030T000000Z) that serves "
                    "pinned packages once the Debian archive no longer does. See docs/rebuilding.md.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result on stdout.")
-def lock(recipe, update, only, offline, allow_stale, snapshot, as_json):
+@click.option("--quiet", "-q", is_flag=True, help=QUIET_HELP)
+def lock(recipe, update, only, offline, allow_stale, snapshot, as_json, quiet):
     """Pin every input of RECIPE to an exact version and sha256 in the lock file beside it.
 
     Existing pins are kept unless the recipe now declares that input differently or
@@ -168,8 +171,9 @@ def lock(recipe, update, only, offline, allow_stale, snapshot, as_json):
         previous = None
     cache = ContentCache()
     archive = DebianArchive(cache=cache, offline=offline, allow_stale=tuple(allow_stale))
-    res = lock_recipe(r, archive, lambda url, sha: fetch_url(url, sha, cache=cache, offline=offline),
-                      previous=previous, update=update, only=only, snapshot=pinned_snapshot)
+    with reporting("lock", quiet):
+        res = lock_recipe(r, archive, lambda url, sha: fetch_url(url, sha, cache=cache, offline=offline),
+                          previous=previous, update=update, only=only, snapshot=pinned_snapshot)
     new_bytes = res.lock.to_json()
     rewritten = previous is None or previous.sha256 != hashlib.sha256(new_bytes).hexdigest()
     if rewritten:

@@ -25,13 +25,20 @@ import click
                    "(signatures are still checked).")
 @click.option("--offline", is_flag=True, help="Use only the local cache.")
 @click.option("--json", "as_json", is_flag=True, help="Print package name, version, sha256 and path as JSON.")
-def fetch(package, suite, version, member, allow_stale, offline, as_json):
+@click.option("--quiet", "-q", is_flag=True,
+              help="Show no progress on stderr (errors are still shown). See docs/progress.md.")
+def fetch(package, suite, version, member, allow_stale, offline, as_json, quiet):
     """Download PACKAGE from Debian, verify it, and print the path of it or of --member."""
     from builder.sources import DebianArchive, sha256_file
 
+    from .progress import reporting
+
     archive = DebianArchive(offline=offline, allow_stale=[suite] if allow_stale else ())
-    pkg = archive.resolve(package, suite, version)
-    path = archive.member(pkg, member) if member else archive.download(pkg)
+    with reporting("fetch", quiet) as report:
+        report.step("resolve")
+        pkg = archive.resolve(package, suite, version)
+        report.step("download" if not member else "unpack")
+        path = archive.member(pkg, member) if member else archive.download(pkg)
     if as_json:
         click.echo(json.dumps({**pkg.to_dict(), "path": str(path), "path_sha256": sha256_file(path)}, indent=2))
     else:

@@ -55,6 +55,7 @@ from pathlib import Path
 
 from blindbox.files import write_atomic
 
+from .. import progress
 from ..errors import InputDigestMismatch, OfflineMiss, SourceError, SourceGone, StaleSuite, ToolMissing
 from .cache import ContentCache, _check_sha256, _flock
 from .deb import _parse_stanzas, extract_deb, read_deb_control
@@ -335,7 +336,7 @@ class DebianArchive:
         return env
 
     def _apt(self, tree: _Tree, argv: list[str], *, cwd: Path | None = None,
-             timeout: float = 3600) -> subprocess.CompletedProcess:
+             timeout: float = 3600, watch: Callable[[], None] | None = None) -> subprocess.CompletedProcess:
         exe = shutil.which(argv[0])
         if exe is None:
             raise ToolMissing(argv[0], "apt")
@@ -345,6 +346,8 @@ class DebianArchive:
             cmd += ["-o", f"Acquire::Max-ValidTime={int(self.max_release_age)}"]
         cmd += argv[1:]
         try:
+            if watch is not None:   # called a few times a second while apt runs (download progress)
+                return _run_watched(cmd, cwd, self._apt_env(tree), timeout, watch)
             return subprocess.run(cmd, cwd=cwd, env=self._apt_env(tree), capture_output=True,
                                   text=True, errors="replace", timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -387,6 +390,7 @@ class DebianArchive:
             age = self._stamp_age(tree)
             if (age < min_age or age < time.time() - started) and self._lists_complete(tree):
                 return False
+            progress.current().task(f"resolving {tree.suite} package lists")
             proc = self._apt(tree, ["apt-get", "-q", "--error-on=any", "update"])
             if proc.returncode != 0:
                 raise self._update_error(tree, proc)
@@ -627,10 +631,14 @@ class DebianArchive:
                     f"run `blindbox lock --update RECIPE` if you accept it (this changes the measurement).",
                     source=pkg.source, expected=pkg.sha256, actual=actual)
             with self.cache.tempdir("apt-download") as tmp:
-                with tree.lock(shared=True):
+                shown, report = f"{pkg.name} {pkg.version}", progress.current()
+                report.download(shown, 0, pkg.size)
+                with tree.lock(shared=True):   # apt writes the .deb straight into tmp: its size is the progress
                     proc = self._apt(tree, ["apt-get", "-q", "download", f"{pkg.name}={pkg.version}"],
-                                     cwd=tmp)
+                                     cwd=tmp, watch=lambda: report.download(shown, _dir_bytes(tmp), pkg.size))
                 debs = sorted(tmp.glob("*.deb"))
+                if proc.returncode == 0 and len(debs) == 1:
+                    report.downloaded(shown, debs[0].stat().st_size)
                 if proc.returncode != 0 and re.search(r"\b(404|410)\b", proc.stderr + proc.stdout):
                     raise SourceGone(f"Debian {pkg.suite} lists {pkg.name} {pkg.version} but no longer serves "
                                      f"its file {pkg.filename} ({_last_lines(proc.stderr + proc.stdout, 1)}); "
@@ -701,6 +709,37 @@ class DebianArchive:
         what = "is a directory" if os.path.isdir(real) else "has no file"
         raise SourceError(f"{pkg} {what} {want} ({hint}); check the path in the recipe (it is "
                           f"case-sensitive).", source=pkg.source)
+
+
+def _run_watched(cmd: list[str], cwd: Path | None, env: dict[str, str], timeout: float,
+                 watch: Callable[[], None], interval: float = 0.1) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)``, calling ``watch()``
+    every ``interval`` seconds while the command runs."""
+    deadline = time.monotonic() + timeout
+    with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, errors="replace") as proc:
+        while True:
+            try:
+                out, err = proc.communicate(timeout=interval)
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    proc.communicate()
+                    raise
+                watch()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _dir_bytes(d: Path) -> int:
+    """Bytes in the files directly inside ``d`` (a download in progress)."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(d):
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+    return total
 
 
 def _tree_files(tree: Path) -> list[str]:

@@ -12,12 +12,13 @@ or exits.
 from __future__ import annotations
 
 import os
-import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import BinaryIO
 
+from .. import progress
 from ..errors import InputDigestMismatch, OfflineMiss, SourceError, SourceGone
 from .cache import _CHUNK, ContentCache, _check_sha256, sha256_file
 
@@ -91,11 +92,24 @@ def _put_checked(cache: ContentCache, src: Path, expected: str, url: str, *, mov
             source=url, expected=expected, actual=e.actual) from None
 
 
+def _copy_reporting(resp: BinaryIO, out: BinaryIO, name: str, length: str | None) -> None:
+    """Copy a response body to ``out``, telling the current progress receiver how far it got."""
+    report = progress.current()
+    total = int(length) if length is not None and length.strip().isdigit() else None
+    done = 0
+    report.download(name, 0, total)
+    while chunk := resp.read(_CHUNK // 16):
+        out.write(chunk)
+        done += len(chunk)
+        report.download(name, done, total)
+    report.downloaded(name, done)
+
+
 def _http_get(url: str, dest: Path, timeout: float) -> None:
     req = urllib.request.Request(url, headers={"User-Agent": "blindbox-guest"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp, open(dest, "wb") as out:
-            shutil.copyfileobj(resp, out, _CHUNK)
+            _copy_reporting(resp, out, url, resp.headers.get("Content-Length"))
     except urllib.error.HTTPError as e:
         if e.code in (404, 410):
             raise SourceGone(f"{url} answered HTTP {e.code} (the file is no longer served there) and it is "
