@@ -71,8 +71,8 @@ def hello_archive(tmp_path: Path) -> FakeArchive:
     return archive
 
 
-@pytest.fixture
-def env(tmp_path):
+def locked(tmp_path):
+    """RECIPE (with its local file input) locked against the in-memory archive: archive, recipe, out, cache."""
     archive = hello_archive(tmp_path)
     d = tmp_path / "recipe"
     d.mkdir()
@@ -81,6 +81,11 @@ def env(tmp_path):
     recipe = load_recipe(d / "t.yaml")
     write_lock(recipe.lock_path, lock_recipe(recipe, archive).lock)
     return SimpleNamespace(archive=archive, recipe=recipe, out=tmp_path / "out" / "t", cache=tmp_path / "cache")
+
+
+@pytest.fixture
+def env(tmp_path):
+    return locked(tmp_path)
 
 
 def run(env, **kw):

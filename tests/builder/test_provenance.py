@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from types import SimpleNamespace
 
 import pytest
 from google.protobuf import json_format
@@ -20,27 +19,19 @@ from in_toto_attestation.v1.resource_descriptor import ResourceDescriptor
 from in_toto_attestation.v1.statement import Statement
 
 from blindbox.audit.provenance import BUILD_TYPE, BUILDER_ID, PROVENANCE, purl, to_json
-from builder.lock import lock_recipe, write_lock
 from builder.pipeline import BuildRequest, build
-from builder.recipe import load_recipe
 
-from .test_pipeline import RECIPE, STEPS, hello_archive
+from .test_pipeline import STEPS, locked
 
 EPOCH = 1700000000  # RECIPE's source_date_epoch
 
 
 @pytest.fixture
 def built(tmp_path):
-    archive = hello_archive(tmp_path)
-    d = tmp_path / "recipe"
-    d.mkdir()
-    (d / "t.yaml").write_text(RECIPE)
-    (d / "app.conf").write_text("greeting=hello\n")
-    recipe = load_recipe(d / "t.yaml")
-    write_lock(recipe.lock_path, lock_recipe(recipe, archive).lock)
-    env = SimpleNamespace(archive=archive, recipe=recipe, out=tmp_path / "out" / "t", cache=tmp_path / "cache")
+    env = locked(tmp_path)
+    recipe = env.recipe
     env.run = lambda out=env.out, **kw: build(BuildRequest(recipe=recipe.path, out=out, cache_root=env.cache, **kw),
-                                              steps=STEPS, archive=archive)
+                                              steps=STEPS, archive=env.archive)
     env.run()
     return env
 

@@ -21,20 +21,13 @@ from builder.sources.vendor import INDEX, VendorError, seed, vendor
 from builder.lock import lock_recipe, write_lock
 from builder.recipe import load_recipe
 
-from .test_pipeline import RECIPE, hello_archive, run
+from .test_pipeline import RECIPE, hello_archive, locked, run
 
 
 @pytest.fixture
 def env(tmp_path):
     """test_pipeline's recipe (with a local file input) locked against the in-memory archive."""
-    archive = hello_archive(tmp_path)
-    d = tmp_path / "recipe"
-    d.mkdir()
-    (d / "t.yaml").write_text(RECIPE)
-    (d / "app.conf").write_text("greeting=hello\n")
-    recipe = load_recipe(d / "t.yaml")
-    write_lock(recipe.lock_path, lock_recipe(recipe, archive).lock)
-    return SimpleNamespace(archive=archive, recipe=recipe, out=tmp_path / "out" / "t", cache=tmp_path / "cache")
+    return locked(tmp_path)
 
 
 def _vendor(env, out):
