@@ -34,6 +34,17 @@ from measure.vmm import VmmType, profile, profile_for
 MODES = ["sev", "seves", "snp", "snp:ovmf-hash", "snp:svsm"]
 
 
+def _seed(snp_ovmf_hash: str | None) -> bytes | None:
+    """The bytes of --snp-ovmf-hash, if given."""
+    if snp_ovmf_hash is None:
+        return None
+    try:
+        return bytes.fromhex(snp_ovmf_hash)
+    except ValueError:
+        raise InputError(f"--snp-ovmf-hash {snp_ovmf_hash!r} is not hexadecimal; give the 96 hex "
+                         f"digits printed by --mode snp:ovmf-hash.") from None
+
+
 def _vcpu_sig(mode: SevMode, vcpu_type, vcpu_sig, family, model, stepping) -> tuple[int | None, str | None]:
     if mode is SevMode.SEV:
         return None, None
@@ -114,13 +125,7 @@ def run(verbose, mode, vcpus, vcpu_type, vcpu_sig, vcpu_family, vcpu_model, vcpu
         raise InputError("--dump-vmsa needs a mode with VMSAs (seves, snp, snp:svsm).")
     if trace and fmt != "json":
         raise InputError("--trace lists pages in JSON; add --output-format json.")
-    seed = None
-    if snp_ovmf_hash is not None:
-        try:
-            seed = bytes.fromhex(snp_ovmf_hash)
-        except ValueError:
-            raise InputError(f"--snp-ovmf-hash {snp_ovmf_hash!r} is not hexadecimal; give the 96 hex "
-                             f"digits printed by --mode snp:ovmf-hash.") from None
+    seed = _seed(snp_ovmf_hash)
     pictures = [(opt, p) for opt, p in (("--map", map_out), ("--html", html_out)) if p is not None]
     if pictures:
         _check_pictures(mode, seed, pictures)
@@ -264,13 +269,7 @@ def _run_matrix(verbose, mode, vcpus, vcpu_type, vcpu_sig, vcpu_family, vcpu_mod
             [p.name for p in profiles], vmm_names)
     if vars_size is not None or vars_file is not None or svsm is not None:
         raise InputError("--svsm, --vars-size and --vars-file only apply to --mode snp:svsm.")
-    seed = None
-    if snp_ovmf_hash is not None:
-        try:
-            seed = bytes.fromhex(snp_ovmf_hash)
-        except ValueError:
-            raise InputError(f"--snp-ovmf-hash {snp_ovmf_hash!r} is not hexadecimal; give the 96 hex "
-                             f"digits printed by --mode snp:ovmf-hash.") from None
+    seed = _seed(snp_ovmf_hash)
     cpus: list[tuple[int | None, str | None]] = []
     if isinstance(vcpu_type, Many):
         for name in _items("--vcpu-type", vcpu_type):
