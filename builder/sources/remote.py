@@ -71,11 +71,20 @@ def fetch_url(url: str, sha256: str, *, cache: ContentCache | None = None,
         raise OfflineMiss(f"{url} (sha256 {expected}) is not in the cache at {cache.root} and offline "
                           f"mode forbids downloading it; run once without --offline to fetch it.",
                           source=url)
+    return download_checked(cache, url, expected, timeout)
+
+
+def download_checked(cache: ContentCache, url: str, expected: str, timeout: float) -> Path:
+    """Download ``url`` into ``cache`` unless another process has meanwhile, verified against ``expected``.
+
+    One download per digest at a time (the cache's lock); other bytes raise
+    :class:`~builder.errors.InputDigestMismatch` and nothing is cached.
+    """
     with cache.lock(f"fetch-{expected}"):
         hit = cache.path(expected)
         if hit is not None:
             return hit
-        with cache.tempdir("url") as tmp:
+        with cache.tempdir("download") as tmp:
             dest = tmp / "download"
             _http_get(url, dest, timeout)
             return _put_checked(cache, dest, expected, url, move=True)

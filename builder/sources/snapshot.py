@@ -26,7 +26,7 @@ from typing import Protocol
 
 from ..errors import InputDigestMismatch, SourceError
 from .cache import ContentCache, _check_sha256
-from .remote import _http_get, _put_checked
+from .remote import download_checked
 
 #: snapshot.debian.org's timestamp form, always UTC
 _TIMESTAMP = re.compile(r"\d{8}T\d{6}Z")
@@ -123,21 +123,14 @@ def fetch_deb(snapshot: Snapshot, pkg: _Pinned, cache: ContentCache, *, timeout:
     if hit is not None:
         return hit
     url = snapshot.url(pkg.filename)
-    with cache.lock(f"fetch-{expected}"):
-        hit = cache.path(expected)
-        if hit is not None:
-            return hit
-        with cache.tempdir("snapshot") as tmp:
-            dest = tmp / "download.deb"
-            _http_get(url, dest, timeout)
-            try:
-                return _put_checked(cache, dest, expected, url, move=True)
-            except InputDigestMismatch as e:
-                raise InputDigestMismatch(
-                    f"The snapshot archive served {pkg.filename} with sha256 {e.actual}, but the lock pins "
-                    f"{expected} ({url}); nothing was cached. The snapshot is not the archive the lock was made "
-                    f"from, or it is damaged: check the lock's snapshot base and timestamp.",
-                    source=pkg.source, expected=expected, actual=e.actual, path=url) from None
+    try:
+        return download_checked(cache, url, expected, timeout)
+    except InputDigestMismatch as e:
+        raise InputDigestMismatch(
+            f"The snapshot archive served {pkg.filename} with sha256 {e.actual}, but the lock pins "
+            f"{expected} ({url}); nothing was cached. The snapshot is not the archive the lock was made "
+            f"from, or it is damaged: check the lock's snapshot base and timestamp.",
+            source=pkg.source, expected=expected, actual=e.actual, path=url) from None
 
 
 def fallback(snapshot: Snapshot, cache: ContentCache) -> Callable[[_Pinned], Path]:
