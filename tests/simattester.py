@@ -56,7 +56,7 @@ import stat
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NoReturn, Protocol
@@ -576,6 +576,22 @@ def simulator_argv(*, ovmf, kernel, initrd, append_file, vcpus: int, vcpu_type: 
     if fault is not None:
         argv += ["--fault", fault]
     return argv
+
+
+@contextlib.contextmanager
+def listening(argv: Sequence[str], cwd: Path = ROOT) -> Iterator[int]:
+    """Run the simulator command ``argv`` (with ``--listen HOST:0``) until the block ends; yields its port."""
+    import subprocess
+
+    proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        line = proc.stdout.readline()
+        assert line.startswith(READY + " 127.0.0.1:"), line or proc.stderr.read()
+        yield int(line.rsplit(":", 1)[1])
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
 
 
 def guestfwd(argv: Sequence[str], address: str = "10.0.2.100", port: int = 4050) -> str:

@@ -37,7 +37,7 @@ def guest(tmp_path_factory, keys):
         run = Running(["--listen", "127.0.0.1:0", "--app", f"127.0.0.1:{app.port}", "--attester",
                        f"simulated:127.0.0.1:{sim.port}", "--state-dir", str(d / "state"), "--openssl", OPENSSL,
                        "--runtime-policy", str(d / "runtime-policy.json")])
-        run.port = int(run.wait_line("BLINDBOX-AGENT-READY ").split()[1].rsplit(":", 1)[1])
+        run.port = run.ready_port()
         run.sha256, run.sim, run.app = rp.runtime_policy_sha256(policy), sim, app
         try:
             yield run

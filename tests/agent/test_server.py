@@ -49,6 +49,10 @@ class Running:
                 self.lines.append(line.rstrip("\n"))
                 self._changed.notify_all()
 
+    def ready_port(self) -> int:
+        """The port the agent says it listens on (waits for its ready line)."""
+        return int(self.wait_line("BLINDBOX-AGENT-READY ").split()[1].rsplit(":", 1)[1])
+
     def wait_line(self, prefix: str, timeout: float = 30) -> str:
         deadline = time.monotonic() + timeout
         with self._changed:
@@ -223,7 +227,7 @@ def test_an_unreachable_application_is_one_line(tmp_path):
         run = Running(["--listen", "127.0.0.1:0", "--app", f"127.0.0.1:{app_port}", "--attester",
                        f"simulated:127.0.0.1:{sim.port}", "--state-dir", str(tmp_path / "s"), "--openssl", OPENSSL])
         try:
-            port = int(run.wait_line("BLINDBOX-AGENT-READY ").split()[1].rsplit(":", 1)[1])
+            port = run.ready_port()
             tls, _, _, _ = attest(port)
             with tls:
                 assert tls.recv(100) == b""
@@ -258,7 +262,7 @@ def test_connections_beyond_the_bound_are_dropped_at_once(tmp_path):
                        f"simulated:127.0.0.1:{sim.port}", "--state-dir", str(tmp_path / "s"), "--openssl", OPENSSL,
                        "--max-connections", "1", "--hello-timeout", "3"])
         try:
-            port = int(run.wait_line("BLINDBOX-AGENT-READY ").split()[1].rsplit(":", 1)[1])
+            port = run.ready_port()
             with socket.create_connection(("127.0.0.1", port), timeout=10):
                 time.sleep(0.3)                             # the first one holds the only slot
                 with socket.create_connection(("127.0.0.1", port), timeout=10) as second:

@@ -20,10 +20,10 @@ from measure import MeasureRequest, SevMode, attested_tls, launch_digest
 from measure.cpu import CPU_SIGS
 from tests.audit.manifestdoc import CMDLINE, entry, write_bundle
 from tests.conftest import VECTORS
-from tests.simattester import CHIP_ID_MARKER, READY, simulator_argv
+from tests.simattester import CHIP_ID_MARKER, listening, simulator_argv
 
 from .standin import LoopbackApp
-from .test_server import OPENSSL, ROOT, Running, client_context
+from .test_server import OPENSSL, Running, client_context
 
 FIRMWARE = VECTORS / "virtee-sev" / "measurement" / "ovmf_AmdSev_suffix.bin"
 GUIDS = {uuid.UUID("63da758d-e664-4564-adc5-f4b93be8accd"): "vcek", uuid.UUID("4ab7b379-bbac-4fe4-a02f-05aef327c782"):
@@ -41,15 +41,8 @@ def simulator(tmp_path_factory):
     argv = simulator_argv(ovmf=d / "OVMF.amdsev.fd", kernel=d / "bzImage", initrd=d / "initrd",
                           append_file=d / "cmdline", vcpus=2, vcpu_type="EPYC-Milan", chain_dir=d / "chain",
                           listen="127.0.0.1:0")
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith(READY + " 127.0.0.1:"), line + proc.stderr.read() if proc.stderr else line
-        yield d, int(line.rsplit(":", 1)[1])
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=30)
+    with listening(argv) as port:
+        yield d, port
 
 
 def table_entries(table: bytes) -> dict[str, bytes]:
@@ -68,7 +61,7 @@ def test_evidence_from_the_simulated_psp_verifies_with_verify_report(simulator, 
         run = Running(["--listen", "127.0.0.1:0", "--app", f"127.0.0.1:{app.port}", "--attester",
                        f"simulated:127.0.0.1:{sim_port}", "--state-dir", str(tmp_path / "state"), "--openssl", OPENSSL])
         try:
-            port = int(run.wait_line("BLINDBOX-AGENT-READY ").split()[1].rsplit(":", 1)[1])
+            port = run.ready_port()
             with client_context().wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=30)) as tls:
                 nonce = os.urandom(32)
                 tls.sendall(attested_tls.encode_hello(nonce))

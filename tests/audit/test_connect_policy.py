@@ -9,7 +9,6 @@ request: a refused client must leave that record unchanged.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,13 +23,13 @@ from measure import MeasureRequest, SevMode, launch_digest
 from measure import runtime_policy as rp
 from measure.cpu import CPU_SIGS
 from tests.agent.standin import LoopbackApp
-from tests.agent.test_server import OPENSSL, ROOT, Running
+from tests.agent.test_server import OPENSSL, Running
 from tests.audit.clientkeys import identity, lying_identity, new_client_key_file
 from tests.audit.manifestdoc import entry, write_bundle
 from tests.audit.test_manifest_rootfs import _make_bundle
 from tests.audit.test_connect import cli
 from tests.conftest import VECTORS
-from tests.simattester import READY, simulator_argv
+from tests.simattester import listening, simulator_argv
 
 FIRMWARE = VECTORS / "virtee-sev" / "measurement" / "ovmf_AmdSev_suffix.bin"
 EGRESS = [{"network": "192.0.2.10", "port": 8443, "protocol": "tcp"}]
@@ -70,15 +69,8 @@ def simulator(bundle: Path):
     argv = simulator_argv(ovmf=bundle / "OVMF.amdsev.fd", kernel=bundle / "bzImage", initrd=bundle / "initrd",
                           append_file=bundle / "cmdline", vcpus=2, vcpu_type="EPYC-Milan", chain_dir=bundle / "chain",
                           listen="127.0.0.1:0")
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith(READY + " 127.0.0.1:"), line
-        yield int(line.rsplit(":", 1)[1])
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=30)
+    with listening(argv) as port:
+        yield port
 
 
 @contextmanager
@@ -89,7 +81,7 @@ def guest(bundle: Path, sim_port: int, state: Path, policy_file: Path | None):
         run = Running(["--listen", "127.0.0.1:0", "--app", f"127.0.0.1:{app.port}", "--attester",
                        f"simulated:127.0.0.1:{sim_port}", "--state-dir", str(state), "--openssl", OPENSSL, *extra])
         try:
-            run.port = int(run.wait_line("BLINDBOX-AGENT-READY ").split()[1].rsplit(":", 1)[1])
+            run.port = run.ready_port()
             run.app = app
             yield run
         finally:
