@@ -27,14 +27,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from measure.errors import InputError
 from .errors import SignatureInvalid
-from .idblock import deterministic_ecdsa
-from .manifest_sig import PrivateKey, PublicKey, algorithm_of, public_key_fingerprint
+from .manifest_sig import PrivateKey, PublicKey, algorithm_of, public_key_fingerprint, sign_bytes, signature_valid
 
 IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
 #: provenance.intoto.json -> provenance.intoto.dsse.json
@@ -64,15 +60,7 @@ class Envelope:
 def sign_envelope(payload: bytes, private_key: PrivateKey, payload_type: str = IN_TOTO_PAYLOAD_TYPE) -> Envelope:
     """A DSSE envelope holding ``payload``, signed with ``private_key``; deterministic for both algorithms."""
     algorithm = algorithm_of(private_key)
-    message = pae(payload_type, payload)
-    if isinstance(private_key, ed25519.Ed25519PrivateKey):
-        signature = private_key.sign(message)
-    else:
-        try:
-            signature = private_key.sign(message, deterministic_ecdsa())
-        except UnsupportedAlgorithm:
-            raise InputError("deterministic ECDSA needs cryptography built with OpenSSL >= 3.2; "
-                             "install the PyPI wheel of cryptography >= 44.") from None
+    signature = sign_bytes(pae(payload_type, payload), private_key)
     fingerprint = public_key_fingerprint(private_key)
     doc = {"payload": base64.b64encode(payload).decode("ascii"), "payloadType": payload_type,
            "signatures": [{"keyid": fingerprint, "sig": base64.b64encode(signature).decode("ascii")}]}
@@ -127,12 +115,7 @@ def verify_envelope(data: bytes, public_key: PublicKey, *, source: str = "envelo
     message = pae(doc["payloadType"], payload)
     fingerprint = public_key_fingerprint(public_key)
     for sig in sigs:
-        try:
-            if isinstance(public_key, ed25519.Ed25519PublicKey):
-                public_key.verify(sig, message)
-            else:
-                public_key.verify(sig, message, ec.ECDSA(hashes.SHA384()))
-        except InvalidSignature:
+        if not signature_valid(message, sig, public_key):
             continue
         if doc["payloadType"] != payload_type:
             raise SignatureInvalid(f"{source} is signed by the key sha256:{fingerprint[:16]}..., but over a payload "

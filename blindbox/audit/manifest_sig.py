@@ -75,36 +75,46 @@ class ManifestSignature:
     manifest_sha256: str
 
 
-def sign_manifest(manifest: bytes, private_key: PrivateKey) -> ManifestSignature:
-    """Sign ``manifest`` byte for byte; deterministic for both algorithms."""
-    algorithm = algorithm_of(private_key)
+def sign_bytes(message: bytes, private_key: PrivateKey) -> bytes:
+    """A signature over ``message``: Ed25519's raw 64 bytes, or deterministic ECDSA P-384 over SHA-384 (DER)."""
     if not isinstance(private_key, (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)):
         raise InputError("signing needs a private key; the key given is a public key.")
     if isinstance(private_key, ed25519.Ed25519PrivateKey):
-        signature = private_key.sign(manifest)
-    else:
-        try:
-            signature = private_key.sign(manifest, deterministic_ecdsa())
-        except UnsupportedAlgorithm:
-            raise InputError("deterministic ECDSA needs cryptography built with OpenSSL >= 3.2; "
-                             "install the PyPI wheel of cryptography >= 44.") from None
-    return ManifestSignature(signature, algorithm, public_key_fingerprint(private_key),
+        return private_key.sign(message)
+    try:
+        return private_key.sign(message, deterministic_ecdsa())
+    except UnsupportedAlgorithm:
+        raise InputError("deterministic ECDSA needs cryptography built with OpenSSL >= 3.2; "
+                         "install the PyPI wheel of cryptography >= 44.") from None
+
+
+def signature_valid(message: bytes, signature: bytes, public_key: PublicKey) -> bool:
+    """Whether ``signature`` (as :func:`sign_bytes` makes it) verifies over ``message`` with ``public_key``."""
+    try:
+        if isinstance(public_key, ed25519.Ed25519PublicKey):
+            public_key.verify(signature, message)
+        else:
+            public_key.verify(signature, message, ec.ECDSA(hashes.SHA384()))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def sign_manifest(manifest: bytes, private_key: PrivateKey) -> ManifestSignature:
+    """Sign ``manifest`` byte for byte; deterministic for both algorithms."""
+    algorithm = algorithm_of(private_key)
+    return ManifestSignature(sign_bytes(manifest, private_key), algorithm, public_key_fingerprint(private_key),
                              hashlib.sha256(manifest).hexdigest())
 
 
 def verify_manifest(manifest: bytes, signature: bytes, public_key: PublicKey, *, source: str = "manifest") -> str:
     """Check ``signature`` over ``manifest``; return the algorithm, raise SignatureInvalid if not."""
     algorithm = algorithm_of(public_key)
-    try:
-        if isinstance(public_key, ed25519.Ed25519PublicKey):
-            public_key.verify(signature, manifest)
-        else:
-            public_key.verify(signature, manifest, ec.ECDSA(hashes.SHA384()))
-    except InvalidSignature:
+    if not signature_valid(manifest, signature, public_key):
         raise SignatureInvalid(
             f"the signature does not verify over {source} with the key sha256:"
             f"{public_key_fingerprint(public_key)[:16]}...: the manifest or signature was changed, or "
-            f"it was signed with another key; do not trust this manifest.") from None
+            f"it was signed with another key; do not trust this manifest.")
     return algorithm
 
 
