@@ -775,10 +775,9 @@ STEPS: tuple[Step, ...] = (
 )
 
 
-def build(request: BuildRequest, *, steps: tuple[Step, ...] = STEPS,
-          progress: Callable[[str], None] | None = None, archive=None) -> BuildResult:
-    """Run ``steps`` for ``request``; ``progress(step name)`` is called before each, and so is
-    :meth:`builder.progress.Progress.step` of the current progress receiver.
+def build(request: BuildRequest, *, steps: tuple[Step, ...] = STEPS, archive=None) -> BuildResult:
+    """Run ``steps`` for ``request``; :meth:`builder.progress.Progress.step` of the current progress
+    receiver is called before each.
 
     ``archive`` replaces the Debian archive (tests pass an in-memory one).
     """
@@ -793,8 +792,6 @@ def build(request: BuildRequest, *, steps: tuple[Step, ...] = STEPS,
             if b.current:
                 break
             report.step(name)
-            if progress is not None:
-                progress(name)
             t0 = time.perf_counter()
             fn(b)
             b.timings.append((name, time.perf_counter() - t0))
