@@ -29,9 +29,16 @@ from measure.errors import InputError
 from measure.inputs import read_input
 from measure.limits import MAX_VARS_FILE_BYTES
 from measure.spec import SevMode
-from measure.vmm import VmmType, profile, profile_for
+from measure.vmm import VmmProfile, VmmType, profile, profile_for
 
 MODES = ["sev", "seves", "snp", "snp:ovmf-hash", "snp:svsm"]
+
+
+def _check_vmm_type(vmm_type: str, prof: VmmProfile) -> None:
+    """--vmm-profile names the VMM itself; a --vmm-type other than the default must agree with it."""
+    if vmm_type.lower() != "qemu" and VmmType.parse(vmm_type) is not prof.vmm_type:
+        raise InputError(f"--vmm-profile {prof.name} is a {prof.vmm_type.value} profile but "
+                         f"--vmm-type says {vmm_type}; drop one of them.")
 
 
 def _seed(snp_ovmf_hash: str | None) -> bytes | None:
@@ -114,9 +121,8 @@ def run(verbose, mode, vcpus, vcpu_type, vcpu_sig, vcpu_family, vcpu_model, vcpu
     sev_mode = SevMode.SEV_SNP if ovmf_hash_only else SevMode.parse(mode)
     fmt = "json" if as_json else output_format
     prof = profile(vmm_profile) if vmm_profile else profile_for(VmmType.parse(vmm_type))
-    if vmm_profile and vmm_type.lower() != "qemu" and VmmType.parse(vmm_type) is not prof.vmm_type:
-        raise InputError(f"--vmm-profile {prof.name} is a {prof.vmm_type.value} profile but "
-                         f"--vmm-type says {vmm_type}; drop one of them.")
+    if vmm_profile:
+        _check_vmm_type(vmm_type, prof)
     if vars_size is not None and vars_file is not None:
         raise InputError("give --vars-size or --vars-file, not both.")
     if vars_file is not None:
@@ -257,9 +263,7 @@ def _run_matrix(verbose, mode, vcpus, vcpu_type, vcpu_sig, vcpu_family, vcpu_mod
         listed = _texts("--vmm-profile", vmm_profile)
         profiles = [profile(n) for n in listed]
         for prof in profiles:
-            if vmm_type.lower() != "qemu" and VmmType.parse(vmm_type) is not prof.vmm_type:
-                raise InputError(f"--vmm-profile {prof.name} is a {prof.vmm_type.value} profile but "
-                                 f"--vmm-type says {vmm_type}; drop one of them.")
+            _check_vmm_type(vmm_type, prof)
         vmm_column, vmm_names = "vmm_profile", [p.name for p in profiles]
     else:
         types = [VmmType.parse(t) for t in _texts("--vmm-type", vmm_type)]
