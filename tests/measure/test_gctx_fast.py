@@ -42,6 +42,25 @@ def test_normal_pages_equal_the_layout_and_the_traced_path():
     assert [entry[1] for entry in traced.log or []] == [0xFFC0_0000 + i * PAGE_SIZE for i in range(3)]
 
 
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_repeated_pages_reuse_a_digest_but_fold_every_page(kind):
+    """Runs of equal pages (erased flash) are hashed once in the fast path; every page still
+    has its own PAGE_INFO, and a page equal to an earlier but not the previous one is hashed."""
+    erased, zero, other = b"\xff" * PAGE_SIZE, bytes(PAGE_SIZE), bytes(range(256)) * (PAGE_SIZE // 256)
+    nearly = b"\xff" * (PAGE_SIZE - 1) + b"\xfe"    # differs from an erased page in its last byte only
+    pages = [erased, erased, zero, erased, erased, erased, nearly, erased, other, other, zero]
+    data = b"".join(pages)
+    fast = LaunchDigest()
+    fast.update_normal_pages(0x1000, kind(data))
+    traced = LaunchDigest(trace=True)
+    traced.update_normal_pages(0x1000, data)
+    ld = bytes(48)
+    for i, page in enumerate(pages):
+        ld = slow_fold(ld, PageType.NORMAL, 0x1000 + i * PAGE_SIZE, hashlib.sha384(page).digest())
+    assert fast.digest == traced.digest == ld
+    assert fast.pages == len(pages)
+
+
 def test_out_of_range_values_still_name_the_field():
     ld = LaunchDigest()
     with pytest.raises(LayoutError, match="PageInfo.gpa"):
