@@ -41,7 +41,6 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import difflib
-import email.utils
 import hashlib
 import json
 import os
@@ -776,6 +775,7 @@ def _release_fields(path: Path) -> dict[str, str]:
 
 
 def _parse_date(text: str) -> _dt.datetime | None:
+    import email.utils      # here, not at import: 5 ms that only a Release file's dates need
     try:
         d = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError):
