@@ -402,13 +402,30 @@ def test_every_part_raises_the_readme_base_class():
 COSTLY_AT_IMPORT = ("dataclasses", "inspect", "typing", "uuid", "platform", "threading", "ast")
 
 
-def test_importing_the_calculator_loads_no_costly_standard_module():
-    code = ("import json, sys\nbefore = set(sys.modules)\nimport measure\n"
+def _loaded_by(module: str) -> tuple[list[str], list[str]]:
+    """(modules loaded before, modules loaded by) importing ``module`` in a fresh interpreter."""
+    code = (f"import json, sys\nbefore = set(sys.modules)\nimport {module}\n"
             "print(json.dumps([sorted(before), sorted(set(sys.modules) - before)]))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
                           check=False)
     assert proc.returncode == 0, proc.stderr
     before, loaded = json.loads(proc.stdout)
+    return before, loaded
+
+
+def test_importing_the_calculator_loads_no_costly_standard_module():
+    before, loaded = _loaded_by("measure")
     assert not set(COSTLY_AT_IMPORT) & set(before)  # else this test could not see them
     assert "measure.snp" in loaded and "measure.vmsa" in loaded
     assert [m for m in loaded if m.split(".")[0] in COSTLY_AT_IMPORT] == []
+
+
+#: what only a download needs (http.client brings ssl and email): a no-op build imports none of it
+DOWNLOAD_ONLY = ("urllib.request", "http.client", "ssl", "email")
+
+
+def test_a_build_that_downloads_nothing_imports_no_network_client():
+    before, loaded = _loaded_by("builder.pipeline")
+    assert "builder.sources.remote" in loaded and "builder.sources.debian" in loaded
+    costly = [m for m in before + loaded if m in DOWNLOAD_ONLY or m.split(".")[0] == "email"]
+    assert costly == []
