@@ -15,7 +15,6 @@ Part of the calculator: it may import only the standard library and :mod:`measur
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from . import layout
 from .errors import FirmwareError, LayoutError, UnsupportedFirmware
@@ -27,6 +26,7 @@ from .spec import (FOUR_GIB, GUID_NAMES, Guid, OVMF_SEV_METADATA_GUID, OVMF_TABL
 
 TYPE_CHECKING = False  # importing typing costs ~2 ms (bench/targets.py); type checkers read the block
 if TYPE_CHECKING:
+    from pathlib import Path  # pathlib brings re, fnmatch and urllib.parse: ~8 ms (bench/targets.py)
     from typing import Any
 
 #: Bytes after the footer entry: the reset vector area of the image.

@@ -399,13 +399,13 @@ def test_every_part_raises_the_readme_base_class():
 #: standard modules that cost milliseconds to import and that the calculator does without
 #: (measure.record instead of dataclasses, measure.spec.Guid instead of uuid, typing only for
 #: type checkers, threading when a launch is measured); bench/targets.py times the import
-COSTLY_AT_IMPORT = ("dataclasses", "inspect", "typing", "uuid", "platform", "threading", "ast")
+COSTLY_AT_IMPORT = ("dataclasses", "inspect", "typing", "uuid", "platform", "threading", "ast", "pathlib", "re")
 
 
 def _loaded_by(module: str) -> tuple[list[str], list[str]]:
     """(modules loaded before, modules loaded by) importing ``module`` in a fresh interpreter."""
-    code = (f"import json, sys\nbefore = set(sys.modules)\nimport {module}\n"
-            "print(json.dumps([sorted(before), sorted(set(sys.modules) - before)]))")
+    code = (f"import sys\nbefore = set(sys.modules)\nimport {module}\nafter = set(sys.modules)\n"
+            "import json\nprint(json.dumps([sorted(before), sorted(after - before)]))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
                           check=False)
     assert proc.returncode == 0, proc.stderr
