@@ -200,9 +200,13 @@ class SnpLaunch:
                             ) -> dict[int, Measurement]:
         """Digests for several vCPU counts of one shape, each extending the previous."""
         counts = sorted(set(counts))
-        for n in counts:
-            shape_n = VmShape(n, shape.vcpu_sig, shape.guest_features, shape.profile)
-            shape_n.check()
+        if counts:
+            # What checking every count in order would raise first, in two checks: the smallest
+            # count's shape (its other fields too), then the first count out of range.
+            VmShape(counts[0], shape.vcpu_sig, shape.guest_features, shape.profile).check()
+            bad = next((n for n in counts if not 1 <= n <= MAX_VCPUS), None)
+            if bad is not None:
+                VmShape(bad, shape.vcpu_sig, shape.guest_features, shape.profile).check()
         if not shape.guest_features & GuestFeatures.SNP_ACTIVE:
             # The VMSA of every SNP guest has SNPActive set; without it no launch has this digest.
             raise InputError(f"--guest-features {shape.guest_features:#x} lacks SNPActive (bit 0), which every "

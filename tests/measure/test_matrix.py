@@ -57,3 +57,27 @@ def test_matrix_refuses_a_bad_count_like_one_digest():
     launch = SnpLaunch(Firmware.load(AMDSEV))
     with pytest.raises(InputError, match="--vcpus 0 is invalid"):
         launch.measure_matrix([VmShape(1, CPU_SIGS["EPYC-Milan"])], [0, 1])
+
+
+@pytest.mark.parametrize("counts, features, sig, message", [
+    ([3, 4097, 9000, 0], 0x1, 0xA00F11, "--vcpus 0 is invalid"),
+    ([3, 4097, 9000], 0x1, 0xA00F11, "--vcpus 4097 is invalid"),
+    ([3, 4097], 1 << 64, 0xA00F11, "--guest-features 0x10000000000000000 does not fit"),
+    ([0, 5], 1 << 64, 0xA00F11, "--vcpus 0 is invalid"),
+    ([2, 5000], 0x1, None, "needs the vCPU type"),
+    ([2, 7], 0x1, 1 << 32, "--vcpu-sig 0x100000000 does not fit"),
+])
+def test_counts_are_refused_as_checking_each_in_order_would(counts, features, sig, message):
+    """The first problem that checking every count's shape, smallest count first, would meet."""
+    shapes = [VmShape(n, sig, features, profile("qemu")) for n in sorted(set(counts))]
+    problems = []
+    for one in shapes:
+        try:
+            one.check()
+        except InputError as e:
+            problems.append(str(e))
+    launch = SnpLaunch(Firmware.load(AMDSEV))
+    with pytest.raises(InputError) as refused:
+        launch.measure_vcpu_counts(shapes[0], counts)
+    assert message in problems[0]
+    assert str(refused.value) == problems[0]
