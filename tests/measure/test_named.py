@@ -10,10 +10,16 @@ from __future__ import annotations
 import copy
 import enum
 import json
+import pickle
 import warnings
+from pathlib import Path
 
 import pytest
 
+import measure
+from measure import spec, vmm
+from measure.errors import LayoutError
+from measure.gctx import PageInfo
 from measure.named import Named, NamedFlag, NamedInt, NamedType
 
 BASES = {"enum": (enum.Enum, Named), "int": (enum.IntEnum, NamedInt), "flag": (enum.IntFlag, NamedFlag)}
@@ -100,11 +106,11 @@ def test_each_member_behaves_as_enum(real, named):
         assert str(n) == str(r).replace(real.__qualname__, named.__qualname__)
         assert repr(n) == repr(r)
         assert f"{n}" == f"{r}"
-        for spec in ("", ">30", "<30", "^30"):
-            assert format(n, spec) == format(r, spec)
+        for fmt in ("", ">30", "<30", "^30"):
+            assert format(n, fmt) == format(r, fmt)
         if isinstance(r, int):
-            for spec in ("#x", "#04x", "d", "b", "08x", "X", "+d"):
-                assert format(n, spec) == format(r, spec)
+            for fmt in ("#x", "#04x", "d", "b", "08x", "X", "+d"):
+                assert format(n, fmt) == format(r, fmt)
             assert int(n) == int(r) and isinstance(n, int)
             assert json.dumps(n) == json.dumps(r) == json.dumps(r.value)
             assert (n < 5, n + 1, n * 2, n & 1, -n, abs(n)) == (r < 5, r + 1, r * 2, r & 1, -r, abs(r))
@@ -211,3 +217,76 @@ def test_named_classes_refuse_what_enum_refuses():
         NamedType("More", (PAIRS[0][1],), {"THREE": 3})
     with pytest.raises(TypeError, match="may not hide the attribute 'name'"):
         NamedType("Clash", (Named,), {"name": 1})
+
+
+# ---------------------------------------------------------------------------------------
+# the calculator's own classes, against the same class bodies made with enum
+
+def as_type_checkers_see_it(module: str) -> dict[str, object]:
+    """The namespace of ``measure.<module>`` executed with TYPE_CHECKING true: real enums."""
+    path = Path(measure.__file__).parent / f"{module}.py"
+    source = path.read_text()
+    flipped = source.replace("\nTYPE_CHECKING = False", "\nTYPE_CHECKING = True", 1)
+    assert flipped != source, f"measure/{module}.py no longer chooses its bases on TYPE_CHECKING"
+    namespace: dict[str, object] = {"__name__": f"measure._{module}_as_enum", "__package__": "measure"}
+    exec(compile(flipped, str(path), "exec"), namespace)  # noqa: S102 - our own source, bases flipped
+    return namespace
+
+
+SPEC_ENUMS = as_type_checkers_see_it("spec")
+VMM_ENUMS = as_type_checkers_see_it("vmm")
+PROJECT = [(SPEC_ENUMS["PageType"], spec.PageType), (SPEC_ENUMS["SectionType"], spec.SectionType),
+           (SPEC_ENUMS["SevMode"], spec.SevMode), (SPEC_ENUMS["GuestFeatures"], spec.GuestFeatures),
+           (VMM_ENUMS["VmmType"], vmm.VmmType)]
+PROJECT_IDS = [named.__name__ for _, named in PROJECT]
+
+
+def test_the_calculator_uses_named_classes_and_type_checkers_see_enums():
+    for real, named in PROJECT:
+        assert isinstance(real, enum.EnumMeta) and issubclass(real, enum.Enum)
+        assert type(named) is NamedType and not issubclass(named, enum.Enum)
+    assert issubclass(SPEC_ENUMS["GuestFeatures"], enum.IntFlag) and issubclass(spec.GuestFeatures, NamedFlag)
+    assert issubclass(SPEC_ENUMS["PageType"], enum.IntEnum) and issubclass(spec.PageType, NamedInt)
+    assert not issubclass(spec.SevMode, int) and not issubclass(vmm.VmmType, int)
+
+
+@pytest.mark.parametrize(("real", "named"), PROJECT, ids=PROJECT_IDS)
+def test_calculator_classes_behave_as_their_enums(real, named):
+    test_same_members_in_the_same_order(real, named)
+    test_each_member_behaves_as_enum(real, named)
+    test_lookup_by_value_and_by_name(real, named)
+    if issubclass(real, enum.IntFlag):
+        test_flag_operations(real, named)
+
+
+@pytest.mark.parametrize("text", ["sev", "SEV", "seves", "sev-es", "snp", "Sev-Snp", "snp:svsm", "sev-snp:svsm",
+                                  "qemu", "QEMU", "ec2", "EC2", "gce", "Gce", "", "kvm", "snp "])
+def test_parse_gives_the_same_member_or_the_same_error(text):
+    for cls in ("SevMode", "VmmType"):
+        real, named = dict(zip(PROJECT_IDS, PROJECT, strict=True))[cls]
+        same(lambda c, t: c.parse(t), (real, text), (named, text), describe=lambda m: (m.name, m.value))
+
+
+def test_an_unknown_page_or_section_type_is_named_with_every_known_one():
+    page = PageInfo(page_type=spec.PageType.VMSA).to_bytes()
+    bad = page[:0x62] + b"\x09" + page[0x63:]
+    with pytest.raises(LayoutError) as caught:
+        PageInfo.from_bytes(bad)
+    assert str(caught.value) == ("PageInfo.page_type at offset 0x62 has unknown value 0x9; known: NORMAL=0x1, "
+                                 "VMSA=0x2, ZERO=0x3, UNMEASURED=0x4, SECRETS=0x5, CPUID=0x6.")
+    assert PageInfo.from_bytes(page).page_type is spec.PageType.VMSA
+
+
+def test_what_the_calculator_prints_from_its_constants():
+    G = spec.GuestFeatures
+    assert f"{G.SNP_ACTIVE | 0x20:#x}" == "0x21" and f"{5 | G.SNP_ACTIVE:#x}" == "0x5"
+    assert not 0x20 & G.SNP_ACTIVE and (0x21 & G.SNP_ACTIVE) is G.SNP_ACTIVE
+    assert [f.name for f in G if 0x4821 & f.value] == ["SNP_ACTIVE", "DEBUG_SWAP", "VMSA_REG_PROT"]
+    assert 0x4821 & ~sum(f.value for f in G) == 0x800
+    assert json.dumps({"type": spec.SectionType.CPUID, "page": spec.PageType.ZERO}) == '{"type": 3, "page": 3}'
+    assert f"{spec.SevMode.SEV_SNP.value} {vmm.VmmType.EC2.value} {spec.SectionType.SVSM_CAA.name}" == \
+           "snp ec2 SVSM_CAA"
+    assert vmm.profile_for(vmm.VmmType.GCE).sec_mem_page_type is spec.PageType.UNMEASURED
+    assert "SNP_SECRETS" in spec.SectionType.__members__ and "SECRETS" not in spec.SectionType.__members__
+    assert pickle.loads(pickle.dumps(spec.GuestFeatures(0x21))) == 0x21
+    assert all(pickle.loads(pickle.dumps(m)) is m for _, named in PROJECT for m in named)
