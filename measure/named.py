@@ -10,7 +10,8 @@ format, hash, equality and JSON; an Enum is not equal to its value), members tha
 reassigned, and pickling by name.  :class:`NamedFlag` adds ``|``, ``&``, ``^`` and ``~``
 with ints or members, giving members for combinations and for unknown bits (kept, as
 IntFlag's KEEP boundary does), with the names, iteration, ``len`` and ``in`` of 3.11.
-Not supported: ``auto()``, the functional API, ``_missing_`` hooks, ``_ignore_``.
+Not supported: ``auto()``, the functional API, ``_missing_`` hooks, ``_ignore_``; a name
+starting with an underscore is never a member.
 
 Type checkers see the real enum classes instead (measure/spec.py and measure/vmm.py import
 these under ``if not TYPE_CHECKING``), so member types and exhaustiveness checks are
