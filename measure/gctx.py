@@ -14,7 +14,6 @@ Part of the calculator: it may import only the standard library and :mod:`measur
 
 from __future__ import annotations
 
-import functools
 import hashlib
 
 from . import layout
@@ -44,7 +43,10 @@ class PageInfo(layout.Struct):
     gpa: int = layout.u64(0x68)
 
 
-@functools.lru_cache(maxsize=None)
+#: _tail() of each page type met so far (functools.lru_cache would import functools: ~1 ms)
+_TAILS: dict[int, bytes] = {}
+
+
 def _tail(page_type: PageType) -> bytes:
     """PAGE_INFO from ``length`` up to ``gpa``: the bytes that depend on the page type only.
 
@@ -53,11 +55,15 @@ def _tail(page_type: PageType) -> bytes:
     the per-page code cannot drift from the declared layout (tests/measure/test_gctx_fast.py
     compares the two for every page type).
     """
+    tail = _TAILS.get(page_type)
+    if tail is not None:
+        return tail
     head, gpa_off = PageInfo.offset_of("length"), PageInfo.offset_of("gpa")
     if (PageInfo.offset_of("digest_cur"), PageInfo.offset_of("contents"), head, gpa_off + 8) != \
             (0, LD_SIZE, 2 * LD_SIZE, PageInfo.SIZE):
         raise AssertionError("PAGE_INFO layout no longer matches the per-page fast path")
-    return PageInfo(page_type=page_type).to_bytes()[head:gpa_off]
+    tail = _TAILS[page_type] = PageInfo(page_type=page_type).to_bytes()[head:gpa_off]
+    return tail
 
 
 def gpa_range_problem(gpa: int, size: int, *, end: int | None = None, product: str = "milan") -> str | None:

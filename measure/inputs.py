@@ -11,13 +11,13 @@ import errno
 import hashlib
 import os
 import stat
-from collections.abc import Callable
 
 from .errors import InputError
 from .limits import DEFAULT_READ_LIMIT, MAX_STREAM_BYTES
 
 TYPE_CHECKING = False  # importing typing costs ~2 ms (bench/targets.py); type checkers read the block
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
     from typing import Any, TypeVar
 

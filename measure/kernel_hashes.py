@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Callable
 
 from . import layout
 from .errors import InputError
@@ -27,6 +26,7 @@ from .spec import (PAGE_SIZE, Guid, SEV_CMDLINE_ENTRY_GUID, SEV_HASH_TABLE_HEADE
 
 TYPE_CHECKING = False  # importing typing costs ~2 ms (bench/targets.py); type checkers read the block
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 

@@ -27,7 +27,6 @@ Part of the calculator: it may import only the standard library and :mod:`measur
 from __future__ import annotations
 
 import struct as _struct
-from collections.abc import Callable
 
 from .errors import LayoutError
 from .record import field, fields, is_record
@@ -35,6 +34,7 @@ from .record import field, fields, is_record
 TYPE_CHECKING = False  # importing typing costs ~2 ms (bench/targets.py); type checkers read the block
 if TYPE_CHECKING:
     import enum
+    from collections.abc import Callable
     from typing import Any, ClassVar, Self, TypeVar
 
 _INT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}

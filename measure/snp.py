@@ -18,7 +18,6 @@ Part of the calculator: it may import only the standard library and :mod:`measur
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
 
 from .errors import InputError, UnsupportedFirmware
 from .gctx import LaunchDigest
@@ -29,6 +28,10 @@ from .record import field, record
 from .spec import BSP_RESET_EIP, PAGE_SIZE, GuestFeatures, PageType, SectionType
 from .vmm import VmmProfile, profile_for, VmmType
 from .vmsa import reset_vmsa, svsm_vmsa
+
+TYPE_CHECKING = False  # collections.abc loads the collections package; type checkers read the block
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 MAX_VCPUS = 4096
 U64_MAX = (1 << 64) - 1
