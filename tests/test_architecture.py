@@ -490,6 +490,7 @@ def test_a_build_that_finds_its_bundle_current_loads_nothing_only_building_needs
     # it did read the recipe, the lock (with its snapshot archive) and the bundle
     assert {"yaml", "builder.pipeline", "builder.lock", "builder.sources.snapshot"} <= set(modules)
     assert only_for_building(modules) == []
+    assert "click" not in modules     # the usual form of the command is parsed without it (blindbox.cli.build_core)
 
 
 def test_the_current_build_check_sees_a_module_only_building_needs(tmp_path):
