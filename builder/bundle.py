@@ -17,10 +17,9 @@ Part of the builder: it may import the calculator, the auditor, :mod:`blindbox.f
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import fcntl
+import functools
 import os
 import shutil
 import tempfile
@@ -39,7 +38,13 @@ class BundleError(BuildError):
     """The bundle cannot be written where it was asked to go."""
 
 
+@functools.cache
 def _libc_renameat2():
+    """libc's ``renameat2``, or None; looked up when a bundle is first written, not at import: ctypes and
+    ``find_library`` (which runs ``ldconfig -p``) cost a build that finds its bundle current some milliseconds."""
+    import ctypes
+    import ctypes.util
+
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         fn = libc.renameat2
@@ -50,16 +55,16 @@ def _libc_renameat2():
     return fn
 
 
-_renameat2 = _libc_renameat2()
-
-
 def exchange(a: Path, b: Path) -> bool:
     """Atomically swap two paths; False if the system cannot (then nothing happened)."""
-    if _renameat2 is None:
+    renameat2 = _libc_renameat2()
+    if renameat2 is None:
         return False
-    rc = _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    rc = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
     if rc == 0:
         return True
+    import ctypes   # loaded by _libc_renameat2 already
+
     err = ctypes.get_errno()
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
         return False

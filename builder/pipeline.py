@@ -52,7 +52,6 @@ from typing import TYPE_CHECKING
 from builder import sources
 from builder.bundle import MANIFEST, BundleError, write_bundle
 from builder.errors import BuildError, InputDigestMismatch, OfflineMiss, SourceError, SourceGone
-from builder.launch import LaunchFiles, LaunchShape, render as render_launch
 from builder.limits import MAX_INITRD_FILE_BYTES, MAX_KERNEL_BYTES
 from builder.lock import Lock, LockedInput, LockMismatch, check_lock, read_lock
 from builder.progress import current as current_progress
@@ -644,6 +643,8 @@ def step_idblock(b: Build) -> None:
 
 
 def step_launch(b: Build) -> None:
+    from builder.launch import LaunchFiles, LaunchShape, render as render_launch   # only a build writes one
+
     assert b.initrd is not None  # step_initrd ran
     sha = {b.firmware_file: hashlib.sha256(b.firmware_bytes).hexdigest(),
            KERNEL_FILE: hashlib.sha256(b.kernel_bytes).hexdigest(),

@@ -989,14 +989,16 @@ def check_id_keys(recipe: Recipe) -> None:
             load_id_key(recipe, spec)
 
 
-def _check_depth(text: str, path: Path) -> None:
-    """Refuse collections nested deeper than MAX_RECIPE_DEPTH before composing them.
+def _check_depth(text: str, path: Path) -> list[yaml.Event]:
+    """Refuse collections nested deeper than MAX_RECIPE_DEPTH before composing them; the parser's events.
 
     PyYAML's parser is iterative but its composer recurses once per level, so ``[[[[...``
     would end in a RecursionError; the event stream finds the depth without recursing.
     """
     depth = 0
+    events = []
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        events.append(event)
         if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
             depth += 1
             if depth > MAX_RECIPE_DEPTH:
@@ -1007,6 +1009,37 @@ def _check_depth(text: str, path: Path) -> None:
                                   line=line, key="")
         elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             depth -= 1
+    return events
+
+
+class _EventComposer(yaml.composer.Composer, yaml.resolver.Resolver):
+    """SafeLoader's composer and resolver, fed with the events :func:`_check_depth` parsed, so that the
+    recipe is scanned and parsed once (the nodes, and the errors they raise, are the same)."""
+
+    def __init__(self, events: list[yaml.Event]):
+        yaml.composer.Composer.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
+        self._events = events
+        self._next = 0
+
+    def check_event(self, *choices: type) -> bool:
+        if self._next >= len(self._events):
+            return False
+        return not choices or isinstance(self._events[self._next], choices)
+
+    def peek_event(self) -> yaml.Event | None:
+        return self._events[self._next] if self._next < len(self._events) else None
+
+    def get_event(self) -> yaml.Event | None:
+        event = self.peek_event()
+        self._next += 1
+        return event
+
+    def documents(self) -> list[yaml.Node | None]:
+        docs = []
+        while self.check_node():
+            docs.append(self.get_node())
+        return docs
 
 
 def parse_recipe(data: bytes, path: str | Path) -> Recipe:
@@ -1021,8 +1054,7 @@ def parse_recipe(data: bytes, path: str | Path) -> Recipe:
                           f"(offset {e.start}) is not valid UTF-8; save the file as UTF-8.", path=str(path),
                           line=line, key="") from None
     try:
-        _check_depth(text, path)
-        docs = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        docs = _EventComposer(_check_depth(text, path)).documents()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 1

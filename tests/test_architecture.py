@@ -427,7 +427,74 @@ DOWNLOAD_ONLY = ("urllib.request", "http.client", "ssl", "email")
 
 
 def test_a_build_that_downloads_nothing_imports_no_network_client():
-    before, loaded = _loaded_by("builder.pipeline")
+    # builder.sources.remote: what reading a lock that names a snapshot archive imports
+    before, loaded = _loaded_by("builder.pipeline, builder.sources.remote")
     assert "builder.sources.remote" in loaded and "builder.sources.debian" in loaded
     costly = [m for m in before + loaded if m in DOWNLOAD_ONLY or m.split(".")[0] == "email"]
     assert costly == []
+
+
+#: what only making a bundle needs (tar and compression, child processes, ctypes, locale-dependent time
+#: parsing, the .deb and OCI readers, the steps and the launch script): a build that finds its bundle
+#: current reads the recipe and lock, hashes the bundle's files and loads none of it
+BUILD_ONLY = ("tarfile", "subprocess", "ctypes", "difflib", "_strptime", "builder.sources.deb",
+              "builder.sources.oci", "builder.rootfs_tree", "builder.steps", "builder.launch", "builder.repro")
+
+
+def only_for_building(modules: list[str]) -> list[str]:
+    return [m for m in modules if any(covers(b, m) for b in BUILD_ONLY + DOWNLOAD_ONLY)]
+
+#: ``blindbox build`` in a fresh interpreter, then the modules it loaded (the line after the result)
+NOOP_BUILD = """
+import json, sys
+{extra}
+from blindbox.cli import main
+rc = main(sys.argv[1:])
+print()
+print(json.dumps({{"rc": rc, "modules": sorted(sys.modules)}}))
+"""
+
+
+def _noop_build(tmp_path: Path, extra: str = "") -> tuple[dict, list[str]]:
+    """Build a small recipe whose lock names a snapshot archive (with the test archive, in process), then
+    run ``blindbox build --json`` on it again in a fresh interpreter: (its result, the modules it loaded)."""
+    import os
+
+    from builder.lock import lock_recipe, write_lock
+    from builder.recipe import load_recipe
+    from builder.sources.snapshot import Snapshot
+    from tests.builder.test_pipeline import RECIPE, hello_archive, run
+
+    archive = hello_archive(tmp_path)
+    d = tmp_path / "recipe"
+    d.mkdir()
+    (d / "t.yaml").write_text(RECIPE)
+    (d / "app.conf").write_text("greeting=hello\n")
+    recipe = load_recipe(d / "t.yaml")
+    snapshot = Snapshot.parse("https://snapshot.debian.org@20261117T000000Z")
+    write_lock(recipe.lock_path, lock_recipe(recipe, archive, snapshot=snapshot).lock)
+    env = type("Env", (), {"recipe": recipe, "out": tmp_path / "out", "cache": tmp_path / "cache",
+                           "archive": archive})
+    assert not run(env).up_to_date
+    proc = subprocess.run([sys.executable, "-c", NOOP_BUILD.format(extra=extra), "build", str(recipe.path),
+                           "--out", str(env.out), "--json", "--quiet"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, check=False, env={**os.environ, "BLINDBOX_CACHE": str(env.cache)})
+    assert proc.returncode == 0, proc.stderr
+    result, _, loaded = proc.stdout.rpartition("\n\n")
+    status = json.loads(loaded)
+    assert status["rc"] == 0, proc.stderr
+    return json.loads(result), status["modules"]
+
+
+def test_a_build_that_finds_its_bundle_current_loads_nothing_only_building_needs(tmp_path):
+    result, modules = _noop_build(tmp_path)
+    assert result["up_to_date"] and list(result["timings"]) == ["recipe", "current"]
+    # it did read the recipe, the lock (with its snapshot archive) and the bundle
+    assert {"yaml", "builder.pipeline", "builder.lock", "builder.sources.snapshot"} <= set(modules)
+    assert only_for_building(modules) == []
+    assert "click" not in modules     # the usual form of the command is parsed without it (blindbox.cli.build_core)
+
+
+def test_the_current_build_check_sees_a_module_only_building_needs(tmp_path):
+    _, modules = _noop_build(tmp_path, extra="import tarfile, builder.launch, http.client")
+    assert {"tarfile", "builder.launch", "http.client"} <= set(only_for_building(modules))

@@ -44,8 +44,9 @@ COMMANDS = {
 def main(argv=None) -> int:
     """Run the ``blindbox`` command with ``argv`` (default: the process's) and return its exit status.
 
-    ``blindbox measure`` in its usual form is parsed with the standard library and never
-    imports click (blindbox.cli.measure_core); everything else goes through click.
+    ``blindbox measure`` and ``blindbox build`` in their usual forms are parsed with the standard
+    library and never import click (blindbox.cli.measure_core, blindbox.cli.build_core); everything
+    else goes through click.
     """
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] == ["measure"]:
@@ -53,15 +54,21 @@ def main(argv=None) -> int:
         options = fast_options(args[1:])
         if options is not None:
             return _fast(lambda: run(**options))
+    if args[:1] == ["build"]:    # its usual form (a no-op rebuild in CI, above all) without click too
+        from . import build_core
+        build_options = build_core.fast_options(args[1:])
+        if build_options is not None:
+            return _fast(lambda: build_core.run(**build_options))
     return _with_click(argv)
 
 
-def _fast(work: Callable[[], str]) -> int:
+def _fast(work: Callable[[], str | None]) -> int:
     """Run a command parsed without click, with the statuses and messages :func:`_with_click` gives."""
     try:
         text = work()
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
+        if text is not None:
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
         return 0
     except (EOFError, KeyboardInterrupt):
         # What click does with them: a blank line on stderr, then "aborted".

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from .build_core import result_json, result_lines
 from .progress import reporting
 
 
@@ -21,22 +22,6 @@ STALE_HELP = ("Accept an expired Release file for this Debian suite (sid, trixie
 
 
 QUIET_HELP = "Show no progress on stderr (errors are still shown). See docs/progress.md."
-
-
-def _result_json(res) -> dict:
-    m = res.manifest
-    return {
-        "bundle": str(res.out),
-        "up_to_date": res.up_to_date,
-        "name": m.name,
-        "recipe": m.recipe,
-        "lock": m.lock,
-        "outputs": [o.to_dict() for o in m.outputs],
-        "measurements": [x.to_dict() for x in m.measurements],
-        "timings": {name: round(t, 3) for name, t in res.timings},
-        "downloaded": list(res.downloaded),
-        "preflight": list(res.preflight),
-    }
 
 
 @click.command("build")
@@ -65,14 +50,12 @@ def build(recipe, out, offline, force, allow_stale, check_repro_flag, inputs, as
         res = run_build(BuildRequest(recipe=recipe, out=out, offline=offline, allow_stale=tuple(allow_stale),
                                      force=force, inputs=inputs))
     if as_json and not check_repro_flag:
-        click.echo(json.dumps(_result_json(res), indent=2, ensure_ascii=False))
+        click.echo(json.dumps(result_json(res), indent=2, ensure_ascii=False))
     elif not as_json:
-        state = "up to date" if res.up_to_date else "built"
-        click.echo(f"{res.out}: {state} ({sum(t for _, t in res.timings):.1f} s)")
-        for m in res.manifest.measurements:
-            click.echo(f"  {m.shape:<28} {m.measurement}")
+        for line in result_lines(res):
+            click.echo(line)
     if check_repro_flag:
-        _check_repro(recipe, allow_stale, keep=False, as_json=as_json, extra={"build": _result_json(res)},
+        _check_repro(recipe, allow_stale, keep=False, as_json=as_json, extra={"build": result_json(res)},
                      reference=res.out, quiet=quiet)
 
 

@@ -17,16 +17,43 @@ The arrows point one way: ``debian -> deb, cache``, ``remote -> cache`` and
 ``snapshot -> remote, cache`` (the archive reaches the snapshot only through the callable in
 ``DebianArchive.fallback``); ``vendor`` may use them all and :mod:`builder.lock`; ``deb``,
 ``oci`` and ``cache`` import no other module of this package.  The builder never imports the command
-line (``blindbox.cli``).  This file only re-exports the public names.
+line (``blindbox.cli``).  This file only re-exports the public names: those of :mod:`.cache`
+at once, the others on first use, so that a build which is already current (it reads the cache
+and hashes files) does not import tar, compression, OCI or download code.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .cache import ContentCache, cache_root, sha256_file
-from .deb import extract_deb, read_deb_control
-from .debian import SUITES, DebianArchive, DebianPackage, SuiteSources
-from .oci import OciImage, apply_oci_layers, read_oci_image
-from .remote import fetch_url, local_file
+
+if TYPE_CHECKING:
+    from .deb import extract_deb, read_deb_control
+    from .debian import SUITES, DebianArchive, DebianPackage, SuiteSources
+    from .oci import OciImage, apply_oci_layers, read_oci_image
+    from .remote import fetch_url, local_file
+
+
+def __getattr__(name: str) -> Any:
+    """The re-exported names not imported above, each module imported when one of its names is first used."""
+    if name in ("extract_deb", "read_deb_control"):
+        from . import deb
+        value = getattr(deb, name)
+    elif name in ("SUITES", "DebianArchive", "DebianPackage", "SuiteSources"):
+        from . import debian
+        value = getattr(debian, name)
+    elif name in ("OciImage", "apply_oci_layers", "read_oci_image"):
+        from . import oci
+        value = getattr(oci, name)
+    elif name in ("fetch_url", "local_file"):
+        from . import remote
+        value = getattr(remote, name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ContentCache", "DebianArchive", "DebianPackage", "OciImage", "SUITES", "SuiteSources", "apply_oci_layers",

@@ -40,24 +40,25 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
-import difflib
 import hashlib
 import json
 import os
 import re
 import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from blindbox.files import write_atomic
 
 from .. import progress
 from ..errors import InputDigestMismatch, OfflineMiss, SourceError, SourceGone, StaleSuite, ToolMissing
 from .cache import ContentCache, _check_sha256, _flock
-from .deb import _parse_stanzas, extract_deb, read_deb_control
+
+if TYPE_CHECKING:  # imported where apt runs: a build that finds its bundle current runs no apt
+    import subprocess
 
 DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -344,6 +345,8 @@ class DebianArchive:
         if self.max_release_age is not None:
             cmd += ["-o", f"Acquire::Max-ValidTime={int(self.max_release_age)}"]
         cmd += argv[1:]
+        import subprocess
+
         try:
             if watch is not None:   # called a few times a second while apt runs (download progress)
                 return _run_watched(cmd, cwd, self._apt_env(tree), timeout, watch)
@@ -487,6 +490,8 @@ class DebianArchive:
                 return []
             raise SourceError(f"apt-cache show {name}={version} failed for Debian {tree.suite} "
                               f"({_last_lines(proc.stderr)}).", source=f"debian:{tree.suite}/{name}")
+        from .deb import _parse_stanzas   # here: .deb brings tarfile and lzma, which a current build never needs
+
         return [s for s in _parse_stanzas(proc.stdout) if s.get("Package") == name]
 
     def _candidate(self, tree: _Tree, name: str) -> str | None:
@@ -668,6 +673,8 @@ class DebianArchive:
         """
         hit = self.cache.path(pkg.sha256)
         if hit is not None:
+            from .deb import read_deb_control   # here: .deb brings tarfile and lzma
+
             fields = read_deb_control(hit)
         else:
             tree = self._tree(pkg.suite, self._tree_arch(pkg))
@@ -680,6 +687,8 @@ class DebianArchive:
 
     def unpack(self, pkg: DebianPackage) -> Path:
         """The unpacked data tree of ``pkg`` (cached by the .deb's sha256; read-only)."""
+        from .deb import extract_deb   # here: .deb brings tarfile and lzma
+
         return self.cache.tree(pkg.sha256, lambda dest: extract_deb(self.download(pkg), dest))
 
     def member(self, pkg: DebianPackage, path: str) -> Path:
@@ -702,6 +711,8 @@ class DebianArchive:
         want = "/" + "/".join(parts)
         base = parts[-1].lower()
         similar = [f for f in files if f.rsplit("/", 1)[-1].lower() == base]
+        import difflib   # only for this message
+
         similar += [f for f in difflib.get_close_matches(want, files, n=6, cutoff=0.6) if f not in similar]
         hint = (f"similar names in the package: {', '.join(similar[:6])}" if similar
                 else f"it has {len(files)} files, none with a similar name")
@@ -714,6 +725,8 @@ def _run_watched(cmd: list[str], cwd: Path | None, env: dict[str, str], timeout:
                  watch: Callable[[], None], interval: float = 0.1) -> subprocess.CompletedProcess:
     """``subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)``, calling ``watch()``
     every ``interval`` seconds while the command runs."""
+    import subprocess
+
     deadline = time.monotonic() + timeout
     with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, errors="replace") as proc:

@@ -103,12 +103,22 @@ def check_timestamp(stamp: object) -> str:
     try:
         if m is None:
             raise ValueError
-        _dt.datetime.strptime(m.group(0), "%Y%m%dT%H%M%SZ")
+        _parse_timestamp(m.group(0))
     except ValueError:
         raise SourceError(f"The snapshot timestamp {stamp!r} is not of the form YYYYMMDDTHHMMSSZ (UTC), e.g. "
                           f"20261030T000000Z.", source=str(stamp)) from None
     assert isinstance(stamp, str)
     return stamp
+
+
+def _parse_timestamp(stamp: str) -> _dt.datetime:
+    """A ``\\d{8}T\\d{6}Z`` string as a time; ValueError where ``datetime.strptime(stamp, "%Y%m%dT%H%M%SZ")``
+    raises it.  With ASCII digits each field must take its full width, so reading them by position is the
+    same, without the milliseconds the first strptime costs (it imports _strptime and builds locale tables)."""
+    if not stamp.isascii():   # other Unicode digits: strptime's own rules
+        return _dt.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ")
+    return _dt.datetime(int(stamp[0:4]), int(stamp[4:6]), int(stamp[6:8]), int(stamp[9:11]), int(stamp[11:13]),
+                        int(stamp[13:15]))
 
 
 def fetch_deb(snapshot: Snapshot, pkg: _Pinned, cache: ContentCache, *, timeout: float = 120.0) -> Path:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import shutil
 import urllib.parse
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,35 @@ def test_urls_follow_the_snapshot_layout_and_the_security_archive():
 def test_bad_snapshot_values_are_refused(base, stamp, words):
     with pytest.raises(SourceError, match=words):
         Snapshot(base, stamp)
+
+
+def _strptime_accepts(stamp: str) -> bool:
+    try:
+        datetime.strptime(stamp, "%Y%m%dT%H%M%SZ")
+        return True
+    except ValueError:
+        return False
+
+
+def test_timestamps_are_accepted_exactly_where_strptime_accepts_them():
+    # the check reads the digits by position; strptime stays the definition of a valid timestamp
+    stamps = [f"{y}{mo}{d}T{h}{mi}{s}Z" for y in ("0000", "0001", "1970", "2024", "2026", "9999")
+              for mo in ("00", "01", "02", "09", "10", "12", "13", "20", "99") for d in ("00", "01", "28", "29", "30",
+                                                                                        "31", "32", "99")
+              for h in ("00", "23", "24", "99") for mi in ("00", "59", "60") for s in ("00", "59", "60", "61")]
+    stamps += ["\u0662\u0660\u0662\u0666" + "1117T000000Z",                      # Arabic-Indic digits in the year
+               "2026" + "\u0661\u0661" + "17T000000Z", "20261117T" + "\u0661\u0665" + "0000Z",
+               "２０２６１１１７Ｔ００００００Ｚ"]
+    accepted = 0
+    for stamp in stamps:
+        ok = _strptime_accepts(stamp)
+        accepted += ok
+        if ok:
+            assert Snapshot("https://snapshot.debian.org", stamp).timestamp == stamp
+        else:
+            with pytest.raises(SourceError, match="is not of the form YYYYMMDDTHHMMSSZ"):
+                Snapshot("https://snapshot.debian.org", stamp)
+    assert 0 < accepted < len(stamps)
 
 
 def test_pool_path_outside_the_pool_is_refused():
