@@ -460,23 +460,12 @@ def _noop_build(tmp_path: Path, extra: str = "") -> tuple[dict, list[str]]:
     run ``blindbox build --json`` on it again in a fresh interpreter: (its result, the modules it loaded)."""
     import os
 
-    from builder.lock import lock_recipe, write_lock
-    from builder.recipe import load_recipe
     from builder.sources.snapshot import Snapshot
-    from tests.builder.test_pipeline import RECIPE, hello_archive, run
+    from tests.builder.test_pipeline import locked, run
 
-    archive = hello_archive(tmp_path)
-    d = tmp_path / "recipe"
-    d.mkdir()
-    (d / "t.yaml").write_text(RECIPE)
-    (d / "app.conf").write_text("greeting=hello\n")
-    recipe = load_recipe(d / "t.yaml")
-    snapshot = Snapshot.parse("https://snapshot.debian.org@20261117T000000Z")
-    write_lock(recipe.lock_path, lock_recipe(recipe, archive, snapshot=snapshot).lock)
-    env = type("Env", (), {"recipe": recipe, "out": tmp_path / "out", "cache": tmp_path / "cache",
-                           "archive": archive})
+    env = locked(tmp_path, Snapshot.parse("https://snapshot.debian.org@20261117T000000Z"))
     assert not run(env).up_to_date
-    proc = subprocess.run([sys.executable, "-c", NOOP_BUILD.format(extra=extra), "build", str(recipe.path),
+    proc = subprocess.run([sys.executable, "-c", NOOP_BUILD.format(extra=extra), "build", str(env.recipe.path),
                            "--out", str(env.out), "--json", "--quiet"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, check=False, env={**os.environ, "BLINDBOX_CACHE": str(env.cache)})
     assert proc.returncode == 0, proc.stderr

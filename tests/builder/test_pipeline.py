@@ -71,15 +71,16 @@ def hello_archive(tmp_path: Path) -> FakeArchive:
     return archive
 
 
-def locked(tmp_path):
-    """RECIPE (with its local file input) locked against the in-memory archive: archive, recipe, out, cache."""
+def locked(tmp_path, snapshot=None):
+    """RECIPE (with its local file input) locked against the in-memory archive (naming ``snapshot``, a
+    :class:`builder.sources.snapshot.Snapshot`, if given): archive, recipe, out, cache."""
     archive = hello_archive(tmp_path)
     d = tmp_path / "recipe"
     d.mkdir()
     (d / "t.yaml").write_text(RECIPE)
     (d / "app.conf").write_text("greeting=hello\n")
     recipe = load_recipe(d / "t.yaml")
-    write_lock(recipe.lock_path, lock_recipe(recipe, archive).lock)
+    write_lock(recipe.lock_path, lock_recipe(recipe, archive, snapshot=snapshot).lock)
     return SimpleNamespace(archive=archive, recipe=recipe, out=tmp_path / "out" / "t", cache=tmp_path / "cache")
 
 
