@@ -62,11 +62,16 @@ def main(argv=None) -> int:
     return _with_click(argv)
 
 
-def _fast(work: Callable[[], str | None]) -> int:
-    """Run a command parsed without click, with the statuses and messages :func:`_with_click` gives."""
+def _fast(work: Callable[[], str]) -> int:
+    """Run a command parsed without click, with the output, statuses and messages :func:`_with_click` gives."""
     try:
         text = work()
-        if text is not None:
+        if "\x1b" in text:
+            # An escape sequence (from a path, say): click.echo strips it when stdout is no terminal.
+            import click
+
+            click.echo(text)
+        else:
             sys.stdout.write(text + "\n")
             sys.stdout.flush()
         return 0

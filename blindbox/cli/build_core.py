@@ -102,8 +102,8 @@ def fast_options(args: list[str]) -> dict[str, Any] | None:
 
 
 def run(*, recipe: Path, out: Path | None, offline: bool, force: bool, allow_stale: list[str], inputs: Path | None,
-        as_json: bool, quiet: bool) -> str | None:
-    """Build ``recipe`` as ``blindbox build`` does; the text it prints (None: printed already)."""
+        as_json: bool, quiet: bool) -> str:
+    """Build ``recipe`` as ``blindbox build`` does; the text it prints."""
     from builder.pipeline import BuildRequest, build as run_build
 
     from .progress import reporting
@@ -113,10 +113,4 @@ def run(*, recipe: Path, out: Path | None, offline: bool, force: bool, allow_sta
                                      force=force, inputs=inputs))
     if as_json:
         return json.dumps(result_json(res), indent=2, ensure_ascii=False)
-    text = "\n".join(result_lines(res))
-    if "\x1b" in text:    # an escape sequence in the bundle's path: click.echo decides whether to strip it
-        import click
-
-        click.echo(text)
-        return None
-    return text
+    return "\n".join(result_lines(res))
